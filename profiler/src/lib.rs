@@ -1,1 +1,13 @@
+//! nodeprof: diagnose a running Node.js process from the outside with eBPF.
+//!
+//! The CPU profiling pipeline, one module per stage, each feeding the next:
+//! [`target`] → [`probe`] → [`collect`] → [`symbolize`] → [`profile`] → [`output`].
+//! [`record`] runs it for `nodeprof record`.
 
+pub mod collect;
+pub mod output;
+pub mod probe;
+pub mod profile;
+pub mod record;
+pub mod symbolize;
+pub mod target;

@@ -1,1 +1,129 @@
-fn main(){}
+//! The `nodeprof` command line. Errors end here as one line, never a backtrace.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use nodeprof::record::{self, OutputFormat, RecordOptions, StopReason};
+
+#[derive(Parser)]
+#[command(name = "nodeprof", version, about = "Diagnose a running Node.js process from the outside, with eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Record a CPU profile of every thread of a process: flame graph, .cpuprofile, folded stacks.
+    ///
+    /// Attach to a running process with -p PID, or launch one after `--`:
+    /// `nodeprof record -- node app.js`. Records until Ctrl-C, the duration, or the target's exit;
+    /// everything sampled is written.
+    Record(RecordArgs),
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// Process to profile (all of its threads).
+    #[arg(short, long, required_unless_present = "command", conflicts_with = "command")]
+    pid: Option<u32>,
+    /// Samples per second on each CPU.
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    frequency: u64,
+    /// Stop after this long (e.g. 30s, 2m; a bare number is seconds). Default: until Ctrl-C or exit.
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Output path prefix; writes PREFIX.cpuprofile, PREFIX.folded, PREFIX.svg.
+    /// Default: nodeprof-PID-DATE-TIME in the current directory.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Formats to write (comma separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = OutputFormat::ALL)]
+    format: Vec<OutputFormat>,
+    /// Functions listed in the summary.
+    #[arg(long, default_value_t = 15)]
+    top: usize,
+    /// No progress line.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Command to launch and profile from its first instruction.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds > 0.0 {
+            return Ok(Duration::from_secs_f64(seconds));
+        }
+        return Err("duration must be positive".into());
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NODEPROF_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nodeprof: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Record(args) => record_command(args),
+    }
+}
+
+fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let options = RecordOptions {
+        pid: args.pid,
+        command: args.command,
+        frequency_hz: args.frequency,
+        duration: args.duration,
+        output: args.output,
+        formats: args.format,
+        quiet: args.quiet,
+        top: args.top,
+    };
+    let recording = record::record(&options).context("recording failed")?;
+    let why = match recording.stop {
+        StopReason::DurationElapsed => "duration elapsed",
+        StopReason::Interrupted => "interrupted",
+        StopReason::Terminated => "terminated",
+        StopReason::TargetExited => "target exited",
+    };
+    println!("nodeprof: recorded pid {} ({}), stopped: {why}", recording.target.pid, recording.target.exe.display());
+    if let Some(status) = recording.child_status {
+        println!("nodeprof: command exited with {}", describe_wait_status(status));
+    }
+    print!("{}", recording.summary);
+    for path in &recording.written {
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_wait_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("wait status {status}")
+    }
+}

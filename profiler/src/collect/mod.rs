@@ -1,0 +1,156 @@
+//! Drains the sampler's ring buffer into raw samples: thread, time and the
+//! kernel and user stacks as addresses. Identical stacks are stored once, so a
+//! long recording grows by a few bytes per sample.
+
+use std::collections::HashMap;
+
+use aya::maps::{MapData, RingBuf};
+use nodeprof_common::SampleRecord;
+
+/// A stack as the kernel saw it: addresses, innermost first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RawStack {
+    pub kernel: Box<[u64]>,
+    pub user: Box<[u64]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawSample {
+    pub time_ns: u64,
+    pub tid: u32,
+    /// Index into [`Collection::stacks`].
+    pub stack: u32,
+    /// Index into [`Collection::thread_names`].
+    pub thread_name: u32,
+}
+
+/// Everything collected so far.
+#[derive(Debug, Default)]
+pub struct Collection {
+    pub samples: Vec<RawSample>,
+    pub stacks: Vec<RawStack>,
+    stack_ids: HashMap<RawStack, u32>,
+    pub thread_names: Vec<String>,
+    thread_name_ids: HashMap<Vec<u8>, u32>,
+}
+
+impl Collection {
+    pub fn push(&mut self, record: &SampleRecord) {
+        let stack = RawStack { kernel: record.kernel_stack().into(), user: record.user_stack().into() };
+        let stack = match self.stack_ids.get(&stack) {
+            Some(&id) => id,
+            None => {
+                let id = self.stacks.len() as u32;
+                self.stacks.push(stack.clone());
+                self.stack_ids.insert(stack, id);
+                id
+            }
+        };
+        let comm = record.comm();
+        let thread_name = match self.thread_name_ids.get(comm) {
+            Some(&id) => id,
+            None => {
+                let id = self.thread_names.len() as u32;
+                self.thread_names.push(String::from_utf8_lossy(comm).into_owned());
+                self.thread_name_ids.insert(comm.to_vec(), id);
+                id
+            }
+        };
+        self.samples.push(RawSample { time_ns: record.time_ns, tid: record.tid, stack, thread_name });
+    }
+
+    pub fn stack(&self, id: u32) -> &RawStack {
+        &self.stacks[id as usize]
+    }
+}
+
+/// Reads sample records out of the ring buffer.
+pub struct Collector {
+    ring: RingBuf<MapData>,
+}
+
+impl Collector {
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        Collector { ring }
+    }
+
+    /// Moves every pending record into `into`; returns how many.
+    pub fn drain(&mut self, into: &mut Collection) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if let Some(record) = parse_record(&item) {
+                into.push(&record);
+                n += 1;
+            }
+        }
+        n
+    }
+
+}
+
+/// Lets the async runtime wait for the ring buffer to have data.
+impl std::os::fd::AsRawFd for Collector {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// Copies a record out of ring buffer bytes; short records (a probe/user
+/// mismatch) are skipped rather than read past their end.
+fn parse_record(bytes: &[u8]) -> Option<SampleRecord> {
+    if bytes.len() < size_of::<SampleRecord>() {
+        return None;
+    }
+    // SAFETY: length checked; SampleRecord is plain old data valid for any bytes.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SampleRecord>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeprof_common::{MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
+
+    fn record(tid: u32, comm: &[u8], user: &[u64]) -> SampleRecord {
+        let mut r = SampleRecord {
+            time_ns: 100,
+            tgid: 1,
+            tid,
+            cpu: 0,
+            kernel_frames: 0,
+            user_frames: user.len() as u32,
+            _pad: 0,
+            comm: [0; 16],
+            kernel_stack: [0; MAX_KERNEL_FRAMES],
+            user_stack: [0; MAX_USER_FRAMES],
+        };
+        r.comm[..comm.len()].copy_from_slice(comm);
+        r.user_stack[..user.len()].copy_from_slice(user);
+        r
+    }
+
+    #[test]
+    fn identical_stacks_and_names_are_stored_once() {
+        let mut c = Collection::default();
+        c.push(&record(1, b"node", &[1, 2, 3]));
+        c.push(&record(2, b"node", &[1, 2, 3]));
+        c.push(&record(2, b"worker", &[4]));
+        assert_eq!(c.samples.len(), 3);
+        assert_eq!(c.stacks.len(), 2);
+        assert_eq!(c.thread_names, vec!["node".to_string(), "worker".to_string()]);
+        assert_eq!(&*c.stack(c.samples[0].stack).user, &[1, 2, 3]);
+        assert_eq!(c.samples[2].thread_name, 1);
+    }
+
+    #[test]
+    fn short_records_are_rejected() {
+        assert!(parse_record(&[0u8; 16]).is_none());
+        let r = record(5, b"x", &[9, 8]);
+        // SAFETY: viewing a POD struct as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&r as *const SampleRecord).cast::<u8>(), size_of::<SampleRecord>())
+        };
+        let back = parse_record(bytes).unwrap();
+        assert_eq!(back.tid, 5);
+        assert_eq!(back.user_stack(), &[9, 8]);
+    }
+}

@@ -1,0 +1,264 @@
+//! The terminal summary: totals, threads, and the top functions.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::profile::{Frame, FrameKind, Profile, StackId};
+
+/// How every writer names a frame: `name url:line` (1-based line) for JS with
+/// a script, otherwise the bare name. Newlines are dropped so a label is
+/// always one line.
+pub fn frame_label(frame: &Frame) -> String {
+    let name = match (frame.name.is_empty(), frame.kind) {
+        (false, _) => frame.name.as_str(),
+        (true, FrameKind::Js) => "(anonymous)",
+        (true, _) => "[unknown]",
+    };
+    let label = match (frame.kind, frame.line) {
+        (FrameKind::Js, Some(line)) if !frame.location.is_empty() => format!("{name} {}:{}", frame.location, line + 1),
+        (FrameKind::Js, None) if !frame.location.is_empty() => format!("{name} {}", frame.location),
+        _ => name.to_string(),
+    };
+    label.replace(['\n', '\r'], "")
+}
+
+/// Samples of all threads sharing one name (a thread pool counts once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadStat {
+    pub name: String,
+    /// Distinct tids with this name.
+    pub threads: usize,
+    pub samples: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionStat {
+    pub label: String,
+    pub kind: FrameKind,
+    /// Script URL or module path.
+    pub location: String,
+    pub samples: u64,
+    /// Share of all samples, 0–100.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub duration_s: f64,
+    pub frequency_hz: u64,
+    pub samples: u64,
+    pub lost_samples: u64,
+    /// Distinct tids sampled.
+    pub thread_count: usize,
+    /// By samples, descending; at most `top_n`.
+    pub threads: Vec<ThreadStat>,
+    /// Functions by samples where they were the leaf.
+    pub top_self: Vec<FunctionStat>,
+    /// Functions by samples where they were anywhere on the stack.
+    pub top_total: Vec<FunctionStat>,
+}
+
+impl Summary {
+    pub fn from_profile(profile: &Profile, top_n: usize) -> Summary {
+        let total = profile.samples.len() as u64;
+        let mut per_stack: HashMap<StackId, u64> = HashMap::new();
+        let mut per_tid: HashMap<u32, u64> = HashMap::new();
+        for s in &profile.samples {
+            *per_stack.entry(s.stack).or_default() += 1;
+            *per_tid.entry(s.tid).or_default() += 1;
+        }
+
+        let mut by_name: HashMap<&str, ThreadStat> = HashMap::new();
+        for (&tid, &n) in &per_tid {
+            let name = profile.thread_name(tid);
+            let t = by_name.entry(name).or_insert_with(|| ThreadStat { name: name.into(), threads: 0, samples: 0 });
+            t.threads += 1;
+            t.samples += n;
+        }
+        let mut threads: Vec<ThreadStat> = by_name.into_values().collect();
+        threads.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.name.cmp(&b.name)));
+        threads.truncate(top_n);
+
+        // Keyed by frame value so an empty stack's synthetic `(program)` merges
+        // with a real `(program)` frame if the profile has one.
+        let program = Frame::meta("(program)");
+        let mut self_counts: HashMap<&Frame, u64> = HashMap::new();
+        let mut total_counts: HashMap<&Frame, u64> = HashMap::new();
+        for (&stack, &n) in &per_stack {
+            let frames: Vec<&Frame> = profile.stack(stack).iter().map(|&f| profile.frame(f)).collect();
+            let leaf = frames.last().copied().unwrap_or(&program);
+            *self_counts.entry(leaf).or_default() += n;
+            // Once per sample: recursion must not push a share past 100%.
+            let distinct: HashSet<&Frame> = frames.into_iter().chain([leaf]).collect();
+            for f in distinct {
+                *total_counts.entry(f).or_default() += n;
+            }
+        }
+        let rank = |counts: HashMap<&Frame, u64>| {
+            let mut stats: Vec<FunctionStat> = counts
+                .into_iter()
+                .map(|(f, n)| FunctionStat {
+                    label: frame_label(f),
+                    kind: f.kind,
+                    location: f.location.clone(),
+                    samples: n,
+                    percent: 100.0 * n as f64 / total.max(1) as f64,
+                })
+                .collect();
+            stats.sort_by(|a, b| {
+                b.samples.cmp(&a.samples).then_with(|| a.label.cmp(&b.label)).then_with(|| a.location.cmp(&b.location))
+            });
+            stats.truncate(top_n);
+            stats
+        };
+
+        Summary {
+            duration_s: profile.duration_ns() as f64 / 1e9,
+            frequency_hz: profile.frequency_hz,
+            samples: total,
+            lost_samples: profile.lost_samples,
+            thread_count: per_tid.len(),
+            threads,
+            top_self: rank(self_counts),
+            top_total: rank(total_counts),
+        }
+    }
+}
+
+/// What a table row adds after the label so native code from different
+/// modules, kernel and JIT code can be told apart.
+fn hint(f: &FunctionStat) -> String {
+    match f.kind {
+        FrameKind::Kernel => " [kernel]".into(),
+        FrameKind::Jit => " [jit]".into(),
+        FrameKind::Native if !f.location.is_empty() => {
+            format!(" [{}]", f.location.rsplit('/').next().unwrap_or(&f.location))
+        }
+        _ => String::new(),
+    }
+}
+
+fn table(out: &mut fmt::Formatter<'_>, title: &str, column: &str, rows: &[FunctionStat]) -> fmt::Result {
+    writeln!(out, "\n{title}")?;
+    if rows.is_empty() {
+        return writeln!(out, "  (no samples)");
+    }
+    writeln!(out, "  {column:>6}  {:>8}  function", "samples")?;
+    for r in rows {
+        writeln!(out, "  {:>5.1}%  {:>8}  {}{}", r.percent, r.samples, r.label, hint(r))?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(out, "Duration:        {:.1} s", self.duration_s)?;
+        writeln!(out, "Samples:         {} (at {} Hz per CPU)", self.samples, self.frequency_hz)?;
+        writeln!(out, "Lost samples:    {}", self.lost_samples)?;
+        let threads: Vec<String> = self
+            .threads
+            .iter()
+            .map(|t| match t.threads {
+                1 => format!("{} {}", t.name, t.samples),
+                n => format!("{} ×{} {}", t.name, n, t.samples),
+            })
+            .collect();
+        write!(out, "Threads sampled: {}", self.thread_count)?;
+        if !threads.is_empty() {
+            write!(out, " ({})", threads.join(", "))?;
+        }
+        writeln!(out)?;
+        table(out, "Top functions by self time:", "self", &self.top_self)?;
+        table(out, "Top functions by total time:", "total", &self.top_total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::testdata::{js, sample_profile};
+
+    fn stat<'a>(stats: &'a [FunctionStat], label: &str) -> &'a FunctionStat {
+        stats.iter().find(|s| s.label == label).unwrap_or_else(|| panic!("{label} missing"))
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(frame_label(&js("fib", "file:///app/fib.js", 2, 12)), "fib file:///app/fib.js:3");
+        assert_eq!(frame_label(&Frame::new(FrameKind::Js, "", "file:///a.js")), "(anonymous) file:///a.js");
+        assert_eq!(frame_label(&Frame::new(FrameKind::Js, "f", "")), "f");
+        assert_eq!(frame_label(&Frame::new(FrameKind::Native, "malloc", "/lib/libc.so.6")), "malloc");
+        assert_eq!(frame_label(&Frame::new(FrameKind::Kernel, "do_syscall_64", "")), "do_syscall_64");
+        assert_eq!(frame_label(&Frame::new(FrameKind::Unknown, "", "")), "[unknown]");
+        assert_eq!(frame_label(&Frame::new(FrameKind::Native, "a\nb\r", "")), "ab");
+    }
+
+    #[test]
+    fn numbers() {
+        let s = Summary::from_profile(&sample_profile(), 10);
+        assert_eq!(s.samples, 9);
+        assert_eq!(s.lost_samples, 0);
+        assert!((s.duration_s - 0.001).abs() < 1e-12);
+        assert_eq!(s.thread_count, 4);
+        assert_eq!(
+            s.threads,
+            [
+                ThreadStat { name: "node".into(), threads: 1, samples: 6 },
+                ThreadStat { name: "libuv-worker".into(), threads: 2, samples: 2 },
+                ThreadStat { name: "V8 GC".into(), threads: 1, samples: 1 },
+            ]
+        );
+        let fib = "fib file:///app/fib.js:3";
+        assert_eq!(s.top_self[0].label, fib);
+        assert_eq!(s.top_self[0].samples, 3);
+        assert!((s.top_self[0].percent - 100.0 / 3.0).abs() < 1e-9);
+        // Empty stacks of two threads are self time of (program).
+        assert_eq!(stat(&s.top_self, "(program)").samples, 2);
+        assert_eq!(stat(&s.top_self, "ksys_write").kind, FrameKind::Kernel);
+        // Recursive fib counts once per sample in total.
+        assert_eq!(stat(&s.top_total, fib).samples, 3);
+        assert_eq!(stat(&s.top_total, "node::Start").samples, 5);
+        assert_eq!(stat(&s.top_total, "main file:///app/main.js:1").samples, 4);
+        assert_eq!(s.top_total[0].label, "node::Start");
+        assert!(s.top_total.iter().all(|f| f.percent <= 100.0));
+        let self_sum: u64 = s.top_self.iter().map(|f| f.samples).sum();
+        assert_eq!(self_sum, 9);
+    }
+
+    #[test]
+    fn top_n_truncates() {
+        let s = Summary::from_profile(&sample_profile(), 2);
+        assert_eq!(s.top_self.len(), 2);
+        assert_eq!(s.top_total.len(), 2);
+        assert_eq!(s.threads.len(), 2);
+        assert_eq!(s.thread_count, 4);
+    }
+
+    #[test]
+    fn display() {
+        let text = Summary::from_profile(&sample_profile(), 10).to_string();
+        assert!(text.contains("Duration:        0.0 s\n"), "{text}");
+        assert!(text.contains("Samples:         9 (at 99 Hz per CPU)\n"), "{text}");
+        assert!(text.contains("Lost samples:    0\n"), "{text}");
+        assert!(text.contains("Threads sampled: 4 (node 6, libuv-worker ×2 2, V8 GC 1)\n"), "{text}");
+        assert!(text.contains("\nTop functions by self time:\n    self   samples  function\n   33.3%         3  fib file:///app/fib.js:3\n"), "{text}");
+        assert!(text.contains("\nTop functions by total time:\n   total   samples  function\n   55.6%         5  node::Start [node]\n"), "{text}");
+        assert!(text.contains("  ksys_write [kernel]\n"), "{text}");
+        assert!(text.contains("  Builtin:CallFunction [jit]\n"), "{text}");
+        assert!(text.contains("  write [libc.so.6]\n"), "{text}");
+    }
+
+    #[test]
+    fn empty_profile() {
+        let mut p = Profile::new(1, 49, 0);
+        p.end_ns = 2_260_000_000;
+        p.lost_samples = 3;
+        let s = Summary::from_profile(&p, 5);
+        assert_eq!((s.samples, s.thread_count, s.lost_samples), (0, 0, 3));
+        assert!(s.top_self.is_empty() && s.top_total.is_empty());
+        let text = s.to_string();
+        assert!(text.contains("Duration:        2.3 s\n"), "{text}");
+        assert!(text.contains("Threads sampled: 0\n"), "{text}");
+        assert_eq!(text.matches("(no samples)").count(), 2);
+    }
+}

@@ -1,0 +1,161 @@
+//! Loads nodeprof's eBPF programs into the kernel, tells them which processes
+//! to watch, and attaches the sampler to one `cpu-clock` perf event per CPU.
+//!
+//! Every attachment is a file descriptor of this process: however nodeprof
+//! ends, even by SIGKILL, the kernel closes them and detaches the programs.
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::Ebpf;
+use nodeprof_common::{LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP};
+
+/// The eBPF object built from `probe-ebpf` by build.rs.
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "permission denied: nodeprof needs root. Run it with sudo, or grant the capabilities: \
+         sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(which nodeprof)"
+    )]
+    NotPermitted,
+    #[error("this kernel has no usable BPF support ({0}); nodeprof needs Linux 5.8+ with CONFIG_BPF_SYSCALL")]
+    NoKernelSupport(String),
+    #[error("cannot {action}: {detail}")]
+    Kernel { action: &'static str, detail: String },
+}
+
+impl ProbeError {
+    /// Sorts a failure into the cases a user can act on.
+    fn classify(action: &'static str, error: &(dyn std::error::Error + 'static)) -> ProbeError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                match io.raw_os_error() {
+                    Some(libc::EPERM) | Some(libc::EACCES) => return ProbeError::NotPermitted,
+                    Some(libc::ENOSYS) => return ProbeError::NoKernelSupport(io.to_string()),
+                    _ => {}
+                }
+            }
+            source = e.source();
+        }
+        // aya's messages carry the verifier log: keep the first line for the user.
+        let detail = error.to_string();
+        let detail = detail.lines().next().unwrap_or("").to_string();
+        ProbeError::Kernel { action, detail }
+    }
+}
+
+/// Checks up front that this process may use BPF and perf events, so the user
+/// gets one clear line instead of a kernel error.
+pub fn check_permissions() -> Result<(), ProbeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    if has(CAP_BPF) && has(CAP_PERFMON) {
+        Ok(())
+    } else {
+        Err(ProbeError::NotPermitted)
+    }
+}
+
+/// The loaded programs and their maps.
+pub struct Probe {
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, u32>,
+    lost: PerCpuArray<MapData, u64>,
+    samples: Option<RingBuf<MapData>>,
+}
+
+impl Probe {
+    pub fn load() -> Result<Probe, ProbeError> {
+        check_permissions()?;
+        if !std::path::Path::new("/sys/fs/bpf").exists() && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(ProbeError::NoKernelSupport("no /sys/fs/bpf and no /sys/kernel/btf/vmlinux".into()));
+        }
+        let mut ebpf = Ebpf::load(PROBE_OBJECT).map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
+        let map_err = |name: &str| ProbeError::Kernel { action: "open the eBPF maps", detail: format!("map {name} missing") };
+        let targets = ebpf.take_map(TARGETS_MAP).ok_or_else(|| map_err(TARGETS_MAP))?;
+        let targets = HashMap::try_from(targets).map_err(|e| ProbeError::classify("open the target map", &e))?;
+        let lost = ebpf.take_map(LOST_MAP).ok_or_else(|| map_err(LOST_MAP))?;
+        let lost = PerCpuArray::try_from(lost).map_err(|e| ProbeError::classify("open the lost-sample map", &e))?;
+        let samples = ebpf.take_map(SAMPLES_MAP).ok_or_else(|| map_err(SAMPLES_MAP))?;
+        let samples = RingBuf::try_from(samples).map_err(|e| ProbeError::classify("open the sample ring buffer", &e))?;
+        Ok(Probe { ebpf, targets, lost, samples: Some(samples) })
+    }
+
+    /// Samples of this process (all of its threads) will be recorded.
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.targets.insert(tgid, 0, 0).map_err(|e| ProbeError::classify("register the target", &e))
+    }
+
+    /// Attaches the sampler to a `cpu-clock` event on every online CPU at `frequency_hz`.
+    /// The hardware PMU is not needed: the software clock works everywhere, VMs included.
+    pub fn start_sampling(&mut self, frequency_hz: u64) -> Result<(), ProbeError> {
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(SAMPLER_PROGRAM)
+            .ok_or_else(|| ProbeError::Kernel { action: "find the sampler", detail: SAMPLER_PROGRAM.into() })?
+            .try_into()
+            .map_err(|e| ProbeError::classify("find the sampler", &e))?;
+        program.load().map_err(|e| ProbeError::classify("load the sampler", &e))?;
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::classify("list online CPUs", &e))?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(frequency_hz),
+                    false,
+                )
+                .map_err(|e| ProbeError::classify("attach the sampler to a perf event", &e))?;
+        }
+        Ok(())
+    }
+
+    /// The ring buffer the sampler writes into (taken once, by the collector).
+    pub fn take_samples(&mut self) -> Option<RingBuf<MapData>> {
+        self.samples.take()
+    }
+
+    /// Samples dropped in the kernel because the ring buffer was full.
+    pub fn lost_samples(&self) -> u64 {
+        self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// Whether any nodeprof sampler is loaded in the kernel right now (tests use
+/// this to prove nothing stays attached after nodeprof dies).
+pub fn sampler_loaded() -> bool {
+    // The kernel truncates program names to 15 bytes.
+    let short = &SAMPLER_PROGRAM[..SAMPLER_PROGRAM.len().min(15)];
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.name_as_str().is_some_and(|n| n == short))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_permission_and_missing_syscall() {
+        let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert!(matches!(ProbeError::classify("x", &eperm), ProbeError::NotPermitted));
+        let enosys = std::io::Error::from_raw_os_error(libc::ENOSYS);
+        assert!(matches!(ProbeError::classify("x", &enosys), ProbeError::NoKernelSupport(_)));
+        let other = std::io::Error::from_raw_os_error(libc::EINVAL);
+        assert!(matches!(ProbeError::classify("x", &other), ProbeError::Kernel { .. }));
+    }
+}

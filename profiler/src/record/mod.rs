@@ -1,0 +1,227 @@
+//! `nodeprof record`: runs the pipeline target → probe → collect → symbolize →
+//! profile → output for one process, attached by pid or launched by us.
+
+mod files;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::collect::{Collection, Collector};
+use crate::output::{self, Summary};
+use crate::probe::{self, Probe, ProbeError};
+use crate::profile::{Profile, StackId};
+use crate::symbolize::Symbolizer;
+use crate::target::{Launched, Target, TargetError};
+
+pub use files::{OutputFiles, OutputFormat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Output(#[from] files::FileError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: output::OutputError },
+    #[error("{0}")]
+    Runtime(std::io::Error),
+}
+
+/// What to record and where to write it.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub pid: Option<u32>,
+    /// Launch mode: the command to run and profile from its first instruction.
+    pub command: Vec<String>,
+    pub frequency_hz: u64,
+    pub duration: Option<Duration>,
+    /// Output path prefix: `<prefix>.cpuprofile`, `.folded`, `.svg`.
+    pub output: Option<PathBuf>,
+    pub formats: Vec<OutputFormat>,
+    /// No progress line.
+    pub quiet: bool,
+    /// Top functions in the printed summary.
+    pub top: usize,
+}
+
+/// Why recording stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    DurationElapsed,
+    Interrupted,
+    Terminated,
+    TargetExited,
+}
+
+pub struct Recording {
+    pub profile: Profile,
+    pub summary: Summary,
+    pub written: Vec<PathBuf>,
+    pub stop: StopReason,
+    pub target: Target,
+    /// Exit status of a launched command that ended while recording.
+    pub child_status: Option<i32>,
+}
+
+/// Records a profile; everything sampled before a stop is written.
+pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
+    probe::check_permissions()?;
+    // Fork before the async runtime starts threads (see target::launch).
+    let mut launched = if options.command.is_empty() { None } else { Some(Launched::spawn(&options.command)?) };
+    let pid = launched.as_ref().map(|l| l.pid).or(options.pid).ok_or(TargetError::NoSuchProcess(0))?;
+    let target = match &launched {
+        // Until released the child is a copy of us; it becomes the command at exec.
+        Some(_) => Target { pid, exe: PathBuf::from(&options.command[0]), comm: String::new(), ns_pid: pid },
+        None => Target::inspect(pid)?,
+    };
+    if launched.is_none() && !target.is_node() {
+        tracing::warn!(
+            "process {pid} ({}) does not look like Node.js: profiling native code only",
+            target.exe.display()
+        );
+    }
+
+    let prefix = options.output.clone().unwrap_or_else(|| files::default_prefix(pid));
+    let files = OutputFiles::create(&prefix, &options.formats)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RecordError::Runtime)?;
+    let result = runtime.block_on(run(options, &target, launched.as_mut()));
+    let (collection, start_ns, end_ns, lost, stop, mut symbolizer) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            files.discard();
+            return Err(e);
+        }
+    };
+    let child_status = launched.as_ref().and_then(Launched::try_wait);
+
+    let profile = build_profile(&collection, &mut symbolizer, pid, options.frequency_hz, start_ns, end_ns, lost);
+    let title = format!("nodeprof: {} (pid {pid})", target.exe.display());
+    let written = files.write(&profile, &title).map_err(|(path, source)| RecordError::Write { path, source })?;
+    let summary = Summary::from_profile(&profile, options.top);
+    Ok(Recording { profile, summary, written, stop, target, child_status })
+}
+
+type RunResult = (Collection, u64, u64, u64, StopReason, Symbolizer);
+
+async fn run(options: &RecordOptions, target: &Target, launched: Option<&mut Launched>) -> Result<RunResult, RecordError> {
+    let mut probe = Probe::load()?;
+    probe.add_target(target.pid)?;
+    probe.start_sampling(options.frequency_hz)?;
+    let ring = probe.take_samples().expect("ring buffer is taken once");
+    // SAFETY: the collector owns the ring buffer map, whose fd stays open and
+    // unchanged for the collector's life.
+    let mut collector = unsafe { AsyncFd::register_with_interest(Collector::new(ring), tokio::io::Interest::READABLE) }
+        .map_err(|e| RecordError::Runtime(e.into()))?;
+    let mut symbolizer = Symbolizer::new(target);
+    let is_launched = launched.is_some();
+    if let Some(child) = launched {
+        child.release()?;
+    } else {
+        symbolizer.refresh();
+    }
+    let start_ns = monotonic_ns();
+    let started = Instant::now();
+    let mut collection = Collection::default();
+
+    let progress = progress_bar(options.quiet, target.pid);
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(RecordError::Runtime)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(RecordError::Runtime)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let stop = loop {
+        tokio::select! {
+            guard = collector.readable_mut() => {
+                let Ok(mut guard) = guard else { break StopReason::TargetExited };
+                let before = collection.stacks.len();
+                guard.get_inner_mut().drain(&mut collection);
+                guard.clear_ready();
+                symbolizer.observe(&collection.stacks[before..]);
+            }
+            _ = interrupt.recv() => break StopReason::Interrupted,
+            _ = terminate.recv() => break StopReason::Terminated,
+            _ = tick.tick() => {
+                progress.set_message(format!("{} samples", collection.samples.len()));
+                if options.duration.is_some_and(|d| started.elapsed() >= d) {
+                    break StopReason::DurationElapsed;
+                }
+                let alive = if is_launched { target_alive_launched(target.pid) } else { target.is_alive() };
+                if !alive {
+                    break StopReason::TargetExited;
+                }
+            }
+        }
+    };
+    let end_ns = monotonic_ns();
+    // Whatever the kernel wrote before the stop is still in the ring buffer.
+    let before = collection.stacks.len();
+    collector.get_mut().drain(&mut collection);
+    if stop != StopReason::TargetExited {
+        symbolizer.observe(&collection.stacks[before..]);
+    }
+    let lost = probe.lost_samples();
+    // Detach now: symbolizing and writing need no sampling.
+    drop(collector);
+    drop(probe);
+    progress.finish_and_clear();
+    Ok((collection, start_ns, end_ns, lost, stop, symbolizer))
+}
+
+/// A launched child that exited stays a zombie until we reap it: not alive.
+fn target_alive_launched(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
+}
+
+fn build_profile(
+    collection: &Collection,
+    symbolizer: &mut Symbolizer,
+    pid: u32,
+    frequency_hz: u64,
+    start_ns: u64,
+    end_ns: u64,
+    lost: u64,
+) -> Profile {
+    let mut profile = Profile::new(pid, frequency_hz, start_ns);
+    let stack_ids: Vec<StackId> = symbolizer
+        .symbolize(&collection.stacks)
+        .into_iter()
+        .map(|frames| {
+            let ids = frames.into_iter().map(|f| profile.intern_frame(f)).collect();
+            profile.intern_stack(ids)
+        })
+        .collect();
+    for sample in &collection.samples {
+        let name = &collection.thread_names[sample.thread_name as usize];
+        profile.add_sample(sample.time_ns, sample.tid, name, stack_ids[sample.stack as usize]);
+    }
+    profile.end_ns = profile.end_ns.max(end_ns);
+    profile.lost_samples = lost;
+    profile
+}
+
+fn progress_bar(quiet: bool, pid: u32) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} recording pid {prefix} for {elapsed}: {msg} (Ctrl-C to stop)")
+            .expect("valid template"),
+    );
+    bar.set_prefix(pid.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so samples and
+/// recording bounds share one time base.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,248 @@
+//! Turns raw addresses into frames a person can read: native code through
+//! blazesym (node binary, shared libraries, kernel), JIT code through the
+//! target's perf map when it writes one.
+//!
+//! The target may exit before we symbolize, so while it runs we keep a snapshot
+//! of its executable mappings and an open descriptor to every mapped file and
+//! to its perf map; symbolization at the end reads only those.
+
+mod perf_map;
+
+pub use perf_map::PerfMap;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use blazesym::symbolize::{self, source, Input};
+
+use crate::collect::RawStack;
+use crate::profile::{Frame, FrameKind};
+use crate::target::{read_maps, Mapping, Target};
+
+/// Re-reading `/proc/PID/maps` at most this often while new code appears.
+const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+
+struct Module {
+    /// Path as the target sees it.
+    path: String,
+    /// Open while the target lived: survives its exit and mount namespace.
+    file: Option<File>,
+}
+
+pub struct Symbolizer {
+    pid: u32,
+    perf_map_path: std::path::PathBuf,
+    mappings: Vec<(Mapping, usize)>,
+    modules: Vec<Module>,
+    module_ids: HashMap<String, usize>,
+    perf_map_file: Option<File>,
+    last_refresh: Option<Instant>,
+}
+
+impl Symbolizer {
+    pub fn new(target: &Target) -> Symbolizer {
+        Symbolizer {
+            pid: target.pid,
+            perf_map_path: target.perf_map_path(),
+            mappings: Vec::new(),
+            modules: Vec::new(),
+            module_ids: HashMap::new(),
+            perf_map_file: None,
+            last_refresh: None,
+        }
+    }
+
+    /// Called while the target runs with newly collected stacks: re-snapshots
+    /// the mappings when code appears that the snapshot does not cover
+    /// (a library loaded, or the launched command just exec'd).
+    pub fn observe<'a>(&mut self, stacks: impl IntoIterator<Item = &'a RawStack>) {
+        let uncovered = stacks.into_iter().flat_map(|s| s.user.iter()).any(|&addr| self.mapping(addr).is_none());
+        let due = self.last_refresh.is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL);
+        if (uncovered || self.last_refresh.is_none()) && due {
+            self.refresh();
+        }
+    }
+
+    /// Snapshots the target's executable mappings and opens what they map.
+    pub fn refresh(&mut self) {
+        self.last_refresh = Some(Instant::now());
+        let Ok(maps) = read_maps(self.pid) else { return };
+        let mut mappings = Vec::with_capacity(maps.len());
+        for mapping in maps {
+            let module = self.module_for(&mapping);
+            mappings.push((mapping, module));
+        }
+        self.mappings = mappings;
+        if self.perf_map_file.is_none() {
+            self.perf_map_file = File::open(&self.perf_map_path).ok();
+        }
+    }
+
+    fn module_for(&mut self, mapping: &Mapping) -> usize {
+        if let Some(&id) = self.module_ids.get(&mapping.path) {
+            if self.modules[id].file.is_some() || !mapping.is_file() {
+                return id;
+            }
+        }
+        let file = mapping.is_file().then(|| self.open_mapped_file(mapping)).flatten();
+        let id = match self.module_ids.get(&mapping.path) {
+            Some(&id) => {
+                self.modules[id].file = file;
+                id
+            }
+            None => {
+                self.modules.push(Module { path: mapping.path.clone(), file });
+                self.modules.len() - 1
+            }
+        };
+        self.module_ids.insert(mapping.path.clone(), id);
+        id
+    }
+
+    /// `map_files` reaches the very file mapped, even deleted or in another
+    /// mount namespace; the root path is the fallback.
+    fn open_mapped_file(&self, mapping: &Mapping) -> Option<File> {
+        File::open(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, mapping.start, mapping.end))
+            .or_else(|_| File::open(format!("/proc/{}/root{}", self.pid, mapping.path.trim_end_matches(" (deleted)"))))
+            .ok()
+    }
+
+    fn mapping(&self, addr: u64) -> Option<&(Mapping, usize)> {
+        let i = self.mappings.partition_point(|(m, _)| m.start <= addr);
+        self.mappings.get(i.checked_sub(1)?).filter(|(m, _)| m.contains(addr))
+    }
+
+    fn read_perf_map(&mut self) -> PerfMap {
+        let mut text = String::new();
+        if let Some(file) = self.perf_map_file.as_mut() {
+            let _ = file.rewind();
+            // Capped: a perf map of a long-running server is a few MB at most.
+            let _ = file.take(256 << 20).read_to_string(&mut text);
+        }
+        PerfMap::parse(&text)
+    }
+
+    /// Symbolizes every stack; each result is outermost frame first.
+    pub fn symbolize(&mut self, stacks: &[RawStack]) -> Vec<Vec<Frame>> {
+        let perf_map = self.read_perf_map();
+        let blaze = symbolize::Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).build();
+
+        // Return addresses point after the call: look up addr-1 so the frame
+        // names the calling function even when the call is its last instruction.
+        let lookup = |stack: &[u64]| -> Vec<u64> {
+            stack.iter().enumerate().map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) }).collect()
+        };
+
+        let mut user_addrs: BTreeMap<u64, ()> = BTreeMap::new();
+        let mut kernel_addrs: BTreeMap<u64, ()> = BTreeMap::new();
+        for stack in stacks {
+            user_addrs.extend(lookup(&stack.user).into_iter().map(|a| (a, ())));
+            kernel_addrs.extend(lookup(&stack.kernel).into_iter().map(|a| (a, ())));
+        }
+
+        let mut user_frames: HashMap<u64, Frame> = HashMap::new();
+        // Batch per module: one blazesym call resolves all of a file's addresses.
+        let mut per_module: BTreeMap<usize, Vec<(u64, u64)>> = BTreeMap::new();
+        for &addr in user_addrs.keys() {
+            match self.mapping(addr) {
+                Some((m, module)) if self.modules[*module].file.is_some() => {
+                    per_module.entry(*module).or_default().push((addr, addr - m.start + m.offset));
+                }
+                Some((m, _)) => {
+                    user_frames.insert(addr, anonymous_frame(addr, m, &perf_map));
+                }
+                None => {
+                    let frame = match perf_map.lookup(addr) {
+                        Some(name) => Frame::new(FrameKind::Jit, name, ""),
+                        None => Frame::new(FrameKind::Unknown, "[unknown]", ""),
+                    };
+                    user_frames.insert(addr, frame);
+                }
+            }
+        }
+        for (module_id, addrs) in per_module {
+            let module = &self.modules[module_id];
+            let file = module.file.as_ref().expect("filtered above");
+            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            let mut elf = source::Elf::new(path);
+            // The symbol table names functions; DWARF would cost seconds on node's 100 MB of debug info.
+            elf.debug_syms = false;
+            let src = source::Source::Elf(elf);
+            let offsets: Vec<u64> = addrs.iter().map(|&(_, off)| off).collect();
+            let results = blaze.symbolize(&src, Input::FileOffset(&offsets)).unwrap_or_default();
+            let basename = module.path.rsplit('/').next().unwrap_or(&module.path).to_string();
+            for (i, &(addr, _)) in addrs.iter().enumerate() {
+                let frame = match results.get(i).and_then(|r| r.as_sym()) {
+                    Some(sym) => Frame::new(FrameKind::Native, sym.name.to_string(), module.path.clone()),
+                    None => Frame::new(FrameKind::Unknown, format!("[{basename}]"), module.path.clone()),
+                };
+                user_frames.insert(addr, frame);
+            }
+        }
+
+        let mut kernel_frames: HashMap<u64, Frame> = HashMap::new();
+        if !kernel_addrs.is_empty() {
+            let src = source::Source::Kernel(source::Kernel { debug_syms: false, ..Default::default() });
+            let addrs: Vec<u64> = kernel_addrs.keys().copied().collect();
+            let results = blaze.symbolize(&src, Input::AbsAddr(&addrs)).unwrap_or_default();
+            for (i, &addr) in addrs.iter().enumerate() {
+                let frame = match results.get(i).and_then(|r| r.as_sym()) {
+                    Some(sym) => Frame::new(FrameKind::Kernel, sym.name.to_string(), "[kernel]"),
+                    None => Frame::new(FrameKind::Kernel, "[unknown kernel]", "[kernel]"),
+                };
+                kernel_frames.insert(addr, frame);
+            }
+        }
+
+        stacks
+            .iter()
+            .map(|stack| {
+                let user = lookup(&stack.user);
+                let kernel = lookup(&stack.kernel);
+                user.iter()
+                    .rev()
+                    .map(|a| user_frames[a].clone())
+                    .chain(kernel.iter().rev().map(|a| kernel_frames[a].clone()))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// A frame in memory that no file backs: JIT code (named by the perf map when
+/// there is one), the vDSO, or other anonymous code.
+fn anonymous_frame(addr: u64, mapping: &Mapping, perf_map: &PerfMap) -> Frame {
+    if let Some(name) = perf_map.lookup(addr) {
+        return Frame::new(FrameKind::Jit, name, "");
+    }
+    if mapping.path.is_empty() {
+        Frame::new(FrameKind::Unknown, "[unknown JIT]", "")
+    } else {
+        Frame::new(FrameKind::Native, mapping.path.clone(), mapping.path.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Symbolizes addresses of this very test binary: a real ELF, no root needed.
+    #[test]
+    fn names_functions_of_a_live_process() {
+        let me = Target::inspect(std::process::id()).unwrap();
+        let mut symbolizer = Symbolizer::new(&me);
+        let addr = names_functions_of_a_live_process as usize as u64;
+        let stack = RawStack { kernel: Box::new([]), user: vec![addr, 0x10].into_boxed_slice() };
+        symbolizer.observe([&stack]);
+        let frames = symbolizer.symbolize(&[stack]);
+        assert_eq!(frames.len(), 1);
+        let leaf = frames[0].last().unwrap();
+        assert_eq!(leaf.kind, FrameKind::Native, "{leaf:?}");
+        assert!(leaf.name.contains("names_functions_of_a_live_process"), "{leaf:?}");
+        // 0x10 is in no mapping: an unknown frame, outermost.
+        assert_eq!(frames[0][0].kind, FrameKind::Unknown);
+    }
+}
