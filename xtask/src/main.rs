@@ -1,1 +1,117 @@
-fn main(){}
+//! Project tasks: `cargo xtask <bootstrap|test|demo|bench>` (see README.md).
+
+mod bench;
+mod bootstrap;
+mod util;
+
+use std::fs;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "nodeprof project tasks", disable_version_flag = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly + rust-src, bpf-linker against the
+    /// nightly's LLVM, perf, unshare, node. Idempotent.
+    Bootstrap,
+    /// Bootstrap, build nodeprof, run every unit and integration test (as root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap, build nodeprof (release) and profile the demo Node workload
+    /// for 10 s into target/demo/demo.{cpuprofile,folded,svg} (as root).
+    Demo,
+    /// Benchmark the overhead of `nodeprof record` against a baseline and perf (as root).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Bootstrap => bootstrap::bootstrap().map(|()| ExitCode::SUCCESS),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo(),
+        Cmd::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    ExitCode::from(util::exit_code(status).clamp(1, 255) as u8)
+}
+
+fn test(extra: &[String]) -> Result<ExitCode> {
+    util::require_root("test")?;
+    bootstrap::bootstrap()?;
+    util::run(util::cargo().args(["build", "-p", "nodeprof"]))?;
+    let bin = util::target_dir().join("debug/nodeprof");
+    anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
+    println!("xtask test: NODEPROF_BIN={}", bin.display());
+    let status = util::status(
+        util::cargo().args(["test", "--workspace", "--exclude", "probe-ebpf"]).args(extra).env("NODEPROF_BIN", &bin),
+    )?;
+    if status.success() {
+        println!("xtask test: all tests passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("xtask test: tests FAILED ({status})");
+        Ok(exit_code(status))
+    }
+}
+
+fn demo() -> Result<ExitCode> {
+    util::require_root("demo")?;
+    bootstrap::bootstrap()?;
+    util::run(util::cargo().args(["build", "--release", "-p", "nodeprof"]))?;
+    let bin = util::target_dir().join("release/nodeprof");
+    let out_dir = util::target_dir().join("demo");
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // nodeprof refuses to overwrite: clear the previous run's files.
+    for entry in fs::read_dir(&out_dir)?.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().starts_with("demo.") {
+            fs::remove_file(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        }
+    }
+    let prefix = out_dir.join("demo");
+    let workload = util::root().join("xtask/demo/workload.js");
+    let status = util::status(
+        Command::new(&bin)
+            .args(["record", "-F", "99", "-d", "10", "-o"])
+            .arg(&prefix)
+            .arg("--")
+            .arg("node")
+            .arg(&workload)
+            .current_dir(util::root()),
+    )?;
+    if !status.success() {
+        eprintln!("xtask demo: nodeprof record failed ({status})");
+        return Ok(exit_code(status));
+    }
+    println!();
+    println!("xtask demo: outputs");
+    for ext in ["cpuprofile", "folded", "svg"] {
+        let path = prefix.with_extension(ext);
+        match fs::metadata(&path) {
+            Ok(m) => println!("  {}  ({} bytes)", path.display(), m.len()),
+            Err(_) => println!("  {}  (MISSING)", path.display()),
+        }
+    }
+    println!("Open the .svg in a browser; load the .cpuprofile in Chrome DevTools (Performance), VS Code or speedscope.");
+    Ok(ExitCode::SUCCESS)
+}

@@ -65,7 +65,8 @@ impl Target {
     pub fn is_node(&self) -> bool {
         let name = self.exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let name = name.trim_end_matches(" (deleted)");
-        name.starts_with("node") || self.comm == "node"
+        let version_suffix = |rest: &str| rest.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == 'v');
+        name == "nodejs" || name.strip_prefix("node").is_some_and(version_suffix) || self.comm == "node"
     }
 
     /// Path of a file as the target sees it, reachable from nodeprof's mount namespace.
@@ -109,6 +110,18 @@ mod tests {
         // pid_max is at most 2^22, so this pid cannot exist.
         assert!(matches!(Target::inspect(u32::MAX - 1), Err(TargetError::NoSuchProcess(_))));
         assert!(matches!(Target::inspect(0), Err(TargetError::NoSuchProcess(0))));
+    }
+
+    #[test]
+    fn recognises_node_executables_by_name() {
+        let named = |exe: &str| Target { pid: 1, exe: exe.into(), comm: String::new(), ns_pid: 1 }.is_node();
+        assert!(named("/usr/bin/node"));
+        assert!(named("/usr/bin/nodejs"));
+        assert!(named("/opt/node22"));
+        assert!(named("/opt/node-v20.1.0"));
+        assert!(named("/usr/bin/node (deleted)"));
+        assert!(!named("/usr/bin/nodeprof"));
+        assert!(!named("/usr/bin/python3"));
     }
 
     #[test]
