@@ -11,7 +11,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "nodeprof project tasks", disable_version_flag = true)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "nodeprof project tasks",
+    disable_version_flag = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -64,7 +69,11 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
     println!("xtask test: NODEPROF_BIN={}", bin.display());
     let status = util::status(
-        util::cargo().args(["test", "--workspace", "--exclude", "probe-ebpf"]).args(extra).env("NODEPROF_BIN", &bin),
+        util::cargo()
+            .args(["test", "--workspace", "--exclude", "probe-ebpf"])
+            .args(extra)
+            .env("NODEPROF_BIN", &bin)
+            .envs(node_binaries()?),
     )?;
     if status.success() {
         println!("xtask test: all tests passed");
@@ -73,6 +82,14 @@ fn test(extra: &[String]) -> Result<ExitCode> {
         eprintln!("xtask test: tests FAILED ({status})");
         Ok(exit_code(status))
     }
+}
+
+/// `NODEPROF_NODE_<major>` for every installed major: the tests run each.
+fn node_binaries() -> Result<Vec<(String, std::path::PathBuf)>> {
+    bootstrap::NODE_MAJORS
+        .iter()
+        .map(|&major| Ok((format!("NODEPROF_NODE_{major}"), bootstrap::node_binary(major)?)))
+        .collect()
 }
 
 fn demo() -> Result<ExitCode> {
@@ -85,7 +102,8 @@ fn demo() -> Result<ExitCode> {
     // nodeprof refuses to overwrite: clear the previous run's files.
     for entry in fs::read_dir(&out_dir)?.filter_map(|e| e.ok()) {
         if entry.file_name().to_string_lossy().starts_with("demo.") {
-            fs::remove_file(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
         }
     }
     let prefix = out_dir.join("demo");

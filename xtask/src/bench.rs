@@ -1,0 +1,727 @@
+//! `cargo xtask bench`: overhead of `nodeprof record` on a CPU-bound Node
+//! process, next to a baseline and `perf record -g`.
+//!
+//! One fixed workload (`xtask/bench/cpu-bound.js`, single thread; its work is
+//! calibrated once to take about `--seconds` alone, then kept fixed) runs under
+//! every variant in each round; the order rotates from round to round so
+//! machine noise hits all variants alike. Each run:
+//!
+//! 1. start `node cpu-bound.js --units U --wait-stdin`; it prints `ready` and
+//!    waits for a line on stdin;
+//! 2. start the profiler on its pid (`nodeprof record -p PID -F HZ -o … --quiet`
+//!    or `perf record -e cpu-clock -g -F HZ -p PID -o …`) and wait until it has
+//!    attached: it holds perf-event or BPF-link file descriptors and their
+//!    number has stopped changing;
+//! 3. send `go`: the workload does its fixed work and prints its own elapsed
+//!    milliseconds (only the work, not node's start-up) as its last line, then
+//!    exits; the profiler sees the target exit, writes its output and exits;
+//! 4. `wait4` the profiler: CPU time (user + system) over its wall time from
+//!    spawn to exit, and peak RSS (`ru_maxrss`).
+//!
+//! Reported per variant: median target time, slowdown against the baseline
+//! median, median profiler CPU % of one core, highest peak RSS.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use crate::{bootstrap, util};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// How long one workload run should take alone, in seconds (its amount of
+    /// work is calibrated once to this, then fixed for every run).
+    #[arg(long, default_value_t = 8.0)]
+    seconds: f64,
+    /// Rounds; each round runs every variant once.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Variants to run, comma-separated, from: nodeprof-99, nodeprof-999,
+    /// perf-99, perf-999 (the baseline always runs).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nodeprof-99,nodeprof-999,perf-99,perf-999"
+    )]
+    variants: Vec<String>,
+}
+
+fn parse_variant(tag: &str) -> Result<Variant> {
+    let (tool, hz) = tag
+        .split_once('-')
+        .with_context(|| format!("bad variant {tag:?}"))?;
+    let hz: u32 = hz
+        .parse()
+        .with_context(|| format!("bad rate in variant {tag:?}"))?;
+    match tool {
+        "nodeprof" => Ok(Variant::Nodeprof(hz)),
+        "perf" => Ok(Variant::Perf(hz)),
+        _ => bail!("unknown variant {tag:?} (nodeprof-HZ or perf-HZ)"),
+    }
+}
+
+/// Goals from the design card.
+const GOAL_SLOWDOWN_99: f64 = 1.0;
+const GOAL_SLOWDOWN_999: f64 = 2.0;
+const GOAL_CPU_99: f64 = 1.0;
+const GOAL_RSS_MIB: f64 = 64.0;
+
+/// How long a profiler may take to attach, and to exit after its target did.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// `/proc/PID/fd` link targets that show a profiler has attached.
+const ATTACH_MARKERS: [&str; 2] = ["anon_inode:[perf_event]", "anon_inode:bpf_link"];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Baseline,
+    Nodeprof(u32),
+    Perf(u32),
+}
+
+impl Variant {
+    fn label(self) -> String {
+        match self {
+            Variant::Baseline => "baseline (no profiler)".into(),
+            Variant::Nodeprof(hz) => format!("nodeprof record -F {hz}"),
+            Variant::Perf(hz) => format!("perf record -g -F {hz}"),
+        }
+    }
+
+    fn tag(self) -> String {
+        match self {
+            Variant::Baseline => "baseline".into(),
+            Variant::Nodeprof(hz) => format!("nodeprof-{hz}"),
+            Variant::Perf(hz) => format!("perf-{hz}"),
+        }
+    }
+}
+
+/// One run of the workload under one variant.
+struct Run {
+    round: usize,
+    variant: Variant,
+    target_ms: f64,
+    profiler: Option<ProfilerUsage>,
+}
+
+#[derive(Clone, Copy)]
+struct ProfilerUsage {
+    cpu_s: f64,
+    wall_s: f64,
+    max_rss_kib: i64,
+}
+
+impl ProfilerUsage {
+    fn cpu_percent(&self) -> f64 {
+        if self.wall_s > 0.0 {
+            100.0 * self.cpu_s / self.wall_s
+        } else {
+            f64::NAN
+        }
+    }
+    fn rss_mib(&self) -> f64 {
+        self.max_rss_kib as f64 / 1024.0
+    }
+}
+
+struct Setup {
+    node: PathBuf,
+    workload: PathBuf,
+    nodeprof: PathBuf,
+    perf: Option<PathBuf>,
+    tmp: PathBuf,
+    units: u64,
+    /// `ru_maxrss` (MiB) of a child that does nothing: what every child of
+    /// this process reports at least (see [`rss_floor`]).
+    rss_floor_mib: f64,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    ensure!(args.seconds > 0.0, "--seconds must be positive");
+    let mut variants = vec![Variant::Baseline];
+    for tag in args
+        .variants
+        .iter()
+        .filter(|t| !t.is_empty() && t.as_str() != "baseline")
+    {
+        let v = parse_variant(tag.trim())?;
+        if !variants.contains(&v) {
+            variants.push(v);
+        }
+    }
+    let with_nodeprof = variants.iter().any(|v| matches!(v, Variant::Nodeprof(_)));
+    util::require_root("bench")?;
+    bootstrap::bootstrap()?;
+    if with_nodeprof {
+        util::run(util::cargo().args(["build", "--release", "-p", "nodeprof"]))?;
+    }
+
+    let bench_dir = util::target_dir().join("bench");
+    let tmp = bench_dir.join("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+
+    let perf = util::which("perf");
+    if perf.is_none() && variants.iter().any(|v| matches!(v, Variant::Perf(_))) {
+        eprintln!("bench: perf not found: the perf variants are skipped");
+        variants.retain(|v| !matches!(v, Variant::Perf(_)));
+    }
+    let mut cx = Setup {
+        node: util::which("node").context("node is not on PATH")?,
+        workload: util::root().join("xtask/bench/cpu-bound.js"),
+        nodeprof: util::target_dir().join("release/nodeprof"),
+        perf,
+        tmp,
+        units: 0,
+        rss_floor_mib: 0.0,
+    };
+    ensure!(
+        !with_nodeprof || cx.nodeprof.is_file(),
+        "{} was not built",
+        cx.nodeprof.display()
+    );
+    cx.units = calibrate(&cx, args.seconds)?;
+    cx.rss_floor_mib = rss_floor()?;
+    println!(
+        "bench: RSS floor (ru_maxrss of `true` spawned from here): {:.1} MiB",
+        cx.rss_floor_mib
+    );
+
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        // Rotate the order so no variant always runs first (or right after another).
+        let mut order = variants.clone();
+        order.rotate_left(round % variants.len());
+        for variant in order {
+            let run = run_once(&cx, variant, round)
+                .with_context(|| format!("round {} {}", round + 1, variant.label()))?;
+            let prof = match run.profiler {
+                Some(p) => format!(
+                    "profiler {:.2} s CPU / {:.1} s = {:.2} % of a core, peak RSS {:.1} MiB",
+                    p.cpu_s,
+                    p.wall_s,
+                    p.cpu_percent(),
+                    p.rss_mib()
+                ),
+                None => String::new(),
+            };
+            println!(
+                "bench: round {}/{} {:<26} target {:>9.1} ms  {prof}",
+                round + 1,
+                args.rounds,
+                variant.label(),
+                run.target_ms
+            );
+            runs.push(run);
+        }
+    }
+    let _ = fs::remove_dir_all(&cx.tmp);
+
+    let report = report(args, &cx, &variants, &runs, started.elapsed())?;
+    println!();
+    println!("{report}");
+    let out = bench_dir.join("record.md");
+    fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("bench: written to {}", out.display());
+    Ok(())
+}
+
+/// Finds the number of work units that takes about `seconds` alone.
+fn calibrate(cx: &Setup, seconds: f64) -> Result<u64> {
+    let mut units: u64 = 4;
+    // Warm the page cache and grow the probe until it takes long enough to time.
+    loop {
+        let ms = run_plain(cx, units)?;
+        if ms >= 1500.0 || units >= 1 << 32 {
+            let per_unit = ms / units as f64;
+            let target = ((seconds * 1000.0) / per_unit).round().max(1.0) as u64;
+            println!(
+                "bench: calibrated: {units} units took {ms:.0} ms → {target} units ≈ {seconds} s per run"
+            );
+            return Ok(target);
+        }
+        let factor = if ms < 100.0 {
+            10.0
+        } else {
+            (1800.0 / ms).max(1.5)
+        };
+        units = ((units as f64) * factor).ceil() as u64;
+    }
+}
+
+/// Linux charges a child, in `ru_maxrss`, at least its parent's RSS high-water
+/// mark at fork/exec (`exec_mmap` records the old mm's high-water mark). This
+/// measures that floor with `true`, so small profiler figures can be judged.
+fn rss_floor() -> Result<f64> {
+    let child = Command::new("true")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot run `true`")?;
+    let pid = child.id() as libc::pid_t;
+    drop(child);
+    let (tx, _reaped) = mpsc::channel();
+    let done = waiter(pid, tx).recv().context("wait4 thread vanished")??;
+    Ok(done.usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// Runs the workload alone, starting at once; returns its own elapsed ms.
+fn run_plain(cx: &Setup, units: u64) -> Result<f64> {
+    let out = Command::new(&cx.node)
+        .arg(&cx.workload)
+        .args(["--units", &units.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run the workload")?;
+    ensure!(out.status.success(), "workload failed ({})", out.status);
+    parse_elapsed(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The workload's last non-empty stdout line: elapsed milliseconds.
+fn parse_elapsed(stdout: &str) -> Result<f64> {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let ms: f64 = last
+        .trim()
+        .parse()
+        .with_context(|| format!("workload's last line is not its elapsed ms: {last:?}"))?;
+    ensure!(ms.is_finite() && ms > 0.0, "workload reported {ms} ms");
+    Ok(ms)
+}
+
+/// Kills the children of a run that did not finish (error paths).
+struct Reaper {
+    pids: Vec<(libc::pid_t, mpsc::Receiver<()>)>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for (pid, reaped) in &self.pids {
+            if reaped.try_recv().is_err() {
+                // SAFETY: plain syscall; the pid is our child and has not been reaped.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Result of `wait4` on the profiler, with the time it returned.
+struct Exited {
+    status: libc::c_int,
+    usage: libc::rusage,
+    at: Instant,
+}
+
+/// Reaps `pid` with `wait4` on a thread, so the caller can time out.
+fn waiter(pid: libc::pid_t, reaped: mpsc::Sender<()>) -> mpsc::Receiver<std::io::Result<Exited>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain old data; wait4 fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall on our own child.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            let _ = reaped.send(());
+            let _ = tx.send(Ok(Exited {
+                status,
+                usage,
+                at: Instant::now(),
+            }));
+            return;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            let _ = tx.send(Err(err));
+            return;
+        }
+    });
+    rx
+}
+
+fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
+    let tag = format!("{}-r{}", variant.tag(), round + 1);
+    let mut reaper = Reaper { pids: Vec::new() };
+
+    let mut node = Command::new(&cx.node)
+        .arg(&cx.workload)
+        .args(["--units", &cx.units.to_string(), "--wait-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the workload")?;
+    let node_pid = node.id() as libc::pid_t;
+    let (node_reaped_tx, node_reaped) = mpsc::channel();
+    reaper.pids.push((node_pid, node_reaped));
+    let mut stdout = BufReader::new(node.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .context("reading the workload's ready line")?;
+    ensure!(line.trim() == "ready", "workload did not start: {line:?}");
+
+    let profiler = match variant {
+        Variant::Baseline => None,
+        Variant::Nodeprof(hz) => {
+            let mut cmd = Command::new(&cx.nodeprof);
+            cmd.args([
+                "record",
+                "-p",
+                &node_pid.to_string(),
+                "-F",
+                &hz.to_string(),
+                "-o",
+            ])
+            .arg(cx.tmp.join(&tag))
+            .arg("--quiet");
+            Some(cmd)
+        }
+        Variant::Perf(hz) => {
+            let mut cmd = Command::new(cx.perf.as_ref().expect("perf variants only with perf"));
+            cmd.args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-g",
+                "-F",
+                &hz.to_string(),
+                "-p",
+                &node_pid.to_string(),
+                "-o",
+            ])
+            .arg(cx.tmp.join(format!("{tag}.perf.data")));
+            Some(cmd)
+        }
+    };
+
+    let mut running = None;
+    if let Some(mut cmd) = profiler {
+        let out_log = cx.tmp.join(format!("{tag}.stdout"));
+        let err_log = cx.tmp.join(format!("{tag}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&out_log)?)
+            .stderr(File::create(&err_log)?)
+            .current_dir(&cx.tmp);
+        let spawned = Instant::now();
+        let child: Child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", util::display(&cmd)))?;
+        let pid = child.id() as libc::pid_t;
+        // The child is reaped by `waiter` (wait4), never by `Child::wait`.
+        drop(child);
+        let (reaped_tx, reaped_rx) = mpsc::channel();
+        reaper.pids.push((pid, reaped_rx));
+        let exited = waiter(pid, reaped_tx);
+        wait_attached(pid, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
+        running = Some((pid, spawned, exited, err_log));
+    }
+
+    // Go: the workload starts its timed work.
+    {
+        let mut stdin = node.stdin.take().expect("piped");
+        stdin
+            .write_all(b"go\n")
+            .context("cannot start the workload")?;
+    }
+    let mut rest = String::new();
+    stdout
+        .read_to_string(&mut rest)
+        .context("reading the workload's output")?;
+    let status = node.wait()?;
+    let _ = node_reaped_tx.send(());
+    ensure!(status.success(), "workload failed ({status})");
+    let target_ms = parse_elapsed(&rest)?;
+
+    let profiler = match running {
+        None => None,
+        Some((pid, spawned, exited, err_log)) => {
+            let done = match exited.recv_timeout(EXIT_TIMEOUT) {
+                Ok(r) => r?,
+                Err(_) => {
+                    // SAFETY: our unreaped child.
+                    unsafe { libc::kill(pid, libc::SIGINT) };
+                    bail!(
+                        "the profiler did not exit within {} s after its target did{}",
+                        EXIT_TIMEOUT.as_secs(),
+                        tail(&err_log)
+                    );
+                }
+            };
+            if !(libc::WIFEXITED(done.status) && libc::WEXITSTATUS(done.status) == 0) {
+                bail!(
+                    "the profiler failed (wait status {:#x}){}",
+                    done.status,
+                    tail(&err_log)
+                );
+            }
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            Some(ProfilerUsage {
+                cpu_s: tv(done.usage.ru_utime) + tv(done.usage.ru_stime),
+                wall_s: done.at.duration_since(spawned).as_secs_f64(),
+                max_rss_kib: done.usage.ru_maxrss,
+            })
+        }
+    };
+    // Outputs can be large (perf.data at 999 Hz): drop them once measured.
+    remove_outputs(&cx.tmp, &tag);
+    Ok(Run {
+        round,
+        variant,
+        target_ms,
+        profiler,
+    })
+}
+
+/// Waits until the profiler `pid` has attached: at least one descriptor of an
+/// open perf event (`anon_inode:[perf_event]`, as perf holds them) or of a BPF
+/// link (`anon_inode:bpf_link`: aya attaches perf-event programs through links
+/// and keeps only those), and their number unchanged for 0.5 s.
+fn wait_attached(pid: libc::pid_t, exited: &mpsc::Receiver<std::io::Result<Exited>>) -> Result<()> {
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let mut last = 0usize;
+    let mut stable_since = Instant::now();
+    loop {
+        match exited.try_recv() {
+            Ok(Ok(e)) => bail!(
+                "the profiler exited before attaching (wait status {:#x})",
+                e.status
+            ),
+            Ok(Err(e)) => bail!("wait4 on the profiler failed: {e}"),
+            Err(_) => {}
+        }
+        let count = fs::read_dir(&fd_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        fs::read_link(e.path())
+                            .is_ok_and(|t| ATTACH_MARKERS.iter().any(|m| t.as_os_str() == *m))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if count != last {
+            last = count;
+            stable_since = Instant::now();
+        } else if count > 0 && stable_since.elapsed() >= Duration::from_millis(500) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the profiler did not attach (no perf event or BPF link open) within {} s",
+                ATTACH_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn remove_outputs(dir: &Path, tag: &str) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == tag || name.starts_with(&format!("{tag}.")) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The end of a profiler's stderr log, for error messages.
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(20);
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n--- {} (tail) ---\n{}",
+            log.display(),
+            lines[start..].join("\n")
+        )
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "✅"
+    } else {
+        "❌"
+    }
+}
+
+fn command_line(cmd: &mut Command) -> String {
+    util::output_ok(cmd)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn report(
+    args: &BenchArgs,
+    cx: &Setup,
+    variants: &[Variant],
+    runs: &[Run],
+    took: Duration,
+) -> Result<String> {
+    let base_ms: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.variant == Variant::Baseline)
+        .map(|r| r.target_ms)
+        .collect();
+    let base_median = median(&mut base_ms.clone());
+    let base_spread = if base_ms.is_empty() {
+        f64::NAN
+    } else {
+        let (lo, hi) = base_ms
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        100.0 * (hi - lo) / base_median
+    };
+
+    let mut md = String::new();
+    writeln!(md, "# nodeprof record overhead")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "`cargo xtask bench --seconds {} --rounds {} --variants {}` — {} — kernel {}, {} CPUs, node {}, nodeprof at {} — took {:.0} s.",
+        args.seconds,
+        args.rounds,
+        variants.iter().skip(1).map(|v| v.tag()).collect::<Vec<_>>().join(","),
+        command_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        command_line(Command::new("uname").arg("-r")),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        command_line(Command::new(&cx.node).arg("--version")),
+        command_line(Command::new("git").args(["-C"]).arg(util::root()).args(["describe", "--always", "--dirty"])),
+        took.as_secs_f64()
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Workload: `node xtask/bench/cpu-bound.js --units {}` (single thread, fixed work, times itself; \
+         the profiler attaches before the timed work starts). Every round runs every variant, in rotating order. \
+         Slowdown: median target time / baseline median − 1. Profiler CPU: (user + system) / wall time from \
+         its start to its exit, median over rounds. RSS: highest `ru_maxrss`; every child of the bench reports at least {:.1} MiB \
+         there (its parent's high-water mark), so a figure at that floor means \"this much or less\". \
+         perf uses `-e cpu-clock` like nodeprof.",
+        cx.units, cx.rss_floor_mib
+    )?;
+    writeln!(md)?;
+    writeln!(md, "| variant | target median ms | slowdown % | profiler CPU % of one core | profiler peak RSS MiB | goals |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---|")?;
+    for &variant in variants {
+        let mut ms: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.variant == variant)
+            .map(|r| r.target_ms)
+            .collect();
+        let med = median(&mut ms);
+        let slowdown = 100.0 * (med / base_median - 1.0);
+        let usage: Vec<ProfilerUsage> = runs
+            .iter()
+            .filter(|r| r.variant == variant)
+            .filter_map(|r| r.profiler)
+            .collect();
+        let cpu = median(&mut usage.iter().map(|u| u.cpu_percent()).collect::<Vec<_>>());
+        let rss = usage.iter().map(|u| u.rss_mib()).fold(f64::NAN, f64::max);
+        let goals = match variant {
+            Variant::Baseline => format!("run-to-run spread {base_spread:.1} %"),
+            Variant::Nodeprof(hz) => {
+                let slowdown_goal = if hz <= 99 {
+                    GOAL_SLOWDOWN_99
+                } else {
+                    GOAL_SLOWDOWN_999
+                };
+                let mut g = format!(
+                    "slowdown ≤ {slowdown_goal} % {}",
+                    mark(slowdown <= slowdown_goal)
+                );
+                if hz <= 99 {
+                    write!(g, "; CPU < {GOAL_CPU_99} % {}", mark(cpu < GOAL_CPU_99))?;
+                }
+                write!(g, "; RSS < {GOAL_RSS_MIB} MiB {}", mark(rss < GOAL_RSS_MIB))?;
+                g
+            }
+            Variant::Perf(_) => "reference".into(),
+        };
+        let (slowdown, cpu, rss) = if variant == Variant::Baseline {
+            ("—".to_string(), "—".to_string(), "—".to_string())
+        } else {
+            (
+                format!("{slowdown:+.2}"),
+                format!("{cpu:.2}"),
+                if rss <= cx.rss_floor_mib * 1.02 {
+                    format!("≤ {rss:.1} (floor)")
+                } else {
+                    format!("{rss:.1}")
+                },
+            )
+        };
+        writeln!(
+            md,
+            "| {} | {med:.0} | {slowdown} | {cpu} | {rss} | {goals} |",
+            variant.label()
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Goals: slowdown ≤ {GOAL_SLOWDOWN_99} % at 99 Hz and ≤ {GOAL_SLOWDOWN_999} % at 999 Hz; nodeprof < {GOAL_CPU_99} % \
+         of one core at 99 Hz and < {GOAL_RSS_MIB} MiB RSS. A slowdown within the baseline's run-to-run spread is noise."
+    )?;
+    writeln!(md)?;
+    writeln!(md, "<details><summary>Every run</summary>")?;
+    writeln!(md)?;
+    writeln!(md, "| round | variant | target ms | profiler CPU s | profiler wall s | profiler CPU % | peak RSS MiB |")?;
+    writeln!(md, "|---:|---|---:|---:|---:|---:|---:|")?;
+    for r in runs {
+        match r.profiler {
+            Some(p) => writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.3} | {:.2} | {:.2} | {:.1} |",
+                r.round + 1,
+                r.variant.label(),
+                r.target_ms,
+                p.cpu_s,
+                p.wall_s,
+                p.cpu_percent(),
+                p.rss_mib()
+            )?,
+            None => writeln!(
+                md,
+                "| {} | {} | {:.1} | | | | |",
+                r.round + 1,
+                r.variant.label(),
+                r.target_ms
+            )?,
+        }
+    }
+    writeln!(md)?;
+    writeln!(md, "</details>")?;
+    Ok(md)
+}
