@@ -3,9 +3,9 @@
 //! user space reads them back.
 #![no_std]
 
-/// Deepest user stack the sampler records. The kernel caps callchains at
-/// `kernel.perf_event_max_stack` (127 by default).
-pub const MAX_USER_FRAMES: usize = 127;
+/// Deepest user stack the sampler walks (frame-pointer chain). V8 itself
+/// limits JS stacks to about this many frames in its own profiler.
+pub const MAX_USER_FRAMES: usize = 128;
 /// Deepest kernel stack the sampler records.
 pub const MAX_KERNEL_FRAMES: usize = 64;
 /// Length of a task's `comm` (thread name), NUL padded.
@@ -17,6 +17,8 @@ pub const SAMPLES_MAP: &str = "SAMPLES";
 pub const TARGETS_MAP: &str = "TARGETS";
 /// Name of the per-CPU array counting samples dropped because the ring buffer was full.
 pub const LOST_MAP: &str = "LOST";
+/// Name of the hash map of per-target V8 layouts (key: tgid, value: [`V8ProbeConfig`]).
+pub const V8_CONFIGS_MAP: &str = "V8_CONFIGS";
 /// Name of the perf_event sampler program.
 pub const SAMPLER_PROGRAM: &str = "nodeprof_sample";
 
@@ -42,9 +44,51 @@ pub struct SampleRecord {
     pub comm: [u8; COMM_LEN],
     /// Kernel instruction pointers, innermost first.
     pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
-    /// User instruction pointers, innermost first (the first is the interrupted pc,
-    /// the rest are return addresses).
-    pub user_stack: [u64; MAX_USER_FRAMES],
+    /// User frames, innermost first (the first pc is the interrupted pc, the
+    /// rest are return addresses).
+    pub user_stack: [UserFrame; MAX_USER_FRAMES],
+}
+
+/// One frame of the user stack, as the sampler's frame-pointer walk saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct UserFrame {
+    pub pc: u64,
+    /// The raw word at `[fp + fp_context]`: a V8 Context (tagged pointer) in JS
+    /// frames, a frame-type marker (`type << 1`) in typed V8 frames, garbage
+    /// elsewhere. User space interprets it only when `pc` is V8 code.
+    pub frame_marker: u64,
+    /// Tagged address of the frame's SharedFunctionInfo, verified by its map's
+    /// instance type at sample time; 0 when the frame is not a JS frame.
+    pub sfi: u64,
+    /// The SFI's `name_or_scope_info` word at sample time: if GC later moves
+    /// another object to the same address, the fingerprint no longer matches.
+    pub sfi_fingerprint: u64,
+}
+
+/// V8 object layout of one target, read by user space from the node binary's
+/// `v8dbg_*` symbols, consumed by the sampler to recognise JS frames.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct V8ProbeConfig {
+    /// Byte offset from fp of the context-or-frame-type slot (-8 on x86-64).
+    pub fp_context: i32,
+    /// Byte offset from fp of the JSFunction slot (-16 on x86-64).
+    pub fp_function: i32,
+    /// Offset of `JSFunction::shared` from the untagged object start.
+    pub jsfunction_shared: u32,
+    /// Offset of `HeapObject::map`.
+    pub heap_object_map: u32,
+    /// Offset of `Map::instance_type` (u16).
+    pub map_instance_type: u32,
+    /// Offset of `SharedFunctionInfo::name_or_scope_info`.
+    pub sfi_name_or_scope_info: u32,
+    /// Instance type of SharedFunctionInfo.
+    pub sfi_instance_type: u16,
+    /// Tag of heap object pointers (1) and its mask (3).
+    pub heap_object_tag: u8,
+    pub heap_object_tag_mask: u8,
+    pub _pad: u32,
 }
 
 impl SampleRecord {
@@ -52,7 +96,7 @@ impl SampleRecord {
         &self.kernel_stack[..(self.kernel_frames as usize).min(MAX_KERNEL_FRAMES)]
     }
 
-    pub fn user_stack(&self) -> &[u64] {
+    pub fn user_stack(&self) -> &[UserFrame] {
         &self.user_stack[..(self.user_frames as usize).min(MAX_USER_FRAMES)]
     }
 
@@ -65,3 +109,5 @@ impl SampleRecord {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SampleRecord {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for V8ProbeConfig {}
