@@ -51,7 +51,7 @@ pub struct SampleRecord {
 
 /// One frame of the user stack, as the sampler's frame-pointer walk saw it.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
 pub struct UserFrame {
     pub pc: u64,
     /// The raw word at `[fp + fp_context]`: a V8 Context (tagged pointer) in JS

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, RingBuf};
-use nodeprof_common::SampleRecord;
+use nodeprof_common::{SampleRecord, UserFrame};
 
 /// A stack as the kernel saw it: addresses, innermost first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RawStack {
     pub kernel: Box<[u64]>,
-    pub user: Box<[u64]>,
+    pub user: Box<[UserFrame]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,8 @@ pub struct Collection {
 
 impl Collection {
     pub fn push(&mut self, record: &SampleRecord) {
-        let stack = RawStack { kernel: record.kernel_stack().into(), user: record.user_stack().into() };
+        let user = record.user_stack().iter().map(normalize_frame).collect();
+        let stack = RawStack { kernel: record.kernel_stack().into(), user };
         let stack = match self.stack_ids.get(&stack) {
             Some(&id) => id,
             None => {
@@ -95,6 +96,17 @@ impl std::os::fd::AsRawFd for Collector {
     }
 }
 
+/// Largest V8 frame-type marker (`type << 1`); V8 has about 40 frame types.
+const MAX_FRAME_MARKER: u64 = 256;
+
+/// Keeps only what symbolization needs of a frame, so that identical stacks
+/// compare equal: the `[fp-8]` word matters only as a typed-frame marker, while
+/// Context pointers and C++ garbage would make every stack unique.
+fn normalize_frame(frame: &UserFrame) -> UserFrame {
+    let is_marker = frame.frame_marker & 1 == 0 && frame.frame_marker < MAX_FRAME_MARKER;
+    UserFrame { frame_marker: if is_marker { frame.frame_marker } else { u64::MAX }, ..*frame }
+}
+
 /// Copies a record out of ring buffer bytes; short records (a probe/user
 /// mismatch) are skipped rather than read past their end.
 fn parse_record(bytes: &[u8]) -> Option<SampleRecord> {
@@ -110,6 +122,10 @@ mod tests {
     use super::*;
     use nodeprof_common::{MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
 
+    fn pcs(pcs: &[u64]) -> Vec<UserFrame> {
+        pcs.iter().map(|&pc| UserFrame { pc, frame_marker: u64::MAX, ..Default::default() }).collect()
+    }
+
     fn record(tid: u32, comm: &[u8], user: &[u64]) -> SampleRecord {
         let mut r = SampleRecord {
             time_ns: 100,
@@ -121,10 +137,10 @@ mod tests {
             _pad: 0,
             comm: [0; 16],
             kernel_stack: [0; MAX_KERNEL_FRAMES],
-            user_stack: [0; MAX_USER_FRAMES],
+            user_stack: [UserFrame::default(); MAX_USER_FRAMES],
         };
         r.comm[..comm.len()].copy_from_slice(comm);
-        r.user_stack[..user.len()].copy_from_slice(user);
+        r.user_stack[..user.len()].copy_from_slice(&pcs(user));
         r
     }
 
@@ -137,8 +153,19 @@ mod tests {
         assert_eq!(c.samples.len(), 3);
         assert_eq!(c.stacks.len(), 2);
         assert_eq!(c.thread_names, vec!["node".to_string(), "worker".to_string()]);
-        assert_eq!(&*c.stack(c.samples[0].stack).user, &[1, 2, 3]);
+        assert_eq!(&*c.stack(c.samples[0].stack).user, pcs(&[1, 2, 3]).as_slice());
         assert_eq!(c.samples[2].thread_name, 1);
+    }
+
+    #[test]
+    fn contexts_and_garbage_do_not_split_stacks() {
+        let frame = |marker| UserFrame { pc: 7, frame_marker: marker, sfi: 0x1001, sfi_fingerprint: 3 };
+        // Two calls of one JS function with different Context pointers: one stack.
+        assert_eq!(normalize_frame(&frame(0x7f00_1231)), normalize_frame(&frame(0x7f00_4561)));
+        assert_eq!(normalize_frame(&frame(0x7f00_4560)).frame_marker, u64::MAX);
+        // A typed frame's marker (type 3 = exit frame) survives.
+        assert_eq!(normalize_frame(&frame(3 << 1)).frame_marker, 6);
+        assert_eq!(normalize_frame(&frame(0x7f00_1231)).sfi, 0x1001);
     }
 
     #[test]
@@ -151,6 +178,6 @@ mod tests {
         };
         let back = parse_record(bytes).unwrap();
         assert_eq!(back.tid, 5);
-        assert_eq!(back.user_stack(), &[9, 8]);
+        assert_eq!(back.user_stack().iter().map(|f| f.pc).collect::<Vec<_>>(), vec![9, 8]);
     }
 }

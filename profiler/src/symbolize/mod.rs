@@ -59,7 +59,7 @@ impl Symbolizer {
     /// the mappings when code appears that the snapshot does not cover
     /// (a library loaded, or the launched command just exec'd).
     pub fn observe<'a>(&mut self, stacks: impl IntoIterator<Item = &'a RawStack>) {
-        let uncovered = stacks.into_iter().flat_map(|s| s.user.iter()).any(|&addr| self.mapping(addr).is_none());
+        let uncovered = stacks.into_iter().flat_map(|s| s.user.iter()).any(|f| self.mapping(f.pc).is_none());
         let due = self.last_refresh.is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL);
         if (uncovered || self.last_refresh.is_none()) && due {
             self.refresh();
@@ -138,8 +138,9 @@ impl Symbolizer {
 
         let mut user_addrs: BTreeMap<u64, ()> = BTreeMap::new();
         let mut kernel_addrs: BTreeMap<u64, ()> = BTreeMap::new();
+        let user_pcs = |stack: &RawStack| -> Vec<u64> { stack.user.iter().map(|f| f.pc).collect() };
         for stack in stacks {
-            user_addrs.extend(lookup(&stack.user).into_iter().map(|a| (a, ())));
+            user_addrs.extend(lookup(&user_pcs(stack)).into_iter().map(|a| (a, ())));
             kernel_addrs.extend(lookup(&stack.kernel).into_iter().map(|a| (a, ())));
         }
 
@@ -200,7 +201,7 @@ impl Symbolizer {
         stacks
             .iter()
             .map(|stack| {
-                let user = lookup(&stack.user);
+                let user = lookup(&user_pcs(stack));
                 let kernel = lookup(&stack.kernel);
                 user.iter()
                     .rev()
@@ -235,7 +236,8 @@ mod tests {
         let me = Target::inspect(std::process::id()).unwrap();
         let mut symbolizer = Symbolizer::new(&me);
         let addr = names_functions_of_a_live_process as usize as u64;
-        let stack = RawStack { kernel: Box::new([]), user: vec![addr, 0x10].into_boxed_slice() };
+        let frame = |pc| nodeprof_common::UserFrame { pc, ..Default::default() };
+        let stack = RawStack { kernel: Box::new([]), user: vec![frame(addr), frame(0x10)].into_boxed_slice() };
         symbolizer.observe([&stack]);
         let frames = symbolizer.symbolize(&[stack]);
         assert_eq!(frames.len(), 1);
