@@ -7,7 +7,7 @@
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::Ebpf;
-use nodeprof_common::{LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP};
+use nodeprof_common::{V8ProbeConfig, LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP, V8_CONFIGS_MAP};
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -74,6 +74,7 @@ pub fn check_permissions() -> Result<(), ProbeError> {
 pub struct Probe {
     ebpf: Ebpf,
     targets: HashMap<MapData, u32, u32>,
+    v8_configs: HashMap<MapData, u32, V8ProbeConfig>,
     lost: PerCpuArray<MapData, u64>,
     samples: Option<RingBuf<MapData>>,
 }
@@ -88,16 +89,23 @@ impl Probe {
         let map_err = |name: &str| ProbeError::Kernel { action: "open the eBPF maps", detail: format!("map {name} missing") };
         let targets = ebpf.take_map(TARGETS_MAP).ok_or_else(|| map_err(TARGETS_MAP))?;
         let targets = HashMap::try_from(targets).map_err(|e| ProbeError::classify("open the target map", &e))?;
+        let v8_configs = ebpf.take_map(V8_CONFIGS_MAP).ok_or_else(|| map_err(V8_CONFIGS_MAP))?;
+        let v8_configs = HashMap::try_from(v8_configs).map_err(|e| ProbeError::classify("open the V8 layout map", &e))?;
         let lost = ebpf.take_map(LOST_MAP).ok_or_else(|| map_err(LOST_MAP))?;
         let lost = PerCpuArray::try_from(lost).map_err(|e| ProbeError::classify("open the lost-sample map", &e))?;
         let samples = ebpf.take_map(SAMPLES_MAP).ok_or_else(|| map_err(SAMPLES_MAP))?;
         let samples = RingBuf::try_from(samples).map_err(|e| ProbeError::classify("open the sample ring buffer", &e))?;
-        Ok(Probe { ebpf, targets, lost, samples: Some(samples) })
+        Ok(Probe { ebpf, targets, v8_configs, lost, samples: Some(samples) })
     }
 
     /// Samples of this process (all of its threads) will be recorded.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         self.targets.insert(tgid, 0, 0).map_err(|e| ProbeError::classify("register the target", &e))
+    }
+
+    /// Tells the sampler how to recognise JS frames of this process.
+    pub fn set_v8_config(&mut self, tgid: u32, config: V8ProbeConfig) -> Result<(), ProbeError> {
+        self.v8_configs.insert(tgid, config, 0).map_err(|e| ProbeError::classify("register the V8 layout", &e))
     }
 
     /// Attaches the sampler to a `cpu-clock` event on every online CPU at `frequency_hz`.
