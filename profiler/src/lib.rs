@@ -11,3 +11,4 @@ pub mod profile;
 pub mod record;
 pub mod symbolize;
 pub mod target;
+pub mod v8;

