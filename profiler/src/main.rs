@@ -1,5 +1,7 @@
 //! The `nodeprof` command line. Errors end here as one line, never a backtrace.
 
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -107,15 +110,24 @@ fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
         StopReason::Terminated => "terminated",
         StopReason::TargetExited => "target exited",
     };
-    println!("nodeprof: recorded pid {} ({}), stopped: {why}", recording.target.pid, recording.target.exe.display());
+    let mut report = String::new();
+    let _ = writeln!(report, "nodeprof: recorded pid {} ({}), stopped: {why}", recording.target.pid, recording.target.exe.display());
     if let Some(status) = recording.child_status {
-        println!("nodeprof: command exited with {}", describe_wait_status(status));
+        let _ = writeln!(report, "nodeprof: command exited with {}", describe_wait_status(status));
     }
-    print!("{}", recording.summary);
+    let _ = write!(report, "{}", recording.summary);
     for path in &recording.written {
-        println!("wrote {}", path.display());
+        let _ = writeln!(report, "wrote {}", path.display());
     }
+    print_report(&report);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints to stdout; a reader that went away (`| head`) is not an error: the
+/// files are written already.
+fn print_report(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 fn describe_wait_status(status: i32) -> String {
