@@ -10,7 +10,7 @@
 #[cfg(target_arch = "bpf")]
 mod sampler {
     use aya_ebpf::{
-        bindings::pt_regs,
+        bindings::{pt_regs, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
             bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
@@ -24,8 +24,12 @@ mod sampler {
 
     /// 16 MiB: about 3,500 samples of headroom, i.e. about two seconds of 2 busy
     /// CPUs at 999 Hz even if user space stalls.
+    const SAMPLES_BYTES: u32 = 16 << 20;
     #[map(name = "SAMPLES")]
-    static SAMPLES: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+    static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
+    /// User space drains the ring buffer on a timer; a wakeup per sample would
+    /// cost a context switch each. It is woken early only past this fill level.
+    const WAKEUP_BYTES: u64 = (SAMPLES_BYTES / 4) as u64;
 
     #[map(name = "TARGETS")]
     static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
@@ -77,7 +81,12 @@ mod sampler {
                 None => 0,
             };
         }
-        entry.submit(0);
+        let wakeup = if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        entry.submit(wakeup as u64);
         0
     }
 

@@ -25,6 +25,13 @@ enum Command {
     /// `nodeprof record -- node app.js`. Records until Ctrl-C, the duration, or the target's exit;
     /// everything sampled is written.
     Record(RecordArgs),
+    /// Show what nodeprof finds in a process: Node.js and V8 versions, where
+    /// the V8 layout comes from, and whether JS frames can be named.
+    Info {
+        /// Process to inspect.
+        #[arg(short, long)]
+        pid: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -89,6 +96,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Record(args) => record_command(args),
+        Command::Info { pid } => {
+            let info = nodeprof::info::inspect(pid)?;
+            print_report(&info.to_string());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

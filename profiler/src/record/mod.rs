@@ -111,18 +111,23 @@ type RunResult = (Collection, u64, u64, u64, StopReason, Symbolizer);
 async fn run(options: &RecordOptions, target: &Target, launched: Option<&mut Launched>) -> Result<RunResult, RecordError> {
     let mut probe = Probe::load()?;
     probe.add_target(target.pid)?;
+    let mut symbolizer = Symbolizer::new(target);
+    if launched.is_none() {
+        // Before sampling starts, so that the first samples name JS frames too.
+        symbolizer.refresh();
+        if let Some(config) = symbolizer.take_probe_config() {
+            probe.set_v8_config(target.pid, config)?;
+        }
+    }
     probe.start_sampling(options.frequency_hz)?;
     let ring = probe.take_samples().expect("ring buffer is taken once");
     // SAFETY: the collector owns the ring buffer map, whose fd stays open and
     // unchanged for the collector's life.
     let mut collector = unsafe { AsyncFd::register_with_interest(Collector::new(ring), tokio::io::Interest::READABLE) }
         .map_err(|e| RecordError::Runtime(e.into()))?;
-    let mut symbolizer = Symbolizer::new(target);
     let is_launched = launched.is_some();
     if let Some(child) = launched {
         child.release()?;
-    } else {
-        symbolizer.refresh();
     }
     let start_ns = monotonic_ns();
     let started = Instant::now();
@@ -131,19 +136,19 @@ async fn run(options: &RecordOptions, target: &Target, launched: Option<&mut Lau
     let progress = progress_bar(options.quiet, target.pid);
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RecordError::Runtime)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RecordError::Runtime)?;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     let stop = loop {
         tokio::select! {
             guard = collector.readable_mut() => {
                 let Ok(mut guard) = guard else { break StopReason::TargetExited };
-                let before = collection.stacks.len();
-                guard.get_inner_mut().drain(&mut collection);
+                absorb(guard.get_inner_mut(), &mut collection, &mut symbolizer, &mut probe, target.pid)?;
                 guard.clear_ready();
-                symbolizer.observe(&collection.stacks[before..]);
             }
             _ = interrupt.recv() => break StopReason::Interrupted,
             _ = terminate.recv() => break StopReason::Terminated,
             _ = tick.tick() => {
+                // The sampler wakes us only when its buffer fills: drain on the tick.
+                absorb(collector.get_mut(), &mut collection, &mut symbolizer, &mut probe, target.pid)?;
                 progress.set_message(format!("{} samples", collection.samples.len()));
                 if options.duration.is_some_and(|d| started.elapsed() >= d) {
                     break StopReason::DurationElapsed;
@@ -156,18 +161,33 @@ async fn run(options: &RecordOptions, target: &Target, launched: Option<&mut Lau
         }
     };
     let end_ns = monotonic_ns();
-    // Whatever the kernel wrote before the stop is still in the ring buffer.
-    let before = collection.stacks.len();
-    collector.get_mut().drain(&mut collection);
-    if stop != StopReason::TargetExited {
-        symbolizer.observe(&collection.stacks[before..]);
-    }
+    // Whatever the kernel wrote before the stop is still in the ring buffer
+    // (JS frames of a target that exited can no longer be named).
+    absorb(collector.get_mut(), &mut collection, &mut symbolizer, &mut probe, target.pid)?;
     let lost = probe.lost_samples();
     // Detach now: symbolizing and writing need no sampling.
     drop(collector);
     drop(probe);
     progress.finish_and_clear();
     Ok((collection, start_ns, end_ns, lost, stop, symbolizer))
+}
+
+/// Takes in what the sampler wrote: records it, names JS functions while the
+/// target still runs, and hands the sampler a V8 layout once one is found.
+fn absorb(
+    collector: &mut Collector,
+    collection: &mut Collection,
+    symbolizer: &mut Symbolizer,
+    probe: &mut Probe,
+    pid: u32,
+) -> Result<(), RecordError> {
+    let before = collection.stacks.len();
+    collector.drain(collection);
+    symbolizer.observe(&collection.stacks[before..]);
+    if let Some(config) = symbolizer.take_probe_config() {
+        probe.set_v8_config(pid, config)?;
+    }
+    Ok(())
 }
 
 /// A launched child that exited stays a zombie until we reap it: not alive.

@@ -6,17 +6,21 @@
 //! of its executable mappings and an open descriptor to every mapped file and
 //! to its perf map; symbolization at the end reads only those.
 
+mod js;
 mod perf_map;
 
+pub use js::JsNaming;
 pub use perf_map::PerfMap;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blazesym::symbolize::{self, source, Input};
+use nodeprof_common::{UserFrame, V8ProbeConfig};
 
 use crate::collect::RawStack;
 use crate::profile::{Frame, FrameKind};
@@ -40,6 +44,11 @@ pub struct Symbolizer {
     module_ids: HashMap<String, usize>,
     perf_map_file: Option<File>,
     last_refresh: Option<Instant>,
+    /// The target's executable as it sees it, and whether its V8 layout was tried.
+    exe: Option<String>,
+    js: Option<JsNaming>,
+    /// A V8 layout the sampler has not been given yet.
+    pending_probe_config: Option<V8ProbeConfig>,
 }
 
 impl Symbolizer {
@@ -52,23 +61,62 @@ impl Symbolizer {
             module_ids: HashMap::new(),
             perf_map_file: None,
             last_refresh: None,
+            exe: None,
+            js: None,
+            pending_probe_config: None,
+        }
+    }
+
+    /// The V8 layout found for the target, once: the sampler needs it to
+    /// recognise JS frames.
+    pub fn take_probe_config(&mut self) -> Option<V8ProbeConfig> {
+        self.pending_probe_config.take()
+    }
+
+    pub fn js_naming(&self) -> Option<&JsNaming> {
+        self.js.as_ref()
+    }
+
+    /// Loads the V8 layout of the target's executable when it changed (first
+    /// look, or the launched command exec'd).
+    fn check_executable(&mut self) {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) else { return };
+        let exe = exe.to_string_lossy().into_owned();
+        if self.exe.as_deref() == Some(exe.as_str()) {
+            return;
+        }
+        self.exe = Some(exe.clone());
+        self.js = None;
+        match JsNaming::load(self.pid, Path::new(&format!("/proc/{}/exe", self.pid))) {
+            Ok(js) => {
+                self.pending_probe_config = Some(js.probe_config());
+                self.js = Some(js);
+            }
+            Err(e) => tracing::debug!("no V8 layout in {exe}: {e}"),
         }
     }
 
     /// Called while the target runs with newly collected stacks: re-snapshots
     /// the mappings when code appears that the snapshot does not cover
     /// (a library loaded, or the launched command just exec'd).
-    pub fn observe<'a>(&mut self, stacks: impl IntoIterator<Item = &'a RawStack>) {
-        let uncovered = stacks.into_iter().flat_map(|s| s.user.iter()).any(|f| self.mapping(f.pc).is_none());
+    pub fn observe<'a>(&mut self, stacks: impl IntoIterator<Item = &'a RawStack> + Clone) {
+        let uncovered =
+            stacks.clone().into_iter().flat_map(|s| s.user.iter()).any(|f| self.mapping(f.pc).is_none());
         let due = self.last_refresh.is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL);
         if (uncovered || self.last_refresh.is_none()) && due {
             self.refresh();
+        }
+        if let Some(js) = self.js.as_mut() {
+            for frame in stacks.into_iter().flat_map(|s| s.user.iter()).filter(|f| f.sfi != 0) {
+                js.observe(frame.sfi, frame.sfi_fingerprint);
+            }
         }
     }
 
     /// Snapshots the target's executable mappings and opens what they map.
     pub fn refresh(&mut self) {
         self.last_refresh = Some(Instant::now());
+        self.check_executable();
         let Ok(maps) = read_maps(self.pid) else { return };
         let mut mappings = Vec::with_capacity(maps.len());
         for mapping in maps {
@@ -113,6 +161,40 @@ impl Symbolizer {
     fn mapping(&self, addr: u64) -> Option<&(Mapping, usize)> {
         let i = self.mappings.partition_point(|(m, _)| m.start <= addr);
         self.mappings.get(i.checked_sub(1)?).filter(|(m, _)| m.contains(addr))
+    }
+
+    /// Whether `pc` is code V8 generated or ships: JIT code in anonymous memory
+    /// or the embedded builtins (in the executable, or the copy node 22+ maps).
+    /// Only there do V8's frame slots mean anything.
+    fn is_v8_code(&self, pc: u64) -> bool {
+        let Some((mapping, _)) = self.mapping(pc) else { return false };
+        if mapping.path.is_empty() {
+            return true;
+        }
+        let (Some(exe), Some(blob)) = (self.exe.as_deref(), self.js.as_ref().and_then(JsNaming::embedded_blob)) else {
+            return false;
+        };
+        mapping.path.trim_end_matches(" (deleted)") == exe.trim_end_matches(" (deleted)")
+            && blob.contains_file_offset(pc - mapping.start + mapping.offset)
+    }
+
+    /// A user frame as a reader wants it: the JS function V8 runs there, a
+    /// labelled V8 frame, or the native symbol. `None` hides the frame (a JS
+    /// builtin such as `forEach`, folded into its caller as DevTools does).
+    fn user_frame(&self, frame: &UserFrame, native: &Frame) -> Option<Frame> {
+        let Some(js) = self.js.as_ref() else { return Some(native.clone()) };
+        if !self.is_v8_code(frame.pc) {
+            return Some(native.clone());
+        }
+        if frame.sfi != 0 {
+            return js.frame(frame.sfi, frame.sfi_fingerprint);
+        }
+        if native.kind == FrameKind::Unknown {
+            if let Some(name) = js.frame_type_name(frame.frame_marker) {
+                return Some(Frame::new(FrameKind::Jit, format!("[V8 {name}]"), ""));
+            }
+        }
+        Some(native.clone())
     }
 
     fn read_perf_map(&mut self) -> PerfMap {
@@ -204,8 +286,9 @@ impl Symbolizer {
                 let user = lookup(&user_pcs(stack));
                 let kernel = lookup(&stack.kernel);
                 user.iter()
+                    .zip(stack.user.iter())
                     .rev()
-                    .map(|a| user_frames[a].clone())
+                    .filter_map(|(a, frame)| self.user_frame(frame, &user_frames[a]))
                     .chain(kernel.iter().rev().map(|a| kernel_frames[a].clone()))
                     .collect()
             })

@@ -1,0 +1,88 @@
+//! `nodeprof info -p PID`: what nodeprof finds in a target, the first thing
+//! to run when a profile looks wrong.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::target::{Target, TargetError};
+use crate::v8::{LayoutReport, V8Layout};
+
+pub struct TargetInfo {
+    pub target: Target,
+    pub is_node: bool,
+    /// Node.js version string found in the executable (`v20.20.2`).
+    pub node_version: Option<String>,
+    pub perf_map: bool,
+    pub layout: Result<LayoutReport, String>,
+}
+
+pub fn inspect(pid: u32) -> Result<TargetInfo, TargetError> {
+    let target = Target::inspect(pid)?;
+    let exe = format!("/proc/{pid}/exe");
+    let layout = match V8Layout::from_binary(Path::new(&exe)) {
+        Ok((_, report)) => Ok(report),
+        Err(e) => match e.report() {
+            Some(report) => Ok(report.clone()),
+            None => Err(e.to_string()),
+        },
+    };
+    Ok(TargetInfo {
+        is_node: target.is_node(),
+        node_version: std::fs::read(&exe).ok().and_then(|bytes| node_version(&bytes)),
+        perf_map: target.perf_map_path().exists(),
+        target,
+        layout,
+    })
+}
+
+/// The version node was built as: official binaries embed their release
+/// tag (`node.js/v20.20.2`, and the download URL `/release/v20.20.2/`).
+fn node_version(binary: &[u8]) -> Option<String> {
+    for marker in [&b"node.js/v"[..], b"/download/release/v"] {
+        if let Some(at) = find(binary, marker) {
+            let rest = &binary[at + marker.len()..];
+            let len = rest.iter().take(32).take_while(|b| b.is_ascii_digit() || **b == b'.').count();
+            let version = std::str::from_utf8(&rest[..len]).ok()?.trim_end_matches('.');
+            if version.split('.').count() == 3 {
+                return Some(format!("v{version}"));
+            }
+        }
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl fmt::Display for TargetInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.target;
+        writeln!(f, "pid: {}{}", t.pid, if t.ns_pid != t.pid { format!(" ({} in its pid namespace)", t.ns_pid) } else { String::new() })?;
+        writeln!(f, "executable: {}", t.exe.display())?;
+        writeln!(f, "thread name: {}", t.comm)?;
+        writeln!(f, "Node.js: {}", match (&self.node_version, self.is_node) {
+            (Some(v), _) => v.clone(),
+            (None, true) => "yes, version not found in the binary".into(),
+            (None, false) => "no (profiled as a native process)".into(),
+        })?;
+        writeln!(f, "perf map: {}", if self.perf_map { "present (JIT names from it too)" } else { "none (not needed)" })?;
+        match &self.layout {
+            Ok(report) => write!(f, "{report}"),
+            Err(e) => writeln!(f, "V8: none found ({e})\nJS frame naming: NOT available"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_release_tag() {
+        assert_eq!(node_version(b"xx\0node.js/v20.20.2\0yy").as_deref(), Some("v20.20.2"));
+        assert_eq!(node_version(b"https://nodejs.org/download/release/v26.10.0/node").as_deref(), Some("v26.10.0"));
+        assert_eq!(node_version(b"node.js/vX"), None);
+        assert_eq!(node_version(b""), None);
+    }
+}
