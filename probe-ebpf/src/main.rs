@@ -22,9 +22,9 @@ mod sampler {
     };
     use nodeprof_common::{SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
 
-    /// 16 MiB: about 3,500 samples of headroom, i.e. about two seconds of 2 busy
-    /// CPUs at 999 Hz even if user space stalls.
-    const SAMPLES_BYTES: u32 = 16 << 20;
+    /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
+    /// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
+    const SAMPLES_BYTES: u32 = 8 << 20;
     #[map(name = "SAMPLES")]
     static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
     /// User space drains the ring buffer on a timer; a wakeup per sample would

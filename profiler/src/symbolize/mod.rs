@@ -6,9 +6,11 @@
 //! of its executable mappings and an open descriptor to every mapped file and
 //! to its perf map; symbolization at the end reads only those.
 
+mod gc;
 mod js;
 mod perf_map;
 
+pub use gc::GARBAGE_COLLECTOR;
 pub use js::JsNaming;
 pub use perf_map::PerfMap;
 
@@ -285,12 +287,15 @@ impl Symbolizer {
             .map(|stack| {
                 let user = lookup(&user_pcs(stack));
                 let kernel = lookup(&stack.kernel);
-                user.iter()
+                let mut frames: Vec<Frame> = user
+                    .iter()
                     .zip(stack.user.iter())
                     .rev()
                     .filter_map(|(a, frame)| self.user_frame(frame, &user_frames[a]))
                     .chain(kernel.iter().rev().map(|a| kernel_frames[a].clone()))
-                    .collect()
+                    .collect();
+                gc::mark_garbage_collection(&mut frames);
+                frames
             })
             .collect()
     }
