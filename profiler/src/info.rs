@@ -28,11 +28,35 @@ pub fn inspect(pid: u32) -> Result<TargetInfo, TargetError> {
     };
     Ok(TargetInfo {
         is_node: target.is_node(),
-        node_version: std::fs::read(&exe).ok().and_then(|bytes| node_version(&bytes)),
+        node_version: scan_node_version(Path::new(&exe)),
         perf_map: target.perf_map_path().exists(),
         target,
         layout,
     })
+}
+
+/// Scans the executable in chunks for the release tag: node is ~100 MB and
+/// `info` should not need that much memory.
+fn scan_node_version(path: &Path) -> Option<String> {
+    use std::io::Read;
+    const CHUNK: usize = 1 << 20;
+    // Overlap so a tag split across chunks is still seen whole.
+    const OVERLAP: usize = 64;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; CHUNK + OVERLAP];
+    let mut kept = 0;
+    loop {
+        let n = file.read(&mut buf[kept..]).ok()?;
+        if n == 0 {
+            return None;
+        }
+        let filled = kept + n;
+        if let Some(version) = node_version(&buf[..filled]) {
+            return Some(version);
+        }
+        kept = filled.min(OVERLAP);
+        buf.copy_within(filled - kept..filled, 0);
+    }
 }
 
 /// The version node was built as: official binaries embed their release
@@ -77,6 +101,18 @@ impl fmt::Display for TargetInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scans_a_file_across_chunk_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bin");
+        let mut bytes = vec![b'x'; (1 << 20) - 5];
+        bytes.extend_from_slice(b"node.js/v22.1.0\0");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(scan_node_version(&path).as_deref(), Some("v22.1.0"));
+        std::fs::write(&path, b"nothing here").unwrap();
+        assert_eq!(scan_node_version(&path), None);
+    }
 
     #[test]
     fn finds_the_release_tag() {
