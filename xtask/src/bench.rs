@@ -501,7 +501,7 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
 }
 
 /// User + system CPU seconds of a live process, from `/proc/PID/stat`.
-fn process_cpu_s(pid: libc::pid_t) -> Option<f64> {
+pub(crate) fn process_cpu_s(pid: libc::pid_t) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.

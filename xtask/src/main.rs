@@ -2,6 +2,7 @@
 
 mod bench;
 mod bootstrap;
+mod soak;
 mod util;
 
 use std::fs;
@@ -38,6 +39,9 @@ enum Cmd {
     Demo,
     /// Benchmark the overhead of `nodeprof record` against a baseline and perf (as root).
     Bench(bench::BenchArgs),
+    /// Long recording of a loopback server with thousands of JS functions:
+    /// nodeprof's peak RSS, CPU and time to symbolize (as root).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
         Cmd::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::Soak(args) => soak::soak(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
