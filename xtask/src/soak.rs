@@ -67,7 +67,7 @@ fn measure(
     server_pid: u32,
     port: u16,
 ) -> Result<String> {
-    let mut client = Command::new("node")
+    let client = Command::new("node")
         .arg(bench.join("client.js"))
         .args([port.to_string(), (args.seconds + 3).to_string()])
         .stdout(Stdio::piped())
