@@ -65,8 +65,14 @@ fn node_version(binary: &[u8]) -> Option<String> {
     for marker in [&b"node.js/v"[..], b"/download/release/v"] {
         if let Some(at) = find(binary, marker) {
             let rest = &binary[at + marker.len()..];
-            let len = rest.iter().take(32).take_while(|b| b.is_ascii_digit() || **b == b'.').count();
-            let version = std::str::from_utf8(&rest[..len]).ok()?.trim_end_matches('.');
+            let len = rest
+                .iter()
+                .take(32)
+                .take_while(|b| b.is_ascii_digit() || **b == b'.')
+                .count();
+            let version = std::str::from_utf8(&rest[..len])
+                .ok()?
+                .trim_end_matches('.');
             if version.split('.').count() == 3 {
                 return Some(format!("v{version}"));
             }
@@ -82,15 +88,36 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 impl fmt::Display for TargetInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.target;
-        writeln!(f, "pid: {}{}", t.pid, if t.ns_pid != t.pid { format!(" ({} in its pid namespace)", t.ns_pid) } else { String::new() })?;
+        writeln!(
+            f,
+            "pid: {}{}",
+            t.pid,
+            if t.ns_pid != t.pid {
+                format!(" ({} in its pid namespace)", t.ns_pid)
+            } else {
+                String::new()
+            }
+        )?;
         writeln!(f, "executable: {}", t.exe.display())?;
         writeln!(f, "thread name: {}", t.comm)?;
-        writeln!(f, "Node.js: {}", match (&self.node_version, self.is_node) {
-            (Some(v), _) => v.clone(),
-            (None, true) => "yes, version not found in the binary".into(),
-            (None, false) => "no (profiled as a native process)".into(),
-        })?;
-        writeln!(f, "perf map: {}", if self.perf_map { "present (JIT names from it too)" } else { "none (not needed)" })?;
+        writeln!(
+            f,
+            "Node.js: {}",
+            match (&self.node_version, self.is_node) {
+                (Some(v), _) => v.clone(),
+                (None, true) => "yes, version not found in the binary".into(),
+                (None, false) => "no (profiled as a native process)".into(),
+            }
+        )?;
+        writeln!(
+            f,
+            "perf map: {}",
+            if self.perf_map {
+                "present (JIT names from it too)"
+            } else {
+                "none (not needed)"
+            }
+        )?;
         match &self.layout {
             Ok(report) => write!(f, "{report}"),
             Err(e) => writeln!(f, "V8: none found ({e})\nJS frame naming: NOT available"),
@@ -116,8 +143,14 @@ mod tests {
 
     #[test]
     fn finds_the_release_tag() {
-        assert_eq!(node_version(b"xx\0node.js/v20.20.2\0yy").as_deref(), Some("v20.20.2"));
-        assert_eq!(node_version(b"https://nodejs.org/download/release/v26.10.0/node").as_deref(), Some("v26.10.0"));
+        assert_eq!(
+            node_version(b"xx\0node.js/v20.20.2\0yy").as_deref(),
+            Some("v20.20.2")
+        );
+        assert_eq!(
+            node_version(b"https://nodejs.org/download/release/v26.10.0/node").as_deref(),
+            Some("v26.10.0")
+        );
         assert_eq!(node_version(b"node.js/vX"), None);
         assert_eq!(node_version(b""), None);
     }

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use nodeprof::record::{self, OutputFormat, RecordOptions, StopReason};
 
 #[derive(Parser)]
-#[command(name = "nodeprof", version, about = "Diagnose a running Node.js process from the outside, with eBPF")]
+#[command(
+    name = "nodeprof",
+    version,
+    about = "Diagnose a running Node.js process from the outside, with eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,12 @@ enum Command {
 #[derive(clap::Args)]
 struct RecordArgs {
     /// Process to profile (all of its threads).
-    #[arg(short, long, required_unless_present = "command", conflicts_with = "command")]
+    #[arg(
+        short,
+        long,
+        required_unless_present = "command",
+        conflicts_with = "command"
+    )]
     pid: Option<u32>,
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -76,7 +85,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NODEPROF_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("NODEPROF_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .without_time()
@@ -123,9 +133,18 @@ fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
         StopReason::TargetExited => "target exited",
     };
     let mut report = String::new();
-    let _ = writeln!(report, "nodeprof: recorded pid {} ({}), stopped: {why}", recording.target.pid, recording.target.exe.display());
+    let _ = writeln!(
+        report,
+        "nodeprof: recorded pid {} ({}), stopped: {why}",
+        recording.target.pid,
+        recording.target.exe.display()
+    );
     if let Some(status) = recording.child_status {
-        let _ = writeln!(report, "nodeprof: command exited with {}", describe_wait_status(status));
+        let _ = writeln!(
+            report,
+            "nodeprof: command exited with {}",
+            describe_wait_status(status)
+        );
     }
     let _ = write!(report, "{}", recording.summary);
     for path in &recording.written {
@@ -139,7 +158,9 @@ fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
 /// files are written already.
 fn print_report(text: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 fn describe_wait_status(status: i32) -> String {

@@ -1,17 +1,19 @@
 //! Drains the sampler's ring buffer into raw samples: thread, time and the
-//! kernel and user stacks as addresses. Identical stacks are stored once, so a
-//! long recording grows by a few bytes per sample.
+//! kernel and user stacks as addresses. Identical frames and stacks are stored
+//! once, so a long recording grows by a few bytes per sample.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use aya::maps::{MapData, RingBuf};
 use nodeprof_common::{SampleRecord, UserFrame};
 
-/// A stack as the kernel saw it: addresses, innermost first.
+/// A stack as the kernel saw it, innermost first: kernel addresses, and user
+/// frames as indices into [`Collection::user_frames`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RawStack {
     pub kernel: Box<[u64]>,
-    pub user: Box<[UserFrame]>,
+    pub user: Box<[u32]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,16 +30,32 @@ pub struct RawSample {
 #[derive(Debug, Default)]
 pub struct Collection {
     pub samples: Vec<RawSample>,
-    pub stacks: Vec<RawStack>,
-    stack_ids: HashMap<RawStack, u32>,
+    pub stacks: Vec<Rc<RawStack>>,
+    stack_ids: HashMap<Rc<RawStack>, u32>,
+    /// Distinct user frames, in the order first seen.
+    pub user_frames: Vec<UserFrame>,
+    user_frame_ids: HashMap<UserFrame, u32>,
     pub thread_names: Vec<String>,
     thread_name_ids: HashMap<Vec<u8>, u32>,
 }
 
 impl Collection {
     pub fn push(&mut self, record: &SampleRecord) {
-        let user = record.user_stack().iter().map(normalize_frame).collect();
-        let stack = RawStack { kernel: record.kernel_stack().into(), user };
+        let user = record
+            .user_stack()
+            .iter()
+            .map(|frame| {
+                let frame = normalize_frame(frame);
+                *self.user_frame_ids.entry(frame).or_insert_with(|| {
+                    self.user_frames.push(frame);
+                    self.user_frames.len() as u32 - 1
+                })
+            })
+            .collect();
+        let stack = Rc::new(RawStack {
+            kernel: record.kernel_stack().into(),
+            user,
+        });
         let stack = match self.stack_ids.get(&stack) {
             Some(&id) => id,
             None => {
@@ -52,16 +70,30 @@ impl Collection {
             Some(&id) => id,
             None => {
                 let id = self.thread_names.len() as u32;
-                self.thread_names.push(String::from_utf8_lossy(comm).into_owned());
+                self.thread_names
+                    .push(String::from_utf8_lossy(comm).into_owned());
                 self.thread_name_ids.insert(comm.to_vec(), id);
                 id
             }
         };
-        self.samples.push(RawSample { time_ns: record.time_ns, tid: record.tid, stack, thread_name });
+        self.samples.push(RawSample {
+            time_ns: record.time_ns,
+            tid: record.tid,
+            stack,
+            thread_name,
+        });
     }
 
     pub fn stack(&self, id: u32) -> &RawStack {
         &self.stacks[id as usize]
+    }
+
+    /// The user frames of a stack, innermost first.
+    pub fn user_frames_of<'a>(
+        &'a self,
+        stack: &'a RawStack,
+    ) -> impl Iterator<Item = &'a UserFrame> + 'a {
+        stack.user.iter().map(|&id| &self.user_frames[id as usize])
     }
 }
 
@@ -86,7 +118,6 @@ impl Collector {
         }
         n
     }
-
 }
 
 /// Lets the async runtime wait for the ring buffer to have data.
@@ -104,7 +135,14 @@ const MAX_FRAME_MARKER: u64 = 256;
 /// Context pointers and C++ garbage would make every stack unique.
 fn normalize_frame(frame: &UserFrame) -> UserFrame {
     let is_marker = frame.frame_marker & 1 == 0 && frame.frame_marker < MAX_FRAME_MARKER;
-    UserFrame { frame_marker: if is_marker { frame.frame_marker } else { u64::MAX }, ..*frame }
+    UserFrame {
+        frame_marker: if is_marker {
+            frame.frame_marker
+        } else {
+            u64::MAX
+        },
+        ..*frame
+    }
 }
 
 /// Copies a record out of ring buffer bytes; short records (a probe/user
@@ -123,7 +161,13 @@ mod tests {
     use nodeprof_common::{MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
 
     fn pcs(pcs: &[u64]) -> Vec<UserFrame> {
-        pcs.iter().map(|&pc| UserFrame { pc, frame_marker: u64::MAX, ..Default::default() }).collect()
+        pcs.iter()
+            .map(|&pc| UserFrame {
+                pc,
+                frame_marker: u64::MAX,
+                ..Default::default()
+            })
+            .collect()
     }
 
     fn record(tid: u32, comm: &[u8], user: &[u64]) -> SampleRecord {
@@ -152,16 +196,33 @@ mod tests {
         c.push(&record(2, b"worker", &[4]));
         assert_eq!(c.samples.len(), 3);
         assert_eq!(c.stacks.len(), 2);
-        assert_eq!(c.thread_names, vec!["node".to_string(), "worker".to_string()]);
-        assert_eq!(&*c.stack(c.samples[0].stack).user, pcs(&[1, 2, 3]).as_slice());
+        assert_eq!(
+            c.thread_names,
+            vec!["node".to_string(), "worker".to_string()]
+        );
+        assert_eq!(
+            c.user_frames_of(c.stack(c.samples[0].stack))
+                .copied()
+                .collect::<Vec<_>>()
+                .as_slice(),
+            pcs(&[1, 2, 3]).as_slice()
+        );
         assert_eq!(c.samples[2].thread_name, 1);
     }
 
     #[test]
     fn contexts_and_garbage_do_not_split_stacks() {
-        let frame = |marker| UserFrame { pc: 7, frame_marker: marker, sfi: 0x1001, sfi_fingerprint: 3 };
+        let frame = |marker| UserFrame {
+            pc: 7,
+            frame_marker: marker,
+            sfi: 0x1001,
+            sfi_fingerprint: 3,
+        };
         // Two calls of one JS function with different Context pointers: one stack.
-        assert_eq!(normalize_frame(&frame(0x7f00_1231)), normalize_frame(&frame(0x7f00_4561)));
+        assert_eq!(
+            normalize_frame(&frame(0x7f00_1231)),
+            normalize_frame(&frame(0x7f00_4561))
+        );
         assert_eq!(normalize_frame(&frame(0x7f00_4560)).frame_marker, u64::MAX);
         // A typed frame's marker (type 3 = exit frame) survives.
         assert_eq!(normalize_frame(&frame(3 << 1)).frame_marker, 6);
@@ -174,10 +235,16 @@ mod tests {
         let r = record(5, b"x", &[9, 8]);
         // SAFETY: viewing a POD struct as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&r as *const SampleRecord).cast::<u8>(), size_of::<SampleRecord>())
+            std::slice::from_raw_parts(
+                (&r as *const SampleRecord).cast::<u8>(),
+                size_of::<SampleRecord>(),
+            )
         };
         let back = parse_record(bytes).unwrap();
         assert_eq!(back.tid, 5);
-        assert_eq!(back.user_stack().iter().map(|f| f.pc).collect::<Vec<_>>(), vec![9, 8]);
+        assert_eq!(
+            back.user_stack().iter().map(|f| f.pc).collect::<Vec<_>>(),
+            vec![9, 8]
+        );
     }
 }

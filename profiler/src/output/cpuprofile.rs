@@ -41,7 +41,13 @@ struct CallFrame {
 impl CallFrame {
     /// A frame DevTools will not try to open: no script, no position.
     fn meta(name: String) -> Self {
-        CallFrame { function_name: name, script_id: "0".into(), url: String::new(), line_number: -1, column_number: -1 }
+        CallFrame {
+            function_name: name,
+            script_id: "0".into(),
+            url: String::new(),
+            line_number: -1,
+            column_number: -1,
+        }
     }
 }
 
@@ -75,7 +81,12 @@ impl Tree {
 
     fn push(&mut self, call_frame: CallFrame) -> u32 {
         let id = self.nodes.len() as u32 + 1;
-        self.nodes.push(Node { id, call_frame, hit_count: 0, children: Vec::new() });
+        self.nodes.push(Node {
+            id,
+            call_frame,
+            hit_count: 0,
+            children: Vec::new(),
+        });
         id
     }
 
@@ -88,7 +99,10 @@ impl Tree {
             "0".to_string()
         } else {
             let next = self.script_ids.len() as u32 + 1;
-            self.script_ids.entry(frame.location.clone()).or_insert(next).to_string()
+            self.script_ids
+                .entry(frame.location.clone())
+                .or_insert(next)
+                .to_string()
         };
         CallFrame {
             function_name: frame.name.clone(),
@@ -121,10 +135,14 @@ fn build(profile: &Profile) -> CpuProfile {
             }
             let stack = profile.stack(s.stack);
             if stack.is_empty() {
-                return tree.child(parent, Key::Program, |_| CallFrame::meta("(program)".into()));
+                return tree.child(parent, Key::Program, |_| {
+                    CallFrame::meta("(program)".into())
+                });
             }
             for &fid in stack {
-                parent = tree.child(parent, Key::Frame(fid), |t| t.call_frame(profile.frame(fid)));
+                parent = tree.child(parent, Key::Frame(fid), |t| {
+                    t.call_frame(profile.frame(fid))
+                });
             }
             parent
         });
@@ -152,11 +170,13 @@ pub fn write_cpuprofile(profile: &Profile, mut w: impl Write) -> Result<(), Outp
 }
 
 fn uint(v: &Value, what: &str) -> Result<u64, String> {
-    v.as_u64().ok_or_else(|| format!("{what} is not a non-negative integer: {v}"))
+    v.as_u64()
+        .ok_or_else(|| format!("{what} is not a non-negative integer: {v}"))
 }
 
 fn array<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>, String> {
-    v.as_array().ok_or_else(|| format!("{what} is not an array"))
+    v.as_array()
+        .ok_or_else(|| format!("{what} is not an array"))
 }
 
 fn field<'a>(v: &'a Value, key: &str, what: &str) -> Result<&'a Value, String> {
@@ -190,7 +210,9 @@ pub fn validate_cpuprofile(json: &Value) -> Result<(), String> {
         let what = format!("nodes[{i}]");
         let id = uint(field(node, "id", &what)?, &format!("{what}.id"))?;
         if id == 0 || id > n {
-            return Err(format!("{what}.id {id} is outside 1..={n} (ids must be dense)"));
+            return Err(format!(
+                "{what}.id {id} is outside 1..={n} (ids must be dense)"
+            ));
         }
         let cf = field(node, "callFrame", &what)?;
         if !cf.is_object() {
@@ -251,14 +273,21 @@ pub fn validate_cpuprofile(json: &Value) -> Result<(), String> {
         }
     }
     if seen.len() as u64 != n {
-        return Err(format!("{} nodes are not reachable from (root)", n - seen.len() as u64));
+        return Err(format!(
+            "{} nodes are not reachable from (root)",
+            n - seen.len() as u64
+        ));
     }
 
     // Samples and times.
     let samples = array(&json["samples"], "samples")?;
     let deltas = array(&json["timeDeltas"], "timeDeltas")?;
     if samples.len() != deltas.len() {
-        return Err(format!("{} samples but {} timeDeltas", samples.len(), deltas.len()));
+        return Err(format!(
+            "{} samples but {} timeDeltas",
+            samples.len(),
+            deltas.len()
+        ));
     }
     let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
     for (i, s) in samples.iter().enumerate() {
@@ -271,7 +300,9 @@ pub fn validate_cpuprofile(json: &Value) -> Result<(), String> {
     for (&id, &hits) in &hit_counts {
         let sampled = counts.get(&id).copied().unwrap_or(0);
         if hits != sampled {
-            return Err(format!("node {id} has hitCount {hits} but {sampled} samples"));
+            return Err(format!(
+                "node {id} has hitCount {hits} but {sampled} samples"
+            ));
         }
     }
     let mut t = start;
@@ -296,14 +327,32 @@ mod tests {
     }
 
     fn name(v: &Value, id: u64) -> String {
-        let node = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap();
-        node["callFrame"]["functionName"].as_str().unwrap().to_string()
+        let node = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap();
+        node["callFrame"]["functionName"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Child of `parent` called `child`, by id.
     fn find(v: &Value, parent: u64, child: &str) -> u64 {
-        let node = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == parent).unwrap();
-        let ids: Vec<u64> = node["children"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+        let node = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == parent)
+            .unwrap();
+        let ids: Vec<u64> = node["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
         let found: Vec<u64> = ids.into_iter().filter(|&c| name(v, c) == child).collect();
         assert_eq!(found.len(), 1, "{child} under {parent}");
         found[0]
@@ -345,7 +394,12 @@ mod tests {
         assert_eq!(node(&v, gc)["hitCount"], 1);
         let write = find(&v, find(&v, main, "Builtin:CallFunction"), "write");
         assert_eq!(node(&v, find(&v, write, "ksys_write"))["hitCount"], 1);
-        let total: u64 = v["nodes"].as_array().unwrap().iter().map(|n| n["hitCount"].as_u64().unwrap()).sum();
+        let total: u64 = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["hitCount"].as_u64().unwrap())
+            .sum();
         assert_eq!(total, 9);
     }
 
@@ -391,14 +445,33 @@ mod tests {
         let v = to_json(&sample_profile());
         assert_eq!(v["startTime"], 1000);
         assert_eq!(v["endTime"], 2000);
-        let deltas: Vec<u64> = v["timeDeltas"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+        let deltas: Vec<u64> = v["timeDeltas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
         // Samples at 1010,1020,1025,1030,1035,1040,1045,1050,1060 µs.
         assert_eq!(deltas, vec![10, 10, 5, 5, 5, 5, 5, 5, 10]);
-        let samples: Vec<String> =
-            v["samples"].as_array().unwrap().iter().map(|s| name(&v, s.as_u64().unwrap())).collect();
+        let samples: Vec<String> = v["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| name(&v, s.as_u64().unwrap()))
+            .collect();
         assert_eq!(
             samples,
-            ["fib", "fib", "uv_work;loop\n", "fib", "uv_work;loop\n", "ksys_write", "(program)", "(garbage collector)", "(program)"]
+            [
+                "fib",
+                "fib",
+                "uv_work;loop\n",
+                "fib",
+                "uv_work;loop\n",
+                "ksys_write",
+                "(program)",
+                "(garbage collector)",
+                "(program)"
+            ]
         );
     }
 
@@ -422,30 +495,70 @@ mod tests {
         };
         let n = good["nodes"].as_array().unwrap().len();
         assert!(broken(&|v| v["nodes"][0]["hitCount"] = 7.into()).contains("hitCount"));
-        assert!(broken(&|v| drop(v["timeDeltas"].as_array_mut().unwrap().pop())).contains("timeDeltas"));
+        assert!(
+            broken(&|v| drop(v["timeDeltas"].as_array_mut().unwrap().pop())).contains("timeDeltas")
+        );
         assert!(broken(&|v| v["timeDeltas"][0] = (-1).into()).contains("timeDeltas[0]"));
         assert!(broken(&|v| v["samples"][0] = 999.into()).contains("missing node"));
         assert!(broken(&|v| v["nodes"][1]["id"] = 999.into()).contains("dense"));
         assert!(broken(&|v| v["nodes"][2]["id"] = 2.into()).contains("duplicate"));
-        assert!(broken(&|v| v["nodes"][0]["children"].as_array_mut().unwrap().push(999.into())).contains("missing child"));
-        assert!(broken(&|v| v["nodes"][0]["children"].as_array_mut().unwrap().push(3.into())).contains("two parents"));
-        assert!(broken(&|v| v["nodes"][1]["children"].as_array_mut().unwrap().push(1.into())).contains("(root)"));
-        assert!(broken(&|v| v["nodes"][0]["callFrame"]["functionName"] = "x".into()).contains("not (root)"));
-        assert!(broken(&|v| v["nodes"][1]["callFrame"]["scriptId"] = 1.into()).contains("scriptId"));
-        assert!(broken(&|v| v["nodes"][1]["callFrame"]["lineNumber"] = (-2).into()).contains("lineNumber"));
+        assert!(broken(&|v| v["nodes"][0]["children"]
+            .as_array_mut()
+            .unwrap()
+            .push(999.into()))
+        .contains("missing child"));
+        assert!(broken(&|v| v["nodes"][0]["children"]
+            .as_array_mut()
+            .unwrap()
+            .push(3.into()))
+        .contains("two parents"));
+        assert!(broken(&|v| v["nodes"][1]["children"]
+            .as_array_mut()
+            .unwrap()
+            .push(1.into()))
+        .contains("(root)"));
+        assert!(
+            broken(&|v| v["nodes"][0]["callFrame"]["functionName"] = "x".into())
+                .contains("not (root)")
+        );
+        assert!(
+            broken(&|v| v["nodes"][1]["callFrame"]["scriptId"] = 1.into()).contains("scriptId")
+        );
+        assert!(
+            broken(&|v| v["nodes"][1]["callFrame"]["lineNumber"] = (-2).into())
+                .contains("lineNumber")
+        );
         assert!(broken(&|v| v["endTime"] = 1001.into()).contains("endTime"));
         assert!(broken(&|v| v["endTime"] = 1.into()).contains("endTime"));
-        assert!(broken(&|v| drop(v.as_object_mut().unwrap().remove("samples"))).contains("samples"));
-        assert!(broken(&|v| drop(v["nodes"][1].as_object_mut().unwrap().remove("children"))).contains("children"));
+        assert!(
+            broken(&|v| drop(v.as_object_mut().unwrap().remove("samples"))).contains("samples")
+        );
+        assert!(
+            broken(&|v| drop(v["nodes"][1].as_object_mut().unwrap().remove("children")))
+                .contains("children")
+        );
         // A detached cycle: every node still has one parent, but not all are reachable.
         let cyc = broken(&|v| {
             let last = v["nodes"][n - 1]["id"].as_u64().unwrap();
-            let parent_idx = (0..n).find(|&i| v["nodes"][i]["children"].as_array().unwrap().contains(&last.into())).unwrap();
+            let parent_idx = (0..n)
+                .find(|&i| {
+                    v["nodes"][i]["children"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&last.into())
+                })
+                .unwrap();
             let kids = v["nodes"][parent_idx]["children"].as_array_mut().unwrap();
             kids.retain(|c| c != last);
             v["nodes"][n - 1]["children"] = vec![last].into();
         });
-        assert!(cyc.contains("two parents") || cyc.contains("reachable"), "{cyc}");
-        assert!(broken(&|v| v["nodes"][1]["children"].as_array_mut().unwrap().clear()).contains("reachable"));
+        assert!(
+            cyc.contains("two parents") || cyc.contains("reachable"),
+            "{cyc}"
+        );
+        assert!(
+            broken(&|v| v["nodes"][1]["children"].as_array_mut().unwrap().clear())
+                .contains("reachable")
+        );
     }
 }

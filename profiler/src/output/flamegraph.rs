@@ -9,13 +9,20 @@ use super::{folded, OutputError};
 use crate::profile::Profile;
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Writes a flame graph of `profile`. Colours (inferno's `js` palette):
 /// JS green (aqua without a script), JIT stubs aqua, C++ yellow, other native
 /// red, kernel orange.
-pub fn write_flamegraph(profile: &Profile, title: &str, mut w: impl Write) -> Result<(), OutputError> {
+pub fn write_flamegraph(
+    profile: &Profile,
+    title: &str,
+    mut w: impl Write,
+) -> Result<(), OutputError> {
     let lines = folded::fold(profile, true);
     if lines.is_empty() {
         // inferno refuses empty input; an SVG that says so is more useful than no file.
@@ -71,10 +78,15 @@ mod tests {
 
     /// Fill colour of the frame whose tooltip starts with `label (`.
     fn fill(svg: &str, label: &str) -> (u8, u8, u8) {
-        let at = svg.find(&format!("<title>{label} (")).unwrap_or_else(|| panic!("{label} not in svg"));
+        let at = svg
+            .find(&format!("<title>{label} ("))
+            .unwrap_or_else(|| panic!("{label} not in svg"));
         let rest = &svg[at..];
         let rgb = &rest[rest.find("fill=\"rgb(").unwrap() + 10..];
-        let v: Vec<u8> = rgb[..rgb.find(')').unwrap()].split(',').map(|c| c.trim().parse().unwrap()).collect();
+        let v: Vec<u8> = rgb[..rgb.find(')').unwrap()]
+            .split(',')
+            .map(|c| c.trim().parse().unwrap())
+            .collect();
         (v[0], v[1], v[2])
     }
 
@@ -84,7 +96,14 @@ mod tests {
         assert!(s.starts_with("<?xml"));
         assert!(s.trim_end().ends_with("</svg>"));
         assert!(s.contains("nodeprof &lt;pid 100&gt;"));
-        for label in ["node::Start", "main file:///app/main.js:1", "fib file:///app/fib.js:3", "ksys_write", "libuv-worker", "V8 GC"] {
+        for label in [
+            "node::Start",
+            "main file:///app/main.js:1",
+            "fib file:///app/fib.js:3",
+            "ksys_write",
+            "libuv-worker",
+            "V8 GC",
+        ] {
             assert!(s.contains(&format!("<title>{label} (")), "{label}");
         }
         // Annotations are for colouring only; inferno strips them from labels.
@@ -127,6 +146,9 @@ mod tests {
                 Ok(())
             }
         }
-        assert!(matches!(write_flamegraph(&sample_profile(), "t", Broken), Err(OutputError::Io(_))));
+        assert!(matches!(
+            write_flamegraph(&sample_profile(), "t", Broken),
+            Err(OutputError::Io(_))
+        ));
     }
 }

@@ -31,12 +31,20 @@ pub(crate) fn fold(profile: &Profile, annotate_js: bool) -> Vec<String> {
     for s in &profile.samples {
         *per_stack.entry((s.tid, s.stack)).or_default() += 1;
     }
-    let fields: Vec<String> = profile.frames().iter().map(|f| field(f, annotate_js)).collect();
+    let fields: Vec<String> = profile
+        .frames()
+        .iter()
+        .map(|f| field(f, annotate_js))
+        .collect();
     // Keyed by thread *name*, so a pool of same-named threads folds into one tower.
     let mut merged: HashMap<String, u64> = HashMap::new();
     for ((tid, stack), n) in per_stack {
         let name = profile.thread_name(tid);
-        let mut key = if name.is_empty() { "[unknown]".to_string() } else { clean(name) };
+        let mut key = if name.is_empty() {
+            "[unknown]".to_string()
+        } else {
+            clean(name)
+        };
         let frames = profile.stack(stack);
         if frames.is_empty() {
             key.push_str(";(program)");
@@ -47,7 +55,10 @@ pub(crate) fn fold(profile: &Profile, annotate_js: bool) -> Vec<String> {
         }
         *merged.entry(key).or_default() += n;
     }
-    let mut lines: Vec<String> = merged.into_iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let mut lines: Vec<String> = merged
+        .into_iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     lines.sort();
     lines
 }
@@ -89,7 +100,10 @@ mod tests {
     #[test]
     fn annotated_for_flame_graph() {
         let lines = fold(&sample_profile(), true);
-        assert!(lines.contains(&"node;node::Start;main file:///app/main.js:1_[j];fib file:///app/fib.js:3_[j] 1".to_string()));
+        assert!(lines.contains(
+            &"node;node::Start;main file:///app/main.js:1_[j];fib file:///app/fib.js:3_[j] 1"
+                .to_string()
+        ));
     }
 
     #[test]
@@ -99,7 +113,10 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(text.lines().count(), 7);
         assert!(text.ends_with(" 2\n"));
-        let counts: u64 = text.lines().map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
+        let counts: u64 = text
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
         assert_eq!(counts, 9);
         assert!(folded_lines(&Profile::new(1, 99, 0)).is_empty());
     }
@@ -111,6 +128,9 @@ mod tests {
         let s = p.intern_stack(vec![f]);
         p.add_sample(1, 1, "a;b\n", s);
         p.add_sample(2, 2, "", s);
-        assert_eq!(folded_lines(&p), ["[unknown];[unknown] 1", "a:b;[unknown] 1"]);
+        assert_eq!(
+            folded_lines(&p),
+            ["[unknown];[unknown] 1", "a:b;[unknown] 1"]
+        );
     }
 }

@@ -30,19 +30,31 @@ pub(crate) mod testdata {
     use crate::profile::{Frame, FrameKind, Profile};
 
     pub fn js(name: &str, url: &str, line: u32, column: u32) -> Frame {
-        Frame { line: Some(line), column: Some(column), ..Frame::new(FrameKind::Js, name, url) }
+        Frame {
+            line: Some(line),
+            column: Some(column),
+            ..Frame::new(FrameKind::Js, name, url)
+        }
     }
 
     pub fn sample_profile() -> Profile {
         let mut p = Profile::new(100, 99, 1_000_000);
-        let start = p.intern_frame(Frame::new(FrameKind::Native, "node::Start", "/usr/bin/node"));
+        let start = p.intern_frame(Frame::new(
+            FrameKind::Native,
+            "node::Start",
+            "/usr/bin/node",
+        ));
         let main = p.intern_frame(js("main", "file:///app/main.js", 0, 0));
         let fib = p.intern_frame(js("fib", "file:///app/fib.js", 2, 12));
         let write = p.intern_frame(Frame::new(FrameKind::Native, "write", "/usr/lib/libc.so.6"));
         let ksys = p.intern_frame(Frame::new(FrameKind::Kernel, "ksys_write", ""));
         let stub = p.intern_frame(Frame::new(FrameKind::Jit, "Builtin:CallFunction", ""));
         let gc = p.intern_frame(Frame::meta("(garbage collector)"));
-        let uv = p.intern_frame(Frame::new(FrameKind::Native, "uv_work;loop\n", "/usr/bin/node"));
+        let uv = p.intern_frame(Frame::new(
+            FrameKind::Native,
+            "uv_work;loop\n",
+            "/usr/bin/node",
+        ));
 
         let s_fib1 = p.intern_stack(vec![start, main, fib]);
         let s_fib3 = p.intern_stack(vec![start, main, fib, fib, fib]);

@@ -15,7 +15,9 @@ pub fn frame_label(frame: &Frame) -> String {
         (true, _) => "[unknown]",
     };
     let label = match (frame.kind, frame.line) {
-        (FrameKind::Js, Some(line)) if !frame.location.is_empty() => format!("{name} {}:{}", frame.location, line + 1),
+        (FrameKind::Js, Some(line)) if !frame.location.is_empty() => {
+            format!("{name} {}:{}", frame.location, line + 1)
+        }
         (FrameKind::Js, None) if !frame.location.is_empty() => format!("{name} {}", frame.location),
         _ => name.to_string(),
     };
@@ -71,7 +73,11 @@ impl Summary {
         let mut by_name: HashMap<&str, ThreadStat> = HashMap::new();
         for (&tid, &n) in &per_tid {
             let name = profile.thread_name(tid);
-            let t = by_name.entry(name).or_insert_with(|| ThreadStat { name: name.into(), threads: 0, samples: 0 });
+            let t = by_name.entry(name).or_insert_with(|| ThreadStat {
+                name: name.into(),
+                threads: 0,
+                samples: 0,
+            });
             t.threads += 1;
             t.samples += n;
         }
@@ -85,7 +91,11 @@ impl Summary {
         let mut self_counts: HashMap<&Frame, u64> = HashMap::new();
         let mut total_counts: HashMap<&Frame, u64> = HashMap::new();
         for (&stack, &n) in &per_stack {
-            let frames: Vec<&Frame> = profile.stack(stack).iter().map(|&f| profile.frame(f)).collect();
+            let frames: Vec<&Frame> = profile
+                .stack(stack)
+                .iter()
+                .map(|&f| profile.frame(f))
+                .collect();
             let leaf = frames.last().copied().unwrap_or(&program);
             *self_counts.entry(leaf).or_default() += n;
             // Once per sample: recursion must not push a share past 100%.
@@ -106,7 +116,10 @@ impl Summary {
                 })
                 .collect();
             stats.sort_by(|a, b| {
-                b.samples.cmp(&a.samples).then_with(|| a.label.cmp(&b.label)).then_with(|| a.location.cmp(&b.location))
+                b.samples
+                    .cmp(&a.samples)
+                    .then_with(|| a.label.cmp(&b.label))
+                    .then_with(|| a.location.cmp(&b.location))
             });
             stats.truncate(top_n);
             stats
@@ -132,20 +145,35 @@ fn hint(f: &FunctionStat) -> String {
         FrameKind::Kernel => " [kernel]".into(),
         FrameKind::Jit => " [jit]".into(),
         FrameKind::Native if !f.location.is_empty() => {
-            format!(" [{}]", f.location.rsplit('/').next().unwrap_or(&f.location))
+            format!(
+                " [{}]",
+                f.location.rsplit('/').next().unwrap_or(&f.location)
+            )
         }
         _ => String::new(),
     }
 }
 
-fn table(out: &mut fmt::Formatter<'_>, title: &str, column: &str, rows: &[FunctionStat]) -> fmt::Result {
+fn table(
+    out: &mut fmt::Formatter<'_>,
+    title: &str,
+    column: &str,
+    rows: &[FunctionStat],
+) -> fmt::Result {
     writeln!(out, "\n{title}")?;
     if rows.is_empty() {
         return writeln!(out, "  (no samples)");
     }
     writeln!(out, "  {column:>6}  {:>8}  function", "samples")?;
     for r in rows {
-        writeln!(out, "  {:>5.1}%  {:>8}  {}{}", r.percent, r.samples, r.label, hint(r))?;
+        writeln!(
+            out,
+            "  {:>5.1}%  {:>8}  {}{}",
+            r.percent,
+            r.samples,
+            r.label,
+            hint(r)
+        )?;
     }
     Ok(())
 }
@@ -153,7 +181,11 @@ fn table(out: &mut fmt::Formatter<'_>, title: &str, column: &str, rows: &[Functi
 impl fmt::Display for Summary {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(out, "Duration:        {:.1} s", self.duration_s)?;
-        writeln!(out, "Samples:         {} (at {} Hz per CPU)", self.samples, self.frequency_hz)?;
+        writeln!(
+            out,
+            "Samples:         {} (at {} Hz per CPU)",
+            self.samples, self.frequency_hz
+        )?;
         writeln!(out, "Lost samples:    {}", self.lost_samples)?;
         let threads: Vec<String> = self
             .threads
@@ -169,7 +201,12 @@ impl fmt::Display for Summary {
         }
         writeln!(out)?;
         table(out, "Top functions by self time:", "self", &self.top_self)?;
-        table(out, "Top functions by total time:", "total", &self.top_total)
+        table(
+            out,
+            "Top functions by total time:",
+            "total",
+            &self.top_total,
+        )
     }
 }
 
@@ -179,18 +216,39 @@ mod tests {
     use crate::output::testdata::{js, sample_profile};
 
     fn stat<'a>(stats: &'a [FunctionStat], label: &str) -> &'a FunctionStat {
-        stats.iter().find(|s| s.label == label).unwrap_or_else(|| panic!("{label} missing"))
+        stats
+            .iter()
+            .find(|s| s.label == label)
+            .unwrap_or_else(|| panic!("{label} missing"))
     }
 
     #[test]
     fn labels() {
-        assert_eq!(frame_label(&js("fib", "file:///app/fib.js", 2, 12)), "fib file:///app/fib.js:3");
-        assert_eq!(frame_label(&Frame::new(FrameKind::Js, "", "file:///a.js")), "(anonymous) file:///a.js");
+        assert_eq!(
+            frame_label(&js("fib", "file:///app/fib.js", 2, 12)),
+            "fib file:///app/fib.js:3"
+        );
+        assert_eq!(
+            frame_label(&Frame::new(FrameKind::Js, "", "file:///a.js")),
+            "(anonymous) file:///a.js"
+        );
         assert_eq!(frame_label(&Frame::new(FrameKind::Js, "f", "")), "f");
-        assert_eq!(frame_label(&Frame::new(FrameKind::Native, "malloc", "/lib/libc.so.6")), "malloc");
-        assert_eq!(frame_label(&Frame::new(FrameKind::Kernel, "do_syscall_64", "")), "do_syscall_64");
-        assert_eq!(frame_label(&Frame::new(FrameKind::Unknown, "", "")), "[unknown]");
-        assert_eq!(frame_label(&Frame::new(FrameKind::Native, "a\nb\r", "")), "ab");
+        assert_eq!(
+            frame_label(&Frame::new(FrameKind::Native, "malloc", "/lib/libc.so.6")),
+            "malloc"
+        );
+        assert_eq!(
+            frame_label(&Frame::new(FrameKind::Kernel, "do_syscall_64", "")),
+            "do_syscall_64"
+        );
+        assert_eq!(
+            frame_label(&Frame::new(FrameKind::Unknown, "", "")),
+            "[unknown]"
+        );
+        assert_eq!(
+            frame_label(&Frame::new(FrameKind::Native, "a\nb\r", "")),
+            "ab"
+        );
     }
 
     #[test]
@@ -203,9 +261,21 @@ mod tests {
         assert_eq!(
             s.threads,
             [
-                ThreadStat { name: "node".into(), threads: 1, samples: 6 },
-                ThreadStat { name: "libuv-worker".into(), threads: 2, samples: 2 },
-                ThreadStat { name: "V8 GC".into(), threads: 1, samples: 1 },
+                ThreadStat {
+                    name: "node".into(),
+                    threads: 1,
+                    samples: 6
+                },
+                ThreadStat {
+                    name: "libuv-worker".into(),
+                    threads: 2,
+                    samples: 2
+                },
+                ThreadStat {
+                    name: "V8 GC".into(),
+                    threads: 1,
+                    samples: 1
+                },
             ]
         );
         let fib = "fib file:///app/fib.js:3";
@@ -238,9 +308,15 @@ mod tests {
     fn display() {
         let text = Summary::from_profile(&sample_profile(), 10).to_string();
         assert!(text.contains("Duration:        0.0 s\n"), "{text}");
-        assert!(text.contains("Samples:         9 (at 99 Hz per CPU)\n"), "{text}");
+        assert!(
+            text.contains("Samples:         9 (at 99 Hz per CPU)\n"),
+            "{text}"
+        );
         assert!(text.contains("Lost samples:    0\n"), "{text}");
-        assert!(text.contains("Threads sampled: 4 (node 6, libuv-worker ×2 2, V8 GC 1)\n"), "{text}");
+        assert!(
+            text.contains("Threads sampled: 4 (node 6, libuv-worker ×2 2, V8 GC 1)\n"),
+            "{text}"
+        );
         assert!(text.contains("\nTop functions by self time:\n    self   samples  function\n   33.3%         3  fib file:///app/fib.js:3\n"), "{text}");
         assert!(text.contains("\nTop functions by total time:\n   total   samples  function\n   55.6%         5  node::Start [node]\n"), "{text}");
         assert!(text.contains("  ksys_write [kernel]\n"), "{text}");

@@ -5,9 +5,13 @@
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::perf_event::{
+    PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
 use aya::Ebpf;
-use nodeprof_common::{V8ProbeConfig, LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP, V8_CONFIGS_MAP};
+use nodeprof_common::{
+    V8ProbeConfig, LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP, V8_CONFIGS_MAP,
+};
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -25,7 +29,10 @@ pub enum ProbeError {
     #[error("this kernel has no usable BPF support ({0}); nodeprof needs Linux 5.8+ with CONFIG_BPF_SYSCALL")]
     NoKernelSupport(String),
     #[error("cannot {action}: {detail}")]
-    Kernel { action: &'static str, detail: String },
+    Kernel {
+        action: &'static str,
+        detail: String,
+    },
 }
 
 impl ProbeError {
@@ -82,30 +89,58 @@ pub struct Probe {
 impl Probe {
     pub fn load() -> Result<Probe, ProbeError> {
         check_permissions()?;
-        if !std::path::Path::new("/sys/fs/bpf").exists() && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Err(ProbeError::NoKernelSupport("no /sys/fs/bpf and no /sys/kernel/btf/vmlinux".into()));
+        if !std::path::Path::new("/sys/fs/bpf").exists()
+            && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+        {
+            return Err(ProbeError::NoKernelSupport(
+                "no /sys/fs/bpf and no /sys/kernel/btf/vmlinux".into(),
+            ));
         }
-        let mut ebpf = Ebpf::load(PROBE_OBJECT).map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
-        let map_err = |name: &str| ProbeError::Kernel { action: "open the eBPF maps", detail: format!("map {name} missing") };
-        let targets = ebpf.take_map(TARGETS_MAP).ok_or_else(|| map_err(TARGETS_MAP))?;
-        let targets = HashMap::try_from(targets).map_err(|e| ProbeError::classify("open the target map", &e))?;
-        let v8_configs = ebpf.take_map(V8_CONFIGS_MAP).ok_or_else(|| map_err(V8_CONFIGS_MAP))?;
-        let v8_configs = HashMap::try_from(v8_configs).map_err(|e| ProbeError::classify("open the V8 layout map", &e))?;
+        let mut ebpf = Ebpf::load(PROBE_OBJECT)
+            .map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
+        let map_err = |name: &str| ProbeError::Kernel {
+            action: "open the eBPF maps",
+            detail: format!("map {name} missing"),
+        };
+        let targets = ebpf
+            .take_map(TARGETS_MAP)
+            .ok_or_else(|| map_err(TARGETS_MAP))?;
+        let targets = HashMap::try_from(targets)
+            .map_err(|e| ProbeError::classify("open the target map", &e))?;
+        let v8_configs = ebpf
+            .take_map(V8_CONFIGS_MAP)
+            .ok_or_else(|| map_err(V8_CONFIGS_MAP))?;
+        let v8_configs = HashMap::try_from(v8_configs)
+            .map_err(|e| ProbeError::classify("open the V8 layout map", &e))?;
         let lost = ebpf.take_map(LOST_MAP).ok_or_else(|| map_err(LOST_MAP))?;
-        let lost = PerCpuArray::try_from(lost).map_err(|e| ProbeError::classify("open the lost-sample map", &e))?;
-        let samples = ebpf.take_map(SAMPLES_MAP).ok_or_else(|| map_err(SAMPLES_MAP))?;
-        let samples = RingBuf::try_from(samples).map_err(|e| ProbeError::classify("open the sample ring buffer", &e))?;
-        Ok(Probe { ebpf, targets, v8_configs, lost, samples: Some(samples) })
+        let lost = PerCpuArray::try_from(lost)
+            .map_err(|e| ProbeError::classify("open the lost-sample map", &e))?;
+        let samples = ebpf
+            .take_map(SAMPLES_MAP)
+            .ok_or_else(|| map_err(SAMPLES_MAP))?;
+        let samples = RingBuf::try_from(samples)
+            .map_err(|e| ProbeError::classify("open the sample ring buffer", &e))?;
+        Ok(Probe {
+            ebpf,
+            targets,
+            v8_configs,
+            lost,
+            samples: Some(samples),
+        })
     }
 
     /// Samples of this process (all of its threads) will be recorded.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        self.targets.insert(tgid, 0, 0).map_err(|e| ProbeError::classify("register the target", &e))
+        self.targets
+            .insert(tgid, 0, 0)
+            .map_err(|e| ProbeError::classify("register the target", &e))
     }
 
     /// Tells the sampler how to recognise JS frames of this process.
     pub fn set_v8_config(&mut self, tgid: u32, config: V8ProbeConfig) -> Result<(), ProbeError> {
-        self.v8_configs.insert(tgid, config, 0).map_err(|e| ProbeError::classify("register the V8 layout", &e))
+        self.v8_configs
+            .insert(tgid, config, 0)
+            .map_err(|e| ProbeError::classify("register the V8 layout", &e))
     }
 
     /// Attaches the sampler to a `cpu-clock` event on every online CPU at `frequency_hz`.
@@ -114,11 +149,17 @@ impl Probe {
         let program: &mut PerfEvent = self
             .ebpf
             .program_mut(SAMPLER_PROGRAM)
-            .ok_or_else(|| ProbeError::Kernel { action: "find the sampler", detail: SAMPLER_PROGRAM.into() })?
+            .ok_or_else(|| ProbeError::Kernel {
+                action: "find the sampler",
+                detail: SAMPLER_PROGRAM.into(),
+            })?
             .try_into()
             .map_err(|e| ProbeError::classify("find the sampler", &e))?;
-        program.load().map_err(|e| ProbeError::classify("load the sampler", &e))?;
-        let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::classify("list online CPUs", &e))?;
+        program
+            .load()
+            .map_err(|e| ProbeError::classify("load the sampler", &e))?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(_, e)| ProbeError::classify("list online CPUs", &e))?;
         for cpu in cpus {
             program
                 .attach(
@@ -139,7 +180,10 @@ impl Probe {
 
     /// Samples dropped in the kernel because the ring buffer was full.
     pub fn lost_samples(&self) -> u64 {
-        self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
     }
 }
 
@@ -160,10 +204,19 @@ mod tests {
     #[test]
     fn classifies_permission_and_missing_syscall() {
         let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
-        assert!(matches!(ProbeError::classify("x", &eperm), ProbeError::NotPermitted));
+        assert!(matches!(
+            ProbeError::classify("x", &eperm),
+            ProbeError::NotPermitted
+        ));
         let enosys = std::io::Error::from_raw_os_error(libc::ENOSYS);
-        assert!(matches!(ProbeError::classify("x", &enosys), ProbeError::NoKernelSupport(_)));
+        assert!(matches!(
+            ProbeError::classify("x", &enosys),
+            ProbeError::NoKernelSupport(_)
+        ));
         let other = std::io::Error::from_raw_os_error(libc::EINVAL);
-        assert!(matches!(ProbeError::classify("x", &other), ProbeError::Kernel { .. }));
+        assert!(matches!(
+            ProbeError::classify("x", &other),
+            ProbeError::Kernel { .. }
+        ));
     }
 }

@@ -38,7 +38,13 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(kind: FrameKind, name: impl Into<String>, location: impl Into<String>) -> Self {
-        Frame { kind, name: name.into(), location: location.into(), line: None, column: None }
+        Frame {
+            kind,
+            name: name.into(),
+            location: location.into(),
+            line: None,
+            column: None,
+        }
     }
 
     pub fn meta(name: &str) -> Self {
@@ -88,7 +94,13 @@ pub struct Profile {
 
 impl Profile {
     pub fn new(pid: u32, frequency_hz: u64, start_ns: u64) -> Self {
-        Profile { pid, frequency_hz, start_ns, end_ns: start_ns, ..Default::default() }
+        Profile {
+            pid,
+            frequency_hz,
+            start_ns,
+            end_ns: start_ns,
+            ..Default::default()
+        }
     }
 
     pub fn intern_frame(&mut self, frame: Frame) -> FrameId {
@@ -114,13 +126,20 @@ impl Profile {
 
     /// Records one sample; `thread_name` updates the thread's name (threads rename themselves).
     pub fn add_sample(&mut self, time_ns: u64, tid: u32, thread_name: &str, stack: StackId) {
-        let thread = self.threads.entry(tid).or_insert_with(|| ThreadInfo { tid, name: String::new() });
+        let thread = self.threads.entry(tid).or_insert_with(|| ThreadInfo {
+            tid,
+            name: String::new(),
+        });
         if thread.name != thread_name {
             thread.name = thread_name.to_string();
         }
         self.end_ns = self.end_ns.max(time_ns);
         self.start_ns = self.start_ns.min(time_ns);
-        self.samples.push(Sample { time_ns, tid, stack });
+        self.samples.push(Sample {
+            time_ns,
+            tid,
+            stack,
+        });
     }
 
     pub fn frame(&self, id: FrameId) -> &Frame {
@@ -137,7 +156,10 @@ impl Profile {
     }
 
     pub fn thread_name(&self, tid: u32) -> &str {
-        self.threads.get(&tid).map(|t| t.name.as_str()).unwrap_or("")
+        self.threads
+            .get(&tid)
+            .map(|t| t.name.as_str())
+            .unwrap_or("")
     }
 
     /// Wall-clock span of the recording in nanoseconds.
@@ -162,7 +184,10 @@ mod tests {
         let mut p = Profile::new(1, 99, 1000);
         let a = p.intern_frame(Frame::new(FrameKind::Native, "main", "/bin/node"));
         let b = p.intern_frame(Frame::new(FrameKind::Native, "work", "/bin/node"));
-        assert_eq!(a, p.intern_frame(Frame::new(FrameKind::Native, "main", "/bin/node")));
+        assert_eq!(
+            a,
+            p.intern_frame(Frame::new(FrameKind::Native, "main", "/bin/node"))
+        );
         assert_ne!(a, b);
         let s1 = p.intern_stack(vec![a, b]);
         let s2 = p.intern_stack(vec![a]);

@@ -21,7 +21,11 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
-    pub const ALL: [OutputFormat; 3] = [OutputFormat::Cpuprofile, OutputFormat::Folded, OutputFormat::Svg];
+    pub const ALL: [OutputFormat; 3] = [
+        OutputFormat::Cpuprofile,
+        OutputFormat::Folded,
+        OutputFormat::Svg,
+    ];
 
     fn extension(self) -> &'static str {
         match self {
@@ -37,7 +41,10 @@ pub enum FileError {
     #[error("{0} already exists: nodeprof never overwrites (choose another -o)")]
     Exists(PathBuf),
     #[error("cannot create {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct OutputFiles {
@@ -64,7 +71,11 @@ impl OutputFiles {
     }
 
     /// Writes the profile in every format; returns the paths written.
-    pub fn write(self, profile: &Profile, title: &str) -> Result<Vec<PathBuf>, (PathBuf, OutputError)> {
+    pub fn write(
+        self,
+        profile: &Profile,
+        title: &str,
+    ) -> Result<Vec<PathBuf>, (PathBuf, OutputError)> {
         let mut written = Vec::new();
         for (format, path, file) in self.files {
             let mut w = BufWriter::new(file);
@@ -73,7 +84,11 @@ impl OutputFiles {
                 OutputFormat::Folded => output::write_folded(profile, &mut w),
                 OutputFormat::Svg => output::write_flamegraph(profile, title, &mut w),
             };
-            let result = result.and_then(|()| w.into_inner().map(drop).map_err(|e| OutputError::Io(e.into_error())));
+            let result = result.and_then(|()| {
+                w.into_inner()
+                    .map(drop)
+                    .map_err(|e| OutputError::Io(e.into_error()))
+            });
             result.map_err(|e| (path.clone(), e))?;
             written.push(path);
         }
@@ -99,7 +114,10 @@ fn create_new(path: &Path) -> Result<File, FileError> {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
                 FileError::Exists(path.to_path_buf())
             } else {
-                FileError::Create { path: path.to_path_buf(), source }
+                FileError::Create {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })
 }
@@ -107,7 +125,11 @@ fn create_new(path: &Path) -> Result<File, FileError> {
 /// `nodeprof-<pid>-<UTC date>-<time>` in the current directory.
 pub fn default_prefix(pid: u32) -> PathBuf {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let stamp: String = now.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect::<String>().replace('T', "-");
+    let stamp: String = now
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect::<String>()
+        .replace('T', "-");
     PathBuf::from(format!("nodeprof-{pid}-{stamp}"))
 }
 
@@ -120,11 +142,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let prefix = dir.path().join("p");
         std::fs::write(dir.path().join("p.folded"), "keep").unwrap();
-        let err = OutputFiles::create(&prefix, &OutputFormat::ALL).err().unwrap();
+        let err = OutputFiles::create(&prefix, &OutputFormat::ALL)
+            .err()
+            .unwrap();
         assert!(matches!(err, FileError::Exists(_)), "{err}");
         // The file created before the failure is cleaned up; the existing one is untouched.
         assert!(!dir.path().join("p.cpuprofile").exists());
-        assert_eq!(std::fs::read_to_string(dir.path().join("p.folded")).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("p.folded")).unwrap(),
+            "keep"
+        );
 
         let target = dir.path().join("elsewhere");
         std::os::unix::fs::symlink(&target, dir.path().join("q.svg")).unwrap();
@@ -134,7 +161,9 @@ mod tests {
 
     #[test]
     fn unwritable_directory_is_an_error() {
-        let err = OutputFiles::create(Path::new("/nonexistent-dir/x"), &[OutputFormat::Svg]).err().unwrap();
+        let err = OutputFiles::create(Path::new("/nonexistent-dir/x"), &[OutputFormat::Svg])
+            .err()
+            .unwrap();
         assert!(matches!(err, FileError::Create { .. }), "{err}");
     }
 

@@ -27,7 +27,10 @@ pub enum RecordError {
     #[error(transparent)]
     Output(#[from] files::FileError),
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: output::OutputError },
+    Write {
+        path: PathBuf,
+        source: output::OutputError,
+    },
     #[error("{0}")]
     Runtime(std::io::Error),
 }
@@ -72,11 +75,24 @@ pub struct Recording {
 pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     probe::check_permissions()?;
     // Fork before the async runtime starts threads (see target::launch).
-    let mut launched = if options.command.is_empty() { None } else { Some(Launched::spawn(&options.command)?) };
-    let pid = launched.as_ref().map(|l| l.pid).or(options.pid).ok_or(TargetError::NoSuchProcess(0))?;
+    let mut launched = if options.command.is_empty() {
+        None
+    } else {
+        Some(Launched::spawn(&options.command)?)
+    };
+    let pid = launched
+        .as_ref()
+        .map(|l| l.pid)
+        .or(options.pid)
+        .ok_or(TargetError::NoSuchProcess(0))?;
     let target = match &launched {
         // Until released the child is a copy of us; it becomes the command at exec.
-        Some(_) => Target { pid, exe: PathBuf::from(&options.command[0]), comm: String::new(), ns_pid: pid },
+        Some(_) => Target {
+            pid,
+            exe: PathBuf::from(&options.command[0]),
+            comm: String::new(),
+            ns_pid: pid,
+        },
         None => Target::inspect(pid)?,
     };
     if launched.is_none() && !target.is_node() {
@@ -86,9 +102,15 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         );
     }
 
-    let prefix = options.output.clone().unwrap_or_else(|| files::default_prefix(pid));
+    let prefix = options
+        .output
+        .clone()
+        .unwrap_or_else(|| files::default_prefix(pid));
     let files = OutputFiles::create(&prefix, &options.formats)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RecordError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RecordError::Runtime)?;
     let result = runtime.block_on(run(options, &target, launched.as_mut()));
     let (collection, start_ns, end_ns, lost, stop, mut symbolizer) = match result {
         Ok(r) => r,
@@ -99,16 +121,37 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     };
     let child_status = launched.as_ref().and_then(Launched::try_wait);
 
-    let profile = build_profile(&collection, &mut symbolizer, pid, options.frequency_hz, start_ns, end_ns, lost);
+    let profile = build_profile(
+        &collection,
+        &mut symbolizer,
+        pid,
+        options.frequency_hz,
+        start_ns,
+        end_ns,
+        lost,
+    );
     let title = format!("nodeprof: {} (pid {pid})", target.exe.display());
-    let written = files.write(&profile, &title).map_err(|(path, source)| RecordError::Write { path, source })?;
+    let written = files
+        .write(&profile, &title)
+        .map_err(|(path, source)| RecordError::Write { path, source })?;
     let summary = Summary::from_profile(&profile, options.top);
-    Ok(Recording { profile, summary, written, stop, target, child_status })
+    Ok(Recording {
+        profile,
+        summary,
+        written,
+        stop,
+        target,
+        child_status,
+    })
 }
 
 type RunResult = (Collection, u64, u64, u64, StopReason, Symbolizer);
 
-async fn run(options: &RecordOptions, target: &Target, launched: Option<&mut Launched>) -> Result<RunResult, RecordError> {
+async fn run(
+    options: &RecordOptions,
+    target: &Target,
+    launched: Option<&mut Launched>,
+) -> Result<RunResult, RecordError> {
     let mut probe = Probe::load()?;
     probe.add_target(target.pid)?;
     let mut symbolizer = Symbolizer::new(target);
@@ -123,8 +166,10 @@ async fn run(options: &RecordOptions, target: &Target, launched: Option<&mut Lau
     let ring = probe.take_samples().expect("ring buffer is taken once");
     // SAFETY: the collector owns the ring buffer map, whose fd stays open and
     // unchanged for the collector's life.
-    let mut collector = unsafe { AsyncFd::register_with_interest(Collector::new(ring), tokio::io::Interest::READABLE) }
-        .map_err(|e| RecordError::Runtime(e.into()))?;
+    let mut collector = unsafe {
+        AsyncFd::register_with_interest(Collector::new(ring), tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| RecordError::Runtime(e.into()))?;
     let is_launched = launched.is_some();
     if let Some(child) = launched {
         child.release()?;
@@ -163,7 +208,13 @@ async fn run(options: &RecordOptions, target: &Target, launched: Option<&mut Lau
     let end_ns = monotonic_ns();
     // Whatever the kernel wrote before the stop is still in the ring buffer
     // (JS frames of a target that exited can no longer be named).
-    absorb(collector.get_mut(), &mut collection, &mut symbolizer, &mut probe, target.pid)?;
+    absorb(
+        collector.get_mut(),
+        &mut collection,
+        &mut symbolizer,
+        &mut probe,
+        target.pid,
+    )?;
     let lost = probe.lost_samples();
     // Detach now: symbolizing and writing need no sampling.
     drop(collector);
@@ -181,9 +232,9 @@ fn absorb(
     probe: &mut Probe,
     pid: u32,
 ) -> Result<(), RecordError> {
-    let before = collection.stacks.len();
+    let before = collection.user_frames.len();
     collector.drain(collection);
-    symbolizer.observe(&collection.stacks[before..]);
+    symbolizer.observe(&collection.user_frames[before..]);
     if let Some(config) = symbolizer.take_probe_config() {
         probe.set_v8_config(pid, config)?;
     }
@@ -192,8 +243,11 @@ fn absorb(
 
 /// A launched child that exited stays a zombie until we reap it: not alive.
 fn target_alive_launched(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            != Some("Z")
+    })
 }
 
 fn build_profile(
@@ -206,17 +260,22 @@ fn build_profile(
     lost: u64,
 ) -> Profile {
     let mut profile = Profile::new(pid, frequency_hz, start_ns);
-    let stack_ids: Vec<StackId> = symbolizer
-        .symbolize(&collection.stacks)
-        .into_iter()
-        .map(|frames| {
-            let ids = frames.into_iter().map(|f| profile.intern_frame(f)).collect();
-            profile.intern_stack(ids)
-        })
-        .collect();
+    let mut stack_ids: Vec<StackId> = Vec::with_capacity(collection.stacks.len());
+    symbolizer.symbolize(collection, |frames| {
+        let ids = frames
+            .into_iter()
+            .map(|f| profile.intern_frame(f))
+            .collect();
+        stack_ids.push(profile.intern_stack(ids));
+    });
     for sample in &collection.samples {
         let name = &collection.thread_names[sample.thread_name as usize];
-        profile.add_sample(sample.time_ns, sample.tid, name, stack_ids[sample.stack as usize]);
+        profile.add_sample(
+            sample.time_ns,
+            sample.tid,
+            name,
+            stack_ids[sample.stack as usize],
+        );
     }
     profile.end_ns = profile.end_ns.max(end_ns);
     profile.lost_samples = lost;
@@ -229,8 +288,10 @@ fn progress_bar(quiet: bool, pid: u32) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} recording pid {prefix} for {elapsed}: {msg} (Ctrl-C to stop)")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} recording pid {prefix} for {elapsed}: {msg} (Ctrl-C to stop)",
+        )
+        .expect("valid template"),
     );
     bar.set_prefix(pid.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -240,7 +301,10 @@ fn progress_bar(quiet: bool, pid: u32) -> indicatif::ProgressBar {
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so samples and
 /// recording bounds share one time base.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

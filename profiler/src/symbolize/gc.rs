@@ -66,11 +66,18 @@ mod tests {
 
     #[test]
     fn other_stacks_are_untouched() {
-        let mut stack = vec![native("node::Start(int, char**)"), native("v8::internal::Heap::Allocate")];
+        let mut stack = vec![
+            native("node::Start(int, char**)"),
+            native("v8::internal::Heap::Allocate"),
+        ];
         mark_garbage_collection(&mut stack);
         assert_eq!(stack.len(), 2);
         // A JS function that happens to be named like GC code is not GC.
-        let mut js = vec![Frame::new(FrameKind::Js, "v8::internal::Sweeper::x", "file:///a.js")];
+        let mut js = vec![Frame::new(
+            FrameKind::Js,
+            "v8::internal::Sweeper::x",
+            "file:///a.js",
+        )];
         mark_garbage_collection(&mut js);
         assert_eq!(js.len(), 1);
     }

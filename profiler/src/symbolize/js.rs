@@ -9,7 +9,9 @@ use std::sync::Arc;
 use nodeprof_common::V8ProbeConfig;
 
 use crate::profile::{Frame, FrameKind};
-use crate::v8::{EmbeddedBlob, JsFunctionInfo, JsResolver, LayoutError, LayoutReport, ProcessMemory, V8Layout};
+use crate::v8::{
+    EmbeddedBlob, JsFunctionInfo, JsResolver, LayoutError, LayoutReport, ProcessMemory, V8Layout,
+};
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
 /// labelled `[unknown JS]` rather than growing memory without bound.
@@ -58,7 +60,10 @@ impl JsNaming {
         if self.resolved.contains_key(&(sfi, fingerprint)) || self.resolved.len() >= MAX_RESOLVED {
             return;
         }
-        let id = self.resolver.resolve(sfi, fingerprint).and_then(|info| self.intern(info));
+        let id = self
+            .resolver
+            .resolve(sfi, fingerprint)
+            .and_then(|info| self.intern(info));
         self.resolved.insert((sfi, fingerprint), id);
     }
 
@@ -95,8 +100,16 @@ impl JsNaming {
 }
 
 pub fn js_frame(info: &JsFunctionInfo) -> Frame {
-    let name = if info.name.is_empty() { "(anonymous)" } else { info.name.as_str() };
-    Frame { line: info.line, column: info.column, ..Frame::new(FrameKind::Js, name, info.url.clone()) }
+    let name = if info.name.is_empty() {
+        "(anonymous)"
+    } else {
+        info.name.as_str()
+    };
+    Frame {
+        line: info.line,
+        column: info.column,
+        ..Frame::new(FrameKind::Js, name, info.url.clone())
+    }
 }
 
 #[cfg(test)]
@@ -105,7 +118,13 @@ mod tests {
 
     #[test]
     fn anonymous_functions_read_like_devtools() {
-        let info = JsFunctionInfo { name: String::new(), url: "file:///a.js".into(), script_id: 3, line: Some(4), column: Some(2) };
+        let info = JsFunctionInfo {
+            name: String::new(),
+            url: "file:///a.js".into(),
+            script_id: 3,
+            line: Some(4),
+            column: Some(2),
+        };
         let frame = js_frame(&info);
         assert_eq!(frame.name, "(anonymous)");
         assert_eq!((frame.line, frame.column), (Some(4), Some(2)));

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use blazesym::symbolize::{self, source, Input};
 use nodeprof_common::{UserFrame, V8ProbeConfig};
 
-use crate::collect::RawStack;
+use crate::collect::{Collection, RawStack};
 use crate::profile::{Frame, FrameKind};
 use crate::target::{read_maps, Mapping, Target};
 
@@ -82,7 +82,9 @@ impl Symbolizer {
     /// Loads the V8 layout of the target's executable when it changed (first
     /// look, or the launched command exec'd).
     fn check_executable(&mut self) {
-        let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) else { return };
+        let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) else {
+            return;
+        };
         let exe = exe.to_string_lossy().into_owned();
         if self.exe.as_deref() == Some(exe.as_str()) {
             return;
@@ -98,18 +100,20 @@ impl Symbolizer {
         }
     }
 
-    /// Called while the target runs with newly collected stacks: re-snapshots
-    /// the mappings when code appears that the snapshot does not cover
-    /// (a library loaded, or the launched command just exec'd).
-    pub fn observe<'a>(&mut self, stacks: impl IntoIterator<Item = &'a RawStack> + Clone) {
-        let uncovered =
-            stacks.clone().into_iter().flat_map(|s| s.user.iter()).any(|f| self.mapping(f.pc).is_none());
-        let due = self.last_refresh.is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL);
+    /// Called while the target runs with the user frames first seen since the
+    /// last call: re-snapshots the mappings when code appears that the
+    /// snapshot does not cover (a library loaded, or the launched command just
+    /// exec'd), and names new JS functions while their SFIs are valid.
+    pub fn observe(&mut self, new_frames: &[UserFrame]) {
+        let uncovered = new_frames.iter().any(|f| self.mapping(f.pc).is_none());
+        let due = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL);
         if (uncovered || self.last_refresh.is_none()) && due {
             self.refresh();
         }
         if let Some(js) = self.js.as_mut() {
-            for frame in stacks.into_iter().flat_map(|s| s.user.iter()).filter(|f| f.sfi != 0) {
+            for frame in new_frames.iter().filter(|f| f.sfi != 0) {
                 js.observe(frame.sfi, frame.sfi_fingerprint);
             }
         }
@@ -119,7 +123,9 @@ impl Symbolizer {
     pub fn refresh(&mut self) {
         self.last_refresh = Some(Instant::now());
         self.check_executable();
-        let Ok(maps) = read_maps(self.pid) else { return };
+        let Ok(maps) = read_maps(self.pid) else {
+            return;
+        };
         let mut mappings = Vec::with_capacity(maps.len());
         for mapping in maps {
             let module = self.module_for(&mapping);
@@ -137,14 +143,20 @@ impl Symbolizer {
                 return id;
             }
         }
-        let file = mapping.is_file().then(|| self.open_mapped_file(mapping)).flatten();
+        let file = mapping
+            .is_file()
+            .then(|| self.open_mapped_file(mapping))
+            .flatten();
         let id = match self.module_ids.get(&mapping.path) {
             Some(&id) => {
                 self.modules[id].file = file;
                 id
             }
             None => {
-                self.modules.push(Module { path: mapping.path.clone(), file });
+                self.modules.push(Module {
+                    path: mapping.path.clone(),
+                    file,
+                });
                 self.modules.len() - 1
             }
         };
@@ -155,25 +167,41 @@ impl Symbolizer {
     /// `map_files` reaches the very file mapped, even deleted or in another
     /// mount namespace; the root path is the fallback.
     fn open_mapped_file(&self, mapping: &Mapping) -> Option<File> {
-        File::open(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, mapping.start, mapping.end))
-            .or_else(|_| File::open(format!("/proc/{}/root{}", self.pid, mapping.path.trim_end_matches(" (deleted)"))))
-            .ok()
+        File::open(format!(
+            "/proc/{}/map_files/{:x}-{:x}",
+            self.pid, mapping.start, mapping.end
+        ))
+        .or_else(|_| {
+            File::open(format!(
+                "/proc/{}/root{}",
+                self.pid,
+                mapping.path.trim_end_matches(" (deleted)")
+            ))
+        })
+        .ok()
     }
 
     fn mapping(&self, addr: u64) -> Option<&(Mapping, usize)> {
         let i = self.mappings.partition_point(|(m, _)| m.start <= addr);
-        self.mappings.get(i.checked_sub(1)?).filter(|(m, _)| m.contains(addr))
+        self.mappings
+            .get(i.checked_sub(1)?)
+            .filter(|(m, _)| m.contains(addr))
     }
 
     /// Whether `pc` is code V8 generated or ships: JIT code in anonymous memory
     /// or the embedded builtins (in the executable, or the copy node 22+ maps).
     /// Only there do V8's frame slots mean anything.
     fn is_v8_code(&self, pc: u64) -> bool {
-        let Some((mapping, _)) = self.mapping(pc) else { return false };
+        let Some((mapping, _)) = self.mapping(pc) else {
+            return false;
+        };
         if mapping.path.is_empty() {
             return true;
         }
-        let (Some(exe), Some(blob)) = (self.exe.as_deref(), self.js.as_ref().and_then(JsNaming::embedded_blob)) else {
+        let (Some(exe), Some(blob)) = (
+            self.exe.as_deref(),
+            self.js.as_ref().and_then(JsNaming::embedded_blob),
+        ) else {
             return false;
         };
         mapping.path.trim_end_matches(" (deleted)") == exe.trim_end_matches(" (deleted)")
@@ -184,7 +212,9 @@ impl Symbolizer {
     /// labelled V8 frame, or the native symbol. `None` hides the frame (a JS
     /// builtin such as `forEach`, folded into its caller as DevTools does).
     fn user_frame(&self, frame: &UserFrame, native: &Frame) -> Option<Frame> {
-        let Some(js) = self.js.as_ref() else { return Some(native.clone()) };
+        let Some(js) = self.js.as_ref() else {
+            return Some(native.clone());
+        };
         if !self.is_v8_code(frame.pc) {
             return Some(native.clone());
         }
@@ -209,20 +239,32 @@ impl Symbolizer {
         PerfMap::parse(&text)
     }
 
-    /// Symbolizes every stack; each result is outermost frame first.
-    pub fn symbolize(&mut self, stacks: &[RawStack]) -> Vec<Vec<Frame>> {
+    /// Symbolizes every stack and hands each, outermost frame first, to
+    /// `sink` in order; one stack's frames at a time, so memory holds the
+    /// caller's interned frames, not a copy of every frame of every stack.
+    pub fn symbolize(&mut self, collection: &Collection, mut sink: impl FnMut(Vec<Frame>)) {
+        let stacks = &collection.stacks;
         let perf_map = self.read_perf_map();
-        let blaze = symbolize::Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).build();
+        let blaze = symbolize::Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_inlined_fns(false)
+            .build();
 
         // Return addresses point after the call: look up addr-1 so the frame
         // names the calling function even when the call is its last instruction.
         let lookup = |stack: &[u64]| -> Vec<u64> {
-            stack.iter().enumerate().map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) }).collect()
+            stack
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+                .collect()
         };
 
         let mut user_addrs: BTreeMap<u64, ()> = BTreeMap::new();
         let mut kernel_addrs: BTreeMap<u64, ()> = BTreeMap::new();
-        let user_pcs = |stack: &RawStack| -> Vec<u64> { stack.user.iter().map(|f| f.pc).collect() };
+        let user_pcs = |stack: &RawStack| -> Vec<u64> {
+            collection.user_frames_of(stack).map(|f| f.pc).collect()
+        };
         for stack in stacks {
             user_addrs.extend(lookup(&user_pcs(stack)).into_iter().map(|a| (a, ())));
             kernel_addrs.extend(lookup(&stack.kernel).into_iter().map(|a| (a, ())));
@@ -234,7 +276,10 @@ impl Symbolizer {
         for &addr in user_addrs.keys() {
             match self.mapping(addr) {
                 Some((m, module)) if self.modules[*module].file.is_some() => {
-                    per_module.entry(*module).or_default().push((addr, addr - m.start + m.offset));
+                    per_module
+                        .entry(*module)
+                        .or_default()
+                        .push((addr, addr - m.start + m.offset));
                 }
                 Some((m, _)) => {
                     user_frames.insert(addr, anonymous_frame(addr, m, &perf_map));
@@ -257,12 +302,25 @@ impl Symbolizer {
             elf.debug_syms = false;
             let src = source::Source::Elf(elf);
             let offsets: Vec<u64> = addrs.iter().map(|&(_, off)| off).collect();
-            let results = blaze.symbolize(&src, Input::FileOffset(&offsets)).unwrap_or_default();
-            let basename = module.path.rsplit('/').next().unwrap_or(&module.path).to_string();
+            let results = blaze
+                .symbolize(&src, Input::FileOffset(&offsets))
+                .unwrap_or_default();
+            let basename = module
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&module.path)
+                .to_string();
             for (i, &(addr, _)) in addrs.iter().enumerate() {
                 let frame = match results.get(i).and_then(|r| r.as_sym()) {
-                    Some(sym) => Frame::new(FrameKind::Native, sym.name.to_string(), module.path.clone()),
-                    None => Frame::new(FrameKind::Unknown, format!("[{basename}]"), module.path.clone()),
+                    Some(sym) => {
+                        Frame::new(FrameKind::Native, sym.name.to_string(), module.path.clone())
+                    }
+                    None => Frame::new(
+                        FrameKind::Unknown,
+                        format!("[{basename}]"),
+                        module.path.clone(),
+                    ),
                 };
                 user_frames.insert(addr, frame);
             }
@@ -270,9 +328,14 @@ impl Symbolizer {
 
         let mut kernel_frames: HashMap<u64, Frame> = HashMap::new();
         if !kernel_addrs.is_empty() {
-            let src = source::Source::Kernel(source::Kernel { debug_syms: false, ..Default::default() });
+            let src = source::Source::Kernel(source::Kernel {
+                debug_syms: false,
+                ..Default::default()
+            });
             let addrs: Vec<u64> = kernel_addrs.keys().copied().collect();
-            let results = blaze.symbolize(&src, Input::AbsAddr(&addrs)).unwrap_or_default();
+            let results = blaze
+                .symbolize(&src, Input::AbsAddr(&addrs))
+                .unwrap_or_default();
             for (i, &addr) in addrs.iter().enumerate() {
                 let frame = match results.get(i).and_then(|r| r.as_sym()) {
                     Some(sym) => Frame::new(FrameKind::Kernel, sym.name.to_string(), "[kernel]"),
@@ -282,22 +345,19 @@ impl Symbolizer {
             }
         }
 
-        stacks
-            .iter()
-            .map(|stack| {
-                let user = lookup(&user_pcs(stack));
-                let kernel = lookup(&stack.kernel);
-                let mut frames: Vec<Frame> = user
-                    .iter()
-                    .zip(stack.user.iter())
-                    .rev()
-                    .filter_map(|(a, frame)| self.user_frame(frame, &user_frames[a]))
-                    .chain(kernel.iter().rev().map(|a| kernel_frames[a].clone()))
-                    .collect();
-                gc::mark_garbage_collection(&mut frames);
-                frames
-            })
-            .collect()
+        for stack in stacks {
+            let user = lookup(&user_pcs(stack));
+            let kernel = lookup(&stack.kernel);
+            let mut frames: Vec<Frame> = user
+                .iter()
+                .zip(collection.user_frames_of(stack).collect::<Vec<_>>())
+                .rev()
+                .filter_map(|(a, frame)| self.user_frame(frame, &user_frames[a]))
+                .chain(kernel.iter().rev().map(|a| kernel_frames[a].clone()))
+                .collect();
+            gc::mark_garbage_collection(&mut frames);
+            sink(frames);
+        }
     }
 }
 
@@ -310,7 +370,11 @@ fn anonymous_frame(addr: u64, mapping: &Mapping, perf_map: &PerfMap) -> Frame {
     if mapping.path.is_empty() {
         Frame::new(FrameKind::Unknown, "[unknown JIT]", "")
     } else {
-        Frame::new(FrameKind::Native, mapping.path.clone(), mapping.path.clone())
+        Frame::new(
+            FrameKind::Native,
+            mapping.path.clone(),
+            mapping.path.clone(),
+        )
     }
 }
 
@@ -324,14 +388,32 @@ mod tests {
         let me = Target::inspect(std::process::id()).unwrap();
         let mut symbolizer = Symbolizer::new(&me);
         let addr = names_functions_of_a_live_process as usize as u64;
-        let frame = |pc| nodeprof_common::UserFrame { pc, ..Default::default() };
-        let stack = RawStack { kernel: Box::new([]), user: vec![frame(addr), frame(0x10)].into_boxed_slice() };
-        symbolizer.observe([&stack]);
-        let frames = symbolizer.symbolize(&[stack]);
+        let mut record = nodeprof_common::SampleRecord {
+            time_ns: 1,
+            tgid: me.pid,
+            tid: me.pid,
+            cpu: 0,
+            kernel_frames: 0,
+            user_frames: 2,
+            _pad: 0,
+            comm: [0; 16],
+            kernel_stack: [0; nodeprof_common::MAX_KERNEL_FRAMES],
+            user_stack: [UserFrame::default(); nodeprof_common::MAX_USER_FRAMES],
+        };
+        record.user_stack[0].pc = addr;
+        record.user_stack[1].pc = 0x10;
+        let mut collection = Collection::default();
+        collection.push(&record);
+        symbolizer.observe(&collection.user_frames);
+        let mut frames = Vec::new();
+        symbolizer.symbolize(&collection, |f| frames.push(f));
         assert_eq!(frames.len(), 1);
         let leaf = frames[0].last().unwrap();
         assert_eq!(leaf.kind, FrameKind::Native, "{leaf:?}");
-        assert!(leaf.name.contains("names_functions_of_a_live_process"), "{leaf:?}");
+        assert!(
+            leaf.name.contains("names_functions_of_a_live_process"),
+            "{leaf:?}"
+        );
         // 0x10 is in no mapping: an unknown frame, outermost.
         assert_eq!(frames[0][0].kind, FrameKind::Unknown);
     }

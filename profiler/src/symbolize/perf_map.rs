@@ -16,7 +16,8 @@ impl PerfMap {
             .lines()
             .filter_map(|line| {
                 let mut fields = line.splitn(3, ' ');
-                let start = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+                let start =
+                    u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
                 let size = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
                 let name = fields.next()?.trim().to_string();
                 Some((start, start.checked_add(size)?, name))
@@ -52,8 +53,14 @@ mod tests {
              bogus line\n\
              0x3000 8 LazyCompile:*work /app/x.js:9:1\n",
         );
-        assert_eq!(map.lookup(0x1000), Some("Builtin:ArgumentsAdaptorTrampoline"));
-        assert_eq!(map.lookup(0x100f), Some("Builtin:ArgumentsAdaptorTrampoline"));
+        assert_eq!(
+            map.lookup(0x1000),
+            Some("Builtin:ArgumentsAdaptorTrampoline")
+        );
+        assert_eq!(
+            map.lookup(0x100f),
+            Some("Builtin:ArgumentsAdaptorTrampoline")
+        );
         assert_eq!(map.lookup(0x1010), None);
         assert_eq!(map.lookup(0x2005), Some("JS:~fib /app/x.js:3:13"));
         assert_eq!(map.lookup(0x3007), Some("LazyCompile:*work /app/x.js:9:1"));

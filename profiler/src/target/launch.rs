@@ -25,12 +25,21 @@ impl Launched {
     /// Must be called while the process has a single thread.
     pub fn spawn(argv: &[String]) -> Result<Launched, TargetError> {
         let command = argv.join(" ");
-        let program = argv.first().ok_or_else(|| TargetError::CommandNotFound(String::new()))?;
-        let path = find_program(program).ok_or_else(|| TargetError::CommandNotFound(program.clone()))?;
-        let launch_err = |source| TargetError::Launch { command: command.clone(), source };
+        let program = argv
+            .first()
+            .ok_or_else(|| TargetError::CommandNotFound(String::new()))?;
+        let path =
+            find_program(program).ok_or_else(|| TargetError::CommandNotFound(program.clone()))?;
+        let launch_err = |source| TargetError::Launch {
+            command: command.clone(),
+            source,
+        };
         let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| launch_err(e.into()))?;
-        let c_args: Vec<CString> =
-            argv.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().map_err(|e| launch_err(e.into()))?;
+        let c_args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| launch_err(e.into()))?;
         let c_env: Vec<CString> = std::env::vars_os()
             .map(|(k, v)| {
                 let mut kv = k.as_bytes().to_vec();
@@ -76,7 +85,11 @@ impl Launched {
         }
         // SAFETY: closing our copy of the child's end.
         unsafe { libc::close(read_fd) };
-        Ok(Launched { pid: pid as u32, release_fd: write_fd, command })
+        Ok(Launched {
+            pid: pid as u32,
+            release_fd: write_fd,
+            command,
+        })
     }
 
     /// Lets the child exec its command.
@@ -87,7 +100,10 @@ impl Launched {
         let result = if n == 1 {
             Ok(())
         } else {
-            Err(TargetError::Launch { command: self.command.clone(), source: std::io::Error::last_os_error() })
+            Err(TargetError::Launch {
+                command: self.command.clone(),
+                source: std::io::Error::last_os_error(),
+            })
         };
         self.close();
         result
@@ -123,13 +139,17 @@ fn find_program(program: &str) -> Option<PathBuf> {
         let path = PathBuf::from(program);
         return is_executable(&path).then_some(path);
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path_var).map(|dir| dir.join(program)).find(|p| is_executable(p))
+    let path_var =
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path_var)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]

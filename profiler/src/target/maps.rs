@@ -50,7 +50,10 @@ fn parse_line(line: &str) -> Option<Mapping> {
 /// Executable mappings of a process, sorted by address.
 pub fn read_maps(pid: u32) -> std::io::Result<Vec<Mapping>> {
     let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let mut maps: Vec<Mapping> = parse_maps(&text).into_iter().filter(|m| m.executable).collect();
+    let mut maps: Vec<Mapping> = parse_maps(&text)
+        .into_iter()
+        .filter(|m| m.executable)
+        .collect();
     maps.sort_by_key(|m| m.start);
     Ok(maps)
 }

@@ -18,7 +18,10 @@ pub enum TargetError {
     #[error("cannot inspect process {pid}: {source}")]
     Inspect { pid: u32, source: std::io::Error },
     #[error("cannot launch {command}: {source}")]
-    Launch { command: String, source: std::io::Error },
+    Launch {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("command not found: {0}")]
     CommandNotFound(String),
 }
@@ -44,7 +47,11 @@ impl Target {
         }
         let io = |source| TargetError::Inspect { pid, source };
         let status = fs::read_to_string(proc_dir.join("status")).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound { TargetError::NoSuchProcess(pid) } else { io(e) }
+            if e.kind() == std::io::ErrorKind::NotFound {
+                TargetError::NoSuchProcess(pid)
+            } else {
+                io(e)
+            }
         })?;
         // A thread id also has a /proc entry; only thread group leaders are processes.
         let tgid = status_field(&status, "Tgid:").and_then(|v| v.parse::<u32>().ok());
@@ -52,12 +59,20 @@ impl Target {
             return Err(TargetError::NoSuchProcess(pid));
         }
         let exe = fs::read_link(proc_dir.join("exe")).map_err(io)?;
-        let comm = fs::read_to_string(proc_dir.join("comm")).map_err(io)?.trim_end().to_string();
+        let comm = fs::read_to_string(proc_dir.join("comm"))
+            .map_err(io)?
+            .trim_end()
+            .to_string();
         let ns_pid = status_field(&status, "NSpid:")
             .and_then(|v| v.split_whitespace().last())
             .and_then(|v| v.parse().ok())
             .unwrap_or(pid);
-        Ok(Target { pid, exe, comm, ns_pid })
+        Ok(Target {
+            pid,
+            exe,
+            comm,
+            ns_pid,
+        })
     }
 
     /// Whether the target looks like Node.js: its executable is named node,
@@ -65,8 +80,13 @@ impl Target {
     pub fn is_node(&self) -> bool {
         let name = self.exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let name = name.trim_end_matches(" (deleted)");
-        let version_suffix = |rest: &str| rest.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == 'v');
-        name == "nodejs" || name.strip_prefix("node").is_some_and(version_suffix) || self.comm == "node"
+        let version_suffix = |rest: &str| {
+            rest.chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == 'v')
+        };
+        name == "nodejs"
+            || name.strip_prefix("node").is_some_and(version_suffix)
+            || self.comm == "node"
     }
 
     /// Path of a file as the target sees it, reachable from nodeprof's mount namespace.
@@ -82,14 +102,21 @@ impl Target {
     pub fn is_alive(&self) -> bool {
         // A zombie still has /proc/PID but no longer runs code.
         match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+            Ok(stat) => {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    != Some("Z")
+            }
             Err(_) => false,
         }
     }
 }
 
 fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
 }
 
 #[cfg(test)]
@@ -108,13 +135,27 @@ mod tests {
     #[test]
     fn missing_process_is_reported() {
         // pid_max is at most 2^22, so this pid cannot exist.
-        assert!(matches!(Target::inspect(u32::MAX - 1), Err(TargetError::NoSuchProcess(_))));
-        assert!(matches!(Target::inspect(0), Err(TargetError::NoSuchProcess(0))));
+        assert!(matches!(
+            Target::inspect(u32::MAX - 1),
+            Err(TargetError::NoSuchProcess(_))
+        ));
+        assert!(matches!(
+            Target::inspect(0),
+            Err(TargetError::NoSuchProcess(0))
+        ));
     }
 
     #[test]
     fn recognises_node_executables_by_name() {
-        let named = |exe: &str| Target { pid: 1, exe: exe.into(), comm: String::new(), ns_pid: 1 }.is_node();
+        let named = |exe: &str| {
+            Target {
+                pid: 1,
+                exe: exe.into(),
+                comm: String::new(),
+                ns_pid: 1,
+            }
+            .is_node()
+        };
         assert!(named("/usr/bin/node"));
         assert!(named("/usr/bin/nodejs"));
         assert!(named("/opt/node22"));
@@ -128,6 +169,9 @@ mod tests {
     fn status_fields_parse() {
         let status = "Name:\tnode\nTgid:\t42\nNSpid:\t42\t1\n";
         assert_eq!(status_field(status, "Tgid:"), Some("42"));
-        assert_eq!(status_field(status, "NSpid:").and_then(|v| v.split_whitespace().last()), Some("1"));
+        assert_eq!(
+            status_field(status, "NSpid:").and_then(|v| v.split_whitespace().last()),
+            Some("1")
+        );
     }
 }

@@ -42,13 +42,21 @@ pub struct FrameFunction {
 /// Reads the JSFunction and SFI of the frame at `fp`, if it is a JS frame
 /// (the context slot holds a heap object, not a frame-type marker). Only
 /// meaningful when the frame's pc is V8 code.
-pub fn frame_function<M: Memory + ?Sized>(mem: &M, layout: &V8Layout, fp: u64) -> Option<FrameFunction> {
+pub fn frame_function<M: Memory + ?Sized>(
+    mem: &M,
+    layout: &V8Layout,
+    fp: u64,
+) -> Option<FrameFunction> {
     let heap = Heap::new(mem, layout);
-    let ctx = mem.read_u64(fp.checked_add_signed(i64::from(layout.fp_context))?).ok()?;
+    let ctx = mem
+        .read_u64(fp.checked_add_signed(i64::from(layout.fp_context))?)
+        .ok()?;
     if !heap.is_heap_object(ctx) {
         return None;
     }
-    let js_function = mem.read_u64(fp.checked_add_signed(i64::from(layout.fp_function))?).ok()?;
+    let js_function = mem
+        .read_u64(fp.checked_add_signed(i64::from(layout.fp_function))?)
+        .ok()?;
     if !layout.is_js_function_type(heap.instance_type(js_function)?) {
         return None;
     }
@@ -57,7 +65,11 @@ pub fn frame_function<M: Memory + ?Sized>(mem: &M, layout: &V8Layout, fp: u64) -
         return None;
     }
     let fingerprint = heap.field(sfi, layout.sfi.name_or_scope_info)?;
-    Some(FrameFunction { js_function, sfi, fingerprint })
+    Some(FrameFunction {
+        js_function,
+        sfi,
+        fingerprint,
+    })
 }
 
 /// Cache sizes of a [`JsResolver`].
@@ -71,7 +83,11 @@ pub struct ResolverLimits {
 
 impl Default for ResolverLimits {
     fn default() -> Self {
-        ResolverLimits { max_functions: 64 << 10, max_scripts: 4 << 10, max_line_table_bytes: 16 << 20 }
+        ResolverLimits {
+            max_functions: 64 << 10,
+            max_scripts: 4 << 10,
+            max_line_table_bytes: 16 << 20,
+        }
     }
 }
 
@@ -218,15 +234,20 @@ impl<M: Memory> JsResolver<M> {
         // Lazily compiled (or flushed) functions: UncompiledData has the
         // inferred name and the start position.
         if let Some(data) = heap.field(sfi, layout.sfi.function_data) {
-            let is_uncompiled = heap.instance_type(data).is_some_and(|t| layout.types.uncompiled_data.contains(&t));
+            let is_uncompiled = heap
+                .instance_type(data)
+                .is_some_and(|t| layout.types.uncompiled_data.contains(&t));
             if is_uncompiled {
                 if names.inferred.is_none() {
-                    let inferred = heap.field(data, layout.uncompiled.inferred_name).unwrap_or(0);
+                    let inferred = heap
+                        .field(data, layout.uncompiled.inferred_name)
+                        .unwrap_or(0);
                     names.inferred = strings.read_name(inferred);
                 }
                 if names.start.is_none() {
-                    names.start =
-                        heap.field_i32(data, layout.uncompiled.start_position).and_then(|p| u32::try_from(p).ok());
+                    names.start = heap
+                        .field_i32(data, layout.uncompiled.start_position)
+                        .and_then(|p| u32::try_from(p).ok());
                 }
             }
         }
@@ -238,17 +259,30 @@ impl<M: Memory> JsResolver<M> {
             _ => String::new(),
         };
 
-        let mut info = JsFunctionInfo { name, url: String::new(), script_id: 0, line: None, column: None };
-        let Some(script) = self.script_of(sfi) else { return Some(info) };
-        let Some(script) = self.script_info(script) else { return Some(info) };
+        let mut info = JsFunctionInfo {
+            name,
+            url: String::new(),
+            script_id: 0,
+            line: None,
+            column: None,
+        };
+        let Some(script) = self.script_of(sfi) else {
+            return Some(info);
+        };
+        let Some(script) = self.script_info(script) else {
+            return Some(info);
+        };
         info.url = script.url.clone();
         info.script_id = script.id;
         if let (Some(ends), Some(start)) = (&script.line_ends, names.start) {
             if let Some((line, column)) = line_column(ends, start) {
                 // Script::GetPositionInfo(WITH_OFFSET): vm.Script line/column offsets.
                 let line_out = i64::from(line) + i64::from(script.line_offset);
-                let column_out =
-                    if line == 0 { i64::from(column) + i64::from(script.column_offset) } else { i64::from(column) };
+                let column_out = if line == 0 {
+                    i64::from(column) + i64::from(script.column_offset)
+                } else {
+                    i64::from(column)
+                };
                 info.line = u32::try_from(line_out).ok();
                 info.column = u32::try_from(column_out).ok();
                 if info.line.is_none() || info.column.is_none() {
@@ -286,7 +320,11 @@ impl<M: Memory> JsResolver<M> {
         let id = heap.smi_field(script, sl.id)?;
         let source = heap.field(script, sl.source).unwrap_or(0);
         let source_len = strings.len(source);
-        let key = ScriptKey { addr: script, id, source_len: source_len.unwrap_or(usize::MAX) };
+        let key = ScriptKey {
+            addr: script,
+            id,
+            source_len: source_len.unwrap_or(usize::MAX),
+        };
         if let Some(hit) = self.scripts.get(&key) {
             return Some(Arc::clone(hit));
         }
@@ -296,7 +334,8 @@ impl<M: Memory> JsResolver<M> {
             Err(_) => String::new(),
         };
         let smi_or_zero = |off| heap.smi_field(script, off).unwrap_or(0);
-        let mut line_ends = source_len.and_then(|len| self.line_ends_from_script(heap, script, len));
+        let mut line_ends =
+            source_len.and_then(|len| self.line_ends_from_script(heap, script, len));
         if line_ends.is_none() && source_len.is_some() {
             // Fails for uncached external sources, sources over 64 Mi units
             // or 2 Mi lines, and garbage: no positions then.
@@ -322,7 +361,12 @@ impl<M: Memory> JsResolver<M> {
 
     /// `Script.line_ends` when V8 has computed it: a FixedArray of Smis,
     /// strictly increasing, the last one the source length.
-    fn line_ends_from_script(&self, heap: Heap<'_, M>, script: u64, source_len: usize) -> Option<Vec<u32>> {
+    fn line_ends_from_script(
+        &self,
+        heap: Heap<'_, M>,
+        script: u64,
+        source_len: usize,
+    ) -> Option<Vec<u32>> {
         let layout = heap.layout;
         let arr = heap.field(script, layout.script.line_ends)?;
         if !heap.has_type(arr, layout.types.fixed_array) {
@@ -332,13 +376,17 @@ impl<M: Memory> JsResolver<M> {
         if n == 0 || n > MAX_LINES || n > source_len + 1 {
             return None;
         }
-        let base = layout.untag(arr).checked_add(u64::from(layout.fixed_array_data))?;
+        let base = layout
+            .untag(arr)
+            .checked_add(u64::from(layout.fixed_array_data))?;
         let mut ends = Vec::with_capacity(n);
         let mut words = vec![0u64; n.min(8192)];
         let mut done = 0;
         while done < n {
             let k = (n - done).min(words.len());
-            self.mem.read_u64s(base.checked_add(8 * done as u64)?, &mut words[..k]).ok()?;
+            self.mem
+                .read_u64s(base.checked_add(8 * done as u64)?, &mut words[..k])
+                .ok()?;
             for &w in &words[..k] {
                 let v = u32::try_from(layout.smi_value(w)?).ok()?;
                 if ends.last().is_some_and(|&last| v <= last) {
@@ -392,7 +440,11 @@ fn decode_scope_info<M: Memory + ?Sized>(
         idx += 1;
     }
     // Inlined names (or one hash table), then one info Smi per local.
-    idx += if n < u64::from(sl.max_inlined_local_names) { n } else { 1 } + n;
+    idx += if n < u64::from(sl.max_inlined_local_names) {
+        n
+    } else {
+        1
+    } + n;
     if flags & (1 << sl.has_saved_class_variable_bit) != 0 {
         idx += 1;
     }
@@ -416,8 +468,18 @@ fn decode_scope_info<M: Memory + ?Sized>(
         out.inferred = strings.read_name(slot(idx)?);
         idx += 1;
     }
-    let needs_position = [sl.function_scope, sl.script_scope, sl.eval_scope, sl.module_scope].contains(&scope_type);
-    let position_idx = if sl.fixed_position_info { Some(3) } else { needs_position.then_some(idx) };
+    let needs_position = [
+        sl.function_scope,
+        sl.script_scope,
+        sl.eval_scope,
+        sl.module_scope,
+    ]
+    .contains(&scope_type);
+    let position_idx = if sl.fixed_position_info {
+        Some(3)
+    } else {
+        needs_position.then_some(idx)
+    };
     if let Some(p) = position_idx {
         let start = slot(p).and_then(|w| layout.smi_value(w));
         let end = slot(p + 1).and_then(|w| layout.smi_value(w));
@@ -534,8 +596,24 @@ mod tests {
         let source = string(&mut heap, SOURCE);
         let name = string(&mut heap, "/srv/my app/index.js");
         // source, name, line_offset, column_offset, context_data, type, line_ends, id
-        let script = heap.object_words(SCRIPT, &[source, name, smi(0), smi(0), undefined, smi(0), undefined, smi(42)]);
-        Fixture { heap, script, undefined }
+        let script = heap.object_words(
+            SCRIPT,
+            &[
+                source,
+                name,
+                smi(0),
+                smi(0),
+                undefined,
+                smi(0),
+                undefined,
+                smi(42),
+            ],
+        );
+        Fixture {
+            heap,
+            script,
+            undefined,
+        }
     }
 
     /// A ScopeInfo with `n` context locals (names inlined below 75).
@@ -571,7 +649,8 @@ mod tests {
     }
 
     fn sfi(f: &mut Fixture, function_data: u64, nosi: u64, script: u64) -> u64 {
-        f.heap.object_words(SFI, &[function_data, nosi, 0, script, 0, smi(0)])
+        f.heap
+            .object_words(SFI, &[function_data, nosi, 0, script, 0, smi(0)])
     }
 
     fn info(name: &str, line: u32, column: u32) -> JsFunctionInfo {
@@ -591,17 +670,51 @@ mod tests {
         let m_pos = SOURCE.find("() {};").unwrap() as i32;
         let script = f.script;
         let cases = [
-            (scope_info(&mut f, FUNCTION_SCOPE | FN_VAR_UNUSED, 2, Some("foo"), None, foo_pos), info("foo", 1, 12)),
+            (
+                scope_info(
+                    &mut f,
+                    FUNCTION_SCOPE | FN_VAR_UNUSED,
+                    2,
+                    Some("foo"),
+                    None,
+                    foo_pos,
+                ),
+                info("foo", 1, 12),
+            ),
             // No own name: the inferred name (V8's DebugName).
             (
-                scope_info(&mut f, FUNCTION_SCOPE | FN_VAR_UNUSED | HAS_INFERRED, 0, None, Some("obj.m"), m_pos),
+                scope_info(
+                    &mut f,
+                    FUNCTION_SCOPE | FN_VAR_UNUSED | HAS_INFERRED,
+                    0,
+                    None,
+                    Some("obj.m"),
+                    m_pos,
+                ),
                 info("obj.m", 2, 19),
             ),
             // Anonymous.
-            (scope_info(&mut f, FUNCTION_SCOPE | FN_VAR_UNUSED | HAS_INFERRED, 1, None, None, 0), info("", 0, 0)),
+            (
+                scope_info(
+                    &mut f,
+                    FUNCTION_SCOPE | FN_VAR_UNUSED | HAS_INFERRED,
+                    1,
+                    None,
+                    None,
+                    0,
+                ),
+                info("", 0, 0),
+            ),
             // 80 context locals: names in a hash table; a saved class variable.
             (
-                scope_info(&mut f, FUNCTION_SCOPE | FN_VAR_UNUSED | SAVED_CLASS_VAR, 80, Some("many"), None, foo_pos),
+                scope_info(
+                    &mut f,
+                    FUNCTION_SCOPE | FN_VAR_UNUSED | SAVED_CLASS_VAR,
+                    80,
+                    Some("many"),
+                    None,
+                    foo_pos,
+                ),
                 info("many", 1, 12),
             ),
         ];
@@ -635,7 +748,14 @@ mod tests {
         let lazy = sfi(&mut f, uncompiled, name, script);
         // V8 < 12 under a debugger: the script slot holds a DebugInfo.
         let debug_info = f.heap.object_words(DEBUG_INFO, &[0, smi(0), script]);
-        let si = scope_info(&mut f, FUNCTION_SCOPE | FN_VAR_UNUSED, 0, Some("dbg"), None, foo_pos);
+        let si = scope_info(
+            &mut f,
+            FUNCTION_SCOPE | FN_VAR_UNUSED,
+            0,
+            Some("dbg"),
+            None,
+            foo_pos,
+        );
         let debugged = sfi(&mut f, 0, si, debug_info);
         // A builtin: name only, no script.
         let builtin_name = string(&mut f.heap, "forEach");
@@ -644,8 +764,13 @@ mod tests {
         let mut r = JsResolver::new(&f.heap.mem, layout.clone());
         assert_eq!(r.resolve(lazy, name), Some(info("foo", 1, 12)));
         assert_eq!(r.resolve(debugged, si), Some(info("dbg", 1, 12)));
-        let want =
-            JsFunctionInfo { name: "forEach".into(), url: String::new(), script_id: 0, line: None, column: None };
+        let want = JsFunctionInfo {
+            name: "forEach".into(),
+            url: String::new(),
+            script_id: 0,
+            line: None,
+            column: None,
+        };
         assert_eq!(r.resolve(builtin, builtin_name), Some(want));
 
         // Script.line_ends computed by V8 (a FixedArray of Smis, last = length)
@@ -658,7 +783,9 @@ mod tests {
         let mut r = JsResolver::new(&f.heap.mem, layout.clone());
         assert_eq!(r.resolve(lazy, name), Some(info("foo", 1, 12)));
         assert_eq!(r.stats().sources_scanned, 0);
-        let bad = f.heap.object_words(FIXED_ARRAY, &[smi(3), smi(1), smi(40), smi(2)]);
+        let bad = f
+            .heap
+            .object_words(FIXED_ARRAY, &[smi(3), smi(1), smi(40), smi(2)]);
         f.heap.set_word(script, 56, bad);
         let mut r = JsResolver::new(&f.heap.mem, layout.clone());
         assert_eq!(r.resolve(lazy, name), Some(info("foo", 1, 12)));
@@ -671,7 +798,14 @@ mod tests {
         // vm.Script line/column offsets (column only on the first line).
         f.heap.set_word(script, 24, smi(10));
         f.heap.set_word(script, 32, smi(5));
-        let first_line = scope_info(&mut f, FUNCTION_SCOPE | FN_VAR_UNUSED, 0, Some("a"), None, 10);
+        let first_line = scope_info(
+            &mut f,
+            FUNCTION_SCOPE | FN_VAR_UNUSED,
+            0,
+            Some("a"),
+            None,
+            10,
+        );
         let a = sfi(&mut f, 0, first_line, script);
         let mut r = JsResolver::new(&f.heap.mem, layout);
         assert_eq!(r.resolve(a, first_line), Some(info("a", 10, 15)));
@@ -683,14 +817,33 @@ mod tests {
         let mut f = fixture();
         let layout = test_layout();
         let script = f.script;
-        let si = scope_info(&mut f, FUNCTION_SCOPE | FN_VAR_UNUSED, 0, Some("ok"), None, 0);
+        let si = scope_info(
+            &mut f,
+            FUNCTION_SCOPE | FN_VAR_UNUSED,
+            0,
+            Some("ok"),
+            None,
+            0,
+        );
         let good = sfi(&mut f, 0, si, script);
         // Context local count absurd or negative.
-        let huge =
-            f.heap.object_words(SCOPE_INFO, &[smi((FUNCTION_SCOPE | FN_VAR_UNUSED) as i32), smi(0), smi(i32::MAX)]);
+        let huge = f.heap.object_words(
+            SCOPE_INFO,
+            &[
+                smi((FUNCTION_SCOPE | FN_VAR_UNUSED) as i32),
+                smi(0),
+                smi(i32::MAX),
+            ],
+        );
         let huge_sfi = sfi(&mut f, 0, huge, script);
-        let negative =
-            f.heap.object_words(SCOPE_INFO, &[smi((FUNCTION_SCOPE | FN_VAR_UNUSED) as i32), smi(0), smi(-4)]);
+        let negative = f.heap.object_words(
+            SCOPE_INFO,
+            &[
+                smi((FUNCTION_SCOPE | FN_VAR_UNUSED) as i32),
+                smi(0),
+                smi(-4),
+            ],
+        );
         let negative_sfi = sfi(&mut f, 0, negative, script);
         // name_or_scope_info of a wrong type, or a non-zero Smi.
         let wrong = f.heap.object_words(FIXED_ARRAY, &[smi(0)]);
@@ -715,7 +868,22 @@ mod tests {
         // some of them to maps of the types the resolver follows.
         let layout = test_layout();
         let mut h = FakeHeap::default();
-        let types = [SFI, SCOPE_INFO, SCRIPT, FIXED_ARRAY, DEBUG_INFO, UNCOMPILED, SEQ1, 32, 41, 33, 42, 43, 45, 58];
+        let types = [
+            SFI,
+            SCOPE_INFO,
+            SCRIPT,
+            FIXED_ARRAY,
+            DEBUG_INFO,
+            UNCOMPILED,
+            SEQ1,
+            32,
+            41,
+            33,
+            42,
+            43,
+            45,
+            58,
+        ];
         let maps: Vec<u64> = types.iter().map(|&t| h.map(t)).collect();
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = move || {
@@ -751,15 +919,27 @@ mod tests {
 
     #[test]
     fn file_urls_like_path_to_file_url() {
-        assert_eq!(path_to_file_url("/tmp/v8t/a bé#c.js"), "file:///tmp/v8t/a%20b%C3%A9%23c.js");
-        assert_eq!(path_to_file_url("/srv/app/server.js"), "file:///srv/app/server.js");
+        assert_eq!(
+            path_to_file_url("/tmp/v8t/a bé#c.js"),
+            "file:///tmp/v8t/a%20b%C3%A9%23c.js"
+        );
+        assert_eq!(
+            path_to_file_url("/srv/app/server.js"),
+            "file:///srv/app/server.js"
+        );
         assert_eq!(path_to_file_url("/a/100%?.js"), "file:///a/100%25%3F.js");
-        assert_eq!(path_to_file_url("/a/€😀\u{FFFD}"), "file:///a/%E2%82%AC%F0%9F%98%80%EF%BF%BD");
+        assert_eq!(
+            path_to_file_url("/a/€😀\u{FFFD}"),
+            "file:///a/%E2%82%AC%F0%9F%98%80%EF%BF%BD"
+        );
         assert_eq!(path_to_file_url("/tmp/./x/../y/"), "file:///tmp/y/");
         assert_eq!(path_to_file_url("//tmp//x"), "file:///tmp/x");
         assert_eq!(path_to_file_url("/"), "file:///");
         assert_eq!(path_to_file_url("/.."), "file:///");
-        assert_eq!(script_url("node:internal/modules/cjs/loader"), "node:internal/modules/cjs/loader");
+        assert_eq!(
+            script_url("node:internal/modules/cjs/loader"),
+            "node:internal/modules/cjs/loader"
+        );
         assert_eq!(script_url("file:///tmp/a%20b.mjs"), "file:///tmp/a%20b.mjs");
         assert_eq!(script_url("[eval]"), "[eval]");
         assert_eq!(script_url(""), "");
@@ -769,6 +949,9 @@ mod tests {
                         %20!%22%23$%25&'()*+,-.0123456789:;%3C=%3E%3F@ABCDEFGHIJKLMNOPQRSTUVWXYZ%5B%5C%5D%5E_%60\
                         abcdefghijklmnopqrstuvwxyz%7B%7C%7D%7E%7F";
         let all: String = (1u8..128).filter(|&c| c != b'/').map(char::from).collect();
-        assert_eq!(path_to_file_url(&format!("/{all}")), format!("file:///{expected}"));
+        assert_eq!(
+            path_to_file_url(&format!("/{all}")),
+            format!("file:///{expected}")
+        );
     }
 }

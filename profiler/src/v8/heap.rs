@@ -46,7 +46,8 @@ impl<'a, M: Memory + ?Sized> Heap<'a, M> {
 
     /// A Smi field's value.
     pub fn smi_field(&self, tagged: u64, offset: u32) -> Option<i32> {
-        self.field(tagged, offset).and_then(|w| self.layout.smi_value(w))
+        self.field(tagged, offset)
+            .and_then(|w| self.layout.smi_value(w))
     }
 
     /// The instance type of the object `tagged` points to (through its map).
@@ -55,7 +56,10 @@ impl<'a, M: Memory + ?Sized> Heap<'a, M> {
         if !self.is_heap_object(map) {
             return None;
         }
-        let addr = self.layout.untag(map).checked_add(u64::from(self.layout.map_instance_type))?;
+        let addr = self
+            .layout
+            .untag(map)
+            .checked_add(u64::from(self.layout.map_instance_type))?;
         self.mem.read_u16(addr).ok()
     }
 

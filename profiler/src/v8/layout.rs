@@ -17,13 +17,19 @@ use object::{Object, ObjectSection, SectionIndex, SectionKind};
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot parse {path} as an ELF file: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path} carries no V8 postmortem (v8dbg_*) symbols: not a V8 binary, or stripped")]
     NoV8Symbols { path: PathBuf },
     #[error("{path}: V8 layout incomplete, JS frames cannot be named: {}", report.problems.join("; "))]
-    Incomplete { path: PathBuf, report: Box<LayoutReport> },
+    Incomplete {
+        path: PathBuf,
+        report: Box<LayoutReport>,
+    },
 }
 
 impl LayoutError {
@@ -47,7 +53,12 @@ pub struct V8Version {
 
 impl V8Version {
     pub const fn new(major: u32, minor: u32, build: u32, patch: u32) -> V8Version {
-        V8Version { major, minor, build, patch }
+        V8Version {
+            major,
+            minor,
+            build,
+            patch,
+        }
     }
 
     /// Whether this version is at least `major.minor.build` (any patch).
@@ -58,7 +69,11 @@ impl V8Version {
 
 impl fmt::Display for V8Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}.{}", self.major, self.minor, self.build, self.patch)
+        write!(
+            f,
+            "{}.{}.{}.{}",
+            self.major, self.minor, self.build, self.patch
+        )
     }
 }
 
@@ -124,19 +139,37 @@ impl fmt::Display for LayoutReport {
             Some(v) => writeln!(f, "V8: {v}")?,
             None => writeln!(f, "V8: unknown")?,
         }
-        writeln!(f, "v8dbg symbols: {} ({} only in .symtab)", self.v8dbg_symbols, self.symtab_only)?;
-        writeln!(f, "JS frame naming: {}", if self.naming_available { "available" } else { "NOT available" })?;
+        writeln!(
+            f,
+            "v8dbg symbols: {} ({} only in .symtab)",
+            self.v8dbg_symbols, self.symtab_only
+        )?;
+        writeln!(
+            f,
+            "JS frame naming: {}",
+            if self.naming_available {
+                "available"
+            } else {
+                "NOT available"
+            }
+        )?;
         for p in &self.problems {
             writeln!(f, "  ! {p}")?;
         }
         match &self.embedded_blob {
-            Some(b) => {
-                writeln!(f, "builtins blob: vaddr {:#x} size {:#x} file offset {:#x}", b.vaddr, b.size, b.file_offset)?
-            }
+            Some(b) => writeln!(
+                f,
+                "builtins blob: vaddr {:#x} size {:#x} file offset {:#x}",
+                b.vaddr, b.size, b.file_offset
+            )?,
             None => writeln!(f, "builtins blob: not found")?,
         }
         writeln!(f, "frame types: {}", self.frame_types)?;
-        let symbols = self.fields.iter().filter(|x| matches!(x.source, FieldSource::Symbol(_))).count();
+        let symbols = self
+            .fields
+            .iter()
+            .filter(|x| matches!(x.source, FieldSource::Symbol(_)))
+            .count();
         writeln!(
             f,
             "layout fields: {} from symbols, {} from fallbacks, {} missing",
@@ -145,9 +178,15 @@ impl fmt::Display for LayoutReport {
             self.missing().count()
         )?;
         for field in &self.fields {
-            let value = field.value.map_or_else(|| "-".to_string(), |v| v.to_string());
+            let value = field
+                .value
+                .map_or_else(|| "-".to_string(), |v| v.to_string());
             let req = if field.required { "" } else { " (optional)" };
-            writeln!(f, "  {:<48} {:>6}  {}{req}", field.name, value, field.source)?;
+            writeln!(
+                f,
+                "  {:<48} {:>6}  {}{req}",
+                field.name, value, field.source
+            )?;
         }
         Ok(())
     }
@@ -155,11 +194,15 @@ impl fmt::Display for LayoutReport {
 
 impl LayoutReport {
     pub fn fallbacks(&self) -> impl Iterator<Item = &FieldReport> {
-        self.fields.iter().filter(|f| matches!(f.source, FieldSource::Fallback(_)))
+        self.fields
+            .iter()
+            .filter(|f| matches!(f.source, FieldSource::Fallback(_)))
     }
 
     pub fn missing(&self) -> impl Iterator<Item = &FieldReport> {
-        self.fields.iter().filter(|f| f.source == FieldSource::Missing)
+        self.fields
+            .iter()
+            .filter(|f| f.source == FieldSource::Missing)
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldReport> {
@@ -346,7 +389,10 @@ impl V8Layout {
 
     /// The frame type value of a name (`"EntryFrame"`).
     pub fn frame_type(&self, name: &str) -> Option<u32> {
-        self.frame_types.iter().find(|(_, n)| n.as_str() == name).map(|(&t, _)| t)
+        self.frame_types
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(&t, _)| t)
     }
 
     pub fn is_heap_object(&self, word: u64) -> bool {
@@ -408,8 +454,12 @@ impl Symbols {
 
     /// `v8dbg_*` symbols whose name starts with `prefix`, sorted by name.
     fn with_prefix<'a>(&'a self, prefix: &'a str) -> Vec<(&'a str, &'a Sym)> {
-        let mut v: Vec<_> =
-            self.map.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(n, s)| (n.as_str(), s)).collect();
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, s)| (n.as_str(), s))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v
     }
@@ -434,14 +484,23 @@ fn interesting(name: &str) -> bool {
 }
 
 fn read_symbols(path: &Path) -> Result<Symbols, LayoutError> {
-    let file = File::open(path).map_err(|source| LayoutError::Open { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| LayoutError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // ReadCache reads only what parsing touches (headers, the symbol and
     // string tables, the 4 bytes of each interesting symbol), not the whole
     // 100+ MB binary.
-    let open_err = |source| LayoutError::Open { path: path.to_path_buf(), source };
+    let open_err = |source| LayoutError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let raw = file.try_clone().map_err(open_err)?;
     let cache = object::ReadCache::new(file);
-    let parse_err = |message: String| LayoutError::Parse { path: path.to_path_buf(), message };
+    let parse_err = |message: String| LayoutError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
     let elf = object::File::parse(&cache).map_err(|e| parse_err(e.to_string()))?;
     if !elf.is_64() || !elf.is_little_endian() {
         return Err(parse_err("not a 64-bit little-endian ELF file".to_string()));
@@ -449,11 +508,18 @@ fn read_symbols(path: &Path) -> Result<Symbols, LayoutError> {
     let mut symbols = Symbols::default();
     // Dynamic symbols first, then the full .symtab (node 24+ keeps some
     // V8 symbols only there).
-    for (in_dynsym, table, strtab) in [(true, ".dynsym", ".dynstr"), (false, ".symtab", ".strtab")] {
-        let (Some(table), Some(strtab)) = (elf.section_by_name(table), elf.section_by_name(strtab)) else { continue };
+    for (in_dynsym, table, strtab) in [(true, ".dynsym", ".dynstr"), (false, ".symtab", ".strtab")]
+    {
+        let (Some(table), Some(strtab)) = (elf.section_by_name(table), elf.section_by_name(strtab))
+        else {
+            continue;
+        };
         // The object crate's symbol iterator reads every name through the
         // cache with one syscall each (250k of them): parse the table by hand.
-        let (Some(table), Some(strtab)) = (read_section(&raw, &table), read_section(&raw, &strtab)) else { continue };
+        let (Some(table), Some(strtab)) = (read_section(&raw, &table), read_section(&raw, &strtab))
+        else {
+            continue;
+        };
         for entry in table.chunks_exact(ELF64_SYM_SIZE) {
             let st_name = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
             let st_shndx = u16::from_le_bytes([entry[6], entry[7]]);
@@ -463,24 +529,38 @@ fn read_symbols(path: &Path) -> Result<Symbols, LayoutError> {
             if st_shndx == 0 || st_shndx >= 0xff00 {
                 continue; // undefined, absolute, common, or extended index
             }
-            let Some(rest) = strtab.get(st_name..) else { continue };
+            let Some(rest) = strtab.get(st_name..) else {
+                continue;
+            };
             // Cheap prefix test before scanning for the name's end.
             if !(rest.starts_with(b"v8") || rest.starts_with(b"_ZN2v88internal7Version")) {
                 continue;
             }
-            let Some(name) = rest.split(|&b| b == 0).next() else { continue };
-            let Ok(name) = std::str::from_utf8(name) else { continue };
+            let Some(name) = rest.split(|&b| b == 0).next() else {
+                continue;
+            };
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
             if !interesting(name) || symbols.map.contains_key(name) {
                 continue;
             }
-            let Ok(section) = elf.section_by_index(SectionIndex(usize::from(st_shndx))) else { continue };
+            let Ok(section) = elf.section_by_index(SectionIndex(usize::from(st_shndx))) else {
+                continue;
+            };
             let kind = section.kind();
-            let nobits = matches!(kind, SectionKind::UninitializedData | SectionKind::UninitializedTls);
-            let in_section = address >= section.address() && address - section.address() < section.size().max(1);
+            let nobits = matches!(
+                kind,
+                SectionKind::UninitializedData | SectionKind::UninitializedTls
+            );
+            let in_section =
+                address >= section.address() && address - section.address() < section.size().max(1);
             let file_offset = if nobits || !in_section {
                 None
             } else {
-                section.file_range().map(|(off, _)| off + (address - section.address()))
+                section
+                    .file_range()
+                    .map(|(off, _)| off + (address - section.address()))
             };
             let int = if nobits {
                 // A v8dbg constant whose value is 0 lives in .bss.
@@ -490,12 +570,20 @@ fn read_symbols(path: &Path) -> Result<Symbols, LayoutError> {
                 file_offset.and_then(|off| {
                     use std::os::unix::fs::FileExt;
                     let mut b = [0u8; 4];
-                    raw.read_exact_at(&mut b, off).ok().map(|()| i32::from_le_bytes(b))
+                    raw.read_exact_at(&mut b, off)
+                        .ok()
+                        .map(|()| i32::from_le_bytes(b))
                 })
             };
             symbols.map.insert(
                 name.to_string(),
-                Sym { address, int, executable: kind == SectionKind::Text, file_offset, in_dynsym },
+                Sym {
+                    address,
+                    int,
+                    executable: kind == SectionKind::Text,
+                    file_offset,
+                    in_dynsym,
+                },
             );
         }
     }
@@ -554,7 +642,9 @@ impl<'a> Builder<'a> {
                 Cand::Field(class, field) => {
                     let prefix = format!("v8dbg_class_{class}__{field}__");
                     let matches = self.syms.with_prefix(&prefix);
-                    let mut values = matches.iter().filter_map(|(n, s)| s.int.map(|v| (n.to_string(), i64::from(v))));
+                    let mut values = matches
+                        .iter()
+                        .filter_map(|(n, s)| s.int.map(|v| (n.to_string(), i64::from(v))));
                     let first = values.next();
                     if let Some((first_name, first_value)) = &first {
                         for (other, v) in values {
@@ -589,7 +679,12 @@ impl<'a> Builder<'a> {
                 Some(value)
             }
             None => {
-                self.report.fields.push(FieldReport { name, value: None, source: FieldSource::Missing, required });
+                self.report.fields.push(FieldReport {
+                    name,
+                    value: None,
+                    source: FieldSource::Missing,
+                    required,
+                });
                 if required {
                     self.required_missing.push(name);
                 }
@@ -599,11 +694,21 @@ impl<'a> Builder<'a> {
     }
 
     /// A required value (0 when missing: the build then fails as Incomplete).
-    fn need(&mut self, name: &'static str, cands: &[Cand], fallback: Option<(i64, &'static str)>) -> i64 {
+    fn need(
+        &mut self,
+        name: &'static str,
+        cands: &[Cand],
+        fallback: Option<(i64, &'static str)>,
+    ) -> i64 {
         self.get(name, cands, fallback, true).unwrap_or(0)
     }
 
-    fn opt(&mut self, name: &'static str, cands: &[Cand], fallback: Option<(i64, &'static str)>) -> Option<i64> {
+    fn opt(
+        &mut self,
+        name: &'static str,
+        cands: &[Cand],
+        fallback: Option<(i64, &'static str)>,
+    ) -> Option<i64> {
         self.get(name, cands, fallback, false)
     }
 
@@ -634,9 +739,16 @@ fn u16_of(v: i64) -> u16 {
 }
 
 fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), LayoutError> {
-    let v8dbg: Vec<&Sym> = syms.map.iter().filter(|(n, _)| n.starts_with("v8dbg_")).map(|(_, s)| s).collect();
+    let v8dbg: Vec<&Sym> = syms
+        .map
+        .iter()
+        .filter(|(n, _)| n.starts_with("v8dbg_"))
+        .map(|(_, s)| s)
+        .collect();
     if v8dbg.is_empty() {
-        return Err(LayoutError::NoV8Symbols { path: path.to_path_buf() });
+        return Err(LayoutError::NoV8Symbols {
+            path: path.to_path_buf(),
+        });
     }
     let mut report = LayoutReport {
         path: path.to_path_buf(),
@@ -647,12 +759,22 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     let version_parts: Vec<Option<i32>> = VERSION_SYMBOLS.iter().map(|n| syms.int(n)).collect();
     let version = match version_parts[..] {
         [Some(major), Some(minor), Some(build), patch] if major > 0 && minor >= 0 && build >= 0 => {
-            V8Version::new(major as u32, minor as u32, build as u32, patch.unwrap_or(0).max(0) as u32)
+            V8Version::new(
+                major as u32,
+                minor as u32,
+                build as u32,
+                patch.unwrap_or(0).max(0) as u32,
+            )
         }
         _ => {
-            report.problems.push("no V8 version symbols (v8::internal::Version::major_…)".to_string());
+            report
+                .problems
+                .push("no V8 version symbols (v8::internal::Version::major_…)".to_string());
             report.naming_available = false;
-            return Err(LayoutError::Incomplete { path: path.to_path_buf(), report: Box::new(report) });
+            return Err(LayoutError::Incomplete {
+                path: path.to_path_buf(),
+                report: Box::new(report),
+            });
         }
     };
     report.v8_version = Some(version);
@@ -662,7 +784,12 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
             "10.2"
         ));
     }
-    let mut b = Builder { syms, version, report, required_missing: Vec::new() };
+    let mut b = Builder {
+        syms,
+        version,
+        report,
+        required_missing: Vec::new(),
+    };
     let v = b.v();
     let ge12 = v.at_least(12, 0, 0);
     // ScopeInfo rework (fixed position_info, u32 flags, reordered ScopeType): 12.8.44.
@@ -675,8 +802,16 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     let smi_tag = b.need("SmiTag", &[Exact("SmiTag")], None);
     let smi_tag_mask = b.need("SmiTagMask", &[Exact("SmiTagMask")], None);
     let smi_shift = b.need("SmiShiftSize", &[Exact("SmiShiftSize")], None);
-    let smi_value_shift = b.opt("SmiValueShift", &[Exact("SmiValueShift")], Some((1, "kSmiTagSize, 1 in every V8")));
-    let tagged_size = b.need("TaggedSize", &[Exact("TaggedSize")], Some((8, "no pointer compression")));
+    let smi_value_shift = b.opt(
+        "SmiValueShift",
+        &[Exact("SmiValueShift")],
+        Some((1, "kSmiTagSize, 1 in every V8")),
+    );
+    let tagged_size = b.need(
+        "TaggedSize",
+        &[Exact("TaggedSize")],
+        Some((8, "no pointer compression")),
+    );
     if heap_object_tag != 1 || heap_object_tag_mask != 3 || smi_tag != 0 || smi_tag_mask != 1 {
         b.report.problems.push(format!(
             "unexpected tagging: HeapObjectTag {heap_object_tag}/{heap_object_tag_mask}, SmiTag {smi_tag}/{smi_tag_mask}"
@@ -690,37 +825,79 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
         b.required_missing.push("tagging");
     }
 
-    let fp_context =
-        b.need("fp.context_or_frame_type", &[Exact("off_fp_context_or_frame_type"), Exact("off_fp_context")], None);
+    let fp_context = b.need(
+        "fp.context_or_frame_type",
+        &[
+            Exact("off_fp_context_or_frame_type"),
+            Exact("off_fp_context"),
+        ],
+        None,
+    );
     let fp_function = b.need("fp.function", &[Exact("off_fp_function")], None);
-    let fp_bytecode_array = b.opt("fp.bytecode_array", &[Exact("off_fp_bytecode_array")], None).unwrap_or(-32);
-    let fp_bytecode_offset = b.opt("fp.bytecode_offset", &[Exact("off_fp_bytecode_offset")], None).unwrap_or(-40);
+    let fp_bytecode_array = b
+        .opt("fp.bytecode_array", &[Exact("off_fp_bytecode_array")], None)
+        .unwrap_or(-32);
+    let fp_bytecode_offset = b
+        .opt(
+            "fp.bytecode_offset",
+            &[Exact("off_fp_bytecode_offset")],
+            None,
+        )
+        .unwrap_or(-40);
 
     let heap_object_map = b.need("HeapObject.map", &[Field("HeapObject", "map")], None);
     let map_instance_type = b.need("Map.instance_type", &[Field("Map", "instance_type")], None);
     let js_function_shared = b.need("JSFunction.shared", &[Field("JSFunction", "shared")], None);
 
     // Instance types.
-    let sfi_type =
-        b.need("type SharedFunctionInfo", &[Exact("type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE")], None);
-    let jsf_type = b.need("type JSFunction", &[Exact("type_JSFunction__JS_FUNCTION_TYPE")], None);
+    let sfi_type = b.need(
+        "type SharedFunctionInfo",
+        &[Exact("type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE")],
+        None,
+    );
+    let jsf_type = b.need(
+        "type JSFunction",
+        &[Exact("type_JSFunction__JS_FUNCTION_TYPE")],
+        None,
+    );
     let jsf_first = b.need(
         "FirstJSFunctionType",
         &[Exact("FirstJSFunctionType")],
-        Some((jsf_type, "JS_FUNCTION_TYPE (first of the JSFunction range, V8 < 12)")),
+        Some((
+            jsf_type,
+            "JS_FUNCTION_TYPE (first of the JSFunction range, V8 < 12)",
+        )),
     );
     let jsf_last = b.need(
         "LastJSFunctionType",
         &[Exact("LastJSFunctionType")],
-        Some((jsf_type + 15, "JS_FUNCTION_TYPE + 15 (class constructors are +15 on V8 10.2/11.3)")),
+        Some((
+            jsf_type + 15,
+            "JS_FUNCTION_TYPE + 15 (class constructors are +15 on V8 10.2/11.3)",
+        )),
     );
-    let scope_info_type = b.need("type ScopeInfo", &[Exact("type_ScopeInfo__SCOPE_INFO_TYPE")], None);
+    let scope_info_type = b.need(
+        "type ScopeInfo",
+        &[Exact("type_ScopeInfo__SCOPE_INFO_TYPE")],
+        None,
+    );
     let script_type = b.need("type Script", &[Exact("type_Script__SCRIPT_TYPE")], None);
-    let debug_info_type = b.opt("type DebugInfo", &[Exact("type_DebugInfo__DEBUG_INFO_TYPE")], None);
-    let fixed_array_type = b.need("type FixedArray", &[Exact("type_FixedArray__FIXED_ARRAY_TYPE")], None);
+    let debug_info_type = b.opt(
+        "type DebugInfo",
+        &[Exact("type_DebugInfo__DEBUG_INFO_TYPE")],
+        None,
+    );
+    let fixed_array_type = b.need(
+        "type FixedArray",
+        &[Exact("type_FixedArray__FIXED_ARRAY_TYPE")],
+        None,
+    );
     let oddball_type = b.opt("type Oddball", &[Exact("type_Oddball__ODDBALL_TYPE")], None);
-    let first_nonstring =
-        b.need("FirstNonstringType", &[Exact("FirstNonstringType")], Some((128, "kIsNotStringMask 0xff80")));
+    let first_nonstring = b.need(
+        "FirstNonstringType",
+        &[Exact("FirstNonstringType")],
+        Some((128, "kIsNotStringMask 0xff80")),
+    );
     let mut uncompiled: Vec<u16> = syms
         .with_prefix("v8dbg_type_UncompiledData")
         .iter()
@@ -744,14 +921,34 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     // Strings.
     let st = StringLayout {
         length: u32_of(b.need("String.length", &[Field("String", "length")], None)),
-        seq_one_byte_chars: u32_of(b.need("SeqOneByteString.chars", &[Field("SeqOneByteString", "chars")], None)),
-        seq_two_byte_chars: u32_of(b.need("SeqTwoByteString.chars", &[Field("SeqTwoByteString", "chars")], None)),
+        seq_one_byte_chars: u32_of(b.need(
+            "SeqOneByteString.chars",
+            &[Field("SeqOneByteString", "chars")],
+            None,
+        )),
+        seq_two_byte_chars: u32_of(b.need(
+            "SeqTwoByteString.chars",
+            &[Field("SeqTwoByteString", "chars")],
+            None,
+        )),
         cons_first: u32_of(b.need("ConsString.first", &[Field("ConsString", "first")], None)),
         cons_second: u32_of(b.need("ConsString.second", &[Field("ConsString", "second")], None)),
-        sliced_parent: u32_of(b.need("SlicedString.parent", &[Field("SlicedString", "parent")], None)),
-        sliced_offset: u32_of(b.need("SlicedString.offset", &[Field("SlicedString", "offset")], None)),
+        sliced_parent: u32_of(b.need(
+            "SlicedString.parent",
+            &[Field("SlicedString", "parent")],
+            None,
+        )),
+        sliced_offset: u32_of(b.need(
+            "SlicedString.offset",
+            &[Field("SlicedString", "offset")],
+            None,
+        )),
         thin_actual: u32_of(b.need("ThinString.actual", &[Field("ThinString", "actual")], None)),
-        external_resource: u32_of(b.need("ExternalString.resource", &[Field("ExternalString", "resource")], None)),
+        external_resource: u32_of(b.need(
+            "ExternalString.resource",
+            &[Field("ExternalString", "resource")],
+            None,
+        )),
         external_data: 0,
         representation_mask: u16_of(b.need(
             "StringRepresentationMask",
@@ -763,27 +960,53 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
             &[Exact("StringEncodingMask")],
             Some((8, "stable since V8 6")),
         )),
-        one_byte_tag: u16_of(b.need("OneByteStringTag", &[Exact("OneByteStringTag")], Some((8, "stable since V8 6")))),
-        seq_tag: u16_of(b.need("SeqStringTag", &[Exact("SeqStringTag")], Some((0, "stable since V8 6")))),
-        cons_tag: u16_of(b.need("ConsStringTag", &[Exact("ConsStringTag")], Some((1, "stable since V8 6")))),
+        one_byte_tag: u16_of(b.need(
+            "OneByteStringTag",
+            &[Exact("OneByteStringTag")],
+            Some((8, "stable since V8 6")),
+        )),
+        seq_tag: u16_of(b.need(
+            "SeqStringTag",
+            &[Exact("SeqStringTag")],
+            Some((0, "stable since V8 6")),
+        )),
+        cons_tag: u16_of(b.need(
+            "ConsStringTag",
+            &[Exact("ConsStringTag")],
+            Some((1, "stable since V8 6")),
+        )),
         external_tag: u16_of(b.need(
             "ExternalStringTag",
             &[Exact("ExternalStringTag")],
             Some((2, "stable since V8 6")),
         )),
-        sliced_tag: u16_of(b.need("SlicedStringTag", &[Exact("SlicedStringTag")], Some((3, "stable since V8 6")))),
-        thin_tag: u16_of(b.need("ThinStringTag", &[Exact("ThinStringTag")], Some((5, "stable since V8 6")))),
+        sliced_tag: u16_of(b.need(
+            "SlicedStringTag",
+            &[Exact("SlicedStringTag")],
+            Some((3, "stable since V8 6")),
+        )),
+        thin_tag: u16_of(b.need(
+            "ThinStringTag",
+            &[Exact("ThinStringTag")],
+            Some((5, "stable since V8 6")),
+        )),
         uncached_external_mask: 0x10,
     };
     let mut st = st;
     st.external_data = u32_of(b.need(
         "ExternalString.resource_data",
         &[Field("ExternalString", "resource_data")],
-        Some((i64::from(st.external_resource) + 8, "resource + 8 (cached data pointer, V8 10.2–14.6)")),
+        Some((
+            i64::from(st.external_resource) + 8,
+            "resource + 8 (cached data pointer, V8 10.2–14.6)",
+        )),
     ));
     // Uncached external strings carry kUncachedExternalStringMask (1 << 4).
-    let uncached: Vec<i32> =
-        syms.with_prefix("v8dbg_type_UncachedExternalString").iter().filter_map(|(_, s)| s.int).collect();
+    let uncached: Vec<i32> = syms
+        .with_prefix("v8dbg_type_UncachedExternalString")
+        .iter()
+        .filter_map(|(_, s)| s.int)
+        .collect();
     let uncached_source = if !uncached.is_empty() && uncached.iter().all(|t| t & 0x10 != 0) {
         FieldSource::Symbol("v8dbg_type_UncachedExternalString*".to_string())
     } else {
@@ -800,7 +1023,10 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     let sfi = SfiLayout {
         function_data: u32_of(b.need(
             "SharedFunctionInfo.function_data",
-            &[Field("SharedFunctionInfo", "function_data"), Field("SharedFunctionInfo", "trusted_function_data")],
+            &[
+                Field("SharedFunctionInfo", "function_data"),
+                Field("SharedFunctionInfo", "trusted_function_data"),
+            ],
             Some((8, "not exported since V8 12; 8 on 12.4/13.6/14.6")),
         )),
         name_or_scope_info: u32_of(b.need(
@@ -819,7 +1045,11 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
                 Field("SharedFunctionInfo", "script"),
                 Field("SharedFunctionInfo", "raw_script"),
             ],
-            Some(if v.at_least(13, 0, 0) { (40, "40 on V8 13.6/14.6") } else { (32, "32 on V8 10.2–12.4") }),
+            Some(if v.at_least(13, 0, 0) {
+                (40, "40 on V8 13.6/14.6")
+            } else {
+                (32, "32 on V8 10.2–12.4")
+            }),
         )),
     };
     let uncompiled_layout = UncompiledDataLayout {
@@ -869,15 +1099,30 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     let debug_info_script = if ge12 {
         None
     } else {
-        b.opt("DebugInfo.script", &[Field("DebugInfo", "script")], Some((24, "24 on V8 10.2/11.3"))).map(u32_of)
+        b.opt(
+            "DebugInfo.script",
+            &[Field("DebugInfo", "script")],
+            Some((24, "24 on V8 10.2/11.3")),
+        )
+        .map(u32_of)
     };
-    let fixed_array_length =
-        u32_of(b.need("FixedArrayBase.length", &[Field("FixedArrayBase", "length")], Some((8, "8 on V8 10.2–14.6"))));
-    let fixed_array_data =
-        u32_of(b.need("FixedArray.data", &[Field("FixedArray", "data")], Some((16, "16 on V8 10.2–14.6"))));
+    let fixed_array_length = u32_of(b.need(
+        "FixedArrayBase.length",
+        &[Field("FixedArrayBase", "length")],
+        Some((8, "8 on V8 10.2–14.6")),
+    ));
+    let fixed_array_data = u32_of(b.need(
+        "FixedArray.data",
+        &[Field("FixedArray", "data")],
+        Some((16, "16 on V8 10.2–14.6")),
+    ));
 
     // ScopeInfo.
-    let first_vars_fallback = if si_new { (5, "5 on V8 ≥ 12.8.44") } else { (3, "3 on V8 < 12.8.44") };
+    let first_vars_fallback = if si_new {
+        (5, "5 on V8 ≥ 12.8.44")
+    } else {
+        (3, "3 on V8 < 12.8.44")
+    };
     let scope_info = ScopeInfoLayout {
         flags_idx: 0,
         context_local_count_idx: u32_of(b.need(
@@ -890,7 +1135,11 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
             &[Exact("scopeinfo_idx_first_vars")],
             Some(first_vars_fallback),
         )),
-        flags_raw_u32: b.by_version("ScopeInfo.flags is raw u32", si_new, "raw u32 on V8 ≥ 12.8.44, Smi before"),
+        flags_raw_u32: b.by_version(
+            "ScopeInfo.flags is raw u32",
+            si_new,
+            "raw u32 on V8 ≥ 12.8.44, Smi before",
+        ),
         fixed_position_info: b.by_version(
             "ScopeInfo.position_info at slots 3/4",
             si_new,
@@ -933,17 +1182,23 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     let mut frame_types = BTreeMap::new();
     for (name, sym) in syms.with_prefix("v8dbg_frametype_") {
         if let Some(value) = sym.int.and_then(|v| u32::try_from(v).ok()) {
-            frame_types.entry(value).or_insert_with(|| name["v8dbg_frametype_".len()..].to_string());
+            frame_types
+                .entry(value)
+                .or_insert_with(|| name["v8dbg_frametype_".len()..].to_string());
         }
     }
     b.report.frame_types = frame_types.len();
     if frame_types.is_empty() {
-        b.report.problems.push("no v8dbg_frametype_* symbols: typed V8 frames stay unnamed".to_string());
+        b.report
+            .problems
+            .push("no v8dbg_frametype_* symbols: typed V8 frames stay unnamed".to_string());
     }
 
     let embedded_blob = embedded_blob(syms);
     if embedded_blob.is_none() {
-        b.report.problems.push("embedded builtins blob not found (v8_Default_embedded_blob_code_)".to_string());
+        b.report
+            .problems
+            .push("embedded builtins blob not found (v8_Default_embedded_blob_code_)".to_string());
     }
     b.report.embedded_blob = embedded_blob;
 
@@ -951,9 +1206,15 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     if !b.required_missing.is_empty() {
         let mut missing = b.required_missing.clone();
         missing.dedup();
-        report.problems.insert(0, format!("required layout values missing: {}", missing.join(", ")));
+        report.problems.insert(
+            0,
+            format!("required layout values missing: {}", missing.join(", ")),
+        );
         report.naming_available = false;
-        return Err(LayoutError::Incomplete { path: path.to_path_buf(), report: Box::new(report) });
+        return Err(LayoutError::Incomplete {
+            path: path.to_path_buf(),
+            report: Box::new(report),
+        });
     }
     report.naming_available = true;
 
@@ -975,7 +1236,11 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
             js_function_last: u16_of(jsf_last),
             scope_info: u16_of(scope_info_type),
             script: u16_of(script_type),
-            debug_info: if ge12 { None } else { debug_info_type.map(u16_of) },
+            debug_info: if ge12 {
+                None
+            } else {
+                debug_info_type.map(u16_of)
+            },
             fixed_array: u16_of(fixed_array_type),
             oddball: oddball_type.map(u16_of),
             uncompiled_data: uncompiled,
@@ -996,11 +1261,22 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
 }
 
 fn embedded_blob(syms: &Symbols) -> Option<EmbeddedBlob> {
-    let size = syms.get(BLOB_CODE_SIZE)?.int.and_then(|s| u64::try_from(s).ok()).filter(|&s| s > 0)?;
+    let size = syms
+        .get(BLOB_CODE_SIZE)?
+        .int
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|&s| s > 0)?;
     // Node 18: `…_code_` is a data pointer to the text label `…_code_data_`;
     // 20+: `…_code_` is the text label itself.
-    let code = [BLOB_CODE_DATA, BLOB_CODE].iter().filter_map(|n| syms.get(n)).find(|s| s.executable)?;
-    Some(EmbeddedBlob { vaddr: code.address, size, file_offset: code.file_offset? })
+    let code = [BLOB_CODE_DATA, BLOB_CODE]
+        .iter()
+        .filter_map(|n| syms.get(n))
+        .find(|s| s.executable)?;
+    Some(EmbeddedBlob {
+        vaddr: code.address,
+        size,
+        file_offset: code.file_offset?,
+    })
 }
 
 /// Node 20's layout (V8 11.3), written out, for unit tests of decoding
@@ -1052,9 +1328,23 @@ pub(crate) fn test_layout() -> V8Layout {
             thin_tag: 5,
             uncached_external_mask: 0x10,
         },
-        sfi: SfiLayout { function_data: 8, name_or_scope_info: 16, script_or_debug_info: 32 },
-        uncompiled: UncompiledDataLayout { inferred_name: 8, start_position: 16 },
-        script: ScriptLayout { source: 8, name: 16, line_offset: 24, column_offset: 32, line_ends: 56, id: 64 },
+        sfi: SfiLayout {
+            function_data: 8,
+            name_or_scope_info: 16,
+            script_or_debug_info: 32,
+        },
+        uncompiled: UncompiledDataLayout {
+            inferred_name: 8,
+            start_position: 16,
+        },
+        script: ScriptLayout {
+            source: 8,
+            name: 16,
+            line_offset: 24,
+            column_offset: 32,
+            line_ends: 56,
+            id: 64,
+        },
         debug_info_script: Some(24),
         fixed_array_length: 8,
         fixed_array_data: 16,
@@ -1076,10 +1366,14 @@ pub(crate) fn test_layout() -> V8Layout {
             has_inferred_function_name_bit: 14,
             max_inlined_local_names: 75,
         },
-        frame_types: [(1, "EntryFrame"), (3, "ExitFrame"), (13, "InterpretedFrame")]
-            .into_iter()
-            .map(|(t, n)| (t, n.to_string()))
-            .collect(),
+        frame_types: [
+            (1, "EntryFrame"),
+            (3, "ExitFrame"),
+            (13, "InterpretedFrame"),
+        ]
+        .into_iter()
+        .map(|(t, n)| (t, n.to_string()))
+        .collect(),
         embedded_blob: None,
     }
 }
@@ -1116,26 +1410,49 @@ mod tests {
             assert_eq!(l.js_function_shared, shared, "node {major}");
             assert_eq!(l.scope_info.first_vars, first_vars, "node {major}");
             assert_eq!((l.fp_context, l.fp_function), (-8, -16), "node {major}");
-            assert_eq!((l.heap_object_map, l.map_instance_type), (0, 12), "node {major}");
+            assert_eq!(
+                (l.heap_object_map, l.map_instance_type),
+                (0, 12),
+                "node {major}"
+            );
             assert_eq!(l.script.id, 64, "node {major}");
             assert_eq!(l.strings.external_data, 24, "node {major}");
             assert_eq!(l.strings.seq_tag, 0, "node {major}: .bss symbol means 0");
             assert!(!l.types.uncompiled_data.is_empty(), "node {major}");
             assert_eq!(l.frame_type_name(2), Some("EntryFrame"), "node {major}");
             assert_eq!(l.frame_type_name(6), Some("ExitFrame"), "node {major}");
-            assert_eq!(l.frame_type_name(7), None, "node {major}: a Context is not a marker");
+            assert_eq!(
+                l.frame_type_name(7),
+                None,
+                "node {major}: a Context is not a marker"
+            );
             let blob = l.embedded_blob.expect("embedded blob");
-            assert!(blob.size > 1 << 20 && blob.file_offset > 0, "node {major}: {blob:?}");
+            assert!(
+                blob.size > 1 << 20 && blob.file_offset > 0,
+                "node {major}: {blob:?}"
+            );
             let cfg = l.probe_config();
             assert_eq!(cfg.sfi_instance_type, sfi_type);
             assert_eq!(cfg.sfi_name_or_scope_info, nosi);
             assert_eq!((cfg.heap_object_tag, cfg.heap_object_tag_mask), (1, 3));
             // Fallbacks are keyed by V8 version only.
-            let fallback = |name: &str| matches!(r.field(name).map(|f| &f.source), Some(FieldSource::Fallback(_)));
+            let fallback = |name: &str| {
+                matches!(
+                    r.field(name).map(|f| &f.source),
+                    Some(FieldSource::Fallback(_))
+                )
+            };
             assert!(fallback("Script.id"), "node {major}");
             assert_eq!(fallback("FirstJSFunctionType"), major < 22, "node {major}");
-            assert_eq!(fallback("SharedFunctionInfo.function_data"), major >= 22, "node {major}");
-            assert!(!fallback("SharedFunctionInfo.name_or_scope_info"), "node {major}");
+            assert_eq!(
+                fallback("SharedFunctionInfo.function_data"),
+                major >= 22,
+                "node {major}"
+            );
+            assert!(
+                !fallback("SharedFunctionInfo.name_or_scope_info"),
+                "node {major}"
+            );
         }
     }
 
@@ -1146,7 +1463,10 @@ mod tests {
             let text = r.to_string();
             eprintln!("{text}");
             assert!(text.contains("JS frame naming: available"), "{text}");
-            assert!(text.contains("Script.id") && text.contains("fallback ("), "{text}");
+            assert!(
+                text.contains("Script.id") && text.contains("fallback ("),
+                "{text}"
+            );
         }
     }
 
@@ -1162,7 +1482,14 @@ mod tests {
         assert_eq!(real.script, fake.script);
         assert_eq!(real.scope_info, fake.scope_info);
         assert_eq!(real.probe_config(), fake.probe_config());
-        assert_eq!((real.debug_info_script, real.fixed_array_length, real.fixed_array_data), (Some(24), 8, 16));
+        assert_eq!(
+            (
+                real.debug_info_script,
+                real.fixed_array_length,
+                real.fixed_array_data
+            ),
+            (Some(24), 8, 16)
+        );
     }
 
     #[test]
@@ -1175,7 +1502,11 @@ mod tests {
             (26, 4, "TurbofanJSFrame"),
         ] {
             let (l, _) = layout(major);
-            assert_eq!(l.frame_type_name(interpreted << 1), Some("InterpretedFrame"), "node {major}");
+            assert_eq!(
+                l.frame_type_name(interpreted << 1),
+                Some("InterpretedFrame"),
+                "node {major}"
+            );
             assert!(l.frame_type(turbofan).is_some(), "node {major}");
             assert_eq!(l.frame_type_name((interpreted << 1) | 1), None);
             assert_eq!(l.frame_type_name(u64::MAX - 1), None);

