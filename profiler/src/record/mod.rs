@@ -172,6 +172,10 @@ async fn run(
     .map_err(|e| RecordError::Runtime(e.into()))?;
     let is_launched = launched.is_some();
     if let Some(child) = launched {
+        symbolizer.preload_executable(&child.program);
+        if let Some(config) = symbolizer.take_probe_config() {
+            probe.set_v8_config(target.pid, config)?;
+        }
         child.release()?;
     }
     let start_ns = monotonic_ns();

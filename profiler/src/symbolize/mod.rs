@@ -79,12 +79,30 @@ impl Symbolizer {
         self.js.as_ref()
     }
 
+    /// Launch mode: loads the V8 layout of the program about to be exec'd, so
+    /// the sampler names JS frames from the first instruction. If the exec'd
+    /// image turns out different (a wrapper script), the next refresh reloads.
+    pub fn preload_executable(&mut self, program: &Path) {
+        let Ok(program) = std::fs::canonicalize(program) else {
+            return;
+        };
+        self.exe = Some(program.to_string_lossy().into_owned());
+        if let Ok(js) = JsNaming::load(self.pid, &program) {
+            self.pending_probe_config = Some(js.probe_config());
+            self.js = Some(js);
+        }
+    }
+
     /// Loads the V8 layout of the target's executable when it changed (first
     /// look, or the launched command exec'd).
     fn check_executable(&mut self) {
         let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) else {
             return;
         };
+        // A launched command before its exec is still a copy of nodeprof.
+        if std::env::current_exe().is_ok_and(|me| me == exe) {
+            return;
+        }
         let exe = exe.to_string_lossy().into_owned();
         if self.exe.as_deref() == Some(exe.as_str()) {
             return;
@@ -126,11 +144,26 @@ impl Symbolizer {
         let Ok(maps) = read_maps(self.pid) else {
             return;
         };
+        if maps.is_empty() {
+            // An exited (zombie) target: keep what we had.
+            return;
+        }
         let mut mappings = Vec::with_capacity(maps.len());
         for mapping in maps {
             let module = self.module_for(&mapping);
             mappings.push((mapping, module));
         }
+        // Keep earlier mappings the new snapshot does not overlap: code
+        // unmapped since (a worker's isolate that exited) was sampled too.
+        for old in std::mem::take(&mut self.mappings) {
+            if !mappings
+                .iter()
+                .any(|(m, _)| m.start < old.0.end && old.0.start < m.end)
+            {
+                mappings.push(old);
+            }
+        }
+        mappings.sort_by_key(|(m, _)| m.start);
         self.mappings = mappings;
         if self.perf_map_file.is_none() {
             self.perf_map_file = File::open(&self.perf_map_path).ok();

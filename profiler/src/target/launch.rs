@@ -16,6 +16,8 @@ use super::TargetError;
 #[derive(Debug)]
 pub struct Launched {
     pub pid: u32,
+    /// The program exec'd, as found on PATH.
+    pub program: PathBuf,
     release_fd: libc::c_int,
     command: String,
 }
@@ -87,6 +89,7 @@ impl Launched {
         unsafe { libc::close(read_fd) };
         Ok(Launched {
             pid: pid as u32,
+            program: path,
             release_fd: write_fd,
             command,
         })

@@ -1,0 +1,1421 @@
+//! JS frame naming with no flag on the target (issue 3, "Proof"), on every
+//! node major nodeprof supports (18, 20, 22, 24, 26), as root.
+//!
+//! Ground truth is node itself: each fixture runs once under
+//! `node --cpu-prof --cpu-prof-dir DIR` and once under nodeprof, and the two
+//! `.cpuprofile` files are compared — function names, script URLs and the
+//! 0-based line/column V8 reports for each function, and per-function shares
+//! of the samples.
+//!
+//! Fixtures live in `tests/fixtures/js/`. A missing node major is a failure
+//! (`node_major`), never a skip. Every test takes the crate-wide lock first
+//! ([`serial`]) and only ever kills processes it started.
+//!
+//! How a sample is attributed to a function, the same way for both profiles
+//! ([`Attribution`]): a call frame is *JS* when it has a script URL or a
+//! source position (`url != ""` or `lineNumber >= 0`); everything else is
+//! native (V8 builtins, C++, the regex engine, kernel) or a meta node
+//! (`(root)`, `(program)`, `(idle)`, `(garbage collector)`, nodeprof's
+//! `[thread TID]`). A sample belongs to the innermost JS frame of its stack —
+//! native frames fold into their nearest JS caller, as DevTools' "self time"
+//! does with the builtins it hides — and samples with no JS frame at all
+//! (idle, program, GC, threads that run no JS) are left out of the total.
+//!
+//! Tests:
+//! - `names_node{18,20,22,24,26}`: names.js (named function, class method,
+//!   getter, anonymous closure from a factory, async function, exported
+//!   function of an ES module, worker thread, catastrophic regex under
+//!   `checkInput`), nodeprof attached: names, URLs, exact line/column as
+//!   `node --cpu-prof` reports them.
+//! - `infinite_loop_node*`: a function stuck in `while (true)`, attached,
+//!   recorded, then killed.
+//! - `self_time_shares_node{20,26}`: per-function self-time shares against
+//!   `node --cpu-prof`, launch mode, within 5 percentage points.
+//! - `perf_map_names_agree_node*`: a `--perf-basic-prof` target: nodeprof's
+//!   names equal V8's perf map names at the same script/line/column.
+//! - `info_node*`, `info_non_node_says_naming_unavailable`: `nodeprof info`.
+//! - `non_node_busy_process_has_no_js_frames`,
+//!   `shell_named_node_has_no_js_frames`: hostile targets.
+//! - `launch_mode_names_survive_exit_right_after_new_code`,
+//!   `launch_mode_names_js_from_the_start`: reproduce two nodeprof bugs
+//!   (see their docs); they fail until those are fixed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use nodeprof_tests::*;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Work units per phase of names.js (a unit is ≈ 1.6 ms of one CPU here:
+/// a phase ≈ 100 ms).
+const PHASE_UNITS: &str = "60";
+/// Samples a hot function of names.js must get at 999 Hz: a phase is
+/// ≈ 100 ms of CPU, so ≈ 100 samples (the phases are measured in work, not
+/// wall time, so a busy machine does not lower this much).
+const MIN_HOT_SAMPLES: u64 = 15;
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Profiles: functions, attribution
+
+/// A JS function as a `.cpuprofile` names it: name (`(anonymous)` for an
+/// empty name, as DevTools shows it), URL, 0-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct JsFn {
+    name: String,
+    url: String,
+    line: i64,
+    column: i64,
+}
+
+impl fmt::Display for JsFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` {} line {} column {} (0-based)",
+            self.name, self.url, self.line, self.column
+        )
+    }
+}
+
+fn is_js(call_frame: &Value) -> bool {
+    call_frame["url"].as_str().is_some_and(|u| !u.is_empty())
+        || call_frame["lineNumber"].as_i64().is_some_and(|l| l >= 0)
+}
+
+fn js_fn(call_frame: &Value) -> JsFn {
+    let name = call_frame["functionName"].as_str().unwrap_or_default();
+    JsFn {
+        name: if name.is_empty() {
+            "(anonymous)".to_string()
+        } else {
+            name.to_string()
+        },
+        url: call_frame["url"].as_str().unwrap_or_default().to_string(),
+        line: call_frame["lineNumber"].as_i64().unwrap_or(-1),
+        column: call_frame["columnNumber"].as_i64().unwrap_or(-1),
+    }
+}
+
+/// One sample's stack, innermost frame first: (function name, JS function if JS).
+type Stack = Vec<(String, Option<JsFn>)>;
+
+/// A parsed `.cpuprofile` (node's or nodeprof's).
+struct Profile {
+    /// id → (call frame, parent id).
+    nodes: HashMap<u64, (Value, Option<u64>)>,
+    root: u64,
+    samples: Vec<u64>,
+}
+
+impl Profile {
+    fn new(profile: &Value) -> Profile {
+        let list = profile["nodes"].as_array().expect("cpuprofile nodes");
+        let mut parent = HashMap::new();
+        for node in list {
+            let id = node["id"].as_u64().expect("node id");
+            for child in node["children"].as_array().into_iter().flatten() {
+                parent.insert(child.as_u64().expect("child id"), id);
+            }
+        }
+        let nodes = list
+            .iter()
+            .map(|n| {
+                let id = n["id"].as_u64().unwrap();
+                (id, (n["callFrame"].clone(), parent.get(&id).copied()))
+            })
+            .collect();
+        Profile {
+            nodes,
+            root: list[0]["id"].as_u64().unwrap(),
+            samples: profile["samples"]
+                .as_array()
+                .expect("cpuprofile samples")
+                .iter()
+                .map(|s| s.as_u64().expect("sample id"))
+                .collect(),
+        }
+    }
+
+    /// The stack of node `id`, innermost first, without (root).
+    fn stack(&self, mut id: u64) -> Stack {
+        let mut stack = Vec::new();
+        while id != self.root {
+            let Some((cf, parent)) = self.nodes.get(&id) else {
+                break;
+            };
+            let name = cf["functionName"].as_str().unwrap_or_default().to_string();
+            stack.push((name, is_js(cf).then(|| js_fn(cf))));
+            match parent {
+                Some(p) => id = *p,
+                None => break,
+            }
+        }
+        stack
+    }
+
+    /// The outermost frame below (root) of node `id` (nodeprof puts the
+    /// samples of non-main threads under a `[NAME TID]` node there).
+    fn root_child_name(&self, id: u64) -> String {
+        self.stack(id)
+            .last()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every JS function of the profile's call frames.
+    fn functions(&self) -> BTreeSet<JsFn> {
+        self.nodes
+            .values()
+            .filter(|(cf, _)| is_js(cf))
+            .map(|(cf, _)| js_fn(cf))
+            .collect()
+    }
+
+    /// The node ids whose call frame is `f`.
+    fn nodes_of(&self, f: &JsFn) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, (cf, _))| is_js(cf) && &js_fn(cf) == f)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+}
+
+/// Samples per function by the innermost JS frame (see the module doc).
+#[derive(Default)]
+struct Attribution {
+    per_fn: BTreeMap<JsFn, u64>,
+    /// Samples with a JS frame (the denominator of shares).
+    js_total: u64,
+    /// All samples.
+    total: u64,
+}
+
+impl Attribution {
+    fn of(profiles: &[&Profile]) -> Attribution {
+        let mut a = Attribution::default();
+        for p in profiles {
+            let mut memo: HashMap<u64, Option<JsFn>> = HashMap::new();
+            for &id in &p.samples {
+                a.total += 1;
+                let f = memo
+                    .entry(id)
+                    .or_insert_with(|| p.stack(id).into_iter().find_map(|(_, f)| f))
+                    .clone();
+                if let Some(f) = f {
+                    a.js_total += 1;
+                    *a.per_fn.entry(f).or_default() += 1;
+                }
+            }
+        }
+        a
+    }
+
+    fn samples(&self, f: &JsFn) -> u64 {
+        self.per_fn.get(f).copied().unwrap_or(0)
+    }
+
+    fn share(&self, f: &JsFn) -> f64 {
+        if self.js_total == 0 {
+            0.0
+        } else {
+            100.0 * self.samples(f) as f64 / self.js_total as f64
+        }
+    }
+
+    /// The busiest functions, for failure messages.
+    fn top(&self, n: usize) -> String {
+        let mut v: Vec<_> = self.per_fn.iter().collect();
+        v.sort_by_key(|(_, &c)| std::cmp::Reverse(c));
+        v.iter()
+            .take(n)
+            .map(|(f, &c)| format!("  {c:5} {:5.1}%  {f}", self.share(f)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures and runs
+
+/// The canonical path and `file://` URL of a fixture (node resolves symlinks
+/// of the main module and of imported ES modules).
+fn fixture_url(name: &str) -> (PathBuf, String) {
+    let path = fs::canonicalize(fixture(name)).expect("canonicalize fixture path");
+    let url = format!("file://{}", path.display());
+    (path, url)
+}
+
+/// A hot function of a fixture: its name as V8 gives it, the fixture, and a
+/// string found on exactly one line of the fixture, the line V8 reports for it.
+struct Expect {
+    name: &'static str,
+    file: &'static str,
+    marker: &'static str,
+}
+
+/// The hot functions of names.js (and names_esm.mjs).
+const NAMES: &[Expect] = &[
+    Expect {
+        name: "namedHot",
+        file: "js/names.js",
+        marker: "function namedHot(",
+    },
+    Expect {
+        name: "area",
+        file: "js/names.js",
+        marker: "  area(units) {",
+    },
+    Expect {
+        name: "get perimeter",
+        file: "js/names.js",
+        marker: "  get perimeter() {",
+    },
+    Expect {
+        name: "(anonymous)",
+        file: "js/names.js",
+        marker: "  return (units) => {",
+    },
+    Expect {
+        name: "asyncHot",
+        file: "js/names.js",
+        marker: "async function asyncHot(",
+    },
+    Expect {
+        name: "esmHot",
+        file: "js/names_esm.mjs",
+        marker: "export function esmHot(",
+    },
+    Expect {
+        name: "checkInput",
+        file: "js/names.js",
+        marker: "function checkInput(",
+    },
+    Expect {
+        name: "workerHot",
+        file: "js/names.js",
+        marker: "function workerHot(",
+    },
+];
+
+const SPIN_FOREVER: Expect = Expect {
+    name: "spinForever",
+    file: "js/forever.js",
+    marker: "function spinForever(",
+};
+
+const SHARES: &[Expect] = &[
+    Expect {
+        name: "heavy",
+        file: "js/shares.js",
+        marker: "function heavy(",
+    },
+    Expect {
+        name: "medium",
+        file: "js/shares.js",
+        marker: "function medium(",
+    },
+    Expect {
+        name: "light",
+        file: "js/shares.js",
+        marker: "function light(",
+    },
+];
+
+impl Expect {
+    /// The URL and 0-based line of the function, from the fixture's source.
+    fn url_line(&self) -> (String, i64) {
+        let (path, url) = fixture_url(self.file);
+        let source = fs::read_to_string(&path).expect("read fixture");
+        let lines: Vec<usize> = source
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(self.marker))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "marker {:?} must be on exactly one line of {}",
+            self.marker,
+            self.file
+        );
+        (url, lines[0] as i64)
+    }
+
+    /// The function as node's own profiler reports it: name, URL and line
+    /// must match; the column comes from node.
+    fn in_ground_truth(&self, major: u32, gt: &[Profile]) -> JsFn {
+        let (url, line) = self.url_line();
+        let found: BTreeSet<JsFn> = gt
+            .iter()
+            .flat_map(Profile::functions)
+            .filter(|f| f.name == self.name && f.url == url && f.line == line)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "node {major}: `node --cpu-prof` does not report exactly one `{}` at {url} line {line} \
+             (0-based) — the fixture or its marker is off. Its functions of that script:\n{}",
+            self.name,
+            gt.iter()
+                .flat_map(Profile::functions)
+                .filter(|f| f.url == url)
+                .map(|f| format!("  {f}"))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        found.into_iter().next().unwrap()
+    }
+}
+
+/// Runs `node --cpu-prof --cpu-prof-dir DIR/cpu-prof FIXTURE ARGS` to
+/// completion in `dir` and returns its profiles (one per thread).
+fn ground_truth(major: u32, node: &Path, script: &str, args: &[&str], dir: &Path) -> Vec<Profile> {
+    let out = dir.join(format!("cpu-prof-{}", script.replace('/', "-")));
+    let mut cmd = Command::new(node);
+    cmd.arg("--cpu-prof")
+        .arg("--cpu-prof-dir")
+        .arg(&out)
+        .arg(fixture(script))
+        .args(args)
+        .current_dir(dir);
+    let mut proc = Proc::spawn(cmd);
+    let status = proc.wait(RUN_TIMEOUT);
+    assert!(
+        status.success(),
+        "node {major} --cpu-prof {script} failed: {status}"
+    );
+    let mut files: Vec<PathBuf> = fs::read_dir(&out)
+        .unwrap_or_else(|e| panic!("node {major} --cpu-prof wrote no {}: {e}", out.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cpuprofile"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "node {major} --cpu-prof wrote no profile"
+    );
+    files
+        .iter()
+        .map(|f| {
+            let text = fs::read_to_string(f).expect("read node's cpuprofile");
+            Profile::new(&serde_json::from_str(&text).expect("node's cpuprofile is JSON"))
+        })
+        .collect()
+}
+
+/// `nodeprof record -q -F 999 --format cpuprofile,folded -o DIR/NAME ARGS...`,
+/// which must succeed; returns the run and its outputs.
+fn record(dir: &Path, name: &str, args: &[String]) -> (Run, Outputs, Profile) {
+    let prefix = dir.join(name);
+    let mut all = vec![
+        s("record"),
+        s("-q"),
+        s("-F"),
+        s(999),
+        s("--format"),
+        s("cpuprofile,folded"),
+        s("-o"),
+        s(prefix.display()),
+    ];
+    all.extend(args.iter().cloned());
+    let run = run_nodeprof(&all, dir, RUN_TIMEOUT);
+    run.assert_success();
+    let out = Outputs::load_formats(&prefix, &["cpuprofile", "folded"]);
+    let profile = Profile::new(&out.cpuprofile);
+    (run, out, profile)
+}
+
+/// Launch mode: `nodeprof record ... -- NODE NODE_OPTIONS FIXTURE ARGS`.
+fn record_launch(
+    dir: &Path,
+    name: &str,
+    node: &Path,
+    node_options: &[&str],
+    script: &str,
+    args: &[&str],
+) -> (Run, Outputs, Profile) {
+    let mut all = vec![s("--"), s(node.display())];
+    all.extend(node_options.iter().map(s));
+    all.push(s(fixture(script).display()));
+    all.extend(args.iter().map(s));
+    let (run, out, profile) = record(dir, name, &all);
+    assert_eq!(run.stop_reason(), "target exited");
+    // The fixtures print `done ...` as their last act: they ran to the end.
+    // (nodeprof's own `command exited with status N` line is checked by
+    // record.rs; here it is only checked when present, see the report of
+    // the launch-mode reaping race.)
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("done ")),
+        "{script} did not finish under nodeprof:\n{}",
+        run.stdout
+    );
+    // Every main-thread stack of node runs under node::Start: none at all
+    // means the target's mappings were lost (the bug that
+    // `launch_mode_names_survive_exit_right_after_new_code` reproduces).
+    assert!(
+        out.samples_with_frame(|f| f.starts_with("node::Start(")) > 0,
+        "{script}: no sample has a node::Start frame: nodeprof lost the target's mappings when it \
+         exited (see launch_mode_names_survive_exit_right_after_new_code)\nfolded:\n{}",
+        out.folded_excerpt()
+    );
+    if let Some(status) = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("nodeprof: command exited with "))
+    {
+        assert_eq!(
+            status, "status 0",
+            "{script} under nodeprof:\n{}",
+            run.stdout
+        );
+    } else {
+        eprintln!(
+            "note: nodeprof printed no `command exited with` line for {script} (launch-mode reaping race)"
+        );
+    }
+    (run, out, profile)
+}
+
+/// Starts `node NODE_OPTIONS names.js PHASE_UNITS GO_FILE [noworker]` (see
+/// names.js): it prints `ready` and waits for GO_FILE before it starts its
+/// worker and phases. Returns the target and GO_FILE.
+fn start_names(node: &Path, node_options: &[&str], dir: &Path, worker: bool) -> (Proc, PathBuf) {
+    let go = dir.join("names.go");
+    let go_arg = s(go.display());
+    let mut args = vec![PHASE_UNITS, go_arg.as_str()];
+    if !worker {
+        args.push("noworker");
+    }
+    let target = Proc::node(node, node_options, "js/names.js", &args, dir);
+    (target, go)
+}
+
+/// Records names.js (or another fixture with the same GO_FILE protocol)
+/// attached (`nodeprof record -p`, no flag on node beyond what the target
+/// was started with): waits for `ready`, starts nodeprof,
+/// and only once sampling is attached (attach mode loads the V8 layout
+/// before it starts sampling) creates GO_FILE; after `done` stops nodeprof
+/// with SIGINT. The target stays alive until [`finish_names`] or until it
+/// is dropped (killed).
+fn record_attached(target: &Proc, go: &Path, dir: &Path, name: &str) -> (Run, Outputs, Profile) {
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let prefix = dir.join(name);
+    let np = spawn_nodeprof(
+        &[
+            s("record"),
+            s("-q"),
+            s("-F"),
+            s(999),
+            s("--format"),
+            s("cpuprofile,folded"),
+            s("-o"),
+            s(prefix.display()),
+            s("-p"),
+            s(target.pid),
+        ],
+        dir,
+    );
+    np.wait_sampling(RUN_TIMEOUT);
+    fs::write(go, b"go").expect("create the go file");
+    target.wait_for_line("done", RUN_TIMEOUT);
+    send_signal(np.proc.pid, libc::SIGINT);
+    let run = np.finish(RUN_TIMEOUT);
+    run.assert_success();
+    assert_eq!(run.stop_reason(), "interrupted");
+    assert!(
+        target.is_running(),
+        "the target exited before it was told to"
+    );
+    let out = Outputs::load_formats(&prefix, &["cpuprofile", "folded"]);
+    let profile = Profile::new(&out.cpuprofile);
+    (run, out, profile)
+}
+
+/// Lets a GO_FILE fixture exit normally (names.js flushes its perf map
+/// then) and reaps it.
+fn finish_names(mut target: Proc, go: &Path) {
+    fs::write(format!("{}.exit", go.display()), b"exit").expect("create the exit file");
+    let status = target.wait(RUN_TIMEOUT);
+    assert!(status.success(), "the target failed: {status}");
+}
+
+/// nodeprof's functions of the given URLs, with their samples, for failure messages.
+fn functions_of(profile: &Profile, attribution: &Attribution, urls: &[String]) -> String {
+    profile
+        .functions()
+        .into_iter()
+        .filter(|f| urls.contains(&f.url))
+        .map(|f| format!("  {:5} samples  {f}", attribution.samples(&f)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn fail_if_any(major: u32, what: &str, failures: Vec<String>, context: String) {
+    if !failures.is_empty() {
+        panic!(
+            "node {major}: {what}: {} failure(s):\n- {}\n\n{context}",
+            failures.len(),
+            failures.join("\n- ")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Named hot functions at node's positions, every major
+
+/// names.js under `node --cpu-prof` and under nodeprof (attached to a node
+/// started without any flag): every hot function appears in nodeprof's
+/// .cpuprofile with node's name, URL, line and column, in the folded file
+/// as `name url:LINE` (1-based), with samples; the worker's function on a
+/// worker thread; the regex's time under `checkInput`.
+fn check_names(major: u32) {
+    let _lock = serial();
+    let started = Instant::now();
+    let node = node_major(major);
+    let dir = scratch_dir();
+    let gt = ground_truth(major, &node, "js/names.js", &[PHASE_UNITS], dir.path());
+    let expected: Vec<JsFn> = NAMES
+        .iter()
+        .map(|e| e.in_ground_truth(major, &gt))
+        .collect();
+
+    let (target, go) = start_names(&node, &[], dir.path(), true);
+    let (_run, out, np) = record_attached(&target, &go, dir.path(), "names");
+    let attr = Attribution::of(&[&np]);
+    let urls = vec![
+        fixture_url("js/names.js").1,
+        fixture_url("js/names_esm.mjs").1,
+    ];
+    let mut failures = Vec::new();
+
+    for f in &expected {
+        let n = attr.samples(f);
+        if np.nodes_of(f).is_empty() {
+            failures.push(format!("{f} is missing from nodeprof's .cpuprofile"));
+            continue;
+        }
+        if n < MIN_HOT_SAMPLES {
+            failures.push(format!(
+                "{f}: only {n} samples (innermost JS frame), expected ≥ {MIN_HOT_SAMPLES}"
+            ));
+        }
+        let label = format!("{} {}:{}", f.name, f.url, f.line + 1);
+        if out.samples_with_frame(|fr| fr == label) == 0 {
+            failures.push(format!("no folded stack has the frame `{label}`"));
+        }
+    }
+
+    // The worker's function runs on a worker thread (a `[NAME TID]` node
+    // under the root), the main thread's functions do not.
+    let worker = &expected[NAMES.iter().position(|e| e.name == "workerHot").unwrap()];
+    let named = &expected[NAMES.iter().position(|e| e.name == "namedHot").unwrap()];
+    for (f, on_worker) in [(worker, true), (named, false)] {
+        for id in np.nodes_of(f) {
+            let top = np.root_child_name(id);
+            if Outputs::is_thread_node(&top) != on_worker {
+                failures.push(format!(
+                    "{f} is under the root child `{top}`: expected {}",
+                    if on_worker {
+                        "a worker thread node `[NAME TID]`"
+                    } else {
+                        "the main thread"
+                    }
+                ));
+            }
+        }
+    }
+
+    // The catastrophic regex: its samples are in native code (the regex
+    // engine, JIT code) whose nearest JS frame is checkInput.
+    let check = &expected[NAMES.iter().position(|e| e.name == "checkInput").unwrap()];
+    let mut below_check = 0;
+    let mut regex_samples = 0;
+    let mut regex_elsewhere = BTreeMap::<String, u64>::new();
+    for &id in &np.samples {
+        let stack = np.stack(id);
+        let nearest = stack.iter().position(|(_, f)| f.is_some());
+        let regex = stack
+            .iter()
+            .any(|(name, _)| name.to_lowercase().contains("regexp"));
+        if let Some(i) = nearest {
+            if stack[i].1.as_ref() == Some(check) && i > 0 {
+                below_check += 1;
+            }
+        }
+        if regex {
+            regex_samples += 1;
+            let owner = nearest
+                .map(|i| s(stack[i].1.as_ref().unwrap()))
+                .unwrap_or(s("no JS frame"));
+            if nearest.is_none_or(|i| stack[i].1.as_ref() != Some(check)) {
+                *regex_elsewhere.entry(owner).or_default() += 1;
+            }
+        }
+    }
+    if below_check < MIN_HOT_SAMPLES {
+        failures.push(format!(
+            "only {below_check} samples in native/regex code under {check}: the regex's time is not shown under checkInput"
+        ));
+    }
+    let elsewhere: u64 = regex_elsewhere.values().sum();
+    if elsewhere * 20 > regex_samples {
+        failures.push(format!(
+            "{elsewhere} of {regex_samples} samples in RegExp frames are not attributed to checkInput: {regex_elsewhere:?}"
+        ));
+    }
+
+    fail_if_any(
+        major,
+        "JS names of names.js",
+        failures,
+        format!(
+            "nodeprof's functions of the fixture:\n{}\n\nbusiest:\n{}\n\nfolded:\n{}",
+            functions_of(&np, &attr, &urls),
+            attr.top(12),
+            out.folded_excerpt()
+        ),
+    );
+    eprintln!(
+        "node {major}: {} samples, {} hot functions named at node's positions ({:.1} s)",
+        out.sample_count(),
+        expected.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A function stuck in `while (true)`: attach, record 1 s, the target is
+/// still spinning, the loop is named at node's position and has the samples.
+fn check_infinite_loop(major: u32) {
+    let _lock = serial();
+    let started = Instant::now();
+    let node = node_major(major);
+    let dir = scratch_dir();
+    // With a limit the loop ends and node writes its profile at exit.
+    let gt = ground_truth(major, &node, SPIN_FOREVER.file, &["300000000"], dir.path());
+    let spin = SPIN_FOREVER.in_ground_truth(major, &gt);
+
+    let target = Proc::node(&node, &[], SPIN_FOREVER.file, &[], dir.path());
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let (run, out, np) = record(
+        dir.path(),
+        "forever",
+        &[s("-p"), s(target.pid), s("-d"), s(1)],
+    );
+    assert_eq!(run.stop_reason(), "duration elapsed");
+    assert!(
+        target.is_running(),
+        "node {major}: the spinning target is gone after the recording"
+    );
+    let attr = Attribution::of(&[&np]);
+    let n = attr.samples(&spin);
+    let url = fixture_url(SPIN_FOREVER.file).1;
+    let context = format!(
+        "nodeprof's functions of forever.js:\n{}\n\nbusiest:\n{}\n\nfolded:\n{}",
+        functions_of(&np, &attr, &[url]),
+        attr.top(8),
+        out.folded_excerpt()
+    );
+    let mut failures = Vec::new();
+    if np.nodes_of(&spin).is_empty() {
+        failures.push(format!("{spin} is missing from nodeprof's .cpuprofile"));
+    }
+    // 1 s at 999 Hz of one busy thread: ≈ 1000 samples on an idle machine.
+    if n < 200 || n * 10 < attr.js_total * 9 {
+        failures.push(format!(
+            "{spin} has {n} of {} JS samples ({} in all): expected ≥ 200 and ≥ 90%",
+            attr.js_total, attr.total
+        ));
+    }
+    fail_if_any(major, "infinite loop", failures, context);
+    eprintln!(
+        "node {major}: spinForever {n}/{} samples ({:.1} s)",
+        attr.total,
+        started.elapsed().as_secs_f64()
+    );
+    // `target` is killed (SIGKILL, by pid) when dropped.
+}
+
+macro_rules! per_major {
+    ($($major:literal: $names:ident, $forever:ident, $perf_map:ident, $info:ident;)*) => {$(
+        #[test]
+        fn $names() {
+            check_names($major);
+        }
+
+        #[test]
+        fn $forever() {
+            check_infinite_loop($major);
+        }
+
+        #[test]
+        fn $perf_map() {
+            check_perf_map_agreement($major);
+        }
+
+        #[test]
+        fn $info() {
+            check_info($major);
+        }
+    )*};
+}
+
+per_major! {
+    18: names_node18, infinite_loop_node18, perf_map_names_agree_node18, info_node18;
+    20: names_node20, infinite_loop_node20, perf_map_names_agree_node20, info_node20;
+    22: names_node22, infinite_loop_node22, perf_map_names_agree_node22, info_node22;
+    24: names_node24, infinite_loop_node24, perf_map_names_agree_node24, info_node24;
+    26: names_node26, infinite_loop_node26, perf_map_names_agree_node26, info_node26;
+}
+
+// Self-time shares on two majors (the oldest and newest V8 tiers differ
+// most between them; all five would add ~15 s to the 120 s budget).
+#[test]
+fn self_time_shares_node20() {
+    check_accuracy(20);
+}
+
+#[test]
+fn self_time_shares_node26() {
+    check_accuracy(26);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Self-time shares against node --cpu-prof
+
+/// Tolerance on a function's share of the JS samples, percentage points.
+const SHARE_TOLERANCE_PP: f64 = 5.0;
+
+/// shares.js (heavy/medium/light ≈ 50/30/20 of the work, 2 s) under
+/// `node --cpu-prof` and under nodeprof (launch mode, 999 Hz): every
+/// function above 5% of the JS samples in either profile has the same share
+/// in both within 5 percentage points (shares as defined in the module doc).
+fn check_accuracy(major: u32) {
+    let _lock = serial();
+    let started = Instant::now();
+    let node = node_major(major);
+    let dir = scratch_dir();
+    let gt = ground_truth(major, &node, "js/shares.js", &["2"], dir.path());
+    let gt_attr = Attribution::of(&gt.iter().collect::<Vec<_>>());
+    let expected: Vec<JsFn> = SHARES
+        .iter()
+        .map(|e| e.in_ground_truth(major, &gt))
+        .collect();
+    // The fixture does what it says: the three functions hold nearly all JS
+    // samples under node's own profiler.
+    let three: f64 = expected.iter().map(|f| gt_attr.share(f)).sum();
+    assert!(
+        three >= 85.0 && gt_attr.js_total >= 500,
+        "node {major}: shares.js under --cpu-prof: heavy+medium+light hold {three:.1}% of {} JS samples:\n{}",
+        gt_attr.js_total,
+        gt_attr.top(8)
+    );
+
+    let (_run, out, np) = record_launch(dir.path(), "shares", &node, &[], "js/shares.js", &["2"]);
+    let np_attr = Attribution::of(&[&np]);
+    let mut failures = Vec::new();
+    if np_attr.js_total < 500 {
+        failures.push(format!("only {} samples with a JS frame", np_attr.js_total));
+    }
+    let candidates: BTreeSet<&JsFn> = gt_attr.per_fn.keys().chain(np_attr.per_fn.keys()).collect();
+    let mut table = Vec::new();
+    for f in candidates {
+        let (a, b) = (gt_attr.share(f), np_attr.share(f));
+        if a.max(b) <= 5.0 {
+            continue;
+        }
+        let ok = (a - b).abs() <= SHARE_TOLERANCE_PP;
+        table.push(format!(
+            "  {f}: node --cpu-prof {a:.1}%, nodeprof {b:.1}% {}",
+            if ok { "ok" } else { "DIFFERS" }
+        ));
+        if !ok {
+            failures.push(format!(
+                "{f}: nodeprof {b:.1}% vs node --cpu-prof {a:.1}% of JS samples (> {SHARE_TOLERANCE_PP} pp)"
+            ));
+        }
+    }
+    for f in &expected {
+        if np.nodes_of(f).is_empty() {
+            failures.push(format!("{f} is missing from nodeprof's .cpuprofile"));
+        }
+    }
+    let context = format!(
+        "shares:\n{}\n\nnode --cpu-prof ({} JS of {} samples):\n{}\n\nnodeprof ({} JS of {} samples):\n{}\n\nfolded:\n{}",
+        table.join("\n"),
+        gt_attr.js_total,
+        gt_attr.total,
+        gt_attr.top(8),
+        np_attr.js_total,
+        np_attr.total,
+        np_attr.top(8),
+        out.folded_excerpt()
+    );
+    fail_if_any(major, "self-time shares", failures, context.clone());
+    eprintln!(
+        "node {major}: {}\n({:.1} s)",
+        table.join("\n"),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Perf map agreement
+
+/// One JS entry of a perf map: function name, script (path or URL), 1-based
+/// line, 1-based column (node 18 writes no column).
+#[derive(Debug, Clone)]
+struct PerfMapEntry {
+    name: String,
+    script: String,
+    line: i64,
+    column: Option<i64>,
+}
+
+/// The JS entries of a V8 perf map (`--perf-basic-prof`): lines
+/// `ADDR SIZE KIND:MARKERname SCRIPT:LINE[:COL]`, KIND `JS` (V8 ≥ 11),
+/// `LazyCompile`/`Function` (older), `Script`/`Eval` for top-level code;
+/// the tier marker is `~` (interpreted), `^` (Sparkplug), `+` (Maglev),
+/// `*` (TurboFan), prefixed `o` for OSR code (V8 14) and followed by `'`
+/// for context-specialized code. The name may contain spaces (`get x`):
+/// the location is the last space-separated field.
+fn parse_perf_map(text: &str) -> Vec<PerfMapEntry> {
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ' ');
+        let (Some(_addr), Some(_size), Some(label)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Some((kind, rest)) = label.split_once(':') else {
+            continue;
+        };
+        if !["JS", "LazyCompile", "Function", "Script", "Eval"].contains(&kind) {
+            continue;
+        }
+        let Some((name, location)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        // Several isolates (main thread, workers) append to one map, and
+        // node 18 was seen to interleave two records on one line
+        // (`...~highWaterMarkFrom node:internal/streams2d4b62c70dc8 9c
+        // LazyCompile:~exports.emitMessage node:...:19`): skip such lines.
+        let tokens: Vec<&str> = name.split(' ').collect();
+        let interleaved = tokens.windows(2).any(|w| {
+            !w[0].is_empty()
+                && w[0].bytes().all(|b| b.is_ascii_hexdigit())
+                && w[1].split_once(':').is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphabetic())
+                })
+        });
+        if interleaved {
+            continue;
+        }
+        let mut name = name;
+        if let Some(r) = name.strip_prefix('o') {
+            if r.starts_with(['~', '^', '+', '*']) {
+                name = r;
+            }
+        }
+        if let Some(r) = name.strip_prefix(['~', '^', '+', '*']) {
+            name = r.strip_prefix('\'').unwrap_or(r);
+        }
+        // SCRIPT:LINE[:COL], SCRIPT may itself be a URL with a colon.
+        let mut parts: Vec<&str> = location.split(':').collect();
+        let mut numbers = Vec::new();
+        while numbers.len() < 2 && parts.len() > 1 {
+            match parts.last().unwrap().parse::<i64>() {
+                Ok(n) => {
+                    numbers.insert(0, n);
+                    parts.pop();
+                }
+                Err(_) => break,
+            }
+        }
+        if numbers.is_empty() {
+            continue;
+        }
+        entries.push(PerfMapEntry {
+            name: if name.is_empty() {
+                s("(anonymous)")
+            } else {
+                s(name)
+            },
+            script: parts.join(":"),
+            line: numbers[0],
+            column: numbers.get(1).copied(),
+        });
+    }
+    entries
+}
+
+/// names.js run as `node --perf-basic-prof`, nodeprof attached: V8 writes
+/// /tmp/perf-PID.map with its names for compiled code, nodeprof names JS
+/// frames from the heap. For every JS function nodeprof shows that the map
+/// has at the same script, line (and column where the map has one), the
+/// names are the same; the hot functions of the fixture must be among them
+/// (all but the worker's on node 18, run without the worker: see names.js).
+fn check_perf_map_agreement(major: u32) {
+    let _lock = serial();
+    let started = Instant::now();
+    let node = node_major(major);
+    let dir = scratch_dir();
+    // No worker on node 18: there a worker isolate's perf map stream
+    // clobbers the main thread's entries (see names.js).
+    let (target, go) = start_names(&node, &["--perf-basic-prof"], dir.path(), major != 18);
+    let pid = target.pid;
+    let _cleanup = PerfMapCleanup(pid);
+    let (_run, out, np) = record_attached(&target, &go, dir.path(), "perfmap");
+    finish_names(target, &go);
+    let map_path = format!("/tmp/perf-{pid}.map");
+    let text = fs::read(&map_path).unwrap_or_else(|e| panic!("node {major}: read {map_path}: {e}"));
+    let entries = parse_perf_map(&String::from_utf8_lossy(&text));
+    assert!(
+        entries.len() > 20,
+        "node {major}: only {} JS entries in {map_path}",
+        entries.len()
+    );
+
+    let attr = Attribution::of(&[&np]);
+    let urls = vec![
+        fixture_url("js/names.js").1,
+        fixture_url("js/names_esm.mjs").1,
+    ];
+    let mut failures = Vec::new();
+    let mut notes = Vec::new();
+    let mut agreed = BTreeSet::new();
+    for f in np.functions() {
+        let script = f.url.strip_prefix("file://").unwrap_or(&f.url).to_string();
+        let same_place: Vec<&PerfMapEntry> = entries
+            .iter()
+            .filter(|e| {
+                (e.script == script || e.script == f.url)
+                    && e.line == f.line + 1
+                    && e.column.is_none_or(|c| c == f.column + 1)
+            })
+            .collect();
+        if same_place.is_empty() {
+            continue;
+        }
+        let names: BTreeSet<&str> = same_place.iter().map(|e| e.name.as_str()).collect();
+        if names.len() == 1 && names.contains(f.name.as_str()) {
+            agreed.insert(f);
+            continue;
+        }
+        let msg = format!(
+            "nodeprof names {f} ({} samples); the perf map at that place says {names:?}",
+            attr.samples(&f)
+        );
+        // The fixture's functions must agree. Node's own functions only
+        // give a note: V8's debug name of a function with only an inferred
+        // name (`Module._load = function (...) {...}`) changes over its life
+        // (kept while uncompiled, gone once compiled from some paths), so
+        // the perf map, written at compile time, and a later heap read can
+        // legitimately differ there (node 24 seen; `node --cpu-prof` itself
+        // says `(anonymous)` for Module._load on node 24).
+        if urls.contains(&f.url) {
+            failures.push(msg);
+        } else {
+            notes.push(msg);
+        }
+    }
+    for note in &notes {
+        eprintln!("note: node {major}, node-internal function: {note}");
+    }
+    for e in NAMES {
+        if major == 18 && e.name == "workerHot" {
+            continue;
+        }
+        let (url, line) = e.url_line();
+        if !agreed
+            .iter()
+            .any(|f| f.name == e.name && f.url == url && f.line == line)
+        {
+            failures.push(format!(
+                "hot function `{}` ({url} line {line}) is not among the functions both sources name",
+                e.name
+            ));
+        }
+    }
+    let (names_path, esm_path) = (
+        fixture_url("js/names.js").0.display().to_string(),
+        fixture_url("js/names_esm.mjs").0.display().to_string(),
+    );
+    let map_excerpt: Vec<String> = entries
+        .iter()
+        .filter(|e| e.script.ends_with(&names_path) || e.script.ends_with(&esm_path))
+        .map(|e| format!("  {:?} {}:{}:{:?}", e.name, e.script, e.line, e.column))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    fail_if_any(
+        major,
+        "perf map vs. V8 introspection",
+        failures,
+        format!(
+            "nodeprof's functions of the fixture:\n{}\n\nperf map entries of the fixture:\n{}\n\nfolded:\n{}",
+            functions_of(&np, &attr, &urls),
+            map_excerpt.join("\n"),
+            out.folded_excerpt()
+        ),
+    );
+    eprintln!(
+        "node {major}: {} JS functions named alike by nodeprof and the perf map ({:.1} s)",
+        agreed.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. nodeprof info
+
+fn info(pid: u32, dir: &Path) -> Run {
+    let run = run_nodeprof(&[s("info"), s("-p"), s(pid)], dir, RUN_TIMEOUT);
+    run.assert_success();
+    run
+}
+
+/// The value of a `key: value` line of `nodeprof info`.
+fn info_field<'a>(run: &'a Run, key: &str) -> Option<&'a str> {
+    run.stdout.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// `nodeprof info -p PID` on an idle node of each major: exit 0, node's own
+/// version, V8's version (node's `process.versions.v8` without the
+/// `-node.N` suffix), where the layout came from, naming available.
+fn check_info(major: u32) {
+    let _lock = serial();
+    let node = node_major(major);
+    let dir = scratch_dir();
+    let mut cmd = Command::new(&node);
+    cmd.args([
+        "-e",
+        "console.log(`ready ${process.pid} ${process.version} ${process.versions.v8}`); setInterval(() => {}, 1000);",
+    ])
+    .current_dir(dir.path());
+    let target = Proc::spawn(cmd);
+    let ready = target.wait_for_line("ready", READY_TIMEOUT);
+    let fields: Vec<&str> = ready.split_whitespace().collect();
+    let (version, v8) = (fields[2], fields[3]);
+    let v8_plain = v8.split("-node").next().unwrap();
+
+    let run = info(target.pid, dir.path());
+    let all = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        info_field(&run, "Node.js"),
+        Some(version),
+        "node {major}: Node.js version\n{all}"
+    );
+    let v8_line = info_field(&run, "V8").unwrap_or_default();
+    assert!(
+        v8_line == v8_plain || v8_line == v8,
+        "node {major}: V8 line `{v8_line}`, process.versions.v8 is {v8}\n{all}"
+    );
+    assert_eq!(
+        info_field(&run, "JS frame naming"),
+        Some("available"),
+        "node {major}\n{all}"
+    );
+    let layout = info_field(&run, "layout fields").unwrap_or_default();
+    assert!(
+        layout.contains("from symbols") && layout.contains("from fallbacks"),
+        "node {major}: no `layout fields: N from symbols, M from fallbacks` line\n{all}"
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("symbol v8dbg_class_JSFunction__shared__SharedFunctionInfo")),
+        "node {major}: the JSFunction.shared field does not name its v8dbg symbol\n{all}"
+    );
+}
+
+/// A busy shell: a target that is not node (or only calls itself `node`).
+fn busy_shell(exe: &Path) -> Proc {
+    let mut cmd = Command::new(exe);
+    cmd.args(["-c", "while :; do :; done"]);
+    Proc::spawn(cmd)
+}
+
+/// `nodeprof info` on a shell: exit 0, JS naming NOT available.
+#[test]
+fn info_non_node_says_naming_unavailable() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = busy_shell(Path::new("sh"));
+    let run = info(target.pid, dir.path());
+    let all = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        info_field(&run, "JS frame naming"),
+        Some("NOT available"),
+        "{all}"
+    );
+    assert!(!run.stdout.contains("naming: available"), "{all}");
+}
+
+// ---------------------------------------------------------------------------
+// 5. Hostile targets
+
+/// No JS frame, no `[unknown JS]`, in a recording of a process without V8.
+fn assert_no_js(out: &Outputs, np: &Profile, what: &str) {
+    let js: Vec<String> = np.functions().iter().map(s).collect();
+    assert!(
+        js.is_empty(),
+        "{what}: JS frames in the .cpuprofile: {js:?}"
+    );
+    let names = out.function_names();
+    assert!(
+        !names.iter().any(|n| n.contains("unknown JS")),
+        "{what}: `[unknown JS]` frames: {names:?}"
+    );
+    let bad = out.samples_with_frame(|f| {
+        f.contains("file://") || f.contains("node:internal") || f.contains("unknown JS")
+    });
+    assert_eq!(
+        bad,
+        0,
+        "{what}: JS-looking folded frames:\n{}",
+        out.folded_excerpt()
+    );
+}
+
+fn record_busy_shell(exe: &Path, what: &str) {
+    let dir = scratch_dir();
+    let target = busy_shell(exe);
+    let (run, out, np) = record(
+        dir.path(),
+        "shell",
+        &[s("-p"), s(target.pid), s("-d"), s(1)],
+    );
+    assert_eq!(run.stop_reason(), "duration elapsed");
+    assert!(target.is_running(), "{what}: the target died");
+    let n = out.sample_count() as u64;
+    assert!(
+        n >= 100,
+        "{what}: only {n} samples of a busy shell in 1 s at 999 Hz"
+    );
+    assert_no_js(&out, &np, what);
+    // JS naming was not attempted or reported unavailable, never a crash.
+    let info = info(target.pid, dir.path());
+    assert_eq!(
+        info_field(&info, "JS frame naming"),
+        Some("NOT available"),
+        "{what}:\n{}",
+        info.stdout
+    );
+}
+
+/// A busy non-node process: recorded natively, no JS frames, no crash.
+#[test]
+fn non_node_busy_process_has_no_js_frames() {
+    let _lock = serial();
+    record_busy_shell(Path::new("sh"), "sh -c 'while :; do :; done'");
+}
+
+/// A shell binary copied to a file named `node` (it looks like node by name
+/// but carries no V8): nodeprof must not crash or invent JS frames.
+#[test]
+fn shell_named_node_has_no_js_frames() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let sh = fs::canonicalize("/bin/sh").expect("/bin/sh");
+    let fake = dir.path().join("node");
+    fs::copy(&sh, &fake).expect("copy the shell");
+    record_busy_shell(&fake, "a shell named node");
+}
+
+// ---------------------------------------------------------------------------
+// Known bug: mappings lost when the target exits right after new code
+
+/// A launched node that runs freshly compiled code (new executable pages)
+/// in its last ~20 ms and exits: every frame of the recording must still be
+/// named — node's own functions, `steadySpin`, `node::Start`.
+///
+/// Fails (about half of the runs on this machine, so up to 6 attempts) on
+/// a nodeprof bug: when the final drain after the target's exit brings a
+/// stack with a pc no mapping snapshot covers, `Symbolizer::observe`
+/// re-reads `/proc/PID/maps` of the exited target — still a zombie
+/// (launch mode reaps it only later), whose maps file reads fine and is
+/// empty — and replaces the good snapshot with nothing: every user frame of
+/// the whole recording becomes `[unknown]`, JS frames included.
+#[test]
+fn launch_mode_names_survive_exit_right_after_new_code() {
+    let _lock = serial();
+    let node = node_major(20);
+    let url = fixture_url("js/fresh_code_exit.js").1;
+    for attempt in 1..=6 {
+        let dir = scratch_dir();
+        let (run, out, np) = record(
+            dir.path(),
+            "fresh",
+            &[
+                s("--"),
+                s(node.display()),
+                s(fixture("js/fresh_code_exit.js").display()),
+            ],
+        );
+        assert_eq!(run.stop_reason(), "target exited");
+        assert!(
+            run.stdout.lines().any(|l| l.starts_with("done ")),
+            "the fixture did not finish:\n{}",
+            run.stdout
+        );
+        let n = out.sample_count() as u64;
+        let with_start = out.samples_with_frame(|f| f.starts_with("node::Start("));
+        let attr = Attribution::of(&[&np]);
+        let spin: u64 = attr
+            .per_fn
+            .iter()
+            .filter(|(f, _)| f.name == "steadySpin" && f.url == url)
+            .map(|(_, &c)| c)
+            .sum();
+        assert!(
+            with_start * 10 >= n * 8 && spin * 2 >= n,
+            "attempt {attempt}: of {n} samples only {with_start} have node::Start and {spin} are in \
+             steadySpin: the target's mappings were lost at its exit (see this test's doc).\nfolded:\n{}",
+            out.folded_excerpt()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Known bug: launch mode names JS frames only some time after the exec
+
+/// `nodeprof record -- node startup_hot.js`: the script spins in `earlyHot`
+/// from its start for 180 units of work (≈ 300 ms). Launch mode records from the first
+/// instruction, so JS frames must be named from the first instruction too:
+/// at most 2% (or 3 samples) of the main thread's samples with JS may show
+/// unnamed JS (`[unknown JIT]`, `Builtins_InterpreterEntryTrampoline`,
+/// `[unknown JS]`), and `earlyHot` must have most of its ≈ 300 samples.
+///
+/// Fails on a nodeprof bug: in attach mode `record::run` loads the V8
+/// layout and hands it to the sampler before sampling starts; in launch
+/// mode it does not: sampling starts, the child is released, and the layout
+/// is only loaded by the first `Symbolizer::refresh` that sees node as the
+/// target's executable (`check_executable`, run from the first drain), which
+/// parses node's symbol tables (~0.1 s and more with the debug build) while
+/// node already runs. Until `set_v8_config` the sampler records no
+/// SharedFunctionInfo, so every JS frame sampled meanwhile is
+/// `Builtins_InterpreterEntryTrampoline` / `[unknown JIT]` for good. (Should
+/// the first refresh run before the exec, the layout waits further for
+/// MAPS_REFRESH_INTERVAL and new uncovered stacks.) Node 18 and 20 spend
+/// their first ~80–90 ms in OpenSSL and snapshot set-up before any JS runs,
+/// which hides the delay on an idle machine; node 22, 24 and 26 run JS
+/// sooner: on node 26 every run here had 29–35 unnamed samples (node 22:
+/// 34–37, node 24: 22–24), the first named JS frame 96–107 ms after the
+/// start (up to 500 ms seen on a busy machine).
+#[test]
+fn launch_mode_names_js_from_the_start() {
+    let _lock = serial();
+    let node = node_major(26);
+    let dir = scratch_dir();
+    let (_run, out, np) = record_launch(
+        dir.path(),
+        "startup",
+        &node,
+        &[],
+        "js/startup_hot.js",
+        &["180"],
+    );
+    let url = fixture_url("js/startup_hot.js").1;
+    let unnamed_frame = |name: &str| {
+        name == "[unknown JIT]"
+            || name == "Builtins_InterpreterEntryTrampoline"
+            || name == "[unknown JS]"
+    };
+    let (mut named, mut unnamed, mut hot) = (0u64, 0u64, 0u64);
+    for &id in &np.samples {
+        let stack = np.stack(id);
+        if Outputs::is_thread_node(&np.root_child_name(id)) {
+            continue; // not the main thread
+        }
+        if stack.iter().any(|(n, _)| unnamed_frame(n)) {
+            unnamed += 1;
+        } else if let Some(f) = stack.iter().find_map(|(_, f)| f.as_ref()) {
+            named += 1;
+            if f.name == "earlyHot" && f.url == url {
+                hot += 1;
+            }
+        }
+    }
+    let first_named_ms = {
+        let times = out.sample_times();
+        np.samples
+            .iter()
+            .zip(&times)
+            .find(|(&id, _)| np.stack(id).iter().any(|(_, f)| f.is_some()))
+            .map(|(_, &t)| (t - out.start_us()) as f64 / 1000.0)
+    };
+    eprintln!("launch mode: {unnamed} unnamed, {named} named ({hot} earlyHot); first named at {first_named_ms:?} ms");
+    assert!(
+        unnamed <= 3.max((named + unnamed) / 50) && hot >= 150,
+        "launch mode: {unnamed} main-thread samples with unnamed JS frames vs {named} named \
+         ({hot} in earlyHot, ≈ 300 ms of CPU at 999 Hz ≈ 300); first named JS frame {first_named_ms:?} ms \
+         after the start: JS frames are named only once the V8 layout arrives (see this test's doc)\nfolded:\n{}",
+        out.folded_excerpt()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Known bug: JIT frames of code unmapped during the recording lose their names
+
+/// worker_exit.js on node 20, attached: a worker spins in `workerSpin` for
+/// 180 units of work (≈ 300 ms) and exits; afterwards the main thread runs fresh code. The
+/// worker's ≈ 300 samples must still name `workerSpin`.
+///
+/// Fails on a nodeprof bug (every run on node 20 here; node 24 keeps the
+/// pages): `Symbolizer::refresh` replaces its snapshot of the target's
+/// executable mappings with the latest `/proc/PID/maps`. The worker's
+/// isolate unmaps its JIT code pages when it exits; the main thread's fresh
+/// code triggers a refresh; at the end `is_v8_code(pc)` finds no mapping for
+/// the worker's JIT pcs, so their frames — whose SharedFunctionInfo the
+/// sampler recorded and nodeprof resolved while the worker ran — become
+/// native `[unknown]` frames (or perf-map names). Keeping earlier mappings
+/// that the new snapshot does not overlap fixes it (tried on a copy:
+/// `workerSpin` named in 3 of 3 runs).
+#[test]
+fn worker_frames_keep_names_after_the_worker_exits() {
+    let _lock = serial();
+    let node = node_major(20);
+    let dir = scratch_dir();
+    let go = dir.path().join("worker_exit.go");
+    let go_arg = s(go.display());
+    let target = Proc::node(&node, &[], "js/worker_exit.js", &[&go_arg], dir.path());
+    let (_run, out, np) = record_attached(&target, &go, dir.path(), "worker_exit");
+    finish_names(target, &go);
+    let url = fixture_url("js/worker_exit.js").1;
+    let attr = Attribution::of(&[&np]);
+    let spin: u64 = attr
+        .per_fn
+        .iter()
+        .filter(|(f, _)| f.name == "workerSpin" && f.url == url)
+        .map(|(_, &c)| c)
+        .sum();
+    let per_thread = out.samples_per_thread();
+    // ≈ 300 (≈ 300 ms of CPU of one thread at 999 Hz).
+    assert!(
+        spin >= 150,
+        "only {spin} samples in workerSpin (≈ 300 ms of CPU of a worker at 999 Hz): the worker's JIT frames \
+         lost their names once its code was unmapped (see this test's doc); samples per thread \
+         {per_thread:?}\nfolded:\n{}",
+        out.folded_excerpt()
+    );
+}
