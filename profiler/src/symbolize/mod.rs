@@ -221,12 +221,14 @@ impl Symbolizer {
             .filter(|(m, _)| m.contains(addr))
     }
 
-    /// Whether `pc` is code V8 generated or ships: JIT code in anonymous memory
-    /// or the embedded builtins (in the executable, or the copy node 22+ maps).
+    /// Whether `pc` is code V8 generated or ships: JIT code in anonymous (or
+    /// not yet snapshotted) memory or the embedded builtins (in the executable, or the copy node 22+ maps).
     /// Only there do V8's frame slots mean anything.
     fn is_v8_code(&self, pc: u64) -> bool {
+        // Code no snapshot saw: JIT memory V8 mapped after the last one (the
+        // executable and libraries are always in it).
         let Some((mapping, _)) = self.mapping(pc) else {
-            return false;
+            return true;
         };
         if mapping.path.is_empty() {
             return true;
