@@ -878,10 +878,13 @@ fn check_perf_map_names(out: &Outputs) {
 fn target_in_pid_and_mount_namespace_is_profiled_with_its_perf_map() {
     let _lock = serial();
     let dir = scratch_dir();
+    // The fixtures are bound to /mnt first: the checkout itself may live
+    // under /tmp, which the tmpfs hides.
+    let fixtures = fixture("busy.js").parent().unwrap().to_path_buf();
     let script = format!(
-        "mount -t tmpfs tmpfs /tmp && exec {} --perf-basic-prof {} 5",
+        "mount --bind '{}' /mnt && mount -t tmpfs tmpfs /tmp && exec {} --perf-basic-prof /mnt/busy.js 5",
+        fixtures.display(),
         node20().display(),
-        fixture("busy.js").display()
     );
     let mut cmd = Command::new("unshare");
     cmd.args([
