@@ -12,15 +12,18 @@ mod sampler {
     use aya_ebpf::{
         bindings::{pt_regs, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
         helpers::{
-            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-            bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+            bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_probe_read_user, bpf_task_pt_regs,
         },
         macros::{map, perf_event},
         maps::{HashMap, PerCpuArray, RingBuf},
         programs::PerfEventContext,
         EbpfContext,
     };
-    use nodeprof_common::{SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
+    use nodeprof_common::{
+        SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+    };
 
     /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
     /// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
@@ -74,7 +77,11 @@ mod sampler {
                 (MAX_KERNEL_FRAMES * 8) as u32,
                 0,
             );
-            (*record).kernel_frames = if kernel_bytes > 0 { (kernel_bytes / 8) as u32 } else { 0 };
+            (*record).kernel_frames = if kernel_bytes > 0 {
+                (kernel_bytes / 8) as u32
+            } else {
+                0
+            };
             let config = V8_CONFIGS.get(&tgid);
             (*record).user_frames = match user_regs(&ctx) {
                 Some((pc, fp)) => walk_user_stack(pc, fp, config, &mut (*record).user_stack),
@@ -133,11 +140,15 @@ mod sampler {
                 break;
             }
             // [fp-16] function, [fp-8] context or marker, [fp] caller fp, [fp+8] return address.
-            let Ok(window) = (unsafe { bpf_probe_read_user((fp - 16) as *const [u64; 4]) }) else { break };
+            let Ok(window) = (unsafe { bpf_probe_read_user((fp - 16) as *const [u64; 4]) }) else {
+                break;
+            };
             let [function, marker, caller_fp, return_address] = window;
             frame.frame_marker = marker;
             if let Some(config) = config {
-                if let Some((sfi, fingerprint)) = unsafe { shared_function_info(config, function, marker) } {
+                if let Some((sfi, fingerprint)) =
+                    unsafe { shared_function_info(config, function, marker) }
+                {
                     frame.sfi = sfi;
                     frame.sfi_fingerprint = fingerprint;
                 }
@@ -154,28 +165,42 @@ mod sampler {
     /// The SharedFunctionInfo of a JS frame's function, or None when the slots
     /// do not hold a JSFunction whose `shared` is an SFI.
     #[inline(always)]
-    unsafe fn shared_function_info(config: &V8ProbeConfig, function: u64, context: u64) -> Option<(u64, u64)> {
+    unsafe fn shared_function_info(
+        config: &V8ProbeConfig,
+        function: u64,
+        context: u64,
+    ) -> Option<(u64, u64)> {
         let tag = config.heap_object_tag as u64;
         let mask = config.heap_object_tag_mask as u64;
         // A typed frame keeps a Smi marker here, a JS frame its Context.
         if context & mask != tag || function & mask != tag {
             return None;
         }
-        let shared: u64 = unsafe { bpf_probe_read_user((function - tag + config.jsfunction_shared as u64) as *const u64) }.ok()?;
+        let shared: u64 = unsafe {
+            bpf_probe_read_user((function - tag + config.jsfunction_shared as u64) as *const u64)
+        }
+        .ok()?;
         if shared & mask != tag {
             return None;
         }
-        let map: u64 = unsafe { bpf_probe_read_user((shared - tag + config.heap_object_map as u64) as *const u64) }.ok()?;
+        let map: u64 = unsafe {
+            bpf_probe_read_user((shared - tag + config.heap_object_map as u64) as *const u64)
+        }
+        .ok()?;
         if map & mask != tag {
             return None;
         }
-        let instance_type: u16 =
-            unsafe { bpf_probe_read_user((map - tag + config.map_instance_type as u64) as *const u16) }.ok()?;
+        let instance_type: u16 = unsafe {
+            bpf_probe_read_user((map - tag + config.map_instance_type as u64) as *const u16)
+        }
+        .ok()?;
         if instance_type != config.sfi_instance_type {
             return None;
         }
-        let fingerprint: u64 =
-            unsafe { bpf_probe_read_user((shared - tag + config.sfi_name_or_scope_info as u64) as *const u64) }.ok()?;
+        let fingerprint: u64 = unsafe {
+            bpf_probe_read_user((shared - tag + config.sfi_name_or_scope_info as u64) as *const u64)
+        }
+        .ok()?;
         Some((shared, fingerprint))
     }
 

@@ -957,8 +957,16 @@ fn target_in_pid_and_mount_namespace_is_profiled_with_its_perf_map() {
     // nodeprof finds the perf map inside the target's mount namespace.
     let info = run_nodeprof(&[s("info"), s("-p"), s(host_pid)], dir.path(), RUN_TIMEOUT);
     info.assert_success();
-    assert!(info.stdout.contains("perf map: present"), "nodeprof info:\n{}", info.stdout);
-    assert!(info.stdout.contains("JS frame naming: available"), "nodeprof info:\n{}", info.stdout);
+    assert!(
+        info.stdout.contains("perf map: present"),
+        "nodeprof info:\n{}",
+        info.stdout
+    );
+    assert!(
+        info.stdout.contains("JS frame naming: available"),
+        "nodeprof info:\n{}",
+        info.stdout
+    );
 }
 
 /// Test 8b: a plain `node --perf-basic-prof` target: JS names from /tmp/perf-PID.map.

@@ -673,7 +673,12 @@ fn report(
             .filter_map(|r| r.profiler)
             .collect();
         let cpu = median(&mut usage.iter().map(|u| u.cpu_percent()).collect::<Vec<_>>());
-        let recording_cpu = median(&mut usage.iter().map(|u| u.recording_cpu_pct).collect::<Vec<_>>());
+        let recording_cpu = median(
+            &mut usage
+                .iter()
+                .map(|u| u.recording_cpu_pct)
+                .collect::<Vec<_>>(),
+        );
         let rss = usage.iter().map(|u| u.rss_mib()).fold(f64::NAN, f64::max);
         let goals = match variant {
             Variant::Baseline => format!("run-to-run spread {base_spread:.1} %"),
@@ -688,7 +693,11 @@ fn report(
                     mark(slowdown <= slowdown_goal)
                 );
                 if hz <= 99 {
-                    write!(g, "; CPU while recording < {GOAL_CPU_99} % {}", mark(recording_cpu < GOAL_CPU_99))?;
+                    write!(
+                        g,
+                        "; CPU while recording < {GOAL_CPU_99} % {}",
+                        mark(recording_cpu < GOAL_CPU_99)
+                    )?;
                 }
                 write!(g, "; RSS < {GOAL_RSS_MIB} MiB {}", mark(rss < GOAL_RSS_MIB))?;
                 g
@@ -696,7 +705,12 @@ fn report(
             Variant::Perf(_) => "reference".into(),
         };
         let (slowdown, cpu, recording_cpu, rss) = if variant == Variant::Baseline {
-            ("—".to_string(), "—".to_string(), "—".to_string(), "—".to_string())
+            (
+                "—".to_string(),
+                "—".to_string(),
+                "—".to_string(),
+                "—".to_string(),
+            )
         } else {
             (
                 format!("{slowdown:+.2}"),

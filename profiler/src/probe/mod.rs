@@ -98,28 +98,10 @@ impl Probe {
         }
         let mut ebpf = Ebpf::load(PROBE_OBJECT)
             .map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
-        let map_err = |name: &str| ProbeError::Kernel {
-            action: "open the eBPF maps",
-            detail: format!("map {name} missing"),
-        };
-        let targets = ebpf
-            .take_map(TARGETS_MAP)
-            .ok_or_else(|| map_err(TARGETS_MAP))?;
-        let targets = HashMap::try_from(targets)
-            .map_err(|e| ProbeError::classify("open the target map", &e))?;
-        let v8_configs = ebpf
-            .take_map(V8_CONFIGS_MAP)
-            .ok_or_else(|| map_err(V8_CONFIGS_MAP))?;
-        let v8_configs = HashMap::try_from(v8_configs)
-            .map_err(|e| ProbeError::classify("open the V8 layout map", &e))?;
-        let lost = ebpf.take_map(LOST_MAP).ok_or_else(|| map_err(LOST_MAP))?;
-        let lost = PerCpuArray::try_from(lost)
-            .map_err(|e| ProbeError::classify("open the lost-sample map", &e))?;
-        let samples = ebpf
-            .take_map(SAMPLES_MAP)
-            .ok_or_else(|| map_err(SAMPLES_MAP))?;
-        let samples = RingBuf::try_from(samples)
-            .map_err(|e| ProbeError::classify("open the sample ring buffer", &e))?;
+        let targets = take_map(&mut ebpf, TARGETS_MAP)?;
+        let v8_configs = take_map(&mut ebpf, V8_CONFIGS_MAP)?;
+        let lost = take_map(&mut ebpf, LOST_MAP)?;
+        let samples = take_map(&mut ebpf, SAMPLES_MAP)?;
         Ok(Probe {
             ebpf,
             targets,
@@ -185,6 +167,18 @@ impl Probe {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// Takes a map out of the loaded object as its typed aya map.
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Kernel {
+        action: "open the eBPF maps",
+        detail: format!("map {name} missing"),
+    })?;
+    T::try_from(map).map_err(|e| ProbeError::classify("open the eBPF maps", &e))
 }
 
 /// Whether any nodeprof sampler is loaded in the kernel right now (tests use

@@ -170,7 +170,6 @@ async fn run(
         AsyncFd::register_with_interest(Collector::new(ring), tokio::io::Interest::READABLE)
     }
     .map_err(|e| RecordError::Runtime(e.into()))?;
-    let is_launched = launched.is_some();
     if let Some(child) = launched {
         symbolizer.preload_executable(&child.program);
         if let Some(config) = symbolizer.take_probe_config() {
@@ -202,8 +201,8 @@ async fn run(
                 if options.duration.is_some_and(|d| started.elapsed() >= d) {
                     break StopReason::DurationElapsed;
                 }
-                let alive = if is_launched { target_alive_launched(target.pid) } else { target.is_alive() };
-                if !alive {
+                // A launched child that exited stays a zombie until reaped: not alive.
+                if !target.is_alive() {
                     break StopReason::TargetExited;
                 }
             }
@@ -243,15 +242,6 @@ fn absorb(
         probe.set_v8_config(pid, config)?;
     }
     Ok(())
-}
-
-/// A launched child that exited stays a zombie until we reap it: not alive.
-fn target_alive_launched(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            != Some("Z")
-    })
 }
 
 fn build_profile(
