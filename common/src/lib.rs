@@ -22,6 +22,16 @@ pub const V8_CONFIGS_MAP: &str = "V8_CONFIGS";
 /// Name of the perf_event sampler program.
 pub const SAMPLER_PROGRAM: &str = "nodeprof_sample";
 
+/// Name of the ring buffer that carries [`CallEvent`]s of the GC uprobes.
+pub const CALLS_MAP: &str = "CALLS";
+/// Name of the per-CPU array counting call events dropped because `CALLS` was full.
+pub const CALLS_LOST_MAP: &str = "CALLS_LOST";
+/// Name of the uprobe program: one program serves every probed function entry,
+/// told apart by the attach cookie.
+pub const CALL_ENTRY_PROGRAM: &str = "nodeprof_call";
+/// Name of the uretprobe program, likewise for function returns.
+pub const CALL_RETURN_PROGRAM: &str = "nodeprof_return";
+
 /// One stack sample of a target thread, as the eBPF sampler writes it into the
 /// ring buffer.
 #[repr(C)]
@@ -91,6 +101,23 @@ pub struct V8ProbeConfig {
     pub _pad: u32,
 }
 
+/// One entry into or return from a probed function of the target (V8's GC
+/// functions). The eBPF side is generic: what a probe means is user space's
+/// business, carried in the attach cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct CallEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
+    pub time_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The attach cookie user space chose for this probe.
+    pub cookie: u64,
+    /// At entry: the first four integer arguments (rdi, rsi, rdx, rcx).
+    /// At return: the return value (rax) in `values[0]`, the rest zero.
+    pub values: [u64; 4],
+}
+
 impl SampleRecord {
     pub fn kernel_stack(&self) -> &[u64] {
         &self.kernel_stack[..(self.kernel_frames as usize).min(MAX_KERNEL_FRAMES)]
@@ -111,3 +138,5 @@ impl SampleRecord {
 unsafe impl aya::Pod for SampleRecord {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for V8ProbeConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CallEvent {}

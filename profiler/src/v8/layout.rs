@@ -6,23 +6,21 @@
 //! type-suffix renames V8 does between versions (`Object` → `Tagged_Object_` →
 //! `Tagged_NameOrScopeInfoT_`) do not matter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nodeprof_common::V8ProbeConfig;
-use object::{Object, ObjectSection, SectionIndex, SectionKind};
+
+use super::elf::{
+    read_symbols, v8_version, ElfError, Sym, SymbolFilter, Symbols, BLOB_CODE, BLOB_CODE_DATA,
+    BLOB_CODE_SIZE, VERSION_SYMBOLS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot parse {path} as an ELF file: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Elf(#[from] ElfError),
     #[error("{path} carries no V8 postmortem (v8dbg_*) symbols: not a V8 binary, or stripped")]
     NoV8Symbols { path: PathBuf },
     #[error("{path}: V8 layout incomplete, JS frames cannot be named: {}", report.problems.join("; "))]
@@ -355,7 +353,15 @@ pub struct V8Layout {
 impl V8Layout {
     /// Reads the layout from a node (or libnode) ELF binary, e.g. `/proc/PID/exe`.
     pub fn from_binary(path: &Path) -> Result<(V8Layout, LayoutReport), LayoutError> {
-        let symbols = read_symbols(path)?;
+        let filter = SymbolFilter {
+            prefixes: &[b"v8", b"_ZN2v88internal7Version"],
+            keep: &|name| {
+                name.starts_with("v8dbg_")
+                    || VERSION_SYMBOLS.contains(&name)
+                    || [BLOB_CODE, BLOB_CODE_DATA, BLOB_CODE_SIZE].contains(&name)
+            },
+        };
+        let symbols = read_symbols(path, &filter)?;
         build(path, &symbols)
     }
 
@@ -420,191 +426,6 @@ impl V8Layout {
     pub fn is_js_function_type(&self, ty: u16) -> bool {
         (self.types.js_function_first..=self.types.js_function_last).contains(&ty)
     }
-}
-
-// ---------------------------------------------------------------------------
-// ELF symbols
-
-/// A symbol of interest: its address and, when its section has file data,
-/// the 4 (or 8) bytes at it.
-#[derive(Debug, Clone)]
-struct Sym {
-    address: u64,
-    /// The int32 at the symbol (0 for symbols in `.bss`); None when unreadable.
-    int: Option<i32>,
-    executable: bool,
-    /// File offset of the symbol's address, when its section has file data.
-    file_offset: Option<u64>,
-    in_dynsym: bool,
-}
-
-#[derive(Debug, Default)]
-struct Symbols {
-    map: HashMap<String, Sym>,
-}
-
-impl Symbols {
-    fn get(&self, name: &str) -> Option<&Sym> {
-        self.map.get(name)
-    }
-
-    fn int(&self, name: &str) -> Option<i32> {
-        self.map.get(name).and_then(|s| s.int)
-    }
-
-    /// `v8dbg_*` symbols whose name starts with `prefix`, sorted by name.
-    fn with_prefix<'a>(&'a self, prefix: &'a str) -> Vec<(&'a str, &'a Sym)> {
-        let mut v: Vec<_> = self
-            .map
-            .iter()
-            .filter(|(n, _)| n.starts_with(prefix))
-            .map(|(n, s)| (n.as_str(), s))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(b.0));
-        v
-    }
-}
-
-const VERSION_SYMBOLS: [&str; 4] = [
-    "_ZN2v88internal7Version6major_E",
-    "_ZN2v88internal7Version6minor_E",
-    "_ZN2v88internal7Version6build_E",
-    "_ZN2v88internal7Version6patch_E",
-];
-const BLOB_CODE: &str = "v8_Default_embedded_blob_code_";
-const BLOB_CODE_DATA: &str = "v8_Default_embedded_blob_code_data_";
-const BLOB_CODE_SIZE: &str = "v8_Default_embedded_blob_code_size_";
-
-fn interesting(name: &str) -> bool {
-    name.starts_with("v8dbg_")
-        || VERSION_SYMBOLS.contains(&name)
-        || name == BLOB_CODE
-        || name == BLOB_CODE_DATA
-        || name == BLOB_CODE_SIZE
-}
-
-fn read_symbols(path: &Path) -> Result<Symbols, LayoutError> {
-    let file = File::open(path).map_err(|source| LayoutError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    // ReadCache reads only what parsing touches (headers, the symbol and
-    // string tables, the 4 bytes of each interesting symbol), not the whole
-    // 100+ MB binary.
-    let open_err = |source| LayoutError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let raw = file.try_clone().map_err(open_err)?;
-    let cache = object::ReadCache::new(file);
-    let parse_err = |message: String| LayoutError::Parse {
-        path: path.to_path_buf(),
-        message,
-    };
-    let elf = object::File::parse(&cache).map_err(|e| parse_err(e.to_string()))?;
-    if !elf.is_64() || !elf.is_little_endian() {
-        return Err(parse_err("not a 64-bit little-endian ELF file".to_string()));
-    }
-    let mut symbols = Symbols::default();
-    // Dynamic symbols first, then the full .symtab (node 24+ keeps some
-    // V8 symbols only there).
-    for (in_dynsym, table, strtab) in [(true, ".dynsym", ".dynstr"), (false, ".symtab", ".strtab")]
-    {
-        let (Some(table), Some(strtab)) = (elf.section_by_name(table), elf.section_by_name(strtab))
-        else {
-            continue;
-        };
-        // The object crate's symbol iterator reads every name through the
-        // cache with one syscall each (250k of them): parse the table by hand.
-        let (Some(table), Some(strtab)) = (read_section(&raw, &table), read_section(&raw, &strtab))
-        else {
-            continue;
-        };
-        for entry in table.chunks_exact(ELF64_SYM_SIZE) {
-            let st_name = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
-            let st_shndx = u16::from_le_bytes([entry[6], entry[7]]);
-            let mut value = [0u8; 8];
-            value.copy_from_slice(&entry[8..16]);
-            let address = u64::from_le_bytes(value);
-            if st_shndx == 0 || st_shndx >= 0xff00 {
-                continue; // undefined, absolute, common, or extended index
-            }
-            let Some(rest) = strtab.get(st_name..) else {
-                continue;
-            };
-            // Cheap prefix test before scanning for the name's end.
-            if !(rest.starts_with(b"v8") || rest.starts_with(b"_ZN2v88internal7Version")) {
-                continue;
-            }
-            let Some(name) = rest.split(|&b| b == 0).next() else {
-                continue;
-            };
-            let Ok(name) = std::str::from_utf8(name) else {
-                continue;
-            };
-            if !interesting(name) || symbols.map.contains_key(name) {
-                continue;
-            }
-            let Ok(section) = elf.section_by_index(SectionIndex(usize::from(st_shndx))) else {
-                continue;
-            };
-            let kind = section.kind();
-            let nobits = matches!(
-                kind,
-                SectionKind::UninitializedData | SectionKind::UninitializedTls
-            );
-            let in_section =
-                address >= section.address() && address - section.address() < section.size().max(1);
-            let file_offset = if nobits || !in_section {
-                None
-            } else {
-                section
-                    .file_range()
-                    .map(|(off, _)| off + (address - section.address()))
-            };
-            let int = if nobits {
-                // A v8dbg constant whose value is 0 lives in .bss.
-                in_section.then_some(0)
-            } else {
-                // (The section's data_range() would read the whole section.)
-                file_offset.and_then(|off| {
-                    use std::os::unix::fs::FileExt;
-                    let mut b = [0u8; 4];
-                    raw.read_exact_at(&mut b, off)
-                        .ok()
-                        .map(|()| i32::from_le_bytes(b))
-                })
-            };
-            symbols.map.insert(
-                name.to_string(),
-                Sym {
-                    address,
-                    int,
-                    executable: kind == SectionKind::Text,
-                    file_offset,
-                    in_dynsym,
-                },
-            );
-        }
-    }
-    Ok(symbols)
-}
-
-const ELF64_SYM_SIZE: usize = 24;
-/// Largest symbol or string table read (node 26's .strtab is 19 MB).
-const MAX_TABLE_BYTES: u64 = 512 << 20;
-
-/// The file bytes of a section, read in one go (`vec![0; n]` is a cheap
-/// calloc, unlike the cache's byte-wise fill in unoptimised builds).
-fn read_section<'d, S: ObjectSection<'d>>(file: &File, section: &S) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let (offset, size) = section.file_range()?;
-    if size > MAX_TABLE_BYTES {
-        return None;
-    }
-    let mut buf = vec![0u8; usize::try_from(size).ok()?];
-    file.read_exact_at(&mut buf, offset).ok()?;
-    Some(buf)
 }
 
 // ---------------------------------------------------------------------------
@@ -756,17 +577,9 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
         symtab_only: v8dbg.iter().filter(|s| !s.in_dynsym).count(),
         ..LayoutReport::default()
     };
-    let version_parts: Vec<Option<i32>> = VERSION_SYMBOLS.iter().map(|n| syms.int(n)).collect();
-    let version = match version_parts[..] {
-        [Some(major), Some(minor), Some(build), patch] if major > 0 && minor >= 0 && build >= 0 => {
-            V8Version::new(
-                major as u32,
-                minor as u32,
-                build as u32,
-                patch.unwrap_or(0).max(0) as u32,
-            )
-        }
-        _ => {
+    let version = match v8_version(syms) {
+        Some(version) => version,
+        None => {
             report
                 .problems
                 .push("no V8 version symbols (v8::internal::Version::major_…)".to_string());
@@ -1520,10 +1333,10 @@ mod tests {
         let err = V8Layout::from_binary(Path::new("/bin/sh")).unwrap_err();
         assert!(matches!(err, LayoutError::NoV8Symbols { .. }), "{err}");
         let err = V8Layout::from_binary(Path::new("/nonexistent/node")).unwrap_err();
-        assert!(matches!(err, LayoutError::Open { .. }), "{err}");
+        assert!(matches!(err, LayoutError::Elf(ElfError::Open { .. })), "{err}");
         let junk = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(junk.path(), b"not an ELF file at all").unwrap();
         let err = V8Layout::from_binary(junk.path()).unwrap_err();
-        assert!(matches!(err, LayoutError::Parse { .. }), "{err}");
+        assert!(matches!(err, LayoutError::Elf(ElfError::Parse { .. })), "{err}");
     }
 }

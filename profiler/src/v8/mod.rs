@@ -20,6 +20,7 @@
 //! which `node --cpu-prof` does not show as its own frame.
 
 mod cache;
+pub mod elf;
 pub mod function;
 mod heap;
 pub mod layout;

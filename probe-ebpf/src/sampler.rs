@@ -1,0 +1,196 @@
+//! The stack sampler: runs on every tick of a per-CPU `cpu-clock` perf event.
+
+use aya_ebpf::{
+    bindings::{pt_regs, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
+    },
+    macros::{map, perf_event},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::PerfEventContext,
+    EbpfContext,
+};
+use nodeprof_common::{
+    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+};
+
+/// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
+/// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
+const SAMPLES_BYTES: u32 = 8 << 20;
+#[map(name = "SAMPLES")]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
+/// User space drains the ring buffer on a timer; a wakeup per sample would
+/// cost a context switch each. It is woken early only past this fill level.
+const WAKEUP_BYTES: u64 = (SAMPLES_BYTES / 4) as u64;
+
+#[map(name = "TARGETS")]
+static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "V8_CONFIGS")]
+static V8_CONFIGS: HashMap<u32, V8ProbeConfig> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "LOST")]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Frames farther apart than this are not one stack: stop the walk.
+const MAX_FRAME_SIZE: u64 = 8 << 20;
+
+#[perf_event]
+pub fn nodeprof_sample(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: lookup of a plain u32 key; the value is not used.
+    if unsafe { TARGETS.get(&tgid) }.is_none() {
+        return 0;
+    }
+    let Some(mut entry) = SAMPLES.reserve::<SampleRecord>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *lost += 1 };
+        }
+        return 0;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to reserved ring buffer memory of the right size;
+    // every field read later is written before submit.
+    unsafe {
+        (*record).time_ns = bpf_ktime_get_ns();
+        (*record).tgid = tgid;
+        (*record).tid = pid_tgid as u32;
+        (*record).cpu = bpf_get_smp_processor_id();
+        (*record)._pad = 0;
+        (*record).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let kernel_bytes = bpf_get_stack(
+            ctx.as_ptr(),
+            (*record).kernel_stack.as_mut_ptr().cast(),
+            (MAX_KERNEL_FRAMES * 8) as u32,
+            0,
+        );
+        (*record).kernel_frames = if kernel_bytes > 0 {
+            (kernel_bytes / 8) as u32
+        } else {
+            0
+        };
+        let config = V8_CONFIGS.get(&tgid);
+        (*record).user_frames = match user_regs(&ctx) {
+            Some((pc, fp)) => walk_user_stack(pc, fp, config, &mut (*record).user_stack),
+            None => 0,
+        };
+    }
+    let wakeup = if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
+    0
+}
+
+/// The user-mode pc and frame pointer of the interrupted thread: the
+/// interrupt's registers when it hit user code, else those the kernel
+/// saved on entry (a syscall or fault in progress).
+fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64)> {
+    // SAFETY: ctx points to the kernel's bpf_perf_event_data.
+    let regs = unsafe { &(*ctx.ctx).regs };
+    if regs.cs & 3 == 3 {
+        return Some((regs.rip, regs.rbp));
+    }
+    // SAFETY: helpers on the current task; the pt_regs are copied with a checked read.
+    unsafe {
+        let saved = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        if saved.is_null() {
+            return None;
+        }
+        let regs: pt_regs = bpf_probe_read_kernel(saved).ok()?;
+        (regs.rip != 0).then_some((regs.rip, regs.rbp))
+    }
+}
+
+/// Walks the frame-pointer chain. For each frame records the pc, the word
+/// V8 keeps at `[fp-8]` and, when the frame holds a JSFunction, its
+/// SharedFunctionInfo, checked by instance type so that a stale or garbage
+/// slot is never taken for a function.
+#[inline(always)]
+unsafe fn walk_user_stack(
+    mut pc: u64,
+    mut fp: u64,
+    config: Option<&V8ProbeConfig>,
+    frames: &mut [UserFrame; MAX_USER_FRAMES],
+) -> u32 {
+    let mut n = 0u32;
+    for i in 0..MAX_USER_FRAMES {
+        let frame = &mut frames[i];
+        frame.pc = pc;
+        frame.frame_marker = 0;
+        frame.sfi = 0;
+        frame.sfi_fingerprint = 0;
+        n = i as u32 + 1;
+        if fp == 0 {
+            break;
+        }
+        // [fp-16] function, [fp-8] context or marker, [fp] caller fp, [fp+8] return address.
+        let Ok(window) = (unsafe { bpf_probe_read_user((fp - 16) as *const [u64; 4]) }) else {
+            break;
+        };
+        let [function, marker, caller_fp, return_address] = window;
+        frame.frame_marker = marker;
+        if let Some(config) = config {
+            if let Some((sfi, fingerprint)) =
+                unsafe { shared_function_info(config, function, marker) }
+            {
+                frame.sfi = sfi;
+                frame.sfi_fingerprint = fingerprint;
+            }
+        }
+        if caller_fp <= fp || caller_fp - fp > MAX_FRAME_SIZE || return_address == 0 {
+            break;
+        }
+        pc = return_address;
+        fp = caller_fp;
+    }
+    n
+}
+
+/// The SharedFunctionInfo of a JS frame's function, or None when the slots
+/// do not hold a JSFunction whose `shared` is an SFI.
+#[inline(always)]
+unsafe fn shared_function_info(
+    config: &V8ProbeConfig,
+    function: u64,
+    context: u64,
+) -> Option<(u64, u64)> {
+    let tag = config.heap_object_tag as u64;
+    let mask = config.heap_object_tag_mask as u64;
+    // A typed frame keeps a Smi marker here, a JS frame its Context.
+    if context & mask != tag || function & mask != tag {
+        return None;
+    }
+    let shared: u64 = unsafe {
+        bpf_probe_read_user((function - tag + config.jsfunction_shared as u64) as *const u64)
+    }
+    .ok()?;
+    if shared & mask != tag {
+        return None;
+    }
+    let map: u64 = unsafe {
+        bpf_probe_read_user((shared - tag + config.heap_object_map as u64) as *const u64)
+    }
+    .ok()?;
+    if map & mask != tag {
+        return None;
+    }
+    let instance_type: u16 = unsafe {
+        bpf_probe_read_user((map - tag + config.map_instance_type as u64) as *const u16)
+    }
+    .ok()?;
+    if instance_type != config.sfi_instance_type {
+        return None;
+    }
+    let fingerprint: u64 = unsafe {
+        bpf_probe_read_user((shared - tag + config.sfi_name_or_scope_info as u64) as *const u64)
+    }
+    .ok()?;
+    Some((shared, fingerprint))
+}
