@@ -101,6 +101,25 @@ pub struct V8ProbeConfig {
     pub _pad: u32,
 }
 
+/// Integer argument registers a [`CallEvent`] carries (all of x86-64's).
+pub const CALL_VALUES: usize = 6;
+/// Words of target memory a [`CallEvent`] can carry.
+pub const CALL_WORDS: usize = 6;
+/// Name of the hash map of memory reads per probe (key: attach cookie, value: [`CallReads`]).
+pub const CALL_READS_MAP: &str = "CALL_READS";
+
+/// Words to read at entry, relative to the first argument (`this` of a C++
+/// method): how a probe sees an object's fields as they are at that instant.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct CallReads {
+    /// Byte offsets from the first argument.
+    pub offsets: [u32; CALL_WORDS],
+    /// How many of `offsets` to read.
+    pub count: u32,
+    pub _pad: u32,
+}
+
 /// One entry into or return from a probed function of the target (V8's GC
 /// functions). The eBPF side is generic: what a probe means is user space's
 /// business, carried in the attach cookie.
@@ -113,9 +132,12 @@ pub struct CallEvent {
     pub tid: u32,
     /// The attach cookie user space chose for this probe.
     pub cookie: u64,
-    /// At entry: the first four integer arguments (rdi, rsi, rdx, rcx).
-    /// At return: the return value (rax) in `values[0]`, the rest zero.
-    pub values: [u64; 4],
+    /// At entry: the six integer argument registers (rdi, rsi, rdx, rcx, r8,
+    /// r9; `this` first for a C++ method). At return: the return value (rax)
+    /// in `values[0]`, the rest zero.
+    pub values: [u64; CALL_VALUES],
+    /// The words [`CallReads`] asked for (entry only), zero where unreadable.
+    pub words: [u64; CALL_WORDS],
 }
 
 impl SampleRecord {
@@ -140,3 +162,5 @@ unsafe impl aya::Pod for SampleRecord {}
 unsafe impl aya::Pod for V8ProbeConfig {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CallEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CallReads {}

@@ -8,18 +8,24 @@
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{map, uprobe, uretprobe},
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use nodeprof_common::CallEvent;
+use nodeprof_common::{CallEvent, CallReads, CALL_VALUES, CALL_WORDS};
 
 /// 1 MiB: about 16,000 events. A GC-heavy process makes a few thousand a
 /// second; user space drains every 50 ms.
 #[map(name = "CALLS")]
 static CALLS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per cookie: fields of the first argument's object to copy at entry.
+#[map(name = "CALL_READS")]
+static CALL_READS: HashMap<u64, CallReads> = HashMap::with_max_entries(64, 0);
 
 #[map(name = "CALLS_LOST")]
 static CALLS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -31,19 +37,21 @@ pub fn nodeprof_call(ctx: ProbeContext) -> u32 {
         ctx.arg::<u64>(1).unwrap_or(0),
         ctx.arg::<u64>(2).unwrap_or(0),
         ctx.arg::<u64>(3).unwrap_or(0),
+        ctx.arg::<u64>(4).unwrap_or(0),
+        ctx.arg::<u64>(5).unwrap_or(0),
     ];
-    emit(ctx.as_ptr(), values);
+    emit(ctx.as_ptr(), values, Some(values[0]));
     0
 }
 
 #[uretprobe]
 pub fn nodeprof_return(ctx: RetProbeContext) -> u32 {
-    emit(ctx.as_ptr(), [ctx.ret::<u64>(), 0, 0, 0]);
+    emit(ctx.as_ptr(), [ctx.ret::<u64>(), 0, 0, 0, 0, 0], None);
     0
 }
 
 #[inline(always)]
-fn emit(ctx: *mut core::ffi::c_void, values: [u64; 4]) {
+fn emit(ctx: *mut core::ffi::c_void, values: [u64; CALL_VALUES], object: Option<u64>) {
     let Some(mut entry) = CALLS.reserve::<CallEvent>(0) else {
         if let Some(lost) = CALLS_LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -56,12 +64,25 @@ fn emit(ctx: *mut core::ffi::c_void, values: [u64; 4]) {
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
     // SAFETY: no preconditions.
     let time_ns = unsafe { bpf_ktime_get_ns() };
+    let mut words = [0u64; CALL_WORDS];
+    // SAFETY: lookup of a plain u64 key.
+    if let (Some(object), Some(reads)) = (object, unsafe { CALL_READS.get(&cookie) }) {
+        for i in 0..CALL_WORDS {
+            if i as u32 >= reads.count {
+                break;
+            }
+            let address = object.wrapping_add(reads.offsets[i] as u64);
+            // SAFETY: a checked read of target memory; a fault gives an error, not a crash.
+            words[i] = unsafe { bpf_probe_read_user(address as *const u64) }.unwrap_or(0);
+        }
+    }
     entry.write(CallEvent {
         time_ns,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         cookie,
         values,
+        words,
     });
     entry.submit(BPF_RB_NO_WAKEUP as u64);
 }

@@ -12,9 +12,7 @@ use aya_ebpf::{
     programs::PerfEventContext,
     EbpfContext,
 };
-use nodeprof_common::{
-    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
-};
+use nodeprof_common::{SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
 
 /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
 /// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
@@ -181,10 +179,9 @@ unsafe fn shared_function_info(
     if map & mask != tag {
         return None;
     }
-    let instance_type: u16 = unsafe {
-        bpf_probe_read_user((map - tag + config.map_instance_type as u64) as *const u16)
-    }
-    .ok()?;
+    let instance_type: u16 =
+        unsafe { bpf_probe_read_user((map - tag + config.map_instance_type as u64) as *const u16) }
+            .ok()?;
     if instance_type != config.sfi_instance_type {
         return None;
     }

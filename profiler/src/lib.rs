@@ -5,6 +5,7 @@
 //! [`record`] runs it for `nodeprof record`.
 
 pub mod collect;
+pub mod gc;
 pub mod info;
 pub mod output;
 pub mod probe;

@@ -29,6 +29,10 @@ enum Command {
     /// `nodeprof record -- node app.js`. Records until Ctrl-C, the duration, or the target's exit;
     /// everything sampled is written.
     Record(RecordArgs),
+    /// Trace every garbage collection of a Node.js process: kind, pause, heap
+    /// before and after, reason; a leak suspicion when the heap left after full
+    /// GCs keeps growing; a summary at the end.
+    Gc(GcArgs),
     /// Show what nodeprof finds in a process: Node.js and V8 versions, where
     /// the V8 layout comes from, and whether JS frames can be named.
     Info {
@@ -72,6 +76,22 @@ struct RecordArgs {
     command: Vec<String>,
 }
 
+#[derive(clap::Args)]
+struct GcArgs {
+    /// Process to trace.
+    #[arg(short, long)]
+    pid: u32,
+    /// Stop after this long (e.g. 30s, 2m). Default: until Ctrl-C or exit.
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// JSON lines: one object per GC (`"type":"gc"`), leak suspicion and the summary.
+    #[arg(long)]
+    json: bool,
+    /// Consecutive full GCs with a growing heap that raise a leak suspicion.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    leak_after: u32,
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<f64>() {
         if seconds.is_finite() && seconds > 0.0 {
@@ -106,6 +126,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Record(args) => record_command(args),
+        Command::Gc(args) => gc_command(args),
         Command::Info { pid } => {
             let info = nodeprof::info::inspect(pid)?;
             print_report(&info.to_string());
@@ -151,6 +172,34 @@ fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
         let _ = writeln!(report, "wrote {}", path.display());
     }
     print_report(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc_command(args: GcArgs) -> anyhow::Result<ExitCode> {
+    use nodeprof::gc::run::{self, GcOptions};
+    let options = GcOptions {
+        pid: args.pid,
+        duration: args.duration,
+        json: args.json,
+        leak_threshold: args.leak_after,
+    };
+    let mut stdout = std::io::stdout();
+    let report = run::trace(&options, &mut stdout).context("GC tracing failed")?;
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            r#type: &'static str,
+            #[serde(flatten)]
+            summary: &'a nodeprof::gc::GcSummary,
+        }
+        let line = Line {
+            r#type: "summary",
+            summary: &report.summary,
+        };
+        print_report(&format!("{}\n", serde_json::to_string(&line)?));
+    } else {
+        print_report(&format!("\n{}", run::summary_text(&report.summary)));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,12 +1,14 @@
 //! Drains the sampler's ring buffer into raw samples: thread, time and the
 //! kernel and user stacks as addresses. Identical frames and stacks are stored
 //! once, so a long recording grows by a few bytes per sample.
+//!
+//! [`CallCollector`] drains the call tracer's ring buffer (GC uprobes) the same way.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use aya::maps::{MapData, RingBuf};
-use nodeprof_common::{SampleRecord, UserFrame};
+use nodeprof_common::{CallEvent, SampleRecord, UserFrame};
 
 /// A stack as the kernel saw it, innermost first: kernel addresses, and user
 /// frames as indices into [`Collection::user_frames`].
@@ -111,7 +113,7 @@ impl Collector {
     pub fn drain(&mut self, into: &mut Collection) -> usize {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            if let Some(record) = parse_record(&item) {
+            if let Some(record) = read_pod::<SampleRecord>(&item) {
                 into.push(&record);
                 n += 1;
             }
@@ -124,6 +126,30 @@ impl Collector {
 impl std::os::fd::AsRawFd for Collector {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()
+    }
+}
+
+/// Reads call events (function entries and returns of the target) in the
+/// order the kernel wrote them.
+pub struct CallCollector {
+    ring: RingBuf<MapData>,
+}
+
+impl CallCollector {
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        CallCollector { ring }
+    }
+
+    /// Hands every pending event to `sink`; returns how many.
+    pub fn drain(&mut self, mut sink: impl FnMut(CallEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if let Some(event) = read_pod::<CallEvent>(&item) {
+                sink(event);
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -147,12 +173,12 @@ fn normalize_frame(frame: &UserFrame) -> UserFrame {
 
 /// Copies a record out of ring buffer bytes; short records (a probe/user
 /// mismatch) are skipped rather than read past their end.
-fn parse_record(bytes: &[u8]) -> Option<SampleRecord> {
-    if bytes.len() < size_of::<SampleRecord>() {
+fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: length checked; SampleRecord is plain old data valid for any bytes.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SampleRecord>()) })
+    // SAFETY: length checked; T is plain old data, valid for any bytes.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 #[cfg(test)]
@@ -231,7 +257,7 @@ mod tests {
 
     #[test]
     fn short_records_are_rejected() {
-        assert!(parse_record(&[0u8; 16]).is_none());
+        assert!(read_pod::<SampleRecord>(&[0u8; 16]).is_none());
         let r = record(5, b"x", &[9, 8]);
         // SAFETY: viewing a POD struct as bytes.
         let bytes = unsafe {
@@ -240,7 +266,7 @@ mod tests {
                 size_of::<SampleRecord>(),
             )
         };
-        let back = parse_record(bytes).unwrap();
+        let back = read_pod::<SampleRecord>(bytes).unwrap();
         assert_eq!(back.tid, 5);
         assert_eq!(
             back.user_stack().iter().map(|f| f.pc).collect::<Vec<_>>(),

@@ -1,5 +1,6 @@
 //! Loads nodeprof's eBPF programs into the kernel, tells them which processes
-//! to watch, and attaches the sampler to one `cpu-clock` perf event per CPU.
+//! to watch, attaches the sampler to one `cpu-clock` perf event per CPU, and
+//! the call tracer's uprobes to functions of one process.
 //!
 //! Every attachment is a file descriptor of this process: however nodeprof
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
@@ -8,9 +9,12 @@ use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::UProbe;
 use aya::Ebpf;
 use nodeprof_common::{
-    V8ProbeConfig, LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP, V8_CONFIGS_MAP,
+    CallReads, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP, CALL_ENTRY_PROGRAM, CALL_READS_MAP,
+    CALL_RETURN_PROGRAM, LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP, V8_CONFIGS_MAP,
 };
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
@@ -84,6 +88,21 @@ pub struct Probe {
     v8_configs: HashMap<MapData, u32, V8ProbeConfig>,
     lost: PerCpuArray<MapData, u64>,
     samples: Option<RingBuf<MapData>>,
+    calls_lost: PerCpuArray<MapData, u64>,
+    calls: Option<RingBuf<MapData>>,
+    call_reads: HashMap<MapData, u64, CallReads>,
+}
+
+/// A function of the target to trace, by file offset in its ELF binary, at
+/// entry (arguments) or at return (return value). The cookie comes back in
+/// every [`nodeprof_common::CallEvent`] of this site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallSite {
+    pub file_offset: u64,
+    pub at_return: bool,
+    pub cookie: u64,
+    /// Fields of the first argument's object to copy at entry.
+    pub reads: Option<CallReads>,
 }
 
 impl Probe {
@@ -102,12 +121,18 @@ impl Probe {
         let v8_configs = take_map(&mut ebpf, V8_CONFIGS_MAP)?;
         let lost = take_map(&mut ebpf, LOST_MAP)?;
         let samples = take_map(&mut ebpf, SAMPLES_MAP)?;
+        let calls_lost = take_map(&mut ebpf, CALLS_LOST_MAP)?;
+        let calls = take_map(&mut ebpf, CALLS_MAP)?;
+        let call_reads = take_map(&mut ebpf, CALL_READS_MAP)?;
         Ok(Probe {
             ebpf,
             targets,
             v8_configs,
             lost,
             samples: Some(samples),
+            calls_lost,
+            calls: Some(calls),
+            call_reads,
         })
     }
 
@@ -155,6 +180,64 @@ impl Probe {
         Ok(())
     }
 
+    /// Traces calls of one function of process `pid`, which runs `binary`
+    /// (`/proc/PID/exe` works in any mount namespace: the kernel resolves it to
+    /// the file's inode). The kernel fires the probe for this process only.
+    pub fn attach_call(
+        &mut self,
+        pid: u32,
+        binary: &std::path::Path,
+        site: CallSite,
+    ) -> Result<(), ProbeError> {
+        let name = if site.at_return {
+            CALL_RETURN_PROGRAM
+        } else {
+            CALL_ENTRY_PROGRAM
+        };
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| ProbeError::Kernel {
+                action: "find the call tracer",
+                detail: name.into(),
+            })?
+            .try_into()
+            .map_err(|e| ProbeError::classify("find the call tracer", &e))?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|e| ProbeError::classify("load the call tracer", &e))?;
+        }
+        let scope =
+            UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).ok_or(ProbeError::Kernel {
+                action: "attach a uprobe",
+                detail: "pid 0".into(),
+            })?);
+        if let Some(reads) = site.reads {
+            self.call_reads
+                .insert(site.cookie, reads, 0)
+                .map_err(|e| ProbeError::classify("configure a uprobe", &e))?;
+        }
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+            cookie: Some(site.cookie),
+        };
+        program
+            .attach(point, binary, scope)
+            .map_err(|e| ProbeError::classify("attach a uprobe", &e))?;
+        Ok(())
+    }
+
+    /// The ring buffer the call tracer writes into (taken once).
+    pub fn take_calls(&mut self) -> Option<RingBuf<MapData>> {
+        self.calls.take()
+    }
+
+    /// Call events dropped in the kernel because their ring buffer was full.
+    pub fn lost_calls(&self) -> u64 {
+        sum_per_cpu(&self.calls_lost)
+    }
+
     /// The ring buffer the sampler writes into (taken once, by the collector).
     pub fn take_samples(&mut self) -> Option<RingBuf<MapData>> {
         self.samples.take()
@@ -162,11 +245,15 @@ impl Probe {
 
     /// Samples dropped in the kernel because the ring buffer was full.
     pub fn lost_samples(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        sum_per_cpu(&self.lost)
     }
+}
+
+fn sum_per_cpu(counter: &PerCpuArray<MapData, u64>) -> u64 {
+    counter
+        .get(&0, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }
 
 /// Takes a map out of the loaded object as its typed aya map.
@@ -184,8 +271,17 @@ where
 /// Whether any nodeprof sampler is loaded in the kernel right now (tests use
 /// this to prove nothing stays attached after nodeprof dies).
 pub fn sampler_loaded() -> bool {
+    program_loaded(SAMPLER_PROGRAM)
+}
+
+/// Whether any nodeprof call tracer (GC uprobes) is loaded in the kernel right now.
+pub fn call_tracer_loaded() -> bool {
+    program_loaded(CALL_ENTRY_PROGRAM) || program_loaded(CALL_RETURN_PROGRAM)
+}
+
+fn program_loaded(name: &str) -> bool {
     // The kernel truncates program names to 15 bytes.
-    let short = &SAMPLER_PROGRAM[..SAMPLER_PROGRAM.len().min(15)];
+    let short = &name[..name.len().min(15)];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .any(|p| p.name_as_str().is_some_and(|n| n == short))

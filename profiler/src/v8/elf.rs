@@ -217,4 +217,3 @@ fn read_section<'d, S: ObjectSection<'d>>(file: &File, section: &S) -> Option<Ve
     file.read_exact_at(&mut buf, offset).ok()?;
     Some(buf)
 }
-

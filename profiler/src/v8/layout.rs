@@ -1333,10 +1333,16 @@ mod tests {
         let err = V8Layout::from_binary(Path::new("/bin/sh")).unwrap_err();
         assert!(matches!(err, LayoutError::NoV8Symbols { .. }), "{err}");
         let err = V8Layout::from_binary(Path::new("/nonexistent/node")).unwrap_err();
-        assert!(matches!(err, LayoutError::Elf(ElfError::Open { .. })), "{err}");
+        assert!(
+            matches!(err, LayoutError::Elf(ElfError::Open { .. })),
+            "{err}"
+        );
         let junk = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(junk.path(), b"not an ELF file at all").unwrap();
         let err = V8Layout::from_binary(junk.path()).unwrap_err();
-        assert!(matches!(err, LayoutError::Elf(ElfError::Parse { .. })), "{err}");
+        assert!(
+            matches!(err, LayoutError::Elf(ElfError::Parse { .. })),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,186 @@
+//! The leak signal, memwatch's idea done right: compare the heap left after
+//! each *full* GC (mark-compact) with the one before. Young GCs say nothing
+//! about leaks, and the heap between GCs is a sawtooth whatever the program
+//! does; what survives a full GC is what the program still holds.
+//!
+//! `threshold` consecutive increases raise a suspicion; any full GC that does
+//! not grow the heap resets the count. An increase smaller than the noise
+//! floor (V8's own bookkeeping moves the figure by a few KB between full GCs
+//! of a steady program) does not count as growth, and does not reset either.
+
+use super::GcEvent;
+
+/// Growth below this between two full GCs is noise, not a trend.
+pub const DEFAULT_NOISE_FLOOR_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LeakSuspicion {
+    /// CLOCK_MONOTONIC ns of the full GC that raised it.
+    pub time_ns: u64,
+    /// Consecutive growing full GCs so far.
+    pub consecutive: u32,
+    /// Heap after the full GC where the growth began, and now.
+    pub heap_after_start: u64,
+    pub heap_after_now: u64,
+    /// Growth over the run of increases.
+    pub growth_bytes: u64,
+    /// Growth rate over the run, bytes per hour.
+    pub rate_per_hour: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeakDetector {
+    threshold: u32,
+    noise_floor: u64,
+    /// Time and heap-after of the last full GC.
+    last: Option<(u64, u64)>,
+    /// Where the current run of increases began (the full GC before the first increase).
+    run_start: Option<(u64, u64)>,
+    consecutive: u32,
+}
+
+impl LeakDetector {
+    pub fn new(threshold: u32, noise_floor: u64) -> LeakDetector {
+        LeakDetector {
+            threshold: threshold.max(1),
+            noise_floor,
+            last: None,
+            run_start: None,
+            consecutive: 0,
+        }
+    }
+
+    /// Feeds one GC; returns a suspicion when this one completes `threshold`
+    /// (or a further multiple of it) consecutive increases.
+    pub fn observe(&mut self, gc: &GcEvent) -> Option<LeakSuspicion> {
+        if !gc.kind.is_full() {
+            return None;
+        }
+        let after = gc.heap_after?;
+        let now = gc.end_ns();
+        let Some((last_time, last_after)) = self.last.replace((now, after)) else {
+            return None;
+        };
+        if after > last_after.saturating_add(self.noise_floor) {
+            if self.consecutive == 0 {
+                self.run_start = Some((last_time, last_after));
+            }
+            self.consecutive += 1;
+        } else if after <= last_after {
+            self.consecutive = 0;
+            self.run_start = None;
+            return None;
+        } else {
+            // Within the noise floor: neither growth nor a reset.
+            return None;
+        }
+        if self.consecutive % self.threshold != 0 {
+            return None;
+        }
+        let (start_time, start_after) = self.run_start?;
+        let growth = after - start_after;
+        let hours = (now.saturating_sub(start_time)) as f64 / 3.6e12;
+        Some(LeakSuspicion {
+            time_ns: now,
+            consecutive: self.consecutive,
+            heap_after_start: start_after,
+            heap_after_now: after,
+            growth_bytes: growth,
+            rate_per_hour: if hours > 0.0 {
+                growth as f64 / hours
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::GcKind;
+
+    fn gc(kind: GcKind, second: u64, after: u64) -> GcEvent {
+        GcEvent {
+            tid: 1,
+            start_ns: second * 1_000_000_000,
+            pause_ns: 1_000_000,
+            kind,
+            incremental: None,
+            reason: None,
+            heap_before: Some(after * 2),
+            heap_after: Some(after),
+        }
+    }
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn five_growing_full_gcs_raise_it_with_growth_and_rate() {
+        let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        let mut raised = Vec::new();
+        for i in 0..=5 {
+            raised.extend(d.observe(&gc(GcKind::MarkCompact, 10 * i, 10 * MB + i * MB)));
+        }
+        assert_eq!(raised.len(), 1);
+        let s = &raised[0];
+        assert_eq!(s.consecutive, 5);
+        assert_eq!(s.heap_after_start, 10 * MB);
+        assert_eq!(s.heap_after_now, 15 * MB);
+        assert_eq!(s.growth_bytes, 5 * MB);
+        // 5 MB in 50 s (plus the 1 ms pause) is about 360 MB per hour.
+        let expected = 5.0 * MB as f64 * 3600.0 / 50.001;
+        assert!((s.rate_per_hour - expected).abs() < expected * 1e-6);
+        // It fires again after five more increases, with the growth of the whole run.
+        for i in 6..=10 {
+            raised.extend(d.observe(&gc(GcKind::MarkCompact, 10 * i, 10 * MB + i * MB)));
+        }
+        assert_eq!(raised.len(), 2);
+        assert_eq!(raised[1].growth_bytes, 10 * MB);
+    }
+
+    #[test]
+    fn a_drop_resets_and_young_gcs_do_not_count() {
+        let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        let afters = [10, 11, 12, 13, 14, 9, 10, 11, 12, 13];
+        for (i, a) in afters.iter().enumerate() {
+            assert_eq!(
+                d.observe(&gc(GcKind::MarkCompact, i as u64, a * MB)),
+                None,
+                "{i}"
+            );
+            // Young GCs in between with a growing figure change nothing.
+            assert_eq!(
+                d.observe(&gc(GcKind::Scavenge, i as u64, (20 + i as u64) * MB)),
+                None
+            );
+        }
+        assert!(d.observe(&gc(GcKind::MarkCompact, 11, 14 * MB)).is_some());
+    }
+
+    #[test]
+    fn a_steady_sawtooth_never_raises_it() {
+        let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        // Heap-after jitters by a few KB around 30 MB, as on a steady server.
+        for i in 0..1000u64 {
+            let jitter = (i * 7919) % 40 * 1024;
+            assert_eq!(
+                d.observe(&gc(GcKind::MarkCompact, i, 30 * MB + jitter)),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn growth_within_the_noise_floor_neither_counts_nor_resets() {
+        let mut d = LeakDetector::new(3, 100);
+        let afters = [1000, 2000, 2050, 3000, 4000];
+        let raised: Vec<_> = afters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &a)| d.observe(&gc(GcKind::MarkCompact, i as u64, a)))
+            .collect();
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].growth_bytes, 3000);
+    }
+}

@@ -1,0 +1,206 @@
+//! What a run of GCs adds up to: counts per kind, pause statistics, the
+//! share of wall time spent paused, and the trend of the heap left after
+//! full GCs.
+
+use serde::Serialize;
+
+use super::{GcEvent, GcKind};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PauseStats {
+    pub count: usize,
+    pub total_ms: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl PauseStats {
+    pub fn of(pauses_ns: &mut [u64]) -> PauseStats {
+        pauses_ns.sort_unstable();
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let total: u64 = pauses_ns.iter().sum();
+        let count = pauses_ns.len();
+        PauseStats {
+            count,
+            total_ms: ms(total),
+            mean_ms: if count == 0 {
+                0.0
+            } else {
+                ms(total) / count as f64
+            },
+            p50_ms: ms(percentile(pauses_ns, 50.0)),
+            p99_ms: ms(percentile(pauses_ns, 99.0)),
+            max_ms: ms(pauses_ns.last().copied().unwrap_or(0)),
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted values (0 when empty).
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KindStats {
+    pub kind: GcKind,
+    pub pauses: PauseStats,
+}
+
+/// Heap left after full GCs over the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeapTrend {
+    pub full_gcs: usize,
+    pub first_bytes: u64,
+    pub last_bytes: u64,
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+    /// Least-squares slope of heap-after against time, bytes per hour.
+    pub slope_per_hour: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GcSummary {
+    pub duration_s: f64,
+    pub all: PauseStats,
+    pub by_kind: Vec<KindStats>,
+    /// Share of wall time the JS threads were paused, 0–100 (pauses of all
+    /// isolates summed: several busy worker isolates can exceed one thread's time).
+    pub paused_percent: f64,
+    pub heap_after_full_gc: Option<HeapTrend>,
+    pub leak_suspicions: usize,
+    /// Call events the kernel dropped (a full buffer): GCs may be missing.
+    pub lost_events: u64,
+}
+
+impl GcSummary {
+    pub fn of(
+        events: &[GcEvent],
+        duration_s: f64,
+        leak_suspicions: usize,
+        lost_events: u64,
+    ) -> GcSummary {
+        let mut all: Vec<u64> = events.iter().map(|e| e.pause_ns).collect();
+        let by_kind = GcKind::ALL
+            .iter()
+            .filter_map(|&kind| {
+                let mut pauses: Vec<u64> = events
+                    .iter()
+                    .filter(|e| e.kind == kind)
+                    .map(|e| e.pause_ns)
+                    .collect();
+                (!pauses.is_empty()).then(|| KindStats {
+                    kind,
+                    pauses: PauseStats::of(&mut pauses),
+                })
+            })
+            .collect();
+        let all = PauseStats::of(&mut all);
+        let paused_percent = if duration_s > 0.0 {
+            all.total_ms / 1e3 / duration_s * 100.0
+        } else {
+            0.0
+        };
+        GcSummary {
+            duration_s,
+            all,
+            by_kind,
+            paused_percent,
+            heap_after_full_gc: HeapTrend::of(events),
+            leak_suspicions,
+            lost_events,
+        }
+    }
+}
+
+impl HeapTrend {
+    fn of(events: &[GcEvent]) -> Option<HeapTrend> {
+        let points: Vec<(f64, f64)> = events
+            .iter()
+            .filter(|e| e.kind.is_full())
+            .filter_map(|e| Some((e.end_ns() as f64 / 3.6e12, e.heap_after? as f64)))
+            .collect();
+        let first = points.first()?;
+        let last = points.last()?;
+        let n = points.len() as f64;
+        let mean_t = points.iter().map(|p| p.0).sum::<f64>() / n;
+        let mean_h = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let var_t: f64 = points.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
+        let cov: f64 = points.iter().map(|p| (p.0 - mean_t) * (p.1 - mean_h)).sum();
+        Some(HeapTrend {
+            full_gcs: points.len(),
+            first_bytes: first.1 as u64,
+            last_bytes: last.1 as u64,
+            min_bytes: points.iter().map(|p| p.1 as u64).min().unwrap_or(0),
+            max_bytes: points.iter().map(|p| p.1 as u64).max().unwrap_or(0),
+            slope_per_hour: if var_t > 0.0 { cov / var_t } else { 0.0 },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gc(kind: GcKind, start_s: f64, pause_ms: f64, after: Option<u64>) -> GcEvent {
+        GcEvent {
+            tid: 7,
+            start_ns: (start_s * 1e9) as u64,
+            pause_ns: (pause_ms * 1e6) as u64,
+            kind,
+            incremental: None,
+            reason: None,
+            heap_before: None,
+            heap_after: after,
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        let s = PauseStats::of(&mut v);
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50_ms, 50e-6);
+        assert_eq!(s.p99_ms, 99e-6);
+        assert_eq!(s.max_ms, 100e-6);
+        assert!((s.mean_ms - 50.5e-6).abs() < 1e-12);
+        let empty = PauseStats::of(&mut []);
+        assert_eq!((empty.count, empty.p99_ms, empty.mean_ms), (0, 0.0, 0.0));
+        assert_eq!(PauseStats::of(&mut [5_000_000]).p50_ms, 5.0);
+    }
+
+    #[test]
+    fn summary_counts_kinds_share_and_trend() {
+        let events = [
+            gc(GcKind::Scavenge, 0.0, 1.0, Some(1)),
+            gc(GcKind::Scavenge, 1.0, 3.0, Some(1)),
+            gc(GcKind::MarkCompact, 2.0, 10.0, Some(100)),
+            gc(GcKind::Scavenge, 3.0, 2.0, Some(1)),
+            gc(GcKind::MarkCompact, 5.0, 20.0, Some(160)),
+            gc(GcKind::MarkCompact, 8.0, 30.0, None),
+        ];
+        let s = GcSummary::of(&events, 10.0, 0, 0);
+        assert_eq!(s.all.count, 6);
+        assert!((s.all.total_ms - 66.0).abs() < 1e-9);
+        assert!((s.paused_percent - 0.66).abs() < 1e-9);
+        assert_eq!(s.by_kind.len(), 2);
+        assert_eq!(s.by_kind[0].kind, GcKind::Scavenge);
+        assert_eq!(s.by_kind[0].pauses.count, 3);
+        assert_eq!(s.by_kind[0].pauses.max_ms, 3.0);
+        assert_eq!(s.by_kind[1].pauses.count, 3);
+        let trend = s.heap_after_full_gc.unwrap();
+        assert_eq!(trend.full_gcs, 2);
+        assert_eq!((trend.first_bytes, trend.last_bytes), (100, 160));
+        // 60 bytes in 3 s: 72,000 bytes per hour.
+        assert!(
+            (trend.slope_per_hour - 72_000.0).abs() < 1.0,
+            "{}",
+            trend.slope_per_hour
+        );
+    }
+}
