@@ -449,6 +449,18 @@ impl Proc {
         }
     }
 
+    /// The next stdout line, or None once stdout is closed; panics after `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        let rx = self.lines.as_ref().expect("stdout captured");
+        match rx.recv_timeout(timeout) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("{} printed nothing within {timeout:?}", self.what)
+            }
+        }
+    }
+
     /// Whether the process exists and is not a zombie (it may still be unreaped).
     pub fn is_running(&self) -> bool {
         self.status.is_none() && proc_state(self.pid).is_some_and(|s| s != 'Z')
@@ -604,6 +616,11 @@ impl NodeprofProc {
                 )
             })
             .collect()
+    }
+
+    /// What nodeprof has written to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     /// Waits for nodeprof to exit and collects its output.

@@ -7,6 +7,14 @@
 //! not grow the heap resets the count. An increase smaller than the noise
 //! floor (V8's own bookkeeping moves the figure by a few KB between full GCs
 //! of a steady program) does not count as growth, and does not reset either.
+//!
+//! One more condition keeps a steady server quiet: the heap must also end
+//! above every level of the full GCs just before the run. The heap-after of a
+//! steady server is noisy (what incremental marking allocated survives its
+//! cycle), and a run of increases from a dip back to the usual peak happens
+//! by chance (1 in 720 for 5 increases of pure noise); a leak climbs past it.
+
+use std::collections::VecDeque;
 
 use super::GcEvent;
 
@@ -37,6 +45,10 @@ pub struct LeakDetector {
     /// Where the current run of increases began (the full GC before the first increase).
     run_start: Option<(u64, u64)>,
     consecutive: u32,
+    /// Heap-after of the latest full GCs, newest last.
+    recent: VecDeque<u64>,
+    /// Highest of `recent` when the current run began.
+    peak_before_run: u64,
 }
 
 impl LeakDetector {
@@ -47,7 +59,14 @@ impl LeakDetector {
             last: None,
             run_start: None,
             consecutive: 0,
+            recent: VecDeque::new(),
+            peak_before_run: 0,
         }
+    }
+
+    /// How many recent full GCs set the level a leak must climb past.
+    fn window(&self) -> usize {
+        4 * self.threshold as usize
     }
 
     /// Feeds one GC; returns a suspicion when this one completes `threshold`
@@ -58,12 +77,17 @@ impl LeakDetector {
         }
         let after = gc.heap_after?;
         let now = gc.end_ns();
-        let Some((last_time, last_after)) = self.last.replace((now, after)) else {
-            return None;
-        };
+        let previous = self.last.replace((now, after));
+        let peak = self.recent.iter().copied().max().unwrap_or(0);
+        self.recent.push_back(after);
+        if self.recent.len() > self.window() {
+            self.recent.pop_front();
+        }
+        let (last_time, last_after) = previous?;
         if after > last_after.saturating_add(self.noise_floor) {
             if self.consecutive == 0 {
                 self.run_start = Some((last_time, last_after));
+                self.peak_before_run = peak;
             }
             self.consecutive += 1;
         } else if after <= last_after {
@@ -74,7 +98,7 @@ impl LeakDetector {
             // Within the noise floor: neither growth nor a reset.
             return None;
         }
-        if self.consecutive % self.threshold != 0 {
+        if self.consecutive % self.threshold != 0 || after <= self.peak_before_run {
             return None;
         }
         let (start_time, start_after) = self.run_start?;
@@ -128,8 +152,8 @@ mod tests {
         assert_eq!(s.heap_after_start, 10 * MB);
         assert_eq!(s.heap_after_now, 15 * MB);
         assert_eq!(s.growth_bytes, 5 * MB);
-        // 5 MB in 50 s (plus the 1 ms pause) is about 360 MB per hour.
-        let expected = 5.0 * MB as f64 * 3600.0 / 50.001;
+        // 5 MB in 50 s (between the ends of the two pauses): 360 MB per hour.
+        let expected = 5.0 * MB as f64 * 3600.0 / 50.0;
         assert!((s.rate_per_hour - expected).abs() < expected * 1e-6);
         // It fires again after five more increases, with the growth of the whole run.
         for i in 6..=10 {
@@ -155,7 +179,13 @@ mod tests {
                 None
             );
         }
-        assert!(d.observe(&gc(GcKind::MarkCompact, 11, 14 * MB)).is_some());
+        // Five increases from 9 MB, but 14 MB is no higher than before the run.
+        assert!(d.observe(&gc(GcKind::MarkCompact, 11, 14 * MB)).is_none());
+        let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        for (i, a) in afters.iter().enumerate() {
+            assert_eq!(d.observe(&gc(GcKind::MarkCompact, i as u64, a * MB)), None);
+        }
+        assert!(d.observe(&gc(GcKind::MarkCompact, 11, 15 * MB)).is_some());
     }
 
     #[test]
@@ -169,6 +199,31 @@ mod tests {
                 None
             );
         }
+    }
+
+    #[test]
+    fn a_climb_from_a_dip_back_to_the_usual_level_is_not_a_leak() {
+        let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        // Noise between 25 and 40 MB, then five increases from a dip to 39 MB.
+        let afters = [31, 40, 32, 39, 31, 25, 27, 30, 33, 36, 39];
+        for (i, a) in afters.iter().enumerate() {
+            assert_eq!(
+                d.observe(&gc(GcKind::MarkCompact, i as u64, a * MB)),
+                None,
+                "{i}"
+            );
+        }
+        // Past the earlier peak it is growth.
+        assert!(d.observe(&gc(GcKind::MarkCompact, 12, 42 * MB)).is_none()); // 6th increase, not a multiple of 5
+        let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        let climbing = [31, 40, 32, 39, 31, 33, 36, 39, 41, 44];
+        let raised: Vec<_> = climbing
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| d.observe(&gc(GcKind::MarkCompact, i as u64, a * MB)))
+            .collect();
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].heap_after_start, 31 * MB);
     }
 
     #[test]

@@ -335,6 +335,21 @@ pub enum Plan {
     Calls,
 }
 
+impl Plan {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Plan::TracerRecord(_) => "tracer-record",
+            Plan::Calls => "calls",
+        }
+    }
+}
+
+/// `NODEPROF_GC_PLAN=calls` forces the layout-free plan (to compare the two,
+/// or to get around a layout that turns out wrong on some build).
+fn forced_calls_plan() -> bool {
+    std::env::var("NODEPROF_GC_PLAN").is_ok_and(|v| v == "calls")
+}
+
 /// How to read the probes' values in one range of V8 versions.
 #[derive(Debug)]
 pub struct Semantics {
@@ -477,7 +492,9 @@ impl GcPoints {
         let layout = TRACER_LAYOUTS
             .iter()
             .find(|l| l.v8 == (version.major, version.minor));
-        if let Some(layout) = layout {
+        if forced_calls_plan() {
+            missing.push("NODEPROF_GC_PLAN=calls: function probes only".to_string());
+        } else if let Some(layout) = layout {
             let record = offsets_of(layout.record_prefix);
             let start = offsets_of(CANDIDATES[0].mangled_prefix);
             let needs_start = layout.times == PauseTimes::Arguments;

@@ -121,7 +121,16 @@ async fn trace_async(
     }
     let start_ns = monotonic_ns();
     let started = Instant::now();
-    if !options.json {
+    if options.json {
+        let start = serde_json::json!({
+            "type": "start",
+            "pid": target.pid,
+            "v8": probes.points.version.to_string(),
+            "plan": probes.points.plan.name(),
+            "missing": probes.points.missing,
+        });
+        let _ = writeln!(out, "{start}");
+    } else {
         let _ = writeln!(
             out,
             "tracing GC of pid {} (V8 {}); Ctrl-C to stop",
@@ -129,6 +138,7 @@ async fn trace_async(
         );
         let _ = writeln!(out, "{}", header());
     }
+    let _ = out.flush();
     let mut detector = LeakDetector::new(
         options.leak_threshold,
         super::leak::DEFAULT_NOISE_FLOOR_BYTES,

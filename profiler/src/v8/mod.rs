@@ -25,7 +25,7 @@ pub mod function;
 mod heap;
 pub mod layout;
 #[cfg(test)]
-mod live_tests;
+pub(crate) mod live_tests;
 pub mod memory;
 pub mod strings;
 

@@ -1,0 +1,418 @@
+//! `nodeprof gc` against real node processes of every major, as root, with
+//! `node --trace-gc` on the same process as the ground truth.
+
+use std::time::Duration;
+
+use nodeprof_tests::*;
+use serde_json::Value;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+const MB: f64 = 1024.0 * 1024.0;
+
+/// One `--trace-gc` line: kind (normalized to nodeprof's names), pause, heap
+/// before and after in MB.
+#[derive(Debug)]
+struct TraceLine {
+    kind: &'static str,
+    pause_ms: f64,
+    before_mb: f64,
+    after_mb: f64,
+    line: String,
+}
+
+/// Parses `[pid:0x…]  123 ms: Scavenge 4.2 (5.0) -> 3.8 (6.0) MB, [pooled: 0 MB, ]0.52 / 0.00 ms …`
+/// as node 18–26 print it.
+fn parse_trace_line(line: &str) -> Option<TraceLine> {
+    let (_, rest) = line.split_once(" ms: ")?;
+    let rest = rest.strip_prefix("Shared ").unwrap_or(rest);
+    let rest = rest.strip_prefix("Incremental ").unwrap_or(rest);
+    let kinds = [
+        ("Scavenge", "scavenge"),
+        ("Mark-Compact", "mark-compact"),
+        ("Mark-sweep", "mark-compact"),
+        ("Minor Mark-Sweep", "minor-mark-sweep"),
+        ("Minor Mark-Compact", "minor-mark-sweep"),
+    ];
+    let (name, kind) = kinds
+        .iter()
+        .find(|(n, _)| rest.strip_prefix(n).is_some_and(|r| r.starts_with(' ')))?;
+    let mut rest = &rest[name.len()..];
+    for suffix in [" (reduce)", " (interleaved)", " (during sweeping)"] {
+        rest = rest.strip_prefix(suffix).unwrap_or(rest);
+    }
+    let (sizes, rest) = rest.split_once(" MB, ")?;
+    let rest = match rest.strip_prefix("pooled: ") {
+        Some(r) => r.split_once(" MB, ")?.1,
+        None => rest,
+    };
+    let words: Vec<&str> = sizes.split_whitespace().collect();
+    // 4.2 (5.0) -> 3.8 (6.0)
+    let before_mb = words.first()?.parse().ok()?;
+    let after_mb = words.get(3)?.parse().ok()?;
+    let pause_ms = rest.split_whitespace().next()?.parse().ok()?;
+    Some(TraceLine {
+        kind,
+        pause_ms,
+        before_mb,
+        after_mb,
+        line: line.to_string(),
+    })
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+fn of_type<'a>(lines: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["type"] == ty).collect()
+}
+
+/// Runs the churn fixture on `major` with `--trace-gc`, traced by `nodeprof
+/// gc --json` from before the work starts to the target's exit. Returns the
+/// trace lines after the fixture's `go`, nodeprof's JSON lines, and its run.
+fn churn_under_gc(major: u32, env: &[(&str, &str)]) -> (Vec<TraceLine>, Vec<Value>, Run) {
+    let dir = scratch_dir();
+    let node = node_major(major);
+    let target = Proc::node(&node, &["--trace-gc"], "gc/churn.js", &["3000"], dir.path());
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let mut cmd = std::process::Command::new(nodeprof_bin());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let nodeprof = spawn_nodeprof_with(
+        cmd,
+        &["gc", "-p", &target.pid.to_string(), "--json"],
+        dir.path(),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || nodeprof
+            .stdout_so_far()
+            .contains("\"type\":\"start\"")),
+        "nodeprof gc did not start: {}",
+        nodeprof.stdout_so_far()
+    );
+    target.signal(libc::SIGUSR2);
+    target.wait_for_line("go", READY_TIMEOUT);
+    let mut trace = Vec::new();
+    loop {
+        match target.next_line(RUN_TIMEOUT) {
+            Some(line) => {
+                if line.contains(" ms: ") {
+                    trace.push(parse_trace_line(&line).unwrap_or_else(|| {
+                        panic!("node {major}: unparsable --trace-gc line: {line}")
+                    }));
+                }
+            }
+            None => break,
+        }
+    }
+    let run = nodeprof.finish(RUN_TIMEOUT);
+    run.assert_success();
+    let lines = json_lines(&run.stdout);
+    (trace, lines, run)
+}
+
+fn count_kinds<'a>(
+    kinds: impl Iterator<Item = &'a str>,
+) -> std::collections::BTreeMap<&'a str, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for k in kinds {
+        *counts.entry(k).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn check_against_trace_gc(major: u32, trace: &[TraceLine], lines: &[Value], exact_pauses: bool) {
+    let events = of_type(lines, "gc");
+    assert!(
+        trace.len() >= 20,
+        "node {major}: only {} GCs in --trace-gc",
+        trace.len()
+    );
+    let truth = count_kinds(trace.iter().map(|t| t.kind));
+    let seen = count_kinds(events.iter().map(|e| e["kind"].as_str().unwrap()));
+    for (kind, &n) in &truth {
+        let got = seen.get(kind).copied().unwrap_or(0);
+        assert!(
+            (got as f64 - n as f64).abs() <= (n as f64 * 0.05).max(0.0),
+            "node {major}: {kind}: --trace-gc {n}, nodeprof {got} (more than 5% apart)"
+        );
+    }
+    assert!(
+        truth.contains_key("mark-compact"),
+        "node {major}: the fixture made no full GC"
+    );
+    // Both end at the target's exit: pair them from the end.
+    let mut pause_misses = Vec::new();
+    for (t, e) in trace.iter().rev().zip(events.iter().rev()) {
+        assert_eq!(
+            t.kind, e["kind"],
+            "node {major}: kinds differ at {}",
+            t.line
+        );
+        let after_mb = e["heap_after"].as_u64().unwrap() as f64 / MB;
+        let before_mb = e["heap_before"].as_u64().unwrap() as f64 / MB;
+        // --trace-gc rounds to 0.1 MB.
+        for (printed, ours, what) in [
+            (t.after_mb, after_mb, "after"),
+            (t.before_mb, before_mb, "before"),
+        ] {
+            assert!(
+                (printed - ours).abs() <= (printed * 0.05).max(0.051),
+                "node {major}: heap {what} {ours:.2} MB vs --trace-gc {printed} MB: {}",
+                t.line
+            );
+        }
+        let pause = e["pause_ms"].as_f64().unwrap();
+        // node 18 prints one decimal.
+        let rounding = if major == 18 { 0.05 } else { 0.005 };
+        if (pause - t.pause_ms).abs() > (t.pause_ms * 0.2).max(0.2) + rounding {
+            pause_misses.push(format!("{pause:.3} ms vs {}", t.line));
+        }
+    }
+    if exact_pauses {
+        assert!(
+            pause_misses.is_empty(),
+            "node {major}: pauses differ:\n{}",
+            pause_misses.join("\n")
+        );
+    } else {
+        // Probe timestamps can be late by a scheduling delay: a few may miss.
+        assert!(
+            pause_misses.len() * 20 <= events.len(),
+            "node {major}: {} of {} pauses differ:\n{}",
+            pause_misses.len(),
+            events.len(),
+            pause_misses.join("\n")
+        );
+    }
+    let summary = of_type(lines, "summary");
+    assert_eq!(summary.len(), 1);
+    assert_eq!(
+        summary[0]["all"]["count"].as_u64().unwrap() as usize,
+        events.len()
+    );
+}
+
+fn gc_matches_trace_gc(major: u32) {
+    let _guard = serial();
+    require_root();
+    let (trace, lines, _) = churn_under_gc(major, &[]);
+    let start = of_type(&lines, "start");
+    assert_eq!(
+        start[0]["plan"], "tracer-record",
+        "node {major}: {:?}",
+        start[0]
+    );
+    assert_eq!(start[0]["missing"].as_array().unwrap().len(), 0);
+    check_against_trace_gc(major, &trace, &lines, true);
+    // V8's own reasons.
+    let events = of_type(&lines, "gc");
+    assert!(
+        events.iter().any(|e| e["reason"] == "allocation failure"),
+        "node {major}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "mark-compact" && e["incremental"] == true),
+        "node {major}: no incremental mark-compact"
+    );
+}
+
+#[test]
+fn gc_matches_trace_gc_node18() {
+    gc_matches_trace_gc(18);
+}
+#[test]
+fn gc_matches_trace_gc_node20() {
+    gc_matches_trace_gc(20);
+}
+#[test]
+fn gc_matches_trace_gc_node22() {
+    gc_matches_trace_gc(22);
+}
+#[test]
+fn gc_matches_trace_gc_node24() {
+    gc_matches_trace_gc(24);
+}
+#[test]
+fn gc_matches_trace_gc_node26() {
+    gc_matches_trace_gc(26);
+}
+
+/// Without V8's record (a version whose layout is unknown), function probes
+/// alone still give kinds, sizes and pauses.
+#[test]
+fn function_probe_fallback_matches_trace_gc() {
+    let _guard = serial();
+    require_root();
+    for major in [20, 24] {
+        let (trace, lines, run) = churn_under_gc(major, &[("NODEPROF_GC_PLAN", "calls")]);
+        let start = of_type(&lines, "start");
+        assert_eq!(start[0]["plan"], "calls");
+        assert!(
+            run.stderr.contains("NODEPROF_GC_PLAN=calls"),
+            "{}",
+            run.stderr
+        );
+        check_against_trace_gc(major, &trace, &lines, false);
+    }
+}
+
+/// Runs `fixture` under `nodeprof gc --json` until `full_gcs` full GCs were
+/// traced or a leak suspicion came; returns the JSON lines.
+fn trace_until(fixture: &str, full_gcs: usize, timeout: Duration) -> Vec<Value> {
+    let dir = scratch_dir();
+    let target = Proc::node(&node20(), &[], fixture, &[], dir.path());
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let nodeprof = spawn_nodeprof(&["gc", "-p", &target.pid.to_string(), "--json"], dir.path());
+    wait_until(timeout, || {
+        let lines = json_lines(&nodeprof.stdout_so_far());
+        !of_type(&lines, "leak").is_empty()
+            || of_type(&lines, "gc")
+                .iter()
+                .filter(|e| e["kind"] == "mark-compact")
+                .count()
+                >= full_gcs
+    });
+    nodeprof.proc.signal(libc::SIGINT);
+    let run = nodeprof.finish(RUN_TIMEOUT);
+    run.assert_success();
+    json_lines(&run.stdout)
+}
+
+#[test]
+fn a_leak_raises_the_signal() {
+    let _guard = serial();
+    require_root();
+    let lines = trace_until("gc/leak.js", 40, Duration::from_secs(60));
+    let leaks = of_type(&lines, "leak");
+    assert!(
+        !leaks.is_empty(),
+        "no leak suspicion over {} GCs",
+        of_type(&lines, "gc").len()
+    );
+    let leak = leaks[0];
+    assert_eq!(leak["consecutive"], 5);
+    let growth = leak["growth_bytes"].as_u64().unwrap();
+    assert!(growth > 1 << 20, "growth {growth}");
+    assert_eq!(
+        leak["heap_after_now"].as_u64().unwrap() - leak["heap_after_start"].as_u64().unwrap(),
+        growth
+    );
+    assert!(leak["rate_per_hour"].as_f64().unwrap() > 0.0);
+    let summary = of_type(&lines, "summary");
+    assert!(summary[0]["leak_suspicions"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_steady_sawtooth_heap_does_not() {
+    let _guard = serial();
+    require_root();
+    let lines = trace_until("gc/steady.js", 35, Duration::from_secs(90));
+    let full = of_type(&lines, "gc")
+        .iter()
+        .filter(|e| e["kind"] == "mark-compact")
+        .count();
+    assert!(full >= 30, "only {full} full GCs");
+    assert!(
+        of_type(&lines, "leak").is_empty(),
+        "{:?}",
+        of_type(&lines, "leak")
+    );
+}
+
+#[test]
+fn text_output_and_summary() {
+    let _guard = serial();
+    require_root();
+    let dir = scratch_dir();
+    let target = Proc::node(&node20(), &[], "gc/steady.js", &[], dir.path());
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let run = run_nodeprof(
+        &["gc", "-p", &target.pid.to_string(), "-d", "2"],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    assert!(run.stdout.contains("tracing GC of pid"), "{}", run.stdout);
+    let gc_lines = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" ms ") && l.contains(" MB"))
+        .count();
+    assert!(gc_lines > 5, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("mark-compact (incremental)"),
+        "{}",
+        run.stdout
+    );
+    for needle in [
+        "GC: ",
+        "scavenge",
+        "p99",
+        "heap after full GC:",
+        "% of wall time",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "no {needle:?} in:\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn not_node_is_one_clear_error() {
+    let _guard = serial();
+    require_root();
+    let dir = scratch_dir();
+    let mut sleeper = std::process::Command::new("sleep");
+    sleeper.arg("30");
+    let target = Proc::spawn(sleeper);
+    let run = run_nodeprof(
+        &["gc", "-p", &target.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_error("no V8 version symbols");
+    let run = run_nodeprof(&["gc", "-p", "999999999"], dir.path(), RUN_TIMEOUT);
+    run.assert_error("999999999");
+}
+
+/// However nodeprof ends, no uprobe stays: SIGKILL leaves nothing loaded.
+#[test]
+fn sigkill_leaves_no_probe() {
+    let _guard = serial();
+    require_root();
+    let dir = scratch_dir();
+    let target = Proc::node(&node20(), &[], "gc/steady.js", &[], dir.path());
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let nodeprof = spawn_nodeprof(&["gc", "-p", &target.pid.to_string()], dir.path());
+    let mut ids = Vec::new();
+    assert!(wait_until(READY_TIMEOUT, || {
+        ids = bpf_prog_ids(nodeprof.proc.pid);
+        !ids.is_empty() && nodeprof.stdout_so_far().contains("tracing GC")
+    }));
+    assert!(
+        nodeprof.stdout_so_far().lines().count() > 2
+            || wait_until(READY_TIMEOUT, || nodeprof.stdout_so_far().lines().count()
+                > 3)
+    );
+    nodeprof.proc.signal(libc::SIGKILL);
+    let _ = nodeprof.finish(RUN_TIMEOUT);
+    assert!(
+        wait_until(Duration::from_secs(5), || ids
+            .iter()
+            .all(|&id| !bpf_prog_loaded(id))),
+        "programs {ids:?} still loaded"
+    );
+    assert!(!nodeprof::probe::call_tracer_loaded());
+    assert!(target.is_running());
+}
