@@ -168,6 +168,9 @@ fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let _ = write!(report, "{}", recording.summary);
+    if let Some(gc) = &recording.gc {
+        let _ = write!(report, "\n{}", nodeprof::gc::run::summary_text(gc));
+    }
     for path in &recording.written {
         let _ = writeln!(report, "wrote {}", path.display());
     }

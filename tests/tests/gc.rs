@@ -416,3 +416,80 @@ fn sigkill_leaves_no_probe() {
     assert!(!nodeprof::probe::call_tracer_loaded());
     assert!(target.is_running());
 }
+
+/// `record` traces GCs too: its GC table counts what `--trace-gc` printed,
+/// and the main thread's samples in GC sit under `(garbage collector)`.
+#[test]
+fn record_prints_the_gc_table_and_marks_gc_samples() {
+    let _guard = serial();
+    require_root();
+    let dir = scratch_dir();
+    let target = Proc::node(
+        &node24(),
+        &["--trace-gc"],
+        "gc/churn.js",
+        &["3000"],
+        dir.path(),
+    );
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let prefix = dir.path().join("rec");
+    let nodeprof = spawn_nodeprof(
+        &[
+            "record",
+            "-p",
+            &target.pid.to_string(),
+            "-F",
+            "499",
+            "-o",
+            prefix.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    nodeprof.wait_sampling(READY_TIMEOUT);
+    target.signal(libc::SIGUSR2);
+    target.wait_for_line("go", READY_TIMEOUT);
+    let mut trace = 0;
+    while let Some(line) = target.next_line(RUN_TIMEOUT) {
+        trace += usize::from(line.contains(" ms: "));
+    }
+    let run = nodeprof.finish(RUN_TIMEOUT);
+    run.assert_success();
+    assert_eq!(run.stop_reason(), "target exited");
+    let table = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("GC: "))
+        .unwrap_or_else(|| panic!("no GC table:\n{}", run.stdout));
+    let counted: usize = table.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(trace >= 20, "{trace}");
+    assert!(
+        (counted as f64 - trace as f64).abs() <= trace as f64 * 0.05,
+        "record counted {counted} GCs, --trace-gc printed {trace}"
+    );
+    for needle in ["scavenge", "mark-compact", "heap after full GC:"] {
+        assert!(
+            run.stdout.contains(needle),
+            "no {needle:?}:\n{}",
+            run.stdout
+        );
+    }
+    let out = Outputs::load(&prefix);
+    let main: u64 = out
+        .folded
+        .iter()
+        .filter(|s| s.thread == "MainThread")
+        .map(|s| s.count)
+        .sum();
+    let main_gc: u64 = out
+        .folded
+        .iter()
+        .filter(|s| s.thread == "MainThread" && s.frames.iter().any(|f| f == "(garbage collector)"))
+        .map(|s| s.count)
+        .sum();
+    assert!(main > 100, "{main} main-thread samples");
+    assert!(
+        main_gc * 20 > main,
+        "only {main_gc} of {main} main-thread samples in GC:\n{}",
+        out.folded_excerpt()
+    );
+}

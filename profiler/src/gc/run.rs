@@ -48,11 +48,16 @@ impl GcProbes {
     /// call tracer to them. Functions that cannot be probed are reported in
     /// `points.missing` and skipped, as long as a pause can still be timed.
     pub fn attach(probe: &mut Probe, target: &Target) -> Result<GcProbes, GcError> {
-        let binary = exe_path(target.pid);
-        let mut points = GcPoints::find(&binary)?;
+        GcProbes::attach_binary(probe, target.pid, &exe_path(target.pid))
+    }
+
+    /// Like [`GcProbes::attach`], for process `pid` running (or about to
+    /// exec) the node binary at `binary`.
+    pub fn attach_binary(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcProbes, GcError> {
+        let mut points = GcPoints::find(binary)?;
         let mut failed = Vec::new();
         for (index, site) in points.sites.iter().enumerate() {
-            if let Err(e) = probe.attach_call(target.pid, &binary, site.site) {
+            if let Err(e) = probe.attach_call(pid, binary, site.site) {
                 // Permission problems concern every probe: say so at once.
                 if matches!(e, ProbeError::NotPermitted) {
                     return Err(e.into());
@@ -86,7 +91,7 @@ impl GcProbes {
     }
 }
 
-fn exe_path(pid: u32) -> PathBuf {
+pub fn exe_path(pid: u32) -> PathBuf {
     Path::new("/proc").join(pid.to_string()).join("exe")
 }
 
@@ -302,16 +307,24 @@ pub fn summary_text(summary: &GcSummary) -> String {
     }
     match &summary.heap_after_full_gc {
         Some(t) => {
+            // Over seconds, the noise of heap-after extrapolated to an hour means nothing.
+            let trend = if t.full_gcs >= 5 && t.span_s >= 30.0 {
+                format!(
+                    ", trend {}{}/hour",
+                    if t.slope_per_hour < 0.0 { "-" } else { "+" },
+                    megabytes(t.slope_per_hour.abs() as u64)
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "  heap after full GC: {} → {} over {} full GCs (min {}, max {}), trend {}{}/hour",
+                "  heap after full GC: {} → {} over {} full GCs (min {}, max {}){trend}",
                 megabytes(t.first_bytes),
                 megabytes(t.last_bytes),
                 t.full_gcs,
                 megabytes(t.min_bytes),
                 megabytes(t.max_bytes),
-                if t.slope_per_hour < 0.0 { "-" } else { "+" },
-                megabytes(t.slope_per_hour.abs() as u64)
             );
         }
         None => {

@@ -62,6 +62,8 @@ pub struct HeapTrend {
     pub max_bytes: u64,
     /// Least-squares slope of heap-after against time, bytes per hour.
     pub slope_per_hour: f64,
+    /// Time between the first and the last full GC, seconds.
+    pub span_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -139,6 +141,7 @@ impl HeapTrend {
             min_bytes: points.iter().map(|p| p.1 as u64).min().unwrap_or(0),
             max_bytes: points.iter().map(|p| p.1 as u64).max().unwrap_or(0),
             slope_per_hour: if var_t > 0.0 { cov / var_t } else { 0.0 },
+            span_s: (last.0 - first.0) * 3600.0,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 mod files;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -10,10 +11,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::collect::{Collection, Collector};
+use crate::gc::run::GcProbes;
+use crate::gc::{GcEvent, GcSummary};
 use crate::output::{self, Summary};
 use crate::probe::{self, Probe, ProbeError};
-use crate::profile::{Profile, StackId};
+use crate::profile::{Frame, Profile, StackId};
 use crate::symbolize::Symbolizer;
+use crate::symbolize::GARBAGE_COLLECTOR;
 use crate::target::{Launched, Target, TargetError};
 
 pub use files::{OutputFiles, OutputFormat};
@@ -69,6 +73,8 @@ pub struct Recording {
     pub target: Target,
     /// Exit status of a launched command that ended while recording.
     pub child_status: Option<i32>,
+    /// The target's GCs while recording (None when they could not be traced).
+    pub gc: Option<GcSummary>,
 }
 
 /// Records a profile; everything sampled before a stop is written.
@@ -112,7 +118,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         .build()
         .map_err(RecordError::Runtime)?;
     let result = runtime.block_on(run(options, &target, launched.as_mut()));
-    let (collection, start_ns, end_ns, lost, stop, mut symbolizer) = match result {
+    let (collection, start_ns, end_ns, lost, stop, mut symbolizer, gc_events) = match result {
         Ok(r) => r,
         Err(e) => {
             files.discard();
@@ -124,12 +130,17 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     let profile = build_profile(
         &collection,
         &mut symbolizer,
+        gc_events.as_ref().map_or(&[][..], |(events, _)| events),
         pid,
         options.frequency_hz,
         start_ns,
         end_ns,
         lost,
     );
+    let gc = gc_events.map(|(events, lost_events)| {
+        let duration_s = end_ns.saturating_sub(start_ns) as f64 / 1e9;
+        GcSummary::of(&events, duration_s, 0, lost_events)
+    });
     let title = format!("nodeprof: {} (pid {pid})", target.exe.display());
     let written = files
         .write(&profile, &title)
@@ -142,10 +153,21 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         stop,
         target,
         child_status,
+        gc,
     })
 }
 
-type RunResult = (Collection, u64, u64, u64, StopReason, Symbolizer);
+/// The GCs seen while recording, and the probe events lost.
+type GcEvents = (Vec<GcEvent>, u64);
+type RunResult = (
+    Collection,
+    u64,
+    u64,
+    u64,
+    StopReason,
+    Symbolizer,
+    Option<GcEvents>,
+);
 
 async fn run(
     options: &RecordOptions,
@@ -162,6 +184,14 @@ async fn run(
             probe.set_v8_config(target.pid, config)?;
         }
     }
+    let mut gc = match launched.as_ref() {
+        None if target.is_node() => trace_gc(
+            &mut probe,
+            target.pid,
+            &crate::gc::run::exe_path(target.pid),
+        ),
+        _ => None,
+    };
     probe.start_sampling(options.frequency_hz)?;
     let ring = probe.take_samples().expect("ring buffer is taken once");
     // SAFETY: the collector owns the ring buffer map, whose fd stays open and
@@ -174,9 +204,12 @@ async fn run(
         symbolizer.preload_executable(&child.program);
         if let Some(config) = symbolizer.take_probe_config() {
             probe.set_v8_config(target.pid, config)?;
+            // A node program: its GCs too, probed in the file it is about to exec.
+            gc = trace_gc(&mut probe, target.pid, &child.program);
         }
         child.release()?;
     }
+    let mut gc_events = Vec::new();
     let start_ns = monotonic_ns();
     let started = Instant::now();
     let mut collection = Collection::default();
@@ -197,6 +230,9 @@ async fn run(
             _ = tick.tick() => {
                 // The sampler wakes us only when its buffer fills: drain on the tick.
                 absorb(collector.get_mut(), &mut collection, &mut symbolizer, &mut probe, target.pid)?;
+                if let Some(gc) = &mut gc {
+                    gc_events.extend(gc.drain(target.pid));
+                }
                 progress.set_message(format!("{} samples", collection.samples.len()));
                 if options.duration.is_some_and(|d| started.elapsed() >= d) {
                     break StopReason::DurationElapsed;
@@ -219,11 +255,31 @@ async fn run(
         target.pid,
     )?;
     let lost = probe.lost_samples();
+    let gc = gc.map(|mut gc| {
+        gc_events.extend(gc.drain(target.pid));
+        (std::mem::take(&mut gc_events), probe.lost_calls())
+    });
     // Detach now: symbolizing and writing need no sampling.
     drop(collector);
     drop(probe);
     progress.finish_and_clear();
-    Ok((collection, start_ns, end_ns, lost, stop, symbolizer))
+    Ok((collection, start_ns, end_ns, lost, stop, symbolizer, gc))
+}
+
+/// Attaches the GC probes, or says why GC pauses will not be in the profile.
+fn trace_gc(probe: &mut Probe, pid: u32, binary: &std::path::Path) -> Option<GcProbes> {
+    match GcProbes::attach_binary(probe, pid, binary) {
+        Ok(gc) => {
+            for missing in &gc.points.missing {
+                tracing::warn!("GC tracing: {missing}");
+            }
+            Some(gc)
+        }
+        Err(e) => {
+            tracing::warn!("GC pauses not traced: {e}");
+            None
+        }
+    }
 }
 
 /// Takes in what the sampler wrote: records it, names JS functions while the
@@ -244,9 +300,11 @@ fn absorb(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_profile(
     collection: &Collection,
     symbolizer: &mut Symbolizer,
+    gc_events: &[GcEvent],
     pid: u32,
     frequency_hz: u64,
     start_ns: u64,
@@ -262,18 +320,62 @@ fn build_profile(
             .collect();
         stack_ids.push(profile.intern_stack(ids));
     });
+    let pauses = GcPauses::new(gc_events);
+    let gc_frame = profile.intern_frame(Frame::meta(GARBAGE_COLLECTOR));
+    let mut in_gc_variant: HashMap<StackId, StackId> = HashMap::new();
     for sample in &collection.samples {
         let name = &collection.thread_names[sample.thread_name as usize];
-        profile.add_sample(
-            sample.time_ns,
-            sample.tid,
-            name,
-            stack_ids[sample.stack as usize],
-        );
+        let mut stack = stack_ids[sample.stack as usize];
+        // A sample in a GC pause of its thread sits under (garbage collector),
+        // even where its stack shows no GC function (a pause's edges, code
+        // V8 runs for the GC without a frame pointer).
+        if pauses.covers(sample.tid, sample.time_ns) {
+            stack = *in_gc_variant.entry(stack).or_insert_with(|| {
+                let frames = profile.stack(stack);
+                if frames.contains(&gc_frame) {
+                    stack
+                } else {
+                    let mut frames = frames.to_vec();
+                    frames.push(gc_frame);
+                    profile.intern_stack(frames)
+                }
+            });
+        }
+        profile.add_sample(sample.time_ns, sample.tid, name, stack);
     }
     profile.end_ns = profile.end_ns.max(end_ns);
     profile.lost_samples = lost;
     profile
+}
+
+/// GC pauses per thread, sorted, for "was this sample taken in a pause".
+struct GcPauses {
+    by_tid: HashMap<u32, Vec<(u64, u64)>>,
+}
+
+impl GcPauses {
+    fn new(events: &[GcEvent]) -> GcPauses {
+        let mut by_tid: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+        for e in events {
+            by_tid
+                .entry(e.tid)
+                .or_default()
+                .push((e.start_ns, e.end_ns()));
+        }
+        for pauses in by_tid.values_mut() {
+            pauses.sort_unstable();
+        }
+        GcPauses { by_tid }
+    }
+
+    fn covers(&self, tid: u32, time_ns: u64) -> bool {
+        let Some(pauses) = self.by_tid.get(&tid) else {
+            return false;
+        };
+        // The last pause starting at or before the instant.
+        let i = pauses.partition_point(|&(start, _)| start <= time_ns);
+        i > 0 && time_ns <= pauses[i - 1].1
+    }
 }
 
 fn progress_bar(quiet: bool, pid: u32) -> indicatif::ProgressBar {
@@ -302,4 +404,41 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::GcKind;
+
+    fn pause(tid: u32, start_ns: u64, pause_ns: u64) -> GcEvent {
+        GcEvent {
+            tid,
+            start_ns,
+            pause_ns,
+            kind: GcKind::Scavenge,
+            incremental: Some(false),
+            reason: None,
+            heap_before: None,
+            heap_after: None,
+        }
+    }
+
+    #[test]
+    fn pauses_cover_their_thread_and_interval_only() {
+        let pauses = GcPauses::new(&[pause(7, 300, 50), pause(7, 100, 10), pause(8, 0, 1000)]);
+        for (tid, t, inside) in [
+            (7, 99, false),
+            (7, 100, true),
+            (7, 110, true),
+            (7, 111, false),
+            (7, 299, false),
+            (7, 325, true),
+            (7, 351, false),
+            (8, 500, true),
+            (9, 500, false),
+        ] {
+            assert_eq!(pauses.covers(tid, t), inside, "tid {tid} at {t}");
+        }
+    }
 }
