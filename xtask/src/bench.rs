@@ -150,6 +150,10 @@ impl ProfilerUsage {
 
 struct Setup {
     node: PathBuf,
+    /// Flags of the workload's node (the GC workload fixes the young
+    /// generation's size: left to V8, it flips between two sizes from run
+    /// to run and the run time with it, by 50 %).
+    node_flags: Vec<&'static str>,
     workload: PathBuf,
     nodeprof: PathBuf,
     perf: Option<PathBuf>,
@@ -208,6 +212,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let mut cx = Setup {
         node: util::which("node").context("node is not on PATH")?,
+        node_flags: if args.gc() {
+            vec!["--max-semi-space-size=2"]
+        } else {
+            Vec::new()
+        },
         workload: util::root().join(if args.gc() {
             "xtask/bench/gc-heavy.js"
         } else {
@@ -313,6 +322,7 @@ fn rss_floor() -> Result<f64> {
 /// Runs the workload alone, starting at once; returns its own elapsed ms.
 fn run_plain(cx: &Setup, units: u64) -> Result<f64> {
     let out = Command::new(&cx.node)
+        .args(&cx.node_flags)
         .arg(&cx.workload)
         .args(["--units", &units.to_string()])
         .stdin(Stdio::null())
@@ -393,6 +403,7 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
     let mut reaper = Reaper { pids: Vec::new() };
 
     let mut node = Command::new(&cx.node)
+        .args(&cx.node_flags)
         .arg(&cx.workload)
         .args(["--units", &cx.units.to_string(), "--wait-stdin"])
         .stdin(Stdio::piped())
@@ -693,13 +704,14 @@ fn report(
     writeln!(md)?;
     writeln!(
         md,
-        "Workload: `node xtask/bench/{workload} --units {}` (single thread, fixed work, times itself; \
+        "Workload: `node {}xtask/bench/{workload} --units {}` (single thread, fixed work, times itself; \
          the profiler attaches before the timed work starts). Every round runs every variant, in rotating order. \
          Slowdown: median target time / baseline median − 1. Profiler CPU: (user + system) / wall time from \
          its start to its exit, median over rounds; \"while recording\": the same between `go` and the workload's end \
          (from /proc/PID/stat, 10 ms resolution), i.e. without start-up and the final symbolization. RSS: highest `ru_maxrss`; every child of the bench reports at least {:.1} MiB \
          there (its parent's high-water mark), so a figure at that floor means \"this much or less\". \
          perf uses `-e cpu-clock` like nodeprof.",
+        cx.node_flags.iter().map(|f| format!("{f} ")).collect::<String>(),
         cx.units, cx.rss_floor_mib
     )?;
     writeln!(md)?;
