@@ -96,3 +96,27 @@ impl GcEvent {
 pub fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / (1024.0 * 1024.0))
 }
+
+/// Bytes in the unit that keeps the number short: 512 KB, 3.4 MB, 1.2 GB.
+pub fn human_bytes(bytes: f64) -> String {
+    const KB: f64 = 1024.0;
+    match bytes.abs() {
+        b if b >= KB * KB * KB => format!("{:.1} GB", bytes / (KB * KB * KB)),
+        b if b >= KB * KB => format!("{:.1} MB", bytes / (KB * KB)),
+        b if b >= KB => format!("{:.0} KB", bytes / KB),
+        _ => format!("{bytes:.0} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_picks_the_unit() {
+        use super::human_bytes;
+        assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_bytes(300.0 * 1024.0), "300 KB");
+        assert_eq!(human_bytes(3.4 * 1024.0 * 1024.0), "3.4 MB");
+        assert_eq!(human_bytes(226_212.8 * 1024.0 * 1024.0), "220.9 GB");
+        assert_eq!(human_bytes(-2.0 * 1024.0 * 1024.0), "-2.0 MB");
+    }
+}

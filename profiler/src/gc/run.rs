@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{megabytes, GcEvent, GcPoints, GcSummary, GcTracer, LeakDetector, LeakSuspicion};
+use super::{human_bytes, megabytes, GcEvent, GcPoints, GcSummary, GcTracer, LeakDetector, LeakSuspicion};
 use crate::collect::CallCollector;
 use crate::probe::{self, Probe, ProbeError};
 use crate::record::{monotonic_ns, StopReason};
@@ -195,7 +195,7 @@ async fn trace_async(
 
 fn header() -> String {
     format!(
-        "{:>9}  {:<22} {:>9}  {:>21}  {}",
+        "{:>9}  {:<26} {:>9}  {:>23}  {}",
         "time", "kind", "pause", "heap before → after", "reason"
     )
 }
@@ -239,7 +239,7 @@ fn print_event(out: &mut dyn Write, json: bool, start_ns: u64, pid: u32, gc: &Gc
     };
     let _ = writeln!(
         out,
-        "{time_s:>8.3}s  {:<22} {:>6.2} ms  {heap:>21}  {}{thread}",
+        "{time_s:>8.3}s  {:<26} {:>6.2} ms  {heap:>23}  {}{thread}",
         kind_label(gc),
         gc.pause_ns as f64 / 1e6,
         gc.reason.as_deref().unwrap_or("")
@@ -273,8 +273,8 @@ pub fn leak_line(time_s: f64, leak: &LeakSuspicion) -> String {
         leak.consecutive,
         megabytes(leak.heap_after_start),
         megabytes(leak.heap_after_now),
-        megabytes(leak.growth_bytes),
-        megabytes(leak.rate_per_hour.max(0.0) as u64),
+        human_bytes(leak.growth_bytes as f64),
+        human_bytes(leak.rate_per_hour.max(0.0)),
     )
 }
 
@@ -311,8 +311,8 @@ pub fn summary_text(summary: &GcSummary) -> String {
             let trend = if t.full_gcs >= 5 && t.span_s >= 30.0 {
                 format!(
                     ", trend {}{}/hour",
-                    if t.slope_per_hour < 0.0 { "-" } else { "+" },
-                    megabytes(t.slope_per_hour.abs() as u64)
+                    if t.slope_per_hour < 0.0 { "" } else { "+" },
+                    human_bytes(t.slope_per_hour)
                 )
             } else {
                 String::new()
