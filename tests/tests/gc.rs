@@ -493,3 +493,59 @@ fn record_prints_the_gc_table_and_marks_gc_samples() {
         out.folded_excerpt()
     );
 }
+
+/// Each isolate has its own GC tracer: a Worker's GCs are traced apart from
+/// the main thread's, on the Worker's thread, and both match `--trace-gc`
+/// (which prints each isolate's lines with its own address).
+#[test]
+fn worker_isolates_are_traced_apart() {
+    let _guard = serial();
+    require_root();
+    for major in [20, 24] {
+        let dir = scratch_dir();
+        let target = Proc::node(
+            &node_major(major),
+            &["--trace-gc"],
+            "gc/workers.js",
+            &["3000"],
+            dir.path(),
+        );
+        target.wait_for_line("ready", READY_TIMEOUT);
+        let nodeprof = spawn_nodeprof(&["gc", "-p", &target.pid.to_string(), "--json"], dir.path());
+        assert!(wait_until(READY_TIMEOUT, || nodeprof
+            .stdout_so_far()
+            .contains("\"type\":\"start\"")));
+        target.signal(libc::SIGUSR2);
+        target.wait_for_line("go", READY_TIMEOUT);
+        let mut per_isolate = std::collections::BTreeMap::<String, usize>::new();
+        while let Some(line) = target.next_line(RUN_TIMEOUT) {
+            if line.contains(" ms: ") {
+                let isolate = line.split(']').next().unwrap().to_string();
+                *per_isolate.entry(isolate).or_default() += 1;
+            }
+        }
+        let run = nodeprof.finish(RUN_TIMEOUT);
+        run.assert_success();
+        let lines = json_lines(&run.stdout);
+        let mut per_tid = std::collections::BTreeMap::<u64, usize>::new();
+        for e in of_type(&lines, "gc") {
+            *per_tid.entry(e["tid"].as_u64().unwrap()).or_default() += 1;
+        }
+        assert_eq!(per_isolate.len(), 2, "node {major}: {per_isolate:?}");
+        assert_eq!(per_tid.len(), 2, "node {major}: {per_tid:?}");
+        assert!(
+            per_tid.contains_key(&u64::from(target.pid)),
+            "node {major}: no GC on the main thread"
+        );
+        let mut truth: Vec<usize> = per_isolate.values().copied().collect();
+        let mut seen: Vec<usize> = per_tid.values().copied().collect();
+        truth.sort_unstable();
+        seen.sort_unstable();
+        for (t, s) in truth.iter().zip(&seen) {
+            assert!(
+                (*t as f64 - *s as f64).abs() <= *t as f64 * 0.05,
+                "node {major}: per isolate {truth:?} vs per thread {seen:?}"
+            );
+        }
+    }
+}

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{human_bytes, megabytes, GcEvent, GcPoints, GcSummary, GcTracer, LeakDetector, LeakSuspicion};
+use super::{
+    human_bytes, megabytes, GcEvent, GcPoints, GcSummary, GcTracer, LeakDetector, LeakSuspicion,
+};
 use crate::collect::CallCollector;
 use crate::probe::{self, Probe, ProbeError};
 use crate::record::{monotonic_ns, StopReason};
