@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::gc::points::Plan;
+use crate::gc::GcPoints;
 use crate::target::{Target, TargetError};
 use crate::v8::{LayoutReport, V8Layout};
 
@@ -14,6 +16,8 @@ pub struct TargetInfo {
     pub node_version: Option<String>,
     pub perf_map: bool,
     pub layout: Result<LayoutReport, String>,
+    /// How `nodeprof gc` would trace this binary's GCs, or why it cannot.
+    pub gc: Result<GcPoints, String>,
 }
 
 pub fn inspect(pid: u32) -> Result<TargetInfo, TargetError> {
@@ -26,7 +30,9 @@ pub fn inspect(pid: u32) -> Result<TargetInfo, TargetError> {
             None => Err(e.to_string()),
         },
     };
+    let gc = GcPoints::find(Path::new(&exe)).map_err(|e| e.to_string());
     Ok(TargetInfo {
+        gc,
         is_node: target.is_node(),
         node_version: scan_node_version(Path::new(&exe)),
         perf_map: target.perf_map_path().exists(),
@@ -119,8 +125,23 @@ impl fmt::Display for TargetInfo {
             }
         )?;
         match &self.layout {
-            Ok(report) => write!(f, "{report}"),
-            Err(e) => writeln!(f, "V8: none found ({e})\nJS frame naming: NOT available"),
+            Ok(report) => write!(f, "{report}")?,
+            Err(e) => writeln!(f, "V8: none found ({e})\nJS frame naming: NOT available")?,
+        }
+        match &self.gc {
+            Ok(points) => {
+                let how = match points.plan {
+                    Plan::TracerRecord(_) => "V8's own pause record",
+                    Plan::Calls => "function probes only",
+                };
+                let functions: Vec<&str> = points.sites.iter().map(|s| s.symbol).collect();
+                writeln!(f, "GC tracing: available, {how} ({})", functions.join(", "))?;
+                for missing in &points.missing {
+                    writeln!(f, "  {missing}")?;
+                }
+                Ok(())
+            }
+            Err(e) => writeln!(f, "GC tracing: NOT available ({e})"),
         }
     }
 }

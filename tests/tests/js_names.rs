@@ -1149,6 +1149,11 @@ fn check_info(major: u32) {
             .any(|l| l.contains("symbol v8dbg_class_JSFunction__shared__SharedFunctionInfo")),
         "node {major}: the JSFunction.shared field does not name its v8dbg symbol\n{all}"
     );
+    let gc = info_field(&run, "GC tracing").unwrap_or_default();
+    assert!(
+        gc.starts_with("available, V8's own pause record"),
+        "node {major}: GC tracing line `{gc}`\n{all}"
+    );
 }
 
 /// A busy shell: a target that is not node (or only calls itself `node`).
@@ -1172,6 +1177,8 @@ fn info_non_node_says_naming_unavailable() {
         "{all}"
     );
     assert!(!run.stdout.contains("naming: available"), "{all}");
+    let gc = info_field(&run, "GC tracing").unwrap_or_default();
+    assert!(gc.starts_with("NOT available"), "{all}");
 }
 
 // ---------------------------------------------------------------------------
