@@ -189,17 +189,8 @@ fn gc_command(args: GcArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
     let report = run::trace(&options, &mut stdout).context("GC tracing failed")?;
     if args.json {
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            r#type: &'static str,
-            #[serde(flatten)]
-            summary: &'a nodeprof::gc::GcSummary,
-        }
-        let line = Line {
-            r#type: "summary",
-            summary: &report.summary,
-        };
-        print_report(&format!("{}\n", serde_json::to_string(&line)?));
+        let line = run::json_line("summary", &report.summary, serde_json::Value::Null);
+        print_report(&format!("{line}\n"));
     } else {
         print_report(&format!("\n{}", run::summary_text(&report.summary)));
     }

@@ -1,29 +1,7 @@
 'use strict';
-// Fixed CPU-bound work for `cargo xtask bench` (single thread, no dependencies).
-//
-//   node cpu-bound.js [--units N] [--wait-stdin]
-//
-// Does N units of mixed work (recursive fib, JSON round trips, string
-// building) and prints, as its last stdout line, the elapsed milliseconds of
-// that work alone (not node's start-up). With --wait-stdin it first prints
-// `ready` and waits for a line on stdin, so a profiler can attach before the
-// timed work starts.
-
-const argv = process.argv.slice(2);
-let units = 25000;
-let waitStdin = false;
-for (let i = 0; i < argv.length; i++) {
-  if (argv[i] === '--units') units = Number(argv[++i]);
-  else if (argv[i] === '--wait-stdin') waitStdin = true;
-  else {
-    console.error(`unknown argument ${argv[i]}`);
-    process.exit(2);
-  }
-}
-if (!Number.isInteger(units) || units < 1) {
-  console.error('--units must be a positive integer');
-  process.exit(2);
-}
+// Fixed CPU-bound work for `cargo xtask bench` (single thread): N units of
+// mixed work (recursive fib, JSON round trips, string building). Arguments
+// and output: harness.js.
 
 function fib(n) {
   return n < 2 ? n : fib(n - 1) + fib(n - 2);
@@ -60,30 +38,4 @@ function unit(i) {
   return fib(21) + jsonRoundTrip(i) + buildStrings(i);
 }
 
-function work() {
-  const start = process.hrtime.bigint();
-  let checksum = 0;
-  for (let i = 0; i < units; i++) checksum = (checksum + unit(i)) | 0;
-  const ms = Number(process.hrtime.bigint() - start) / 1e6;
-  console.log(`units ${units} checksum ${checksum}`);
-  console.log(ms.toFixed(1));
-}
-
-if (waitStdin) {
-  let started = false;
-  process.stdin.on('data', () => {
-    if (started) return;
-    started = true;
-    process.stdin.destroy();
-    work();
-  });
-  process.stdin.on('end', () => {
-    if (!started) {
-      console.error('stdin closed before the start line');
-      process.exit(3);
-    }
-  });
-  console.log('ready');
-} else {
-  work();
-}
+require('./harness')(25000, unit);

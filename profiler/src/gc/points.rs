@@ -204,103 +204,63 @@ const INCREMENTAL_MARK_COMPACT: Option<(GcKind, bool)> = Some((GcKind::MarkCompa
 const MINOR: Option<(GcKind, bool)> = Some((GcKind::MinorMarkSweep, false));
 const INCREMENTAL_MINOR: Option<(GcKind, bool)> = Some((GcKind::MinorMarkSweep, true));
 
+const FIVE_TYPES: &[Option<(GcKind, bool)>] = &[
+    SCAVENGE,
+    MARK_COMPACT,
+    INCREMENTAL_MARK_COMPACT,
+    MINOR,
+    None,
+];
+const SIX_TYPES: &[Option<(GcKind, bool)>] = &[
+    SCAVENGE,
+    MARK_COMPACT,
+    INCREMENTAL_MARK_COMPACT,
+    MINOR,
+    INCREMENTAL_MINOR,
+    None,
+];
+
+/// V8 10–11: the record is final when `UpdateStatistics` prints it; times are
+/// the doubles V8 stored.
+const fn before_v8_12(v8: (u32, u32), types: &'static [Option<(GcKind, bool)>]) -> TracerLayout {
+    TracerLayout {
+        v8,
+        record_function: "v8::internal::GCTracer::UpdateStatistics",
+        record_prefix: UPDATE_STATISTICS,
+        times: PauseTimes::Doubles {
+            start: 0x20,
+            end: 0x28,
+        },
+        event_type: 0x08,
+        reason: 0x10,
+        size_before: 0x38,
+        size_after: 0x40,
+        types,
+    }
+}
+
+/// V8 12+: `StopObservablePause` prints the record; times are its arguments.
+const fn since_v8_12(v8: (u32, u32), size_before: u32) -> TracerLayout {
+    TracerLayout {
+        v8,
+        record_function: "v8::internal::GCTracer::StopObservablePause",
+        record_prefix: STOP_OBSERVABLE_PAUSE,
+        times: PauseTimes::Arguments,
+        event_type: 0x08,
+        reason: 0x10,
+        size_before,
+        size_after: size_before + 8,
+        types: SIX_TYPES,
+    }
+}
+
 /// Node 18 (10.2), 20 (11.3), 22 (12.4), 24 (13.6), 26 (14.6).
 pub const TRACER_LAYOUTS: &[TracerLayout] = &[
-    TracerLayout {
-        v8: (10, 2),
-        record_function: "v8::internal::GCTracer::UpdateStatistics",
-        record_prefix: UPDATE_STATISTICS,
-        times: PauseTimes::Doubles {
-            start: 0x20,
-            end: 0x28,
-        },
-        event_type: 0x08,
-        reason: 0x10,
-        size_before: 0x38,
-        size_after: 0x40,
-        types: &[
-            SCAVENGE,
-            MARK_COMPACT,
-            INCREMENTAL_MARK_COMPACT,
-            MINOR,
-            None,
-        ],
-    },
-    TracerLayout {
-        v8: (11, 3),
-        record_function: "v8::internal::GCTracer::UpdateStatistics",
-        record_prefix: UPDATE_STATISTICS,
-        times: PauseTimes::Doubles {
-            start: 0x20,
-            end: 0x28,
-        },
-        event_type: 0x08,
-        reason: 0x10,
-        size_before: 0x38,
-        size_after: 0x40,
-        types: &[
-            SCAVENGE,
-            MARK_COMPACT,
-            INCREMENTAL_MARK_COMPACT,
-            MINOR,
-            INCREMENTAL_MINOR,
-            None,
-        ],
-    },
-    TracerLayout {
-        v8: (12, 4),
-        record_function: "v8::internal::GCTracer::StopObservablePause",
-        record_prefix: STOP_OBSERVABLE_PAUSE,
-        times: PauseTimes::Arguments,
-        event_type: 0x08,
-        reason: 0x10,
-        size_before: 0x38,
-        size_after: 0x40,
-        types: &[
-            SCAVENGE,
-            MARK_COMPACT,
-            INCREMENTAL_MARK_COMPACT,
-            MINOR,
-            INCREMENTAL_MINOR,
-            None,
-        ],
-    },
-    TracerLayout {
-        v8: (13, 6),
-        record_function: "v8::internal::GCTracer::StopObservablePause",
-        record_prefix: STOP_OBSERVABLE_PAUSE,
-        times: PauseTimes::Arguments,
-        event_type: 0x08,
-        reason: 0x10,
-        size_before: 0x40,
-        size_after: 0x48,
-        types: &[
-            SCAVENGE,
-            MARK_COMPACT,
-            INCREMENTAL_MARK_COMPACT,
-            MINOR,
-            INCREMENTAL_MINOR,
-            None,
-        ],
-    },
-    TracerLayout {
-        v8: (14, 6),
-        record_function: "v8::internal::GCTracer::StopObservablePause",
-        record_prefix: STOP_OBSERVABLE_PAUSE,
-        times: PauseTimes::Arguments,
-        event_type: 0x08,
-        reason: 0x10,
-        size_before: 0x40,
-        size_after: 0x48,
-        types: &[
-            SCAVENGE,
-            MARK_COMPACT,
-            INCREMENTAL_MARK_COMPACT,
-            MINOR,
-            INCREMENTAL_MINOR,
-            None,
-        ],
-    },
+    before_v8_12((10, 2), FIVE_TYPES),
+    before_v8_12((11, 3), SIX_TYPES),
+    since_v8_12((12, 4), 0x38),
+    since_v8_12((13, 6), 0x40),
+    since_v8_12((14, 6), 0x40),
 ];
 
 impl TracerLayout {

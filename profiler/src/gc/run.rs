@@ -213,21 +213,8 @@ fn kind_label(gc: &GcEvent) -> String {
 fn print_event(out: &mut dyn Write, json: bool, start_ns: u64, pid: u32, gc: &GcEvent) {
     let time_s = gc.start_ns.saturating_sub(start_ns) as f64 / 1e9;
     if json {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            r#type: &'static str,
-            time_s: f64,
-            pause_ms: f64,
-            #[serde(flatten)]
-            gc: &'a GcEvent,
-        }
-        let line = Line {
-            r#type: "gc",
-            time_s,
-            pause_ms: gc.pause_ns as f64 / 1e6,
-            gc,
-        };
-        let _ = writeln!(out, "{}", serde_json::to_string(&line).unwrap_or_default());
+        let extra = serde_json::json!({"time_s": time_s, "pause_ms": gc.pause_ns as f64 / 1e6});
+        let _ = writeln!(out, "{}", json_line("gc", gc, extra));
         return;
     }
     let heap = match (gc.heap_before, gc.heap_after) {
@@ -251,22 +238,27 @@ fn print_event(out: &mut dyn Write, json: bool, start_ns: u64, pid: u32, gc: &Gc
 fn print_leak(out: &mut dyn Write, json: bool, start_ns: u64, leak: &LeakSuspicion) {
     let time_s = leak.time_ns.saturating_sub(start_ns) as f64 / 1e9;
     if json {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            r#type: &'static str,
-            time_s: f64,
-            #[serde(flatten)]
-            leak: &'a LeakSuspicion,
-        }
-        let line = Line {
-            r#type: "leak",
-            time_s,
-            leak,
-        };
-        let _ = writeln!(out, "{}", serde_json::to_string(&line).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "{}",
+            json_line("leak", leak, serde_json::json!({"time_s": time_s}))
+        );
         return;
     }
     let _ = writeln!(out, "{}", leak_line(time_s, leak));
+}
+
+/// One line of `--json` output: `{"type": TYPE, …value's fields, …extra}`.
+pub fn json_line(ty: &str, value: &impl Serialize, extra: serde_json::Value) -> String {
+    let mut object = match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    object.insert("type".into(), ty.into());
+    if let serde_json::Value::Object(extra) = extra {
+        object.extend(extra);
+    }
+    serde_json::Value::Object(object).to_string()
 }
 
 pub fn leak_line(time_s: f64, leak: &LeakSuspicion) -> String {

@@ -153,15 +153,7 @@ impl Probe {
     /// Attaches the sampler to a `cpu-clock` event on every online CPU at `frequency_hz`.
     /// The hardware PMU is not needed: the software clock works everywhere, VMs included.
     pub fn start_sampling(&mut self, frequency_hz: u64) -> Result<(), ProbeError> {
-        let program: &mut PerfEvent = self
-            .ebpf
-            .program_mut(SAMPLER_PROGRAM)
-            .ok_or_else(|| ProbeError::Kernel {
-                action: "find the sampler",
-                detail: SAMPLER_PROGRAM.into(),
-            })?
-            .try_into()
-            .map_err(|e| ProbeError::classify("find the sampler", &e))?;
+        let program: &mut PerfEvent = program_mut(&mut self.ebpf, SAMPLER_PROGRAM)?;
         program
             .load()
             .map_err(|e| ProbeError::classify("load the sampler", &e))?;
@@ -194,15 +186,7 @@ impl Probe {
         } else {
             CALL_ENTRY_PROGRAM
         };
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| ProbeError::Kernel {
-                action: "find the call tracer",
-                detail: name.into(),
-            })?
-            .try_into()
-            .map_err(|e| ProbeError::classify("find the call tracer", &e))?;
+        let program: &mut UProbe = program_mut(&mut self.ebpf, name)?;
         if program.fd().is_err() {
             program
                 .load()
@@ -254,6 +238,20 @@ fn sum_per_cpu(counter: &PerCpuArray<MapData, u64>) -> u64 {
         .get(&0, 0)
         .map(|per_cpu| per_cpu.iter().sum())
         .unwrap_or(0)
+}
+
+/// A program of the loaded object as its typed aya program.
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or_else(|| ProbeError::Kernel {
+        action: "find an eBPF program",
+        detail: format!("program {name} missing"),
+    })?;
+    program
+        .try_into()
+        .map_err(|e| ProbeError::classify("find an eBPF program", &e))
 }
 
 /// Takes a map out of the loaded object as its typed aya map.
