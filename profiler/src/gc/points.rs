@@ -64,7 +64,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn code(self) -> u64 {
+    pub(crate) fn code(self) -> u64 {
         match self {
             Role::PauseStart => 1,
             Role::PauseEnd => 2,
@@ -329,7 +329,7 @@ pub struct Semantics {
 
 /// Newest first. V8's GarbageCollector enum has kept one order since 2021:
 /// SCAVENGER, MARK_COMPACTOR, MINOR_MARK_COMPACTOR (renamed MINOR_MARK_SWEEPER in 12.x).
-const SEMANTICS: &[Semantics] = &[Semantics {
+pub(crate) const SEMANTICS: &[Semantics] = &[Semantics {
     since: V8Version::new(10, 0, 0, 0),
     collectors: &[
         GcKind::Scavenge,

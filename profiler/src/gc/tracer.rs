@@ -235,3 +235,175 @@ impl GcTracer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::points::{PauseTimes, Plan, TRACER_LAYOUTS};
+    use crate::gc::GcPoints;
+    use nodeprof_common::{CALL_VALUES, CALL_WORDS};
+
+    fn points(plan: Plan) -> GcPoints {
+        GcPoints {
+            path: "/node".into(),
+            version: crate::v8::V8Version::new(11, 3, 0, 0),
+            semantics: &super::super::points::SEMANTICS[0],
+            plan,
+            sites: [
+                Role::PauseStart,
+                Role::PauseEnd,
+                Role::CycleStart,
+                Role::ObjectSizes,
+                Role::CollectGarbage,
+                Role::Record,
+            ]
+            .into_iter()
+            .map(|role| super::super::points::ProbeSite {
+                role,
+                site: crate::probe::CallSite {
+                    file_offset: 0,
+                    at_return: false,
+                    cookie: 0,
+                    reads: None,
+                },
+                symbol: "",
+            })
+            .collect(),
+            missing: Vec::new(),
+        }
+    }
+
+    fn event(tid: u32, time_ns: u64, role: Role, values: &[u64], words: &[u64]) -> CallEvent {
+        let mut e = CallEvent {
+            time_ns,
+            tgid: 1,
+            tid,
+            cookie: role.code(),
+            values: [0; CALL_VALUES],
+            words: [0; CALL_WORDS],
+        };
+        e.values[..values.len()].copy_from_slice(values);
+        e.words[..words.len()].copy_from_slice(words);
+        e
+    }
+
+    #[test]
+    fn function_probes_make_one_gc_per_pause_per_thread() {
+        let mut t = GcTracer::new(&points(Plan::Calls));
+        t.arm(1_000);
+        // A pause that started before arming is dropped.
+        assert!(t.feed(&event(5, 900, Role::PauseStart, &[], &[])).is_none());
+        assert!(t.feed(&event(5, 1_100, Role::PauseEnd, &[], &[])).is_none());
+        let this = 0x1000;
+        let steps = [
+            event(5, 2_000, Role::CollectGarbage, &[this, 0, 1], &[]),
+            event(5, 2_010, Role::PauseStart, &[this], &[]),
+            // Another isolate's thread interleaves and does not mix in.
+            event(6, 2_020, Role::CollectGarbage, &[this, 0, 18], &[]),
+            event(5, 2_030, Role::Collector(GcKind::Scavenge), &[this], &[]),
+            event(5, 2_040, Role::ObjectSizes, &[400], &[]),
+            event(5, 2_050, Role::ObjectSizes, &[300], &[]),
+            event(5, 2_060, Role::ObjectSizes, &[100], &[]),
+        ];
+        for e in &steps {
+            assert!(t.feed(e).is_none());
+        }
+        let gc = t
+            .feed(&event(5, 3_010, Role::PauseEnd, &[this], &[]))
+            .unwrap();
+        assert_eq!(gc.tid, 5);
+        assert_eq!((gc.start_ns, gc.pause_ns), (2_010, 1_000));
+        assert_eq!(gc.kind, GcKind::Scavenge);
+        assert_eq!(gc.incremental, Some(false));
+        assert_eq!(gc.reason.as_deref(), Some("allocation failure"));
+        assert_eq!((gc.heap_before, gc.heap_after), (Some(400), Some(100)));
+        // Incremental marking started by StartCycle long before the pause.
+        t.feed(&event(5, 4_000, Role::CycleStart, &[this, 1, 2, 0, 1], &[]));
+        t.feed(&event(5, 9_000, Role::CollectGarbage, &[this, 0, 9], &[]));
+        t.feed(&event(5, 9_010, Role::PauseStart, &[this], &[]));
+        t.feed(&event(
+            5,
+            9_020,
+            Role::Collector(GcKind::MarkCompact),
+            &[this],
+            &[],
+        ));
+        let gc = t
+            .feed(&event(5, 9_510, Role::PauseEnd, &[this], &[]))
+            .unwrap();
+        assert_eq!(gc.kind, GcKind::MarkCompact);
+        assert_eq!(gc.incremental, Some(true));
+        assert_eq!(
+            gc.reason.as_deref(),
+            Some("finalize incremental marking via task")
+        );
+    }
+
+    #[test]
+    fn the_record_gives_v8s_own_figures_and_rejects_garbage() {
+        // V8 11.3: times are doubles (ms) in the record.
+        let l11 = TRACER_LAYOUTS.iter().find(|l| l.v8 == (11, 3)).unwrap();
+        assert!(matches!(l11.times, PauseTimes::Doubles { .. }));
+        let mut t = GcTracer::new(&points(Plan::TracerRecord(l11)));
+        t.arm(0);
+        let ms = |v: f64| v.to_bits();
+        let words = [2, 9, 5 << 20, 3 << 20, ms(1500.25), ms(1502.0)];
+        let gc = t
+            .feed(&event(7, 1_502_100_000, Role::Record, &[0x40], &words))
+            .unwrap();
+        assert_eq!(gc.kind, GcKind::MarkCompact);
+        assert_eq!(gc.incremental, Some(true));
+        assert_eq!(gc.start_ns, 1_500_250_000);
+        assert_eq!(gc.pause_ns, 1_750_000);
+        assert_eq!(
+            gc.reason.as_deref(),
+            Some("finalize incremental marking via task")
+        );
+        assert_eq!(
+            (gc.heap_before, gc.heap_after),
+            (Some(5 << 20), Some(3 << 20))
+        );
+        // A type V8 does not have, or an end before the start: not a GC.
+        let bad_type = [77, 1, 0, 0, ms(1.0), ms(2.0)];
+        assert!(t
+            .feed(&event(7, 2_000_000, Role::Record, &[0x40], &bad_type))
+            .is_none());
+        let backwards = [0, 1, 0, 0, ms(5.0), ms(2.0)];
+        assert!(t
+            .feed(&event(7, 5_000_000, Role::Record, &[0x40], &backwards))
+            .is_none());
+        assert_eq!(t.invalid_records, 2);
+
+        // V8 12+: start from StartObservablePause's argument, per tracer object.
+        let l14 = TRACER_LAYOUTS.iter().find(|l| l.v8 == (14, 6)).unwrap();
+        let mut t = GcTracer::new(&points(Plan::TracerRecord(l14)));
+        t.arm(0);
+        t.feed(&event(7, 10_000, Role::PauseStart, &[0xa, 1_000], &[]));
+        t.feed(&event(8, 10_000, Role::PauseStart, &[0xb, 1_100], &[]));
+        let gc = t
+            .feed(&event(
+                8,
+                12_000,
+                Role::Record,
+                &[0xb, 0, 1_400],
+                &[0, 1, 10, 5],
+            ))
+            .unwrap();
+        assert_eq!((gc.start_ns, gc.pause_ns), (1_100_000, 300_000));
+        assert_eq!(gc.kind, GcKind::Scavenge);
+        let gc = t
+            .feed(&event(
+                7,
+                12_000,
+                Role::Record,
+                &[0xa, 1, 1_900],
+                &[1, 1, 10, 5],
+            ))
+            .unwrap();
+        assert_eq!((gc.start_ns, gc.pause_ns), (1_000_000, 900_000));
+        assert_eq!(
+            (gc.kind, gc.incremental),
+            (GcKind::MarkCompact, Some(false))
+        );
+    }
+}
