@@ -98,7 +98,7 @@ impl LeakDetector {
             // Within the noise floor: neither growth nor a reset.
             return None;
         }
-        if self.consecutive % self.threshold != 0 || after <= self.peak_before_run {
+        if !self.consecutive.is_multiple_of(self.threshold) || after <= self.peak_before_run {
             return None;
         }
         let (start_time, start_after) = self.run_start?;

@@ -422,7 +422,7 @@ mod tests {
     fn names_functions_of_a_live_process() {
         let me = Target::inspect(std::process::id()).unwrap();
         let mut symbolizer = Symbolizer::new(&me);
-        let addr = names_functions_of_a_live_process as usize as u64;
+        let addr = names_functions_of_a_live_process as *const () as usize as u64;
         let mut record = nodeprof_common::SampleRecord {
             time_ns: 1,
             tgid: me.pid,
