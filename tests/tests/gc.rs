@@ -99,16 +99,12 @@ fn churn_under_gc(major: u32, env: &[(&str, &str)]) -> (Vec<TraceLine>, Vec<Valu
     target.signal(libc::SIGUSR2);
     target.wait_for_line("go", READY_TIMEOUT);
     let mut trace = Vec::new();
-    loop {
-        match target.next_line(RUN_TIMEOUT) {
-            Some(line) => {
-                if line.contains(" ms: ") {
-                    trace.push(parse_trace_line(&line).unwrap_or_else(|| {
-                        panic!("node {major}: unparsable --trace-gc line: {line}")
-                    }));
-                }
-            }
-            None => break,
+    while let Some(line) = target.next_line(RUN_TIMEOUT) {
+        if line.contains(" ms: ") {
+            trace.push(
+                parse_trace_line(&line)
+                    .unwrap_or_else(|| panic!("node {major}: unparsable --trace-gc line: {line}")),
+            );
         }
     }
     let run = nodeprof.finish(RUN_TIMEOUT);
