@@ -18,8 +18,9 @@ use aya_ebpf::{
 };
 use nodeprof_common::{CallEvent, CallReads, CALL_VALUES, CALL_WORDS};
 
-/// 1 MiB: about 16,000 events. A GC-heavy process makes a few thousand a
-/// second; user space drains every 50 ms.
+/// 1 MiB: about 8,000 events (128 bytes each with the ring header). A
+/// GC-heavy process makes a few hundred a second, one or two per GC; user
+/// space drains every 50 ms.
 #[map(name = "CALLS")]
 static CALLS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 

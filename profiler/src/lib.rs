@@ -11,6 +11,7 @@ pub mod output;
 pub mod probe;
 pub mod profile;
 pub mod record;
+pub mod session;
 pub mod symbolize;
 pub mod target;
 pub mod v8;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use nodeprof::record::{self, OutputFormat, RecordOptions, StopReason};
+use nodeprof::record::{self, OutputFormat, RecordOptions};
 
 #[derive(Parser)]
 #[command(
@@ -147,12 +147,7 @@ fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
         top: args.top,
     };
     let recording = record::record(&options).context("recording failed")?;
-    let why = match recording.stop {
-        StopReason::DurationElapsed => "duration elapsed",
-        StopReason::Interrupted => "interrupted",
-        StopReason::Terminated => "terminated",
-        StopReason::TargetExited => "target exited",
-    };
+    let why = recording.stop.describe();
     let mut report = String::new();
     let _ = writeln!(
         report,

@@ -123,7 +123,7 @@ fn count_kinds<'a>(
     counts
 }
 
-fn check_against_trace_gc(major: u32, trace: &[TraceLine], lines: &[Value], exact_pauses: bool) {
+fn check_against_trace_gc(major: u32, trace: &[TraceLine], lines: &[Value], exact: bool) {
     let events = of_type(lines, "gc");
     assert!(
         trace.len() >= 20,
@@ -153,25 +153,36 @@ fn check_against_trace_gc(major: u32, trace: &[TraceLine], lines: &[Value], exac
         );
         let after_mb = e["heap_after"].as_u64().unwrap() as f64 / MB;
         let before_mb = e["heap_before"].as_u64().unwrap() as f64 / MB;
-        // --trace-gc rounds to 0.1 MB.
+        // --trace-gc rounds to 0.1 MB: V8's own record must agree to that
+        // rounding, function probes within 5%.
         for (printed, ours, what) in [
             (t.after_mb, after_mb, "after"),
             (t.before_mb, before_mb, "before"),
         ] {
+            let tolerance = if exact {
+                0.051
+            } else {
+                (printed * 0.05).max(0.051)
+            };
             assert!(
-                (printed - ours).abs() <= (printed * 0.05).max(0.051),
+                (printed - ours).abs() <= tolerance,
                 "node {major}: heap {what} {ours:.2} MB vs --trace-gc {printed} MB: {}",
                 t.line
             );
         }
         let pause = e["pause_ms"].as_f64().unwrap();
-        // node 18 prints one decimal.
+        // node 18 prints one decimal, the others two.
         let rounding = if major == 18 { 0.05 } else { 0.005 };
-        if (pause - t.pause_ms).abs() > (t.pause_ms * 0.2).max(0.2) + rounding {
+        let tolerance = if exact {
+            rounding + 0.001
+        } else {
+            (t.pause_ms * 0.2).max(0.2) + rounding
+        };
+        if (pause - t.pause_ms).abs() > tolerance {
             pause_misses.push(format!("{pause:.3} ms vs {}", t.line));
         }
     }
-    if exact_pauses {
+    if exact {
         assert!(
             pause_misses.is_empty(),
             "node {major}: pauses differ:\n{}",
@@ -295,7 +306,9 @@ fn a_leak_raises_the_signal() {
         of_type(&lines, "gc").len()
     );
     let leak = leaks[0];
-    assert_eq!(leak["consecutive"], 5);
+    // 5 increases past the earlier level, or 10 while there is no history yet.
+    let consecutive = leak["consecutive"].as_u64().unwrap();
+    assert!(consecutive == 5 || consecutive == 10, "{leak}");
     let growth = leak["growth_bytes"].as_u64().unwrap();
     assert!(growth > 1 << 20, "growth {growth}");
     assert_eq!(
@@ -483,6 +496,21 @@ fn record_prints_the_gc_table_and_marks_gc_samples() {
         .map(|s| s.count)
         .sum();
     assert!(main > 100, "{main} main-thread samples");
+    // Samples in a pause whose stack shows no GC function (the frame walk
+    // stops in libc's memcpy, say) are placed by the pause alone.
+    let placed_by_pause: u64 = out
+        .folded
+        .iter()
+        .filter(|s| {
+            s.thread == "MainThread" && s.frames.last().is_some_and(|f| f == "(garbage collector)")
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        placed_by_pause > 0,
+        "no sample placed by a GC pause:\n{}",
+        out.folded_excerpt()
+    );
     assert!(
         main_gc * 20 > main,
         "only {main_gc} of {main} main-thread samples in GC:\n{}",
@@ -544,4 +572,39 @@ fn worker_isolates_are_traced_apart() {
             );
         }
     }
+}
+
+/// `nodeprof gc -p PID | head -3` ends when `head` does, not at Ctrl-C.
+#[test]
+fn a_closed_pipe_ends_the_trace() {
+    use std::io::{BufRead, BufReader};
+    let _guard = serial();
+    require_root();
+    let dir = scratch_dir();
+    let target = Proc::node(&node20(), &[], "gc/steady.js", &[], dir.path());
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let mut child = std::process::Command::new(nodeprof_bin())
+        .args(["gc", "-p", &target.pid.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..3 {
+        lines.next().expect("a line").unwrap();
+    }
+    drop(lines);
+    assert!(
+        wait_until(Duration::from_secs(10), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "nodeprof gc still runs after its reader went away"
+    );
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(target.is_running());
 }

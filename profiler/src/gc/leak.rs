@@ -13,6 +13,8 @@
 //! steady server is noisy (what incremental marking allocated survives its
 //! cycle), and a run of increases from a dip back to the usual peak happens
 //! by chance (1 in 720 for 5 increases of pure noise); a leak climbs past it.
+//! Until `threshold` full GCs give that level, a run needs twice as many
+//! increases (1 in 40 million for noise).
 
 use std::collections::VecDeque;
 
@@ -23,6 +25,8 @@ pub const DEFAULT_NOISE_FLOOR_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LeakSuspicion {
+    /// The isolate's JS thread.
+    pub tid: u32,
     /// CLOCK_MONOTONIC ns of the full GC that raised it.
     pub time_ns: u64,
     /// Consecutive growing full GCs so far.
@@ -49,6 +53,8 @@ pub struct LeakDetector {
     recent: VecDeque<u64>,
     /// Highest of `recent` when the current run began.
     peak_before_run: u64,
+    /// How many full GCs `recent` held when the current run began.
+    history_before_run: usize,
 }
 
 impl LeakDetector {
@@ -61,6 +67,7 @@ impl LeakDetector {
             consecutive: 0,
             recent: VecDeque::new(),
             peak_before_run: 0,
+            history_before_run: 0,
         }
     }
 
@@ -79,6 +86,7 @@ impl LeakDetector {
         let now = gc.end_ns();
         let previous = self.last.replace((now, after));
         let peak = self.recent.iter().copied().max().unwrap_or(0);
+        let history = self.recent.len();
         self.recent.push_back(after);
         if self.recent.len() > self.window() {
             self.recent.pop_front();
@@ -88,6 +96,7 @@ impl LeakDetector {
             if self.consecutive == 0 {
                 self.run_start = Some((last_time, last_after));
                 self.peak_before_run = peak;
+                self.history_before_run = history;
             }
             self.consecutive += 1;
         } else if after <= last_after {
@@ -98,13 +107,21 @@ impl LeakDetector {
             // Within the noise floor: neither growth nor a reset.
             return None;
         }
-        if !self.consecutive.is_multiple_of(self.threshold) || after <= self.peak_before_run {
+        // Without `threshold` full GCs of history there is no level to climb
+        // past: ask for twice the evidence instead.
+        let enough = self.history_before_run >= self.threshold as usize
+            || self.consecutive >= 2 * self.threshold;
+        if !self.consecutive.is_multiple_of(self.threshold)
+            || after <= self.peak_before_run
+            || !enough
+        {
             return None;
         }
         let (start_time, start_after) = self.run_start?;
         let growth = after - start_after;
         let hours = (now.saturating_sub(start_time)) as f64 / 3.6e12;
         Some(LeakSuspicion {
+            tid: gc.tid,
             time_ns: now,
             consecutive: self.consecutive,
             heap_after_start: start_after,
@@ -142,9 +159,13 @@ mod tests {
     #[test]
     fn five_growing_full_gcs_raise_it_with_growth_and_rate() {
         let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        // Five level full GCs first: the history a run must climb past.
+        for i in 0..5 {
+            assert_eq!(d.observe(&gc(GcKind::MarkCompact, i, 10 * MB)), None);
+        }
         let mut raised = Vec::new();
         for i in 0..=5 {
-            raised.extend(d.observe(&gc(GcKind::MarkCompact, 10 * i, 10 * MB + i * MB)));
+            raised.extend(d.observe(&gc(GcKind::MarkCompact, 10 + 10 * i, 10 * MB + i * MB)));
         }
         assert_eq!(raised.len(), 1);
         let s = &raised[0];
@@ -157,7 +178,7 @@ mod tests {
         assert!((s.rate_per_hour - expected).abs() < expected * 1e-6);
         // It fires again after five more increases, with the growth of the whole run.
         for i in 6..=10 {
-            raised.extend(d.observe(&gc(GcKind::MarkCompact, 10 * i, 10 * MB + i * MB)));
+            raised.extend(d.observe(&gc(GcKind::MarkCompact, 10 + 10 * i, 10 * MB + i * MB)));
         }
         assert_eq!(raised.len(), 2);
         assert_eq!(raised[1].growth_bytes, 10 * MB);
@@ -227,9 +248,20 @@ mod tests {
     }
 
     #[test]
+    fn without_history_it_takes_twice_the_increases() {
+        let mut d = LeakDetector::new(5, DEFAULT_NOISE_FLOOR_BYTES);
+        let raised: Vec<_> = (0..=10)
+            .filter_map(|i| d.observe(&gc(GcKind::MarkCompact, i, (10 + i) * MB)))
+            .collect();
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].consecutive, 10);
+        assert_eq!(raised[0].growth_bytes, 10 * MB);
+    }
+
+    #[test]
     fn growth_within_the_noise_floor_neither_counts_nor_resets() {
         let mut d = LeakDetector::new(3, 100);
-        let afters = [1000, 2000, 2050, 3000, 4000];
+        let afters = [1000, 1000, 1000, 1000, 2000, 2050, 3000, 4000];
         let raised: Vec<_> = afters
             .iter()
             .enumerate()
@@ -237,5 +269,6 @@ mod tests {
             .collect();
         assert_eq!(raised.len(), 1);
         assert_eq!(raised[0].growth_bytes, 3000);
+        assert_eq!(raised[0].tid, 1);
     }
 }

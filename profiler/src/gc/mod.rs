@@ -4,12 +4,14 @@
 //! - [`points`]: which functions to probe, found by symbol in the binary and
 //!   chosen by the V8 version read from it; what is missing is said, not guessed.
 //! - [`tracer`]: turns the probes' raw call events into [`GcEvent`]s.
+//! - [`probes`]: finds, attaches and drains them for one target.
 //! - [`leak`]: the leak signal over heap-after-full-GC figures.
 //! - [`stats`]: counts, pause statistics, paused share, heap trend.
 //! - [`run`]: the `nodeprof gc` command.
 
 pub mod leak;
 pub mod points;
+pub mod probes;
 pub mod run;
 pub mod stats;
 pub mod tracer;
@@ -20,8 +22,21 @@ use serde::Serialize;
 
 pub use leak::{LeakDetector, LeakSuspicion};
 pub use points::{GcPoints, PointsError};
+pub use probes::GcProbes;
 pub use stats::GcSummary;
 pub use tracer::GcTracer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Target(#[from] crate::target::TargetError),
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+    #[error(transparent)]
+    Points(#[from] PointsError),
+    #[error("{0}")]
+    Runtime(std::io::Error),
+}
 
 /// The collector V8 ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -84,11 +99,6 @@ pub struct GcEvent {
 impl GcEvent {
     pub fn end_ns(&self) -> u64 {
         self.start_ns + self.pause_ns
-    }
-
-    /// Whether this pause covers instant `time_ns` on thread `tid`.
-    pub fn covers(&self, tid: u32, time_ns: u64) -> bool {
-        self.tid == tid && time_ns >= self.start_ns && time_ns <= self.end_ns()
     }
 }
 

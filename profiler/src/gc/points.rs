@@ -32,7 +32,7 @@ pub enum PointsError {
     Elf(#[from] ElfError),
     #[error("{path}: no V8 version symbols: not a Node.js binary, or stripped")]
     NoVersion { path: PathBuf },
-    #[error("cannot trace GC in {path} (V8 {version}): missing {}", missing.join(", "))]
+    #[error("cannot trace GC in {path} (V8 {version}): {}", missing.join("; "))]
     Unusable {
         path: PathBuf,
         version: V8Version,
@@ -263,9 +263,19 @@ pub const TRACER_LAYOUTS: &[TracerLayout] = &[
     since_v8_12((14, 6), 0x40),
 ];
 
+/// Where [`TracerLayout::reads`] puts each field in `CallEvent::words`.
+pub mod word {
+    pub const TYPE: usize = 0;
+    pub const REASON: usize = 1;
+    pub const SIZE_BEFORE: usize = 2;
+    pub const SIZE_AFTER: usize = 3;
+    /// [`super::PauseTimes::Doubles`] only.
+    pub const START_MS: usize = 4;
+    pub const END_MS: usize = 5;
+}
+
 impl TracerLayout {
-    /// The words the record probe copies: type, reason, before, after, then
-    /// (for [`PauseTimes::Doubles`]) start and end.
+    /// The words the record probe copies, in the order of [`word`].
     pub fn reads(&self) -> CallReads {
         let mut offsets = [0u32; CALL_WORDS];
         let mut fields = vec![
@@ -455,8 +465,12 @@ impl GcPoints {
         if forced_calls_plan() {
             missing.push("NODEPROF_GC_PLAN=calls: function probes only".to_string());
         } else if let Some(layout) = layout {
+            let pause_start = CANDIDATES
+                .iter()
+                .find(|c| c.role == Role::PauseStart)
+                .expect("the table has a pause start");
             let record = offsets_of(layout.record_prefix);
-            let start = offsets_of(CANDIDATES[0].mangled_prefix);
+            let start = offsets_of(pause_start.mangled_prefix);
             let needs_start = layout.times == PauseTimes::Arguments;
             if record.len() == 1 && (!needs_start || start.len() == 1) {
                 let mut sites = vec![ProbeSite {
@@ -478,7 +492,7 @@ impl GcPoints {
                             cookie: Role::PauseStart.code(),
                             reads: None,
                         },
-                        symbol: CANDIDATES[0].demangled,
+                        symbol: pause_start.demangled,
                     });
                 }
                 return Ok(GcPoints {
@@ -490,9 +504,13 @@ impl GcPoints {
                     missing,
                 });
             }
-            missing.push(format!(
-                "{} not found once in the binary: falling back to function probes",
+            let what = if record.len() != 1 {
                 layout.record_function
+            } else {
+                pause_start.demangled
+            };
+            missing.push(format!(
+                "{what} not found once in the binary: falling back to function probes"
             ));
         } else {
             missing.push(format!(
@@ -540,11 +558,23 @@ impl GcPoints {
     /// Removes probes that failed to attach (index into `sites`, message);
     /// fails when no pause can be timed any more.
     pub fn drop_failed(&mut self, failed: Vec<(usize, String)>) -> Result<(), PointsError> {
+        let mut messages = Vec::new();
         for (index, message) in failed.iter().rev() {
             self.sites.remove(*index);
-            self.missing.push(format!("cannot attach to {message}"));
+            messages.push(format!("cannot attach to {message}"));
         }
-        self.check_usable()
+        self.missing.extend(messages.iter().cloned());
+        self.check_usable().map_err(|e| match e {
+            // The attach failures are the cause, not the binary's symbols.
+            PointsError::Unusable { path, version, .. } if !messages.is_empty() => {
+                PointsError::Unusable {
+                    path,
+                    version,
+                    missing: messages,
+                }
+            }
+            e => e,
+        })
     }
 
     fn check_usable(&self) -> Result<(), PointsError> {

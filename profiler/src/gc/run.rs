@@ -1,32 +1,18 @@
 //! `nodeprof gc -p PID`: one line per GC as it happens, leak suspicions when
 //! they arise, and a summary at the end.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{
-    human_bytes, megabytes, GcEvent, GcPoints, GcSummary, GcTracer, LeakDetector, LeakSuspicion,
-};
-use crate::collect::CallCollector;
-use crate::probe::{self, Probe, ProbeError};
-use crate::record::{monotonic_ns, StopReason};
-use crate::target::{Target, TargetError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum GcError {
-    #[error(transparent)]
-    Target(#[from] TargetError),
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
-    #[error(transparent)]
-    Points(#[from] super::PointsError),
-    #[error("{0}")]
-    Runtime(std::io::Error),
-}
+use super::GcError;
+use super::{human_bytes, megabytes, GcEvent, GcProbes, GcSummary, LeakDetector, LeakSuspicion};
+use crate::probe::{self, Probe};
+use crate::session::{monotonic_ns, StopReason};
+use crate::target::Target;
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -36,65 +22,6 @@ pub struct GcOptions {
     pub json: bool,
     /// Consecutive growing full GCs that raise a leak suspicion.
     pub leak_threshold: u32,
-}
-
-/// Probes attached to a target's GC, ready to be drained.
-pub struct GcProbes {
-    pub points: GcPoints,
-    pub collector: CallCollector,
-    pub tracer: GcTracer,
-}
-
-impl GcProbes {
-    /// Finds the GC functions of `target`'s node binary and attaches the
-    /// call tracer to them. Functions that cannot be probed are reported in
-    /// `points.missing` and skipped, as long as a pause can still be timed.
-    pub fn attach(probe: &mut Probe, target: &Target) -> Result<GcProbes, GcError> {
-        GcProbes::attach_binary(probe, target.pid, &exe_path(target.pid))
-    }
-
-    /// Like [`GcProbes::attach`], for process `pid` running (or about to
-    /// exec) the node binary at `binary`.
-    pub fn attach_binary(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcProbes, GcError> {
-        let mut points = GcPoints::find(binary)?;
-        let mut failed = Vec::new();
-        for (index, site) in points.sites.iter().enumerate() {
-            if let Err(e) = probe.attach_call(pid, binary, site.site) {
-                // Permission problems concern every probe: say so at once.
-                if matches!(e, ProbeError::NotPermitted) {
-                    return Err(e.into());
-                }
-                failed.push((index, format!("{}: {e}", site.symbol)));
-            }
-        }
-        points.drop_failed(failed)?;
-        let ring = probe
-            .take_calls()
-            .expect("the call ring buffer is taken once");
-        let mut tracer = GcTracer::new(&points);
-        tracer.arm(monotonic_ns());
-        Ok(GcProbes {
-            tracer,
-            points,
-            collector: CallCollector::new(ring),
-        })
-    }
-
-    /// Feeds every pending call event to the tracer; returns the GCs completed.
-    pub fn drain(&mut self, pid: u32) -> Vec<GcEvent> {
-        let mut done = Vec::new();
-        let tracer = &mut self.tracer;
-        self.collector.drain(|event| {
-            if event.tgid == pid {
-                done.extend(tracer.feed(&event));
-            }
-        });
-        done
-    }
-}
-
-pub fn exe_path(pid: u32) -> PathBuf {
-    Path::new("/proc").join(pid.to_string()).join("exe")
 }
 
 pub struct GcReport {
@@ -146,32 +73,47 @@ async fn trace_async(
         let _ = writeln!(out, "{}", header());
     }
     let _ = out.flush();
-    let mut detector = LeakDetector::new(
-        options.leak_threshold,
-        super::leak::DEFAULT_NOISE_FLOOR_BYTES,
-    );
+    // Each isolate has its own heap: one detector per JS thread.
+    let mut detectors: HashMap<u32, LeakDetector> = HashMap::new();
     let mut events = Vec::new();
     let mut leaks = Vec::new();
     let mut interrupt = signal(SignalKind::interrupt()).map_err(GcError::Runtime)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(GcError::Runtime)?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut absorb = |probes: &mut GcProbes, out: &mut dyn Write| {
+    let mut warned_invalid = false;
+    let mut absorb = |probes: &mut GcProbes, out: &mut dyn Write| -> std::io::Result<()> {
         for gc in probes.drain(target.pid) {
-            print_event(out, options.json, start_ns, target.pid, &gc);
+            print_event(out, options.json, start_ns, target.pid, &gc)?;
+            let detector = detectors.entry(gc.tid).or_insert_with(|| {
+                LeakDetector::new(
+                    options.leak_threshold,
+                    super::leak::DEFAULT_NOISE_FLOOR_BYTES,
+                )
+            });
             if let Some(leak) = detector.observe(&gc) {
-                print_leak(out, options.json, start_ns, &leak);
+                print_leak(out, options.json, start_ns, target.pid, &leak)?;
                 leaks.push(leak);
             }
             events.push(gc);
         }
-        let _ = out.flush();
+        if probes.tracer.invalid_records > 0 && !warned_invalid {
+            warned_invalid = true;
+            tracing::warn!(
+                "a GC record of V8 {} did not pass the layout checks: this build's GCTracer \
+                 differs from the one nodeprof knows; NODEPROF_GC_PLAN=calls traces without it",
+                probes.points.version
+            );
+        }
+        out.flush()
     };
-    let stop = loop {
+    let mut stop = loop {
         tokio::select! {
             _ = interrupt.recv() => break StopReason::Interrupted,
             _ = terminate.recv() => break StopReason::Terminated,
             _ = tick.tick() => {
-                absorb(&mut probes, out);
+                if absorb(&mut probes, out).is_err() {
+                    break StopReason::OutputClosed;
+                }
                 if options.duration.is_some_and(|d| started.elapsed() >= d) {
                     break StopReason::DurationElapsed;
                 }
@@ -181,12 +123,16 @@ async fn trace_async(
             }
         }
     };
-    absorb(&mut probes, out);
+    if absorb(&mut probes, out).is_err() {
+        stop = StopReason::OutputClosed;
+    }
+    let invalid_records = probes.tracer.invalid_records;
     let lost = probe.lost_calls();
     drop(probes);
     drop(probe);
     let duration_s = monotonic_ns().saturating_sub(start_ns) as f64 / 1e9;
-    let summary = GcSummary::of(&events, duration_s, leaks.len(), lost);
+    let mut summary = GcSummary::of(&events, duration_s, leaks.len(), lost);
+    summary.invalid_records = invalid_records;
     Ok(GcReport {
         events,
         leaks,
@@ -210,42 +156,59 @@ fn kind_label(gc: &GcEvent) -> String {
     }
 }
 
-fn print_event(out: &mut dyn Write, json: bool, start_ns: u64, pid: u32, gc: &GcEvent) {
+fn print_event(
+    out: &mut dyn Write,
+    json: bool,
+    start_ns: u64,
+    pid: u32,
+    gc: &GcEvent,
+) -> std::io::Result<()> {
     let time_s = gc.start_ns.saturating_sub(start_ns) as f64 / 1e9;
     if json {
         let extra = serde_json::json!({"time_s": time_s, "pause_ms": gc.pause_ns as f64 / 1e6});
-        let _ = writeln!(out, "{}", json_line("gc", gc, extra));
-        return;
+        return writeln!(out, "{}", json_line("gc", gc, extra));
     }
     let heap = match (gc.heap_before, gc.heap_after) {
         (Some(b), Some(a)) => format!("{} → {}", megabytes(b), megabytes(a)),
         _ => "?".to_string(),
     };
-    let thread = if gc.tid == pid {
-        String::new()
-    } else {
-        format!("  [thread {}]", gc.tid)
-    };
-    let _ = writeln!(
+    writeln!(
         out,
-        "{time_s:>8.3}s  {:<26} {:>6.2} ms  {heap:>23}  {}{thread}",
+        "{time_s:>8.3}s  {:<26} {:>6.2} ms  {heap:>23}  {}{}",
         kind_label(gc),
         gc.pause_ns as f64 / 1e6,
-        gc.reason.as_deref().unwrap_or("")
-    );
+        gc.reason.as_deref().unwrap_or(""),
+        thread_suffix(gc.tid, pid)
+    )
 }
 
-fn print_leak(out: &mut dyn Write, json: bool, start_ns: u64, leak: &LeakSuspicion) {
+/// GCs of a Worker isolate name its thread; the main thread's need not.
+fn thread_suffix(tid: u32, pid: u32) -> String {
+    if tid == pid {
+        String::new()
+    } else {
+        format!("  [thread {tid}]")
+    }
+}
+
+fn print_leak(
+    out: &mut dyn Write,
+    json: bool,
+    start_ns: u64,
+    pid: u32,
+    leak: &LeakSuspicion,
+) -> std::io::Result<()> {
     let time_s = leak.time_ns.saturating_sub(start_ns) as f64 / 1e9;
     if json {
-        let _ = writeln!(
-            out,
-            "{}",
-            json_line("leak", leak, serde_json::json!({"time_s": time_s}))
-        );
-        return;
+        let extra = serde_json::json!({ "time_s": time_s });
+        return writeln!(out, "{}", json_line("leak", leak, extra));
     }
-    let _ = writeln!(out, "{}", leak_line(time_s, leak));
+    writeln!(
+        out,
+        "{}{}",
+        leak_line(time_s, leak),
+        thread_suffix(leak.tid, pid)
+    )
 }
 
 /// One line of `--json` output: `{"type": TYPE, …value's fields, …extra}`.
@@ -299,34 +262,45 @@ pub fn summary_text(summary: &GcSummary) -> String {
         }
         row("all", &summary.all);
     }
-    match &summary.heap_after_full_gc {
-        Some(t) => {
-            // Over seconds, the noise of heap-after extrapolated to an hour means nothing.
-            let trend = if t.full_gcs >= 5 && t.span_s >= 30.0 {
-                format!(
-                    ", trend {}{}/hour",
-                    if t.slope_per_hour < 0.0 { "" } else { "+" },
-                    human_bytes(t.slope_per_hour)
-                )
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                s,
-                "  heap after full GC: {} → {} over {} full GCs (min {}, max {}){trend}",
-                megabytes(t.first_bytes),
-                megabytes(t.last_bytes),
-                t.full_gcs,
-                megabytes(t.min_bytes),
-                megabytes(t.max_bytes),
-            );
-        }
-        None => {
-            let _ = writeln!(s, "  heap after full GC: no full GC seen");
-        }
+    if summary.heap_after_full_gc.is_empty() {
+        let _ = writeln!(s, "  heap after full GC: no full GC seen");
+    }
+    let several = summary.heap_after_full_gc.len() > 1;
+    for t in &summary.heap_after_full_gc {
+        // Over seconds, the noise of heap-after extrapolated to an hour means nothing.
+        let trend = if t.full_gcs >= 5 && t.span_s >= 30.0 {
+            format!(
+                ", trend {}{}/hour",
+                if t.slope_per_hour < 0.0 { "" } else { "+" },
+                human_bytes(t.slope_per_hour)
+            )
+        } else {
+            String::new()
+        };
+        let thread = if several {
+            format!(" (thread {})", t.tid)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "  heap after full GC{thread}: {} → {} over {} full GCs (min {}, max {}){trend}",
+            megabytes(t.first_bytes),
+            megabytes(t.last_bytes),
+            t.full_gcs,
+            megabytes(t.min_bytes),
+            megabytes(t.max_bytes),
+        );
     }
     if summary.leak_suspicions > 0 {
         let _ = writeln!(s, "  leak suspected {} time(s)", summary.leak_suspicions);
+    }
+    if summary.invalid_records > 0 {
+        let _ = writeln!(
+            s,
+            "  {} GC records failed the layout checks and were left out",
+            summary.invalid_records
+        );
     }
     if summary.lost_events > 0 {
         let _ = writeln!(

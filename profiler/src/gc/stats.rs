@@ -52,9 +52,10 @@ pub struct KindStats {
     pub pauses: PauseStats,
 }
 
-/// Heap left after full GCs over the run.
+/// Heap left after full GCs over the run, of one isolate (its JS thread).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeapTrend {
+    pub tid: u32,
     pub full_gcs: usize,
     pub first_bytes: u64,
     pub last_bytes: u64,
@@ -74,10 +75,13 @@ pub struct GcSummary {
     /// Share of wall time the JS threads were paused, 0–100 (pauses of all
     /// isolates summed: several busy worker isolates can exceed one thread's time).
     pub paused_percent: f64,
-    pub heap_after_full_gc: Option<HeapTrend>,
+    /// Per isolate (JS thread) with full GCs, in thread id order.
+    pub heap_after_full_gc: Vec<HeapTrend>,
     pub leak_suspicions: usize,
     /// Call events the kernel dropped (a full buffer): GCs may be missing.
     pub lost_events: u64,
+    /// V8 records that failed the sanity checks (a layout this build does not have).
+    pub invalid_records: u64,
 }
 
 impl GcSummary {
@@ -113,18 +117,28 @@ impl GcSummary {
             all,
             by_kind,
             paused_percent,
-            heap_after_full_gc: HeapTrend::of(events),
+            heap_after_full_gc: HeapTrend::per_thread(events),
             leak_suspicions,
             lost_events,
+            invalid_records: 0,
         }
     }
 }
 
 impl HeapTrend {
-    fn of(events: &[GcEvent]) -> Option<HeapTrend> {
+    fn per_thread(events: &[GcEvent]) -> Vec<HeapTrend> {
+        let mut tids: Vec<u32> = events.iter().map(|e| e.tid).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        tids.into_iter()
+            .filter_map(|tid| HeapTrend::of(tid, events))
+            .collect()
+    }
+
+    fn of(tid: u32, events: &[GcEvent]) -> Option<HeapTrend> {
         let points: Vec<(f64, f64)> = events
             .iter()
-            .filter(|e| e.kind.is_full())
+            .filter(|e| e.tid == tid && e.kind.is_full())
             .filter_map(|e| Some((e.end_ns() as f64 / 3.6e12, e.heap_after? as f64)))
             .collect();
         let first = points.first()?;
@@ -135,6 +149,7 @@ impl HeapTrend {
         let var_t: f64 = points.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
         let cov: f64 = points.iter().map(|p| (p.0 - mean_t) * (p.1 - mean_h)).sum();
         Some(HeapTrend {
+            tid,
             full_gcs: points.len(),
             first_bytes: first.1 as u64,
             last_bytes: last.1 as u64,
@@ -196,7 +211,8 @@ mod tests {
         assert_eq!(s.by_kind[0].pauses.count, 3);
         assert_eq!(s.by_kind[0].pauses.max_ms, 3.0);
         assert_eq!(s.by_kind[1].pauses.count, 3);
-        let trend = s.heap_after_full_gc.unwrap();
+        assert_eq!(s.heap_after_full_gc.len(), 1);
+        let trend = &s.heap_after_full_gc[0];
         assert_eq!(trend.full_gcs, 2);
         assert_eq!((trend.first_bytes, trend.last_bytes), (100, 160));
         // 60 bytes between the ends of the pauses (2.010 s, 5.020 s).

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use nodeprof_common::CallEvent;
 
-use super::points::{reason_name, GcPoints, PauseTimes, Plan, Role, Semantics, TracerLayout};
+use super::points::{reason_name, word, GcPoints, PauseTimes, Plan, Role, Semantics, TracerLayout};
 use super::{GcEvent, GcKind};
 
 #[derive(Debug, Default)]
@@ -102,9 +102,10 @@ impl GcTracer {
                 None
             }
             Role::PauseStart => {
+                let reason = thread.pending_reason.take();
                 thread.pause = (event.time_ns >= self.armed_ns).then(|| OpenPause {
                     start_ns: event.time_ns,
-                    reason: thread.pending_reason.take(),
+                    reason,
                     ..OpenPause::default()
                 });
                 None
@@ -193,19 +194,22 @@ impl GcTracer {
                     }
                     PauseTimes::Doubles { .. } => {
                         let ms_to_ns = |word: u64| (f64::from_bits(word) * 1e6) as u64;
-                        (ms_to_ns(event.words[4]), ms_to_ns(event.words[5]))
+                        (
+                            ms_to_ns(event.words[word::START_MS]),
+                            ms_to_ns(event.words[word::END_MS]),
+                        )
                     }
                 };
-                if start_ns < self.armed_ns {
-                    return None;
-                }
                 let kind = layout
                     .types
-                    .get(event.words[0] as u32 as usize)
+                    .get(event.words[word::TYPE] as u32 as usize)
                     .copied()
                     .flatten();
-                let reason = event.words[1] as u32;
-                let (before, after) = (event.words[2], event.words[3]);
+                let reason = event.words[word::REASON] as u32;
+                let (before, after) = (
+                    event.words[word::SIZE_BEFORE],
+                    event.words[word::SIZE_AFTER],
+                );
                 // A wrong layout reads garbage: drop what cannot be a pause
                 // rather than report it.
                 const MAX_PAUSE_NS: u64 = 600 * 1_000_000_000;
@@ -220,6 +224,9 @@ impl GcTracer {
                     self.invalid_records += 1;
                     return None;
                 };
+                if start_ns < self.armed_ns {
+                    return None;
+                }
                 Some(GcEvent {
                     tid: event.tid,
                     start_ns,

@@ -91,6 +91,8 @@ pub struct Probe {
     calls_lost: PerCpuArray<MapData, u64>,
     calls: Option<RingBuf<MapData>>,
     call_reads: HashMap<MapData, u64, CallReads>,
+    /// Attached uprobes: (program name, link).
+    call_links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
 }
 
 /// A function of the target to trace, by file offset in its ELF binary, at
@@ -133,6 +135,7 @@ impl Probe {
             calls_lost,
             calls: Some(calls),
             call_reads,
+            call_links: Vec::new(),
         })
     }
 
@@ -206,10 +209,20 @@ impl Probe {
             location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
             cookie: Some(site.cookie),
         };
-        program
+        let link = program
             .attach(point, binary, scope)
             .map_err(|e| ProbeError::classify("attach a uprobe", &e))?;
+        self.call_links.push((name, link));
         Ok(())
+    }
+
+    /// Removes every uprobe attached by [`Probe::attach_call`].
+    pub fn detach_calls(&mut self) {
+        for (name, link) in self.call_links.drain(..) {
+            if let Ok(program) = program_mut::<UProbe>(&mut self.ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     /// The ring buffer the call tracer writes into (taken once).

@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::collect::{Collection, Collector};
-use crate::gc::run::GcProbes;
+use crate::gc::GcProbes;
 use crate::gc::{GcEvent, GcSummary};
 use crate::output::{self, Summary};
 use crate::probe::{self, Probe, ProbeError};
@@ -20,6 +20,7 @@ use crate::symbolize::Symbolizer;
 use crate::symbolize::GARBAGE_COLLECTOR;
 use crate::target::{Launched, Target, TargetError};
 
+pub use crate::session::{monotonic_ns, StopReason};
 pub use files::{OutputFiles, OutputFormat};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +55,6 @@ pub struct RecordOptions {
     pub quiet: bool,
     /// Top functions in the printed summary.
     pub top: usize,
-}
-
-/// Why recording stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    DurationElapsed,
-    Interrupted,
-    Terminated,
-    TargetExited,
 }
 
 pub struct Recording {
@@ -185,12 +177,14 @@ async fn run(
         }
     }
     let mut gc = match launched.as_ref() {
-        None if target.is_node() => trace_gc(
+        // Any binary with V8's GC functions, whatever its name.
+        None => trace_gc(
             &mut probe,
             target.pid,
-            &crate::gc::run::exe_path(target.pid),
+            &crate::gc::probes::exe_path(target.pid),
+            target.is_node(),
         ),
-        _ => None,
+        Some(_) => None,
     };
     probe.start_sampling(options.frequency_hz)?;
     let ring = probe.take_samples().expect("ring buffer is taken once");
@@ -205,7 +199,7 @@ async fn run(
         if let Some(config) = symbolizer.take_probe_config() {
             probe.set_v8_config(target.pid, config)?;
             // A node program: its GCs too, probed in the file it is about to exec.
-            gc = trace_gc(&mut probe, target.pid, &child.program);
+            gc = trace_gc(&mut probe, target.pid, &child.program, true);
         }
         child.release()?;
     }
@@ -266,8 +260,14 @@ async fn run(
     Ok((collection, start_ns, end_ns, lost, stop, symbolizer, gc))
 }
 
-/// Attaches the GC probes, or says why GC pauses will not be in the profile.
-fn trace_gc(probe: &mut Probe, pid: u32, binary: &std::path::Path) -> Option<GcProbes> {
+/// Attaches the GC probes, or says why GC pauses will not be in the profile
+/// (a warning for a node target, where they were expected).
+fn trace_gc(
+    probe: &mut Probe,
+    pid: u32,
+    binary: &std::path::Path,
+    expected: bool,
+) -> Option<GcProbes> {
     match GcProbes::attach_binary(probe, pid, binary) {
         Ok(gc) => {
             for missing in &gc.points.missing {
@@ -275,8 +275,12 @@ fn trace_gc(probe: &mut Probe, pid: u32, binary: &std::path::Path) -> Option<GcP
             }
             Some(gc)
         }
-        Err(e) => {
+        Err(e) if expected => {
             tracing::warn!("GC pauses not traced: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("GC pauses not traced: {e}");
             None
         }
     }
@@ -392,18 +396,6 @@ fn progress_bar(quiet: bool, pid: u32) -> indicatif::ProgressBar {
     bar.set_prefix(pid.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so samples and
-/// recording bounds share one time base.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]
