@@ -608,3 +608,47 @@ fn a_closed_pipe_ends_the_trace() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(target.is_running());
 }
+
+/// Launch mode traces GCs from the first one: the command's own
+/// `--trace-gc` lines (on the same stdout) count as many as the GC table.
+#[test]
+fn launch_mode_traces_gc_from_the_start() {
+    let _guard = serial();
+    require_root();
+    let dir = scratch_dir();
+    let node = node_major(22);
+    let workload = workspace_root().join("xtask/bench/gc-heavy.js");
+    let prefix = dir.path().join("launch");
+    let run = run_nodeprof(
+        &[
+            "record".as_ref(),
+            "-q".as_ref(),
+            "--format".as_ref(),
+            "folded".as_ref(),
+            "-o".as_ref(),
+            prefix.as_os_str(),
+            "--".as_ref(),
+            node.as_os_str(),
+            "--trace-gc".as_ref(),
+            workload.as_os_str(),
+            "--units".as_ref(),
+            "500".as_ref(),
+        ],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    let trace = run.stdout.lines().filter(|l| l.contains(" ms: ")).count();
+    let counted: usize = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("GC: "))
+        .unwrap_or_else(|| panic!("no GC table:\n{}", run.stdout))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(trace >= 10, "{}", run.stdout);
+    assert_eq!(counted, trace, "{}", run.stdout);
+}
