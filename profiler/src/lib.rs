@@ -2,9 +2,11 @@
 //!
 //! The CPU profiling pipeline, one module per stage, each feeding the next:
 //! [`target`] → [`probe`] → [`collect`] → [`symbolize`] → [`profile`] → [`output`].
-//! [`record`] runs it for `nodeprof record`.
+//! [`record`] runs it for `nodeprof record`. [`heap`] reads `.heapsnapshot`
+//! files (`nodeprof heap`).
 
 pub mod collect;
+pub mod heap;
 pub mod info;
 pub mod output;
 pub mod probe;

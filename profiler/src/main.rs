@@ -36,6 +36,70 @@ enum Command {
         #[arg(short, long)]
         pid: u32,
     },
+    /// Read .heapsnapshot files: Summary, Comparison and Retainers, as in DevTools.
+    #[command(subcommand)]
+    Heap(HeapCommand),
+}
+
+#[derive(Subcommand)]
+enum HeapCommand {
+    /// Per class: objects, shallow size, retained size, distance from the roots (DevTools Summary).
+    Summary {
+        /// The .heapsnapshot file.
+        file: PathBuf,
+        /// Classes listed, by retained size (0: all).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// Whose rules decide which edges retain: DevTools' or memlab's.
+        #[arg(long, value_enum, default_value_t = nodeprof::heap::graph::Rules::Devtools)]
+        rules: nodeprof::heap::graph::Rules,
+        /// JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// What grew between two snapshots of one process: #New, #Deleted, #Delta per class
+    /// (DevTools Comparison, by object id).
+    Diff {
+        /// The earlier snapshot.
+        base: PathBuf,
+        /// The later snapshot.
+        current: PathBuf,
+        /// Classes listed, by size growth (0: all).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Shortest retaining paths from the GC roots to the objects of a class, or to one object.
+    Retainers {
+        /// The .heapsnapshot file.
+        file: PathBuf,
+        /// Class (constructor) name, as `heap summary` lists it.
+        #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+        class: Option<String>,
+        /// Object id (the `@N` of DevTools).
+        #[arg(long)]
+        id: Option<u64>,
+        /// Whose rules decide which edges retain: DevTools' or memlab's.
+        #[arg(long, value_enum, default_value_t = nodeprof::heap::graph::Rules::Devtools)]
+        rules: nodeprof::heap::graph::Rules,
+        /// Path shapes shown.
+        #[arg(long, default_value_t = 3)]
+        paths: usize,
+        /// JSON on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -110,6 +174,81 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let info = nodeprof::info::inspect(pid)?;
             print_report(&info.to_string());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Heap(cmd) => heap_command(cmd),
+    }
+}
+
+fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
+    use nodeprof::heap::{self, diff, retainers, summary, Graph};
+    let to_json = |value: &dyn erased_json::Json| value.to_json();
+    let text = match cmd {
+        HeapCommand::Summary { file, top, rules, json, quiet } => {
+            let mut snap = heap::load(&file, quiet)?;
+            if rules != heap::graph::Rules::Devtools {
+                snap.classify(rules);
+            }
+            let spin = heap::spinner(snap.node_count(), quiet, "computing dominators and retained sizes");
+            let graph = Graph::build(&snap, rules);
+            let mut result = summary::summarize(&snap, &graph);
+            spin.finish_and_clear();
+            if json {
+                if top != 0 {
+                    result.classes.truncate(top);
+                }
+                to_json(&result)?
+            } else {
+                summary::render(&result, top)
+            }
+        }
+        HeapCommand::Diff { base, current, top, json, quiet } => {
+            let base_objects = diff::Objects::of(&heap::load(&base, quiet)?);
+            let current_objects = diff::Objects::of(&heap::load(&current, quiet)?);
+            let mut result = diff::compare(&base_objects, &current_objects);
+            if json {
+                if top != 0 {
+                    result.classes.truncate(top);
+                }
+                to_json(&result)?
+            } else {
+                diff::render(&result, top)
+            }
+        }
+        HeapCommand::Retainers { file, class, id, rules, paths, json, quiet } => {
+            let mut snap = heap::load(&file, quiet)?;
+            if rules != heap::graph::Rules::Devtools {
+                snap.classify(rules);
+            }
+            let spin = heap::spinner(snap.node_count(), quiet, "computing distances and dominators");
+            let graph = Graph::build(&snap, rules);
+            spin.finish_and_clear();
+            let target = match (&class, id) {
+                (Some(name), _) => retainers::Target::Class(name),
+                (None, Some(id)) => retainers::Target::Id(id),
+                (None, None) => anyhow::bail!("give --class NAME or --id ID"),
+            };
+            let result = retainers::find(&snap, &graph, target, paths)?;
+            if json {
+                to_json(&result)?
+            } else {
+                retainers::render(&result)
+            }
+        }
+    };
+    print_report(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// JSON output of the `heap` commands, one value per run.
+mod erased_json {
+    pub trait Json {
+        fn to_json(&self) -> anyhow::Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> anyhow::Result<String> {
+            let mut s = serde_json::to_string_pretty(self)?;
+            s.push('\n');
+            Ok(s)
         }
     }
 }

@@ -1,0 +1,556 @@
+//! Graph analyses with DevTools' semantics (devtools-frontend
+//! `HeapSnapshot.ts`): retainer lists, distances from the user roots, the
+//! dominator tree over essential edges, and retained sizes.
+
+use std::collections::{HashMap, HashSet};
+
+use super::snapshot::{HeapSnapshot, ROOT};
+
+/// Distance of a node no BFS reached (DevTools' `#noDistance`).
+pub const NO_DISTANCE: i32 = -5;
+/// Distances of nodes reached only from the root's synthetic children (GC
+/// roots) start here (DevTools' `baseSystemDistance`).
+pub const BASE_SYSTEM_DISTANCE: i32 = 100_000_000;
+/// "No node"/"no edge" in the u32 columns.
+pub const NONE: u32 = u32::MAX;
+
+/// Everything computed from the graph once.
+pub struct Graph {
+    /// Retainers of node `n`: `ret_edge[first_ret[n]..first_ret[n + 1]]`
+    /// (edge indices) and `ret_node[...]` (their source nodes).
+    pub first_ret: Vec<u32>,
+    pub ret_edge: Vec<u32>,
+    pub ret_node: Vec<u32>,
+    pub distance: Vec<i32>,
+    /// The node and edge through which the distance BFS first reached a node:
+    /// following them leads back to a root along a shortest path.
+    pub pred_node: Vec<u32>,
+    pub pred_edge: Vec<u32>,
+    /// Immediate dominator of every node (the root dominates itself).
+    pub dominator: Vec<u32>,
+    pub retained: Vec<u64>,
+    /// Children of node `n` in the dominator tree:
+    /// `dominated[first_dominated[n]..first_dominated[n + 1]]`.
+    pub first_dominated: Vec<u32>,
+    pub dominated: Vec<u32>,
+    /// Nodes the dominator pass found unreachable from the root over essential edges.
+    pub unreachable: usize,
+}
+
+/// WeakMap ephemeron edges are named like
+/// `3 / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9)`:
+/// returns the part after the leading number and the table's id.
+pub fn parse_weakmap_edge(name: &str) -> Option<(&str, u64)> {
+    let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let rest = &name[digits..];
+    let body = rest.strip_prefix(" / part of key (")?;
+    let tail = ") pair in WeakMap (table @";
+    let at = body.rfind(tail)?;
+    let table = body[at + tail.len()..].strip_suffix(')')?;
+    if table.is_empty() || !table.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // "<key> @<id>) -> value (<value> @<id>"
+    let pair = &body[..at];
+    let arrow = pair.find(") -> value (")?;
+    let ends_with_id = |s: &str| {
+        s.rfind(" @")
+            .is_some_and(|i| i + 2 < s.len() && s[i + 2..].bytes().all(|b| b.is_ascii_digit()))
+    };
+    if !ends_with_id(&pair[..arrow]) || !ends_with_id(&pair[arrow + ") -> value (".len()..]) {
+        return None;
+    }
+    Some((rest, table.parse().ok()?))
+}
+
+/// Memoized `parse_weakmap_edge` per string index.
+struct WeakMapNames<'s> {
+    snap: &'s HeapSnapshot,
+    cache: HashMap<u32, Option<(&'s str, u64)>>,
+}
+
+impl<'s> WeakMapNames<'s> {
+    fn get(&mut self, edge: usize) -> Option<(&'s str, u64)> {
+        let s = self.snap;
+        if s.edge_type[edge] != s.kinds.e_internal {
+            return None;
+        }
+        let name = s.edge_name[edge];
+        *self
+            .cache
+            .entry(name)
+            .or_insert_with(|| parse_weakmap_edge(s.strings.get(name)))
+    }
+}
+
+/// A bit per edge.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i >> 6] |= 1 << (i & 63);
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0[i >> 6] & (1 << (i & 63)) != 0
+    }
+}
+
+/// Whose rules decide which edges retain (only the dominator tree and the
+/// retained sizes differ; classes, counts, shallow sizes and distances do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Rules {
+    /// devtools-frontend `HeapSnapshot.ts`: objects reachable from the global
+    /// objects (the root's shortcut edges) are the page's; edges from other
+    /// objects to them do not retain, nor does a WeakMap table's edge to a value.
+    #[default]
+    Devtools,
+    /// memlab (`TraceFinder.calculateAllNodesRetainedSizes`): the owned objects
+    /// are those reachable from the root's other edges (the GC roots), and
+    /// WeakMap table edges retain.
+    Memlab,
+}
+
+impl Graph {
+    pub fn build(s: &HeapSnapshot, rules: Rules) -> Graph {
+        let (first_ret, ret_edge, ret_node) = retainers(s);
+        let mut g = Graph {
+            first_ret,
+            ret_edge,
+            ret_node,
+            distance: Vec::new(),
+            pred_node: Vec::new(),
+            pred_edge: Vec::new(),
+            dominator: Vec::new(),
+            retained: Vec::new(),
+            first_dominated: Vec::new(),
+            dominated: Vec::new(),
+            unreachable: 0,
+        };
+        let mut weakmaps = WeakMapNames {
+            snap: s,
+            cache: HashMap::new(),
+        };
+        g.distances(s, &mut weakmaps);
+        let essential = essential_edges(s, &mut weakmaps, rules);
+        g.dominators(s, &essential, rules);
+        g.dominated_lists();
+        g
+    }
+
+    pub fn retainers_of(&self, node: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let r = self.first_ret[node as usize] as usize..self.first_ret[node as usize + 1] as usize;
+        r.map(|i| (self.ret_node[i], self.ret_edge[i]))
+    }
+
+    pub fn dominated_by(&self, node: u32) -> &[u32] {
+        &self.dominated[self.first_dominated[node as usize] as usize..self.first_dominated[node as usize + 1] as usize]
+    }
+
+    /// DevTools' `calculateDistances` for JS snapshots: BFS from the user
+    /// roots (the root's children that are not synthetic, or the
+    /// `(Document DOM trees)` root) at distance 1, never over weak edges, with
+    /// `JSHeapSnapshot`'s edge filter; then BFS from the root for what is left,
+    /// at `BASE_SYSTEM_DISTANCE`.
+    fn distances(&mut self, s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>) {
+        let n = s.node_count();
+        let k = s.kinds;
+        let mut dist = vec![NO_DISTANCE; n];
+        let mut pred_node = vec![NONE; n];
+        let mut pred_edge = vec![NONE; n];
+        let mut queue: Vec<u32> = Vec::with_capacity(n);
+        for e in s.edges(ROOT) {
+            let child = s.edge_to[e];
+            let user = s.node_type[child as usize] != k.synthetic || s.raw_name(child) == "(Document DOM trees)";
+            if user && dist[child as usize] == NO_DISTANCE {
+                dist[child as usize] = 1;
+                pred_node[child as usize] = ROOT;
+                pred_edge[child as usize] = e as u32;
+                queue.push(child);
+            }
+        }
+        let had_user_roots = !queue.is_empty();
+        let sloppy = "sloppy_function_map";
+        let mut pending: HashSet<&str> = HashSet::new();
+        let mut filter = |node: u32, edge: usize| -> bool {
+            let t = s.node_type[node as usize];
+            if t == k.hidden
+                && s.edge_has_string_name(edge)
+                && s.strings.get(s.edge_name[edge]) == sloppy
+                && s.raw_name(node) == "system / NativeContext"
+            {
+                return false;
+            }
+            if t == k.array && s.raw_name(node) == "(map descriptors)" {
+                // Descriptor arrays may be shared by maps; DevTools skips their descriptor links.
+                let index = if s.edge_has_string_name(edge) {
+                    js_parse_int(s.strings.get(s.edge_name[edge]))
+                } else {
+                    Some(u64::from(s.edge_name[edge]))
+                };
+                return match index {
+                    Some(i) => i < 2 || i % 3 != 1,
+                    None => true,
+                };
+            }
+            if let Some((pair, _)) = weakmaps.get(edge) {
+                // A WeakMap value is reached through the table and the key:
+                // count the second of the two edges, as DevTools does.
+                if !pending.remove(pair) {
+                    pending.insert(pair);
+                    return false;
+                }
+            }
+            true
+        };
+        let mut bfs = |queue: &mut Vec<u32>, start: usize, dist: &mut Vec<i32>| {
+            let mut head = start;
+            while head < queue.len() {
+                let node = queue[head];
+                head += 1;
+                let d = dist[node as usize] + 1;
+                for e in s.edges(node) {
+                    if s.edge_type[e] == k.e_weak {
+                        continue;
+                    }
+                    let child = s.edge_to[e] as usize;
+                    if dist[child] != NO_DISTANCE || !filter(node, e) {
+                        continue;
+                    }
+                    dist[child] = d;
+                    pred_node[child] = node;
+                    pred_edge[child] = e as u32;
+                    queue.push(child as u32);
+                }
+            }
+        };
+        bfs(&mut queue, 0, &mut dist);
+        dist[ROOT as usize] = if had_user_roots { BASE_SYSTEM_DISTANCE } else { 0 };
+        let start = queue.len();
+        queue.push(ROOT);
+        bfs(&mut queue, start, &mut dist);
+        self.distance = dist;
+        self.pred_node = pred_node;
+        self.pred_edge = pred_edge;
+    }
+
+    /// Lengauer–Tarjan ("A fast algorithm for finding dominators in a
+    /// flowgraph", 1979, the simple version) over essential edges, from the
+    /// root; then, as DevTools does, from each unvisited node that has only
+    /// non-essential retainers, and finally every node still unvisited
+    /// becomes a child of the root. Vertices are numbered from 1 (0 = none).
+    fn dominators(&mut self, s: &HeapSnapshot, essential: &Bits, rules: Rules) {
+        let n = s.node_count();
+        let len = n + 1;
+        let mut parent = vec![0u32; len];
+        let mut ancestor = vec![0u32; len];
+        let mut vertex = vec![0u32; len];
+        let mut label = vec![0u32; len];
+        let mut semi = vec![0u32; len];
+        let mut next_edge = vec![0u32; n];
+        let mut count = 0u32;
+        let r = ROOT + 1;
+
+        let mut dfs = |root: u32,
+                       count: &mut u32,
+                       parent: &mut [u32],
+                       semi: &mut [u32],
+                       vertex: &mut [u32],
+                       label: &mut [u32]| {
+            next_edge[(root - 1) as usize] = s.first_edge[(root - 1) as usize];
+            let mut v = root;
+            while v != 0 {
+                if semi[v as usize] == 0 {
+                    *count += 1;
+                    semi[v as usize] = *count;
+                    vertex[*count as usize] = v;
+                    label[v as usize] = v;
+                }
+                let mut v_next = parent[v as usize];
+                let o = (v - 1) as usize;
+                let end = s.first_edge[o + 1];
+                while next_edge[o] < end {
+                    let e = next_edge[o] as usize;
+                    next_edge[o] += 1;
+                    if !essential.get(e) {
+                        continue;
+                    }
+                    let w = s.edge_to[e] + 1;
+                    if semi[w as usize] == 0 {
+                        parent[w as usize] = v;
+                        next_edge[(w - 1) as usize] = s.first_edge[(w - 1) as usize];
+                        v_next = w;
+                        break;
+                    }
+                }
+                v = v_next;
+            }
+        };
+        dfs(r, &mut count, &mut parent, &mut semi, &mut vertex, &mut label);
+        if (count as usize) < n {
+            for v in 1..=n as u32 {
+                // Orphans: only weak retainers (memlab: only weak or shortcut edges).
+                let orphan = match rules {
+                    Rules::Devtools => self.retainers_of(v - 1).all(|(_, e)| !essential.get(e as usize)),
+                    Rules::Memlab => self.retainers_of(v - 1).all(|(_, e)| {
+                        let t = s.edge_type[e as usize];
+                        t == s.kinds.e_weak || t == s.kinds.e_shortcut
+                    }),
+                };
+                if semi[v as usize] == 0 && orphan {
+                    parent[v as usize] = r;
+                    dfs(v, &mut count, &mut parent, &mut semi, &mut vertex, &mut label);
+                }
+            }
+        }
+        let reached = count as usize;
+        if (count as usize) < n {
+            for v in 1..=n as u32 {
+                if semi[v as usize] == 0 {
+                    parent[v as usize] = r;
+                    count += 1;
+                    semi[v as usize] = count;
+                    vertex[count as usize] = v;
+                    label[v as usize] = v;
+                }
+            }
+        }
+        self.unreachable = n - reached;
+
+        let mut dom = vec![0u32; len];
+        let mut bucket_head = vec![0u32; len];
+        let mut bucket_next = vec![0u32; len];
+        let mut stack: Vec<u32> = Vec::new();
+        let mut eval = |v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32]| -> u32 {
+            if ancestor[v as usize] == 0 {
+                return v;
+            }
+            // compress(v), iteratively.
+            let mut x = v;
+            while ancestor[ancestor[x as usize] as usize] != 0 {
+                stack.push(x);
+                x = ancestor[x as usize];
+            }
+            while let Some(w) = stack.pop() {
+                let a = ancestor[w as usize] as usize;
+                if semi[label[a] as usize] < semi[label[w as usize] as usize] {
+                    label[w as usize] = label[a];
+                }
+                ancestor[w as usize] = ancestor[a];
+            }
+            label[v as usize]
+        };
+        for i in (2..=count).rev() {
+            let w = vertex[i as usize];
+            let wo = w - 1;
+            let mut orphan = true;
+            let range = self.first_ret[wo as usize] as usize..self.first_ret[wo as usize + 1] as usize;
+            for ri in range {
+                if !essential.get(self.ret_edge[ri] as usize) {
+                    continue;
+                }
+                orphan = false;
+                let v = self.ret_node[ri] + 1;
+                let u = eval(v, &mut ancestor, &mut label, &semi);
+                if semi[u as usize] < semi[w as usize] {
+                    semi[w as usize] = semi[u as usize];
+                }
+            }
+            if orphan {
+                semi[w as usize] = semi[r as usize];
+            }
+            let sd = vertex[semi[w as usize] as usize] as usize;
+            bucket_next[w as usize] = bucket_head[sd];
+            bucket_head[sd] = w;
+            let p = parent[w as usize];
+            ancestor[w as usize] = p; // link(parent[w], w)
+            let mut v = std::mem::take(&mut bucket_head[p as usize]);
+            while v != 0 {
+                let u = eval(v, &mut ancestor, &mut label, &semi);
+                dom[v as usize] = if semi[u as usize] < semi[v as usize] { u } else { p };
+                v = bucket_next[v as usize];
+            }
+        }
+        dom[r as usize] = r;
+        for i in 2..=count {
+            let w = vertex[i as usize] as usize;
+            if dom[w] != vertex[semi[w] as usize] {
+                dom[w] = dom[dom[w] as usize];
+            }
+        }
+        let dominator: Vec<u32> = (0..n).map(|o| dom[o + 1] - 1).collect();
+        let mut retained: Vec<u64> = s.node_self.clone();
+        for i in (2..=count).rev() {
+            let o = (vertex[i as usize] - 1) as usize;
+            retained[dominator[o] as usize] += retained[o];
+        }
+        self.dominator = dominator;
+        self.retained = retained;
+    }
+
+    fn dominated_lists(&mut self) {
+        let n = self.dominator.len();
+        let mut first = vec![0u32; n + 1];
+        for (o, &d) in self.dominator.iter().enumerate() {
+            if o as u32 != ROOT {
+                first[d as usize + 1] += 1;
+            }
+        }
+        for i in 0..n {
+            first[i + 1] += first[i];
+        }
+        let mut fill = first.clone();
+        let mut dominated = vec![0u32; n.saturating_sub(1)];
+        for (o, &d) in self.dominator.iter().enumerate() {
+            if o as u32 != ROOT {
+                dominated[fill[d as usize] as usize] = o as u32;
+                fill[d as usize] += 1;
+            }
+        }
+        self.first_dominated = first;
+        self.dominated = dominated;
+    }
+}
+
+/// JavaScript's `parseInt(s, 10)` for non-negative results: the leading
+/// decimal digits after optional whitespace, `None` (NaN) if there are none.
+fn js_parse_int(s: &str) -> Option<u64> {
+    let t = s.trim_start();
+    let digits: &str = &t[..t.bytes().take_while(u8::is_ascii_digit).count()];
+    if digits.is_empty() {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
+}
+
+/// Retainer lists (reverse edges), grouped by target, in edge order.
+fn retainers(s: &HeapSnapshot) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let n = s.node_count();
+    let mut first = vec![0u32; n + 1];
+    for &to in &s.edge_to {
+        first[to as usize + 1] += 1;
+    }
+    for i in 0..n {
+        first[i + 1] += first[i];
+    }
+    let mut fill = first.clone();
+    let mut ret_edge = vec![0u32; s.edge_count()];
+    let mut ret_node = vec![0u32; s.edge_count()];
+    for node in 0..n as u32 {
+        for e in s.edges(node) {
+            let to = s.edge_to[e] as usize;
+            let slot = fill[to] as usize;
+            fill[to] += 1;
+            ret_edge[slot] = e as u32;
+            ret_node[slot] = node;
+        }
+    }
+    (first, ret_edge, ret_node)
+}
+
+/// DevTools' `computeIsEssentialEdge` for every edge: weak edges, self
+/// references, the WeakMap table's edge to a value, shortcuts (except from
+/// the root) and edges from objects not owned by the page (not reachable from
+/// the root's shortcut children) to page-owned ones do not retain.
+fn essential_edges(s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>, rules: Rules) -> Bits {
+    let k = s.kinds;
+    let n = s.node_count();
+    // DevTools' markPageOwnedNodes: from the root's shortcut edges (global
+    // objects) and the (Document DOM trees) root, over non-weak edges.
+    // memlab's flagReachableNodesFromWindow: from the root's other edges.
+    let mut page = vec![false; n];
+    let mut stack: Vec<u32> = Vec::new();
+    for e in s.edges(ROOT) {
+        let child = s.edge_to[e];
+        let t = s.edge_type[e];
+        let dom_trees = t == k.e_element
+            && s.node_type[child as usize] == k.synthetic
+            && s.raw_name(child) == "(Document DOM trees)";
+        let entry = match rules {
+            Rules::Devtools => dom_trees || t == k.e_shortcut,
+            Rules::Memlab => !dom_trees && t != k.e_shortcut,
+        };
+        if entry && !page[child as usize] {
+            page[child as usize] = true;
+            stack.push(child);
+        }
+    }
+    while let Some(node) = stack.pop() {
+        for e in s.edges(node) {
+            let child = s.edge_to[e] as usize;
+            if page[child] || s.edge_type[e] == k.e_weak {
+                continue;
+            }
+            page[child] = true;
+            stack.push(child as u32);
+        }
+    }
+    let mut bits = Bits::new(s.edge_count());
+    for node in 0..n as u32 {
+        for e in s.edges(node) {
+            let t = s.edge_type[e];
+            if t == k.e_weak {
+                continue;
+            }
+            if rules == Rules::Devtools {
+                if let Some((_, table)) = weakmaps.get(e) {
+                    if u64::from(s.node_id[node as usize]) == table {
+                        continue;
+                    }
+                }
+            }
+            let child = s.edge_to[e];
+            if child == node {
+                continue;
+            }
+            if node != ROOT {
+                if t == k.e_shortcut {
+                    continue;
+                }
+                if page[child as usize] && !page[node as usize] {
+                    continue;
+                }
+            }
+            bits.set(e);
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weakmap_edge_names() {
+        let name = "3 / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9)";
+        assert_eq!(
+            parse_weakmap_edge(name),
+            Some((" / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9)", 9))
+        );
+        let spaced = "12 / part of key (system / Context @7) -> value (Foo bar @8) pair in WeakMap (table @123)";
+        assert_eq!(parse_weakmap_edge(spaced).map(|p| p.1), Some(123));
+        for bad in [
+            "map",
+            " / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9)",
+            "3 / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @x)",
+            "3 / part of key (Object) -> value (Object @13) pair in WeakMap (table @9)",
+            "3 / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9) ",
+        ] {
+            assert_eq!(parse_weakmap_edge(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_int_like_javascript() {
+        assert_eq!(js_parse_int("12"), Some(12));
+        assert_eq!(js_parse_int("7abc"), Some(7));
+        assert_eq!(js_parse_int("abc"), None);
+        assert_eq!(js_parse_int(""), None);
+    }
+}

@@ -1,0 +1,81 @@
+//! `nodeprof heap`: reading V8 `.heapsnapshot` files in the terminal.
+//!
+//! [`parse`] streams a file into compact columns ([`snapshot::HeapSnapshot`],
+//! with DevTools' class names); [`graph`] computes distances, the dominator
+//! tree and retained sizes with DevTools' rules; [`summary`], [`diff`] and
+//! [`retainers`] answer the three questions of a leak hunt (what is big, what
+//! grew, what keeps it alive); [`report`] formats numbers for the terminal.
+
+pub mod diff;
+pub mod graph;
+pub mod parse;
+pub mod report;
+pub mod retainers;
+pub mod snapshot;
+pub mod summary;
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub use graph::Graph;
+pub use snapshot::HeapSnapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeapError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid heap snapshot: {message} (at byte {offset})")]
+    Format {
+        path: PathBuf,
+        offset: u64,
+        message: String,
+    },
+    #[error("no object of class {0:?} in the snapshot (class names are case sensitive; see `nodeprof heap summary`)")]
+    NoSuchClass(String),
+    #[error("no object with id @{0} in the snapshot")]
+    NoSuchId(u64),
+}
+
+/// Files smaller than this load without a progress bar.
+const PROGRESS_MIN_BYTES: u64 = 32 << 20;
+
+/// Reads a snapshot, with a progress bar on stderr for big files when stderr
+/// is a terminal (`quiet` hides it).
+pub fn load(path: &Path, quiet: bool) -> Result<HeapSnapshot, HeapError> {
+    let bar = ProgressBar::hidden();
+    let mut progress = |done: u64, total: u64| {
+        if done == 0 && total >= PROGRESS_MIN_BYTES && !quiet {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.set_length(total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(format!("reading {}", path.display()));
+        }
+        bar.set_position(done);
+    };
+    let result = parse::read_file(path, &mut progress);
+    bar.finish_and_clear();
+    result
+}
+
+/// A spinner on stderr for the analysis of a big snapshot.
+pub fn spinner(snapshot_nodes: usize, quiet: bool, message: &str) -> ProgressBar {
+    if quiet || snapshot_nodes < 500_000 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}

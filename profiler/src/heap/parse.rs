@@ -1,0 +1,689 @@
+//! Streaming reader of V8 `.heapsnapshot` files into compact column arrays.
+//!
+//! The file is one JSON object: `snapshot` (the header with `meta`), then the
+//! flat number arrays `nodes` and `edges`, then `strings` (and a few optional
+//! arrays nodeprof skips: `trace_function_infos`, `trace_tree`, `samples`,
+//! `locations`). Only the small header goes through serde_json; the number
+//! arrays, which are 90 % of a file, are read by a hand-written scanner straight
+//! into typed columns (one `Vec` per field, no per-node allocation): going
+//! through serde_json's `Value`s or its streaming `Deserializer` for them would
+//! cost one enum per number and was several times slower on a 200 MB file.
+//! Strings use serde_json only when they contain escapes.
+//!
+//! Every count comes from the header and is checked against the file size
+//! before anything is allocated, so a corrupt header cannot make nodeprof
+//! allocate more than the file could hold.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::snapshot::{HeapSnapshot, Strings};
+use super::HeapError;
+
+/// Bytes read per `read` call.
+const CHUNK: usize = 1 << 20;
+/// The header (`"snapshot": {...}`) is a few KB; refuse anything absurd.
+const MAX_HEADER: usize = 16 << 20;
+
+#[derive(Deserialize)]
+struct Header {
+    meta: Meta,
+    node_count: u64,
+    edge_count: u64,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    node_fields: Vec<String>,
+    node_types: Vec<serde_json::Value>,
+    edge_fields: Vec<String>,
+    edge_types: Vec<serde_json::Value>,
+}
+
+/// The role of one position of a node or edge record.
+#[derive(Clone, Copy, PartialEq)]
+enum Field {
+    Type,
+    Name,
+    Id,
+    SelfSize,
+    EdgeCount,
+    Detachedness,
+    ToNode,
+    Other,
+}
+
+/// Reads and checks a snapshot file. `progress` gets the number of bytes read
+/// so far (and the file size once, first).
+pub fn read_file(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<HeapSnapshot, HeapError> {
+    let io_err = |source| HeapError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    progress(0, size);
+    let mut parser = Parser {
+        lex: Lexer::new(file, size, progress),
+    };
+    parser.snapshot().map_err(|e| match e {
+        ParseError::Io(source) => io_err(source),
+        ParseError::Format { offset, message } => HeapError::Format {
+            path: path.to_path_buf(),
+            offset,
+            message,
+        },
+    })
+}
+
+/// Parses a snapshot held in memory (tests, fuzzing).
+pub fn read_bytes(bytes: &[u8]) -> Result<HeapSnapshot, HeapError> {
+    let mut none = |_: u64, _: u64| {};
+    let mut parser = Parser {
+        lex: Lexer::new(bytes, bytes.len() as u64, &mut none),
+    };
+    parser.snapshot().map_err(|e| match e {
+        ParseError::Io(source) => HeapError::Io {
+            path: "<memory>".into(),
+            source,
+        },
+        ParseError::Format { offset, message } => HeapError::Format {
+            path: "<memory>".into(),
+            offset,
+            message,
+        },
+    })
+}
+
+enum ParseError {
+    Io(std::io::Error),
+    Format { offset: u64, message: String },
+}
+
+type PResult<T> = Result<T, ParseError>;
+
+struct Lexer<'p, R> {
+    reader: R,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    size: u64,
+    progress: &'p mut dyn FnMut(u64, u64),
+    reported: u64,
+}
+
+impl<'p, R: Read> Lexer<'p, R> {
+    fn new(reader: R, size: u64, progress: &'p mut dyn FnMut(u64, u64)) -> Self {
+        Lexer {
+            reader,
+            buf: vec![0; CHUNK],
+            pos: 0,
+            len: 0,
+            base: 0,
+            size,
+            progress,
+            reported: 0,
+        }
+    }
+
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    fn error<T>(&self, message: impl Into<String>) -> PResult<T> {
+        Err(ParseError::Format {
+            offset: self.offset(),
+            message: message.into(),
+        })
+    }
+
+    /// Refills the buffer; false at the end of the input.
+    #[cold]
+    fn fill(&mut self) -> PResult<bool> {
+        self.base += self.len as u64;
+        self.pos = 0;
+        self.len = 0;
+        loop {
+            match self.reader.read(&mut self.buf) {
+                Ok(n) => {
+                    self.len = n;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ParseError::Io(e)),
+            }
+        }
+        if self.base - self.reported >= 8 << 20 {
+            self.reported = self.base;
+            (self.progress)(self.base, self.size);
+        }
+        Ok(self.len > 0)
+    }
+
+    /// The next byte, without consuming it; `None` at the end.
+    #[inline]
+    fn peek_raw(&mut self) -> PResult<Option<u8>> {
+        if self.pos == self.len && !self.fill()? {
+            return Ok(None);
+        }
+        Ok(Some(self.buf[self.pos]))
+    }
+
+    /// The next non-whitespace byte, not consumed; an error at the end.
+    fn peek(&mut self, what: &str) -> PResult<u8> {
+        loop {
+            match self.peek_raw()? {
+                Some(b' ' | b'\n' | b'\r' | b'\t') => self.pos += 1,
+                Some(b) => return Ok(b),
+                None => return self.error(format!("file ends where {what} was expected (truncated?)")),
+            }
+        }
+    }
+
+    fn expect(&mut self, byte: u8, what: &str) -> PResult<()> {
+        let b = self.peek(what)?;
+        if b != byte {
+            return self.error(format!(
+                "expected {what} ('{}'), found '{}'",
+                byte as char,
+                (b as char).escape_default()
+            ));
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Reads a JSON string (after whitespace) into `out` as raw bytes, quotes
+    /// excluded; returns whether it holds escapes.
+    fn raw_string(&mut self, out: &mut Vec<u8>, limit: usize) -> PResult<bool> {
+        self.expect(b'"', "a string")?;
+        let mut escaped = false;
+        loop {
+            if self.pos == self.len && !self.fill()? {
+                return self.error("file ends inside a string (truncated?)");
+            }
+            let chunk = &self.buf[self.pos..self.len];
+            match chunk.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+                None => {
+                    out.extend_from_slice(chunk);
+                    self.pos = self.len;
+                }
+                Some(i) => {
+                    out.extend_from_slice(&chunk[..i]);
+                    let b = chunk[i];
+                    self.pos += i + 1;
+                    match b {
+                        b'"' => return Ok(escaped),
+                        b'\\' => {
+                            escaped = true;
+                            out.push(b'\\');
+                            match self.peek_raw()? {
+                                Some(next) => {
+                                    out.push(next);
+                                    self.pos += 1;
+                                }
+                                None => return self.error("file ends inside a string (truncated?)"),
+                            }
+                        }
+                        _ => {
+                            self.pos -= 1;
+                            return self.error("control character inside a string");
+                        }
+                    }
+                }
+            }
+            if out.len() > limit {
+                return self.error("string longer than the file allows");
+            }
+        }
+    }
+
+    /// Decodes a string into UTF-8 text appended to `text`.
+    fn string_into(&mut self, scratch: &mut Vec<u8>, text: &mut String) -> PResult<()> {
+        scratch.clear();
+        let start = self.offset();
+        let escaped = self.raw_string(scratch, usize::MAX)?;
+        let bad = |message: &str| ParseError::Format {
+            offset: start,
+            message: message.to_string(),
+        };
+        if escaped {
+            // Escapes (\n, \uD83D\uDE00, ...) are rare: let serde_json decode them.
+            scratch.insert(0, b'"');
+            scratch.push(b'"');
+            let s: String = serde_json::from_slice(scratch).map_err(|_| bad("invalid escape in a string"))?;
+            text.push_str(&s);
+        } else {
+            text.push_str(std::str::from_utf8(scratch).map_err(|_| bad("string is not valid UTF-8"))?);
+        }
+        Ok(())
+    }
+
+    /// Skips one JSON value (or copies it into `capture`, up to `limit` bytes).
+    fn skip_value(&mut self, mut capture: Option<&mut Vec<u8>>, limit: usize) -> PResult<()> {
+        let first = self.peek("a value")?;
+        let mut depth = 0usize;
+        let mut scratch = Vec::new();
+        match first {
+            b'"' => {
+                let buf = capture.as_deref_mut().unwrap_or(&mut scratch);
+                buf.push(b'"');
+                self.raw_string(buf, limit)?;
+                buf.push(b'"');
+                return Ok(());
+            }
+            b'[' | b'{' => {}
+            _ => {
+                // A number or literal: up to the next delimiter.
+                loop {
+                    match self.peek_raw()? {
+                        Some(b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t') | None => return Ok(()),
+                        Some(b) => {
+                            if let Some(c) = capture.as_deref_mut() {
+                                c.push(b);
+                            }
+                            self.pos += 1;
+                        }
+                    }
+                }
+            }
+        }
+        loop {
+            let Some(b) = self.peek_raw()? else {
+                return self.error("file ends inside a value (truncated?)");
+            };
+            if b == b'"' {
+                let buf = capture.as_deref_mut().unwrap_or(&mut scratch);
+                buf.push(b'"');
+                self.raw_string(buf, limit)?;
+                buf.push(b'"');
+                scratch.clear();
+                continue;
+            }
+            self.pos += 1;
+            if let Some(c) = capture.as_deref_mut() {
+                c.push(b);
+                if c.len() > limit {
+                    return self.error("snapshot header is too large");
+                }
+            }
+            match b {
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads a JSON array of non-negative integers, handing each to `sink`.
+    /// Returns how many there were.
+    fn numbers(&mut self, what: &str, mut sink: impl FnMut(u64, &Self) -> PResult<()>) -> PResult<u64> {
+        self.expect(b'[', what)?;
+        let mut count = 0u64;
+        if self.peek(what)? == b']' {
+            self.pos += 1;
+            return Ok(0);
+        }
+        loop {
+            self.peek(what)?;
+            let mut value = 0u64;
+            let mut digits = 0;
+            loop {
+                if self.pos == self.len && !self.fill()? {
+                    break;
+                }
+                let b = self.buf[self.pos];
+                if !b.is_ascii_digit() {
+                    break;
+                }
+                value = match value.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))) {
+                    Some(v) => v,
+                    None => return self.error(format!("number too large in {what}")),
+                };
+                digits += 1;
+                self.pos += 1;
+            }
+            if digits == 0 {
+                let b = self.peek(what)?;
+                return self.error(format!(
+                    "expected a non-negative integer in {what}, found '{}'",
+                    (b as char).escape_default()
+                ));
+            }
+            sink(value, self)?;
+            count += 1;
+            match self.peek(what)? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Ok(count);
+                }
+                b => {
+                    return self.error(format!(
+                        "expected ',' or ']' in {what}, found '{}'",
+                        (b as char).escape_default()
+                    ))
+                }
+            }
+        }
+    }
+}
+
+struct Parser<'p, R> {
+    lex: Lexer<'p, R>,
+}
+
+/// Index of a type name in a `node_types`/`edge_types` list.
+fn type_names(value: Option<&serde_json::Value>, what: &str) -> Result<Vec<String>, String> {
+    let list = value
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| format!("meta.{what} has no list of type names"))?;
+    let names: Option<Vec<String>> = list.iter().map(|v| v.as_str().map(str::to_string)).collect();
+    let names = names.ok_or_else(|| format!("meta.{what} type names are not strings"))?;
+    if names.is_empty() || names.len() > 255 {
+        return Err(format!("meta.{what} has {} type names", names.len()));
+    }
+    Ok(names)
+}
+
+impl<R: Read> Parser<'_, R> {
+    fn snapshot(&mut self) -> PResult<HeapSnapshot> {
+        let lex = &mut self.lex;
+        match lex.peek_raw()? {
+            None => return lex.error("the file is empty"),
+            Some(b) if b != b'{' && !b.is_ascii_whitespace() => {
+                return lex.error("not a heap snapshot: it does not start with a JSON object")
+            }
+            _ => {}
+        }
+        lex.expect(b'{', "'{'")?;
+        let mut header: Option<(Header, Vec<Field>, Vec<Field>, Vec<String>, Vec<String>)> = None;
+        let mut snap = HeapSnapshot::default();
+        let mut seen_nodes = false;
+        let mut seen_edges = false;
+        let mut seen_strings = false;
+        let mut key = Vec::new();
+        loop {
+            let lex = &mut self.lex;
+            key.clear();
+            lex.raw_string(&mut key, 256)?;
+            lex.expect(b':', "':'")?;
+            match key.as_slice() {
+                b"snapshot" => {
+                    let mut raw = Vec::new();
+                    let at = lex.offset();
+                    lex.skip_value(Some(&mut raw), MAX_HEADER)?;
+                    header = Some(parse_header(&raw, lex.size).map_err(|message| ParseError::Format {
+                        offset: at,
+                        message,
+                    })?);
+                }
+                b"nodes" => {
+                    let Some((h, fields, _, types, _)) = &header else {
+                        return lex.error("\"nodes\" comes before the \"snapshot\" header");
+                    };
+                    read_nodes(lex, h.node_count, fields, types.len(), &mut snap)?;
+                    seen_nodes = true;
+                }
+                b"edges" => {
+                    let Some((h, nfields, fields, _, types)) = &header else {
+                        return lex.error("\"edges\" comes before the \"snapshot\" header");
+                    };
+                    if !seen_nodes {
+                        return lex.error("\"edges\" comes before \"nodes\"");
+                    }
+                    read_edges(lex, h.edge_count, nfields.len(), fields, types.len(), &mut snap)?;
+                    seen_edges = true;
+                }
+                b"strings" => {
+                    snap.strings = read_strings(lex)?;
+                    seen_strings = true;
+                }
+                _ => lex.skip_value(None, 0)?,
+            }
+            let lex = &mut self.lex;
+            match lex.peek("',' or '}'")? {
+                b',' => lex.pos += 1,
+                b'}' => {
+                    lex.pos += 1;
+                    break;
+                }
+                b => {
+                    return lex.error(format!(
+                        "expected ',' or '}}' after a top-level value, found '{}'",
+                        (b as char).escape_default()
+                    ))
+                }
+            }
+        }
+        let lex = &mut self.lex;
+        loop {
+            match lex.peek_raw()? {
+                Some(b' ' | b'\n' | b'\r' | b'\t') => lex.pos += 1,
+                Some(_) => return lex.error("unexpected data after the end of the snapshot"),
+                None => break,
+            }
+        }
+        let Some((_, _, _, node_types, edge_types)) = header else {
+            return lex.error("no \"snapshot\" header: not a V8 heap snapshot");
+        };
+        for (seen, name) in [(seen_nodes, "nodes"), (seen_edges, "edges"), (seen_strings, "strings")] {
+            if !seen {
+                return lex.error(format!("no \"{name}\" array: not a complete V8 heap snapshot"));
+            }
+        }
+        snap.finish(node_types, edge_types).map_err(|message| ParseError::Format {
+            offset: lex.offset(),
+            message,
+        })?;
+        Ok(snap)
+    }
+}
+
+type HeaderParts = (Header, Vec<Field>, Vec<Field>, Vec<String>, Vec<String>);
+
+fn parse_header(raw: &[u8], file_size: u64) -> Result<HeaderParts, String> {
+    let header: Header =
+        serde_json::from_slice(raw).map_err(|e| format!("invalid \"snapshot\" header: {e}"))?;
+    let m = &header.meta;
+    let role = |name: &str, nodes: bool| match (name, nodes) {
+        ("type", _) => Field::Type,
+        ("name", true) | ("name_or_index", false) => Field::Name,
+        ("id", true) => Field::Id,
+        ("self_size", true) => Field::SelfSize,
+        ("edge_count", true) => Field::EdgeCount,
+        ("detachedness", true) => Field::Detachedness,
+        ("to_node", false) => Field::ToNode,
+        _ => Field::Other,
+    };
+    let node_fields: Vec<Field> = m.node_fields.iter().map(|f| role(f, true)).collect();
+    let edge_fields: Vec<Field> = m.edge_fields.iter().map(|f| role(f, false)).collect();
+    for (fields, need, what) in [
+        (&node_fields, &[Field::Type, Field::Name, Field::Id, Field::SelfSize, Field::EdgeCount][..], "node_fields"),
+        (&edge_fields, &[Field::Type, Field::Name, Field::ToNode][..], "edge_fields"),
+    ] {
+        for f in need {
+            if fields.iter().filter(|x| *x == f).count() != 1 {
+                return Err(format!("meta.{what} lacks a required field"));
+            }
+        }
+        if fields.len() > 32 {
+            return Err(format!("meta.{what} has {} fields", fields.len()));
+        }
+    }
+    let type_pos = |fields: &[String]| fields.iter().position(|f| f == "type").unwrap_or(0);
+    let node_types = type_names(m.node_types.get(type_pos(&m.node_fields)), "node_types")?;
+    let edge_types = type_names(m.edge_types.get(type_pos(&m.edge_fields)), "edge_types")?;
+    // Every number takes at least two bytes ("0,"): counts the file cannot hold are corrupt.
+    let fits = |count: u64, per: usize| count.checked_mul(2 * per as u64).is_some_and(|b| b <= file_size);
+    if !fits(header.node_count, node_fields.len()) {
+        return Err(format!(
+            "node_count {} does not fit in a file of {file_size} bytes (corrupt header)",
+            header.node_count
+        ));
+    }
+    if !fits(header.edge_count, edge_fields.len()) {
+        return Err(format!(
+            "edge_count {} does not fit in a file of {file_size} bytes (corrupt header)",
+            header.edge_count
+        ));
+    }
+    if header.node_count == 0 {
+        return Err("the snapshot has no nodes".into());
+    }
+    if header.node_count >= u64::from(u32::MAX) || header.edge_count >= u64::from(u32::MAX) {
+        return Err("more than 4 billion nodes or edges are not supported".into());
+    }
+    Ok((header, node_fields, edge_fields, node_types, edge_types))
+}
+
+fn read_nodes<R: Read>(
+    lex: &mut Lexer<'_, R>,
+    node_count: u64,
+    fields: &[Field],
+    type_count: usize,
+    snap: &mut HeapSnapshot,
+) -> PResult<()> {
+    let n = node_count as usize;
+    snap.node_type = Vec::with_capacity(n);
+    snap.node_name = Vec::with_capacity(n);
+    snap.node_id = Vec::with_capacity(n);
+    snap.node_self = Vec::with_capacity(n);
+    snap.first_edge = Vec::with_capacity(n + 1);
+    snap.first_edge.push(0);
+    if fields.contains(&Field::Detachedness) {
+        snap.node_detachedness = Vec::with_capacity(n);
+    }
+    let expected = node_count * fields.len() as u64;
+    let mut k = 0usize;
+    let mut edges = 0u64;
+    let width = fields.len();
+    let got = lex.numbers("\"nodes\"", |v, lex| {
+        if k as u64 >= expected {
+            return lex.error(format!("\"nodes\" holds more than node_count ({node_count}) nodes"));
+        }
+        let field = fields[k % width];
+        k += 1;
+        let small = |lex: &Lexer<'_, R>| {
+            u32::try_from(v).or_else(|_| lex.error(format!("node field value {v} out of range")))
+        };
+        match field {
+            Field::Type => {
+                if v >= type_count as u64 {
+                    return lex.error(format!("node type {v} is not in meta.node_types"));
+                }
+                snap.node_type.push(v as u8);
+            }
+            Field::Name => snap.node_name.push(small(lex)?),
+            Field::Id => snap.node_id.push(small(lex)?),
+            Field::SelfSize => snap.node_self.push(v),
+            Field::Detachedness => snap.node_detachedness.push(v.min(3) as u8),
+            Field::EdgeCount => {
+                edges += v;
+                let end = u32::try_from(edges).or_else(|_| lex.error("edge counts of nodes overflow"))?;
+                snap.first_edge.push(end);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if got != expected {
+        return lex.error(format!(
+            "\"nodes\" holds {got} numbers, the header announces {expected} ({node_count} nodes)"
+        ));
+    }
+    Ok(())
+}
+
+fn read_edges<R: Read>(
+    lex: &mut Lexer<'_, R>,
+    edge_count: u64,
+    node_width: usize,
+    fields: &[Field],
+    type_count: usize,
+    snap: &mut HeapSnapshot,
+) -> PResult<()> {
+    let e = edge_count as usize;
+    let announced = u64::from(*snap.first_edge.last().unwrap_or(&0));
+    if announced != edge_count {
+        return lex.error(format!(
+            "the nodes' edge counts add up to {announced}, the header announces {edge_count} edges"
+        ));
+    }
+    snap.edge_type = Vec::with_capacity(e);
+    snap.edge_name = Vec::with_capacity(e);
+    snap.edge_to = Vec::with_capacity(e);
+    let expected = edge_count * fields.len() as u64;
+    let node_count = snap.node_type.len() as u64;
+    let width = fields.len();
+    let mut k = 0usize;
+    let got = lex.numbers("\"edges\"", |v, lex| {
+        if k as u64 >= expected {
+            return lex.error(format!("\"edges\" holds more than edge_count ({edge_count}) edges"));
+        }
+        let field = fields[k % width];
+        k += 1;
+        match field {
+            Field::Type => {
+                if v >= type_count as u64 {
+                    return lex.error(format!("edge type {v} is not in meta.edge_types"));
+                }
+                snap.edge_type.push(v as u8);
+            }
+            Field::Name => snap
+                .edge_name
+                .push(u32::try_from(v).or_else(|_| lex.error(format!("edge name {v} out of range")))?),
+            Field::ToNode => {
+                if v % node_width as u64 != 0 || v / node_width as u64 >= node_count {
+                    return lex.error(format!("edge points to {v}, which is not a node"));
+                }
+                snap.edge_to.push((v / node_width as u64) as u32);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if got != expected {
+        return lex.error(format!(
+            "\"edges\" holds {got} numbers, the header announces {expected} ({edge_count} edges)"
+        ));
+    }
+    Ok(())
+}
+
+fn read_strings<R: Read>(lex: &mut Lexer<'_, R>) -> PResult<Strings> {
+    let mut strings = Strings::default();
+    let mut scratch = Vec::new();
+    lex.expect(b'[', "\"strings\" array")?;
+    if lex.peek("a string")? == b']' {
+        lex.pos += 1;
+        return Ok(strings);
+    }
+    loop {
+        lex.string_into(&mut scratch, &mut strings.text)?;
+        strings.ends.push(strings.text.len() as u64);
+        match lex.peek("',' or ']'")? {
+            b',' => lex.pos += 1,
+            b']' => {
+                lex.pos += 1;
+                return Ok(strings);
+            }
+            b => {
+                return lex.error(format!(
+                    "expected ',' or ']' in \"strings\", found '{}'",
+                    (b as char).escape_default()
+                ))
+            }
+        }
+    }
+}
