@@ -65,7 +65,8 @@ pub struct ClassDiff {
 #[derive(Debug, Serialize)]
 pub struct Diff {
     /// `"ids"`: objects matched by id (same process); `"counts"`: the snapshots
-    /// share no object, only per-class totals are compared.
+    /// share no object (or their ids do not come from one process), only
+    /// per-class totals are compared.
     pub mode: &'static str,
     /// Objects present in both snapshots (same id, same class).
     pub shared_objects: u64,
@@ -75,10 +76,30 @@ pub struct Diff {
     pub classes: Vec<ClassDiff>,
 }
 
-/// Merges two sorted id lists; (new, deleted, alloc, freed, shared).
-fn merge(base: &[(u32, u32, u64)], cur: &[(u32, u32, u64)]) -> (u64, u64, u64, u64, u64) {
+/// Per-class result of merging two sorted id lists.
+#[derive(Default)]
+struct Merged {
+    new: u64,
+    deleted: u64,
+    alloc: u64,
+    freed: u64,
+    shared: u64,
+    /// New JS objects (odd ids) with an id below the base's highest one.
+    old_ids: u64,
+}
+
+/// Merges two sorted id lists.
+fn merge(base: &[(u32, u32, u64)], cur: &[(u32, u32, u64)], base_max_id: u32) -> Merged {
     let (mut i, mut j) = (0, 0);
     let (mut new, mut deleted, mut alloc, mut freed, mut shared) = (0, 0, 0, 0, 0);
+    let mut old_ids = 0;
+    let mut added = |id: u32, size: u64| {
+        new += 1;
+        alloc += size;
+        if id % 2 == 1 && id < base_max_id {
+            old_ids += 1;
+        }
+    };
     while i < base.len() && j < cur.len() {
         match base[i].1.cmp(&cur[j].1) {
             std::cmp::Ordering::Less => {
@@ -87,8 +108,7 @@ fn merge(base: &[(u32, u32, u64)], cur: &[(u32, u32, u64)]) -> (u64, u64, u64, u
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
-                new += 1;
-                alloc += cur[j].2;
+                added(cur[j].1, cur[j].2);
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
@@ -103,10 +123,16 @@ fn merge(base: &[(u32, u32, u64)], cur: &[(u32, u32, u64)]) -> (u64, u64, u64, u
         freed += b.2;
     }
     for c in &cur[j..] {
-        new += 1;
-        alloc += c.2;
+        added(c.1, c.2);
     }
-    (new, deleted, alloc, freed, shared)
+    Merged {
+        new,
+        deleted,
+        alloc,
+        freed,
+        shared,
+        old_ids,
+    }
 }
 
 pub fn compare(base: &Objects, current: &Objects) -> Diff {
@@ -116,14 +142,24 @@ pub fn compare(base: &Objects, current: &Objects) -> Diff {
     names.sort_unstable();
     names.dedup();
     let empty: &[(u32, u32, u64)] = &[];
+    // V8 numbers JS objects (odd ids) in the order it first sees them, so in
+    // one process an object created after the base snapshot has a higher id
+    // than every object of the base. Many new objects with lower ids mean
+    // the snapshots come from different processes, whose ids mean nothing
+    // to each other.
+    let base_max_id = base.entries.iter().map(|e| e.1).filter(|id| id % 2 == 1).max().unwrap_or(0);
     let mut shared_objects = 0;
+    let (mut new_objects, mut old_ids) = (0, 0);
     let mut by_id = Vec::new();
     let mut by_count = Vec::new();
     for name in names {
         let bo = b.get(name).copied().unwrap_or(empty);
         let co = c.get(name).copied().unwrap_or(empty);
-        let (new, deleted, alloc, freed, shared) = merge(bo, co);
+        let m = merge(bo, co, base_max_id);
+        let Merged { new, deleted, alloc, freed, shared, .. } = m;
         shared_objects += shared;
+        new_objects += new;
+        old_ids += m.old_ids;
         if new != 0 || deleted != 0 {
             by_id.push(ClassDiff {
                 name: name.to_string(),
@@ -148,7 +184,8 @@ pub fn compare(base: &Objects, current: &Objects) -> Diff {
             });
         }
     }
-    let (mode, mut classes) = if shared_objects > 0 { ("ids", by_id) } else { ("counts", by_count) };
+    let same_process = shared_objects > 0 && old_ids <= new_objects / 100 + 10;
+    let (mode, mut classes) = if same_process { ("ids", by_id) } else { ("counts", by_count) };
     classes.sort_by(|x, y| {
         y.size_delta
             .cmp(&x.size_delta)
@@ -193,7 +230,7 @@ pub fn render(d: &Diff, top: usize) -> String {
     } else {
         let _ = writeln!(
             out,
-            "The snapshots share no object id (two different processes?): compared per-class counts and sizes instead of objects."
+            "The snapshots share no object ids (not two snapshots of one process): compared per-class counts and sizes instead of objects."
         );
     }
     let shown = if top == 0 { d.classes.len() } else { top.min(d.classes.len()) };
@@ -262,6 +299,21 @@ mod tests {
         assert_eq!(d.classes.len(), 1);
         let a = &d.classes[0];
         assert_eq!((a.name.as_str(), a.new, a.count_delta, a.size_delta), ("A", None, 1, 10));
+    }
+
+    #[test]
+    fn new_objects_with_old_ids_mean_another_process() {
+        // One shared id, but 40 "new" objects numbered below the base's highest id.
+        let base_entries: Vec<(u32, u32, u64)> = (0..50).map(|i| (0, 1001 + 2 * i, 8)).chain([(0, 3001, 8)]).collect();
+        let cur_entries: Vec<(u32, u32, u64)> = (0..40).map(|i| (0, 2 * i + 1, 8)).chain([(0, 1001, 8)]).collect();
+        let d = compare(&objects(&["A"], &base_entries), &objects(&["A"], &cur_entries));
+        assert_eq!(d.shared_objects, 1);
+        assert_eq!(d.mode, "counts");
+        // The same, numbered after the base: one process.
+        let cur_entries: Vec<(u32, u32, u64)> = (0..40).map(|i| (0, 5001 + 2 * i, 8)).chain([(0, 1001, 8)]).collect();
+        let d = compare(&objects(&["A"], &base_entries), &objects(&["A"], &cur_entries));
+        assert_eq!(d.mode, "ids");
+        assert_eq!((d.classes[0].new, d.classes[0].deleted), (Some(40), Some(50)));
     }
 
     #[test]

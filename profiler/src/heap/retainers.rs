@@ -2,7 +2,8 @@
 //! the objects of a class (or to one object), like DevTools' Retainers view.
 //! Paths follow the distance BFS (weak edges never retain); objects whose
 //! paths have the same shape (same classes and edges, element indices aside)
-//! are grouped, and one representative path is shown per group.
+//! are grouped, and one representative path is shown per group, the groups
+//! that retain the most first.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -143,7 +144,7 @@ pub fn find(s: &HeapSnapshot, g: &Graph, target: Target<'_>, max_paths: usize) -
         }
     }
     let mut groups: Vec<(u64, u64, u32)> = groups.into_values().collect();
-    groups.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(s.node_id[a.2 as usize].cmp(&s.node_id[b.2 as usize])));
+    groups.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)).then(s.node_id[a.2 as usize].cmp(&s.node_id[b.2 as usize])));
     let paths = groups
         .into_iter()
         .take(max_paths.max(1))
@@ -177,12 +178,16 @@ pub fn find(s: &HeapSnapshot, g: &Graph, target: Target<'_>, max_paths: usize) -
     })
 }
 
-/// One line per path: `(root) → global ─.leaks→ Array ─[7041]→ LeakingClass`.
+/// One line per path: `(root) → global ─.leaks→ Array ─[7041]→ LeakingClass`
+/// (the root's own edges are numbered links to the roots, not names).
 pub fn chain(steps: &[Step]) -> String {
     let mut out = String::new();
-    for step in steps {
+    for (i, step) in steps.iter().enumerate() {
         match &step.edge {
             None => out.push_str(&step.name),
+            Some(_) if i == 1 => {
+                let _ = write!(out, " → {}", step.name);
+            }
             Some(edge) => {
                 let _ = write!(out, " ─{edge}→ {}", step.name);
             }
