@@ -183,12 +183,22 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
     use nodeprof::heap::{self, diff, retainers, summary, Graph};
     let to_json = |value: &dyn erased_json::Json| value.to_json();
     let text = match cmd {
-        HeapCommand::Summary { file, top, rules, json, quiet } => {
+        HeapCommand::Summary {
+            file,
+            top,
+            rules,
+            json,
+            quiet,
+        } => {
             let mut snap = heap::load(&file, quiet)?;
             if rules != heap::graph::Rules::Devtools {
                 snap.classify(rules);
             }
-            let spin = heap::spinner(snap.node_count(), quiet, "computing dominators and retained sizes");
+            let spin = heap::spinner(
+                snap.node_count(),
+                quiet,
+                "computing dominators and retained sizes",
+            );
             let graph = Graph::build(&snap, rules);
             let mut result = summary::summarize(&snap, &graph);
             spin.finish_and_clear();
@@ -201,7 +211,13 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
                 summary::render(&result, top)
             }
         }
-        HeapCommand::Diff { base, current, top, json, quiet } => {
+        HeapCommand::Diff {
+            base,
+            current,
+            top,
+            json,
+            quiet,
+        } => {
             let base_objects = diff::Objects::of(&heap::load(&base, quiet)?);
             let current_objects = diff::Objects::of(&heap::load(&current, quiet)?);
             let mut result = diff::compare(&base_objects, &current_objects);
@@ -214,12 +230,24 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
                 diff::render(&result, top)
             }
         }
-        HeapCommand::Retainers { file, class, id, rules, paths, json, quiet } => {
+        HeapCommand::Retainers {
+            file,
+            class,
+            id,
+            rules,
+            paths,
+            json,
+            quiet,
+        } => {
             let mut snap = heap::load(&file, quiet)?;
             if rules != heap::graph::Rules::Devtools {
                 snap.classify(rules);
             }
-            let spin = heap::spinner(snap.node_count(), quiet, "computing distances and dominators");
+            let spin = heap::spinner(
+                snap.node_count(),
+                quiet,
+                "computing distances and dominators",
+            );
             let graph = Graph::build(&snap, rules);
             spin.finish_and_clear();
             let target = match (&class, id) {

@@ -19,19 +19,32 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs `leaks.js KIND DIR` with `node`: DIR/base.heapsnapshot and DIR/current.heapsnapshot.
 fn snapshots(node: &Path, kind: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let mut proc = Proc::node(node, &[], "heap/leaks.js", &[kind, dir.to_str().unwrap()], dir);
+    let mut proc = Proc::node(
+        node,
+        &[],
+        "heap/leaks.js",
+        &[kind, dir.to_str().unwrap()],
+        dir,
+    );
     proc.wait_for_line("done", TIMEOUT);
     let status = proc.wait(TIMEOUT);
     assert!(status.success(), "leaks.js {kind} failed: {status}");
-    let (base, current) = (dir.join("base.heapsnapshot"), dir.join("current.heapsnapshot"));
-    assert!(base.is_file() && current.is_file(), "leaks.js {kind} wrote no snapshots");
+    let (base, current) = (
+        dir.join("base.heapsnapshot"),
+        dir.join("current.heapsnapshot"),
+    );
+    assert!(
+        base.is_file() && current.is_file(),
+        "leaks.js {kind} wrote no snapshots"
+    );
     (base, current)
 }
 
 fn memlab_dir() -> PathBuf {
     let dir = match std::env::var_os("NODEPROF_MEMLAB") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/nodeprof/memlab"),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/nodeprof/memlab"),
     };
     assert!(
         dir.join("node_modules/@memlab/heap-analysis").is_dir(),
@@ -97,14 +110,25 @@ fn compare_with_memlab(major: u32) {
     assert!(status.success(), "memlab-classes.js failed: {status}");
     let memlab: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let theirs = classes(&memlab);
-    assert!(theirs.len() > 50, "memlab found only {} classes", theirs.len());
+    assert!(
+        theirs.len() > 50,
+        "memlab found only {} classes",
+        theirs.len()
+    );
     assert!(theirs.contains_key("LeakingClass") && theirs.contains_key("RegExp"));
 
     let snap = snapshot.to_str().unwrap();
-    let ours_run = nodeprof(&["heap", "summary", snap, "--top", "0", "--json", "--rules", "memlab"], dir.path());
+    let ours_run = nodeprof(
+        &[
+            "heap", "summary", snap, "--top", "0", "--json", "--rules", "memlab",
+        ],
+        dir.path(),
+    );
     let ours = classes(&json(&ours_run));
     for (name, t) in &theirs {
-        let o = ours.get(name).unwrap_or_else(|| panic!("node {major}: class {name:?} missing in nodeprof's summary"));
+        let o = ours.get(name).unwrap_or_else(|| {
+            panic!("node {major}: class {name:?} missing in nodeprof's summary")
+        });
         assert_eq!(
             (o.count, o.shallow),
             (t.count, t.shallow),
@@ -112,21 +136,41 @@ fn compare_with_memlab(major: u32) {
         );
     }
     let extra: Vec<&String> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
-    assert!(extra.is_empty(), "node {major}: classes only nodeprof lists: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "node {major}: classes only nodeprof lists: {extra:?}"
+    );
     let mut top: Vec<(&String, &Class)> = theirs.iter().collect();
     top.sort_by(|a, b| b.1.retained.cmp(&a.1.retained));
     for (name, t) in top.iter().take(20) {
-        assert_eq!(ours[*name].retained, t.retained, "node {major}: retained size of {name:?} (nodeprof vs memlab)");
+        assert_eq!(
+            ours[*name].retained, t.retained,
+            "node {major}: retained size of {name:?} (nodeprof vs memlab)"
+        );
     }
 
     // DevTools' rules (the default) name the same objects with the same
     // sizes (only DOM detachedness may rename a few native objects) and the
     // root retains everything.
-    let dt = json(&nodeprof(&["heap", "summary", snap, "--top", "0", "--json"], dir.path()));
+    let dt = json(&nodeprof(
+        &["heap", "summary", snap, "--top", "0", "--json"],
+        dir.path(),
+    ));
     let dt_classes = classes(&dt);
-    let total = |m: &BTreeMap<String, Class>| m.values().fold((0, 0), |(c, s), x| (c + x.count, s + x.shallow));
-    assert_eq!(total(&dt_classes), total(&theirs), "node {major}: objects and shallow sizes under DevTools rules");
-    assert_eq!(dt["total_size"].as_u64(), Some(total(&theirs).1), "root retains the whole heap");
+    let total = |m: &BTreeMap<String, Class>| {
+        m.values()
+            .fold((0, 0), |(c, s), x| (c + x.count, s + x.shallow))
+    };
+    assert_eq!(
+        total(&dt_classes),
+        total(&theirs),
+        "node {major}: objects and shallow sizes under DevTools rules"
+    );
+    assert_eq!(
+        dt["total_size"].as_u64(),
+        Some(total(&theirs).1),
+        "root retains the whole heap"
+    );
     assert_eq!(dt_classes["LeakingClass"].count, 300);
 }
 
@@ -149,12 +193,24 @@ fn summary_matches_memlab_node26() {
 fn summary_text_lists_the_biggest_classes() {
     let dir = scratch_dir();
     let (_, current) = snapshots(&node_major(20), "array", dir.path());
-    let run = nodeprof(&["heap", "summary", current.to_str().unwrap(), "--top", "5"], dir.path());
+    let run = nodeprof(
+        &["heap", "summary", current.to_str().unwrap(), "--top", "5"],
+        dir.path(),
+    );
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(lines[0].starts_with("Heap: "), "{}", run.stdout);
     assert!(lines[1].starts_with("Top 5 of "), "{}", run.stdout);
-    assert!(lines[2].starts_with("Constructor") && lines[2].contains("Retained size"), "{}", run.stdout);
-    assert_eq!(lines.len(), 8, "header, title, column names, 5 classes:\n{}", run.stdout);
+    assert!(
+        lines[2].starts_with("Constructor") && lines[2].contains("Retained size"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        lines.len(),
+        8,
+        "header, title, column names, 5 classes:\n{}",
+        run.stdout
+    );
 }
 
 /// Leak 1: objects pushed into a global array.
@@ -173,34 +229,67 @@ fn global_array_leak(major: u32) {
     assert_eq!(d["mode"], "ids");
     let top = &d["classes"][0];
     assert_eq!(top["name"], "LeakingClass");
-    assert_eq!((top["new"].as_u64(), top["deleted"].as_u64()), (Some(8300), Some(0)));
+    assert_eq!(
+        (top["new"].as_u64(), top["deleted"].as_u64()),
+        (Some(8300), Some(0))
+    );
     let each = top["alloc_size"].as_u64().unwrap() / 8300;
     assert!((24..=64).contains(&each), "a LeakingClass is {each} bytes");
 
-    let run = nodeprof(&["heap", "retainers", c, "--class", "LeakingClass"], dir.path());
+    let run = nodeprof(
+        &["heap", "retainers", c, "--class", "LeakingClass"],
+        dir.path(),
+    );
     assert!(
         run.stdout.contains("─.leaks→ Array ─[") && run.stdout.contains("]→ LeakingClass"),
         "node {major}: the path should go global → leaks → Array[i] → LeakingClass:\n{}",
         run.stdout
     );
-    let r = json(&nodeprof(&["heap", "retainers", c, "--class", "LeakingClass", "--json"], dir.path()));
+    let r = json(&nodeprof(
+        &["heap", "retainers", c, "--class", "LeakingClass", "--json"],
+        dir.path(),
+    ));
     assert_eq!(r["objects"], 8400);
-    assert_eq!(r["paths"][0]["objects"], 8400, "one path shape for all of them");
+    assert_eq!(
+        r["paths"][0]["objects"], 8400,
+        "one path shape for all of them"
+    );
     let steps = r["paths"][0]["steps"].as_array().unwrap();
     let last = steps.last().unwrap();
     assert_eq!(last["class"], "LeakingClass");
     assert!(last["edge"].as_str().unwrap().starts_with('['), "{last}");
     let array = &steps[steps.len() - 2];
-    assert_eq!((array["class"].as_str(), array["edge"].as_str()), (Some("Array"), Some(".leaks")));
+    assert_eq!(
+        (array["class"].as_str(), array["edge"].as_str()),
+        (Some("Array"), Some(".leaks"))
+    );
     // node ≤ 24: `global`; node 26: `global (global*)`, reached from the native context.
-    assert!(steps[steps.len() - 3]["name"].as_str().unwrap().starts_with("global"), "{steps:?}");
-    let distances: Vec<i64> = steps[1..].iter().map(|s| s["distance"].as_i64().unwrap()).collect();
-    assert_eq!(distances, (1..=distances.len() as i64).collect::<Vec<_>>(), "distances grow by one");
+    assert!(
+        steps[steps.len() - 3]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("global"),
+        "{steps:?}"
+    );
+    let distances: Vec<i64> = steps[1..]
+        .iter()
+        .map(|s| s["distance"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        distances,
+        (1..=distances.len() as i64).collect::<Vec<_>>(),
+        "distances grow by one"
+    );
 
     // The same object by id.
     let id = last["id"].as_u64().unwrap().to_string();
     let run = nodeprof(&["heap", "retainers", c, "--id", &id], dir.path());
-    assert!(run.stdout.starts_with(&format!("LeakingClass @{id}: 1 object;")), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .starts_with(&format!("LeakingClass @{id}: 1 object;")),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("─.leaks→ Array"), "{}", run.stdout);
 }
 
@@ -222,8 +311,24 @@ fn closure_chain_leak() {
     let (b, c) = (base.to_str().unwrap(), current.to_str().unwrap());
     let run = nodeprof(&["heap", "diff", b, c], dir.path());
     let first = run.stdout.lines().next().unwrap_or_default();
-    assert!(first.starts_with("(string) +5 objects, +50.0 MB"), "first line:\n{}", run.stdout);
-    let r = json(&nodeprof(&["heap", "retainers", c, "--class", "(string)", "--json", "--paths", "5"], dir.path()));
+    assert!(
+        first.starts_with("(string) +5 objects, +50.0 MB"),
+        "first line:\n{}",
+        run.stdout
+    );
+    let r = json(&nodeprof(
+        &[
+            "heap",
+            "retainers",
+            c,
+            "--class",
+            "(string)",
+            "--json",
+            "--paths",
+            "5",
+        ],
+        dir.path(),
+    ));
     let paths = r["paths"].as_array().unwrap();
     assert_eq!(paths.len(), 5);
     // The largest strings come first: each is kept by the chain of contexts.
@@ -232,8 +337,14 @@ fn closure_chain_leak() {
     assert_eq!(*edges.last().unwrap(), ".leakStr", "{edges:?}");
     assert!(deepest.last().unwrap()["shallow_size"].as_u64().unwrap() >= 10_000_000);
     let links = edges.iter().filter(|e| **e == "->originLeakObject").count();
-    assert_eq!(links, 5, "the oldest of 6 leaked strings is 5 closures deep: {edges:?}");
-    assert!(edges.contains(&".leakMethod") && edges.contains(&"{context}"), "{edges:?}");
+    assert_eq!(
+        links, 5,
+        "the oldest of 6 leaked strings is 5 closures deep: {edges:?}"
+    );
+    assert!(
+        edges.contains(&".leakMethod") && edges.contains(&"{context}"),
+        "{edges:?}"
+    );
 }
 
 /// Leak 3: 10000 listeners added per request.
@@ -248,11 +359,22 @@ fn event_listener_leak() {
     assert!(top["count_delta"].as_i64().unwrap() >= 50_000, "{top}");
     let run = nodeprof(&["heap", "diff", b, c], dir.path());
     assert!(run.stdout.starts_with("Function +500"), "{}", run.stdout);
-    let r = json(&nodeprof(&["heap", "retainers", c, "--class", "Function", "--json"], dir.path()));
+    let r = json(&nodeprof(
+        &["heap", "retainers", c, "--class", "Function", "--json"],
+        dir.path(),
+    ));
     let group = &r["paths"][0];
     assert!(group["objects"].as_u64().unwrap() >= 50_000, "{group}");
-    let edges: Vec<&str> = group["steps"].as_array().unwrap().iter().filter_map(|s| s["edge"].as_str()).collect();
-    assert!(edges.contains(&"._events") && edges.contains(&".request"), "{edges:?}");
+    let edges: Vec<&str> = group["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["edge"].as_str())
+        .collect();
+    assert!(
+        edges.contains(&"._events") && edges.contains(&".request"),
+        "{edges:?}"
+    );
 }
 
 #[test]
@@ -261,7 +383,12 @@ fn diff_of_two_processes_compares_counts() {
     let (d1, d2) = (scratch_dir(), scratch_dir());
     let (base, _) = snapshots(&node, "array", d1.path());
     let (other, _) = snapshots(&node, "listeners", d2.path());
-    let args = ["heap", "diff", base.to_str().unwrap(), other.to_str().unwrap()];
+    let args = [
+        "heap",
+        "diff",
+        base.to_str().unwrap(),
+        other.to_str().unwrap(),
+    ];
     let run = nodeprof(&args, d1.path());
     assert!(run.stdout.contains("share no object ids"), "{}", run.stdout);
     let mut with_json = args.to_vec();
@@ -282,21 +409,46 @@ fn bad_input_ends_in_one_error_line() {
         p.to_str().unwrap().to_string()
     };
     let cases = [
-        (write("half.heapsnapshot", &bytes[..bytes.len() / 2]), "truncated"),
+        (
+            write("half.heapsnapshot", &bytes[..bytes.len() / 2]),
+            "truncated",
+        ),
         (write("empty.heapsnapshot", b""), "empty"),
-        (write("text.heapsnapshot", b"hello world\n"), "not a heap snapshot"),
-        (write("other.json", b"{\"a\": [1, 2, 3]}"), "not a V8 heap snapshot"),
-        (dir.path().join("missing.heapsnapshot").to_str().unwrap().to_string(), "cannot read"),
+        (
+            write("text.heapsnapshot", b"hello world\n"),
+            "not a heap snapshot",
+        ),
+        (
+            write("other.json", b"{\"a\": [1, 2, 3]}"),
+            "not a V8 heap snapshot",
+        ),
+        (
+            dir.path()
+                .join("missing.heapsnapshot")
+                .to_str()
+                .unwrap()
+                .to_string(),
+            "cannot read",
+        ),
     ];
     for (path, needle) in &cases {
-        for cmd in [vec!["heap", "summary", path], vec!["heap", "retainers", path, "--class", "x"]] {
+        for cmd in [
+            vec!["heap", "summary", path],
+            vec!["heap", "retainers", path, "--class", "x"],
+        ] {
             run_nodeprof(&cmd, dir.path(), TIMEOUT).assert_error(needle);
         }
     }
     let b = base.to_str().unwrap();
     run_nodeprof(&["heap", "diff", b, &cases[0].0], dir.path(), TIMEOUT).assert_error("truncated");
-    run_nodeprof(&["heap", "retainers", b, "--class", "NoSuchThing"], dir.path(), TIMEOUT).assert_error("no object of class");
-    run_nodeprof(&["heap", "retainers", b, "--id", "2"], dir.path(), TIMEOUT).assert_error("no object with id");
+    run_nodeprof(
+        &["heap", "retainers", b, "--class", "NoSuchThing"],
+        dir.path(),
+        TIMEOUT,
+    )
+    .assert_error("no object of class");
+    run_nodeprof(&["heap", "retainers", b, "--id", "2"], dir.path(), TIMEOUT)
+        .assert_error("no object with id");
 }
 
 /// The parser on damaged copies of a real snapshot: every truncation is an
@@ -334,7 +486,11 @@ fn parser_survives_truncation_and_garbage() {
     // Byte flips and garbage runs.
     for i in 0..120 {
         let mut data = bytes.clone();
-        let at = if i % 3 == 0 { rand(2000) } else { rand(data.len()) };
+        let at = if i % 3 == 0 {
+            rand(2000)
+        } else {
+            rand(data.len())
+        };
         if i % 2 == 0 {
             data[at] = b"{}[],:\"\\0-x \n\xff"[rand(14)];
         } else {
@@ -347,12 +503,22 @@ fn parser_survives_truncation_and_garbage() {
     }
     // Absurd counts.
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).to_string();
-    let node_count = text.split("\"node_count\":").nth(1).unwrap().split(',').next().unwrap().to_string();
+    let node_count = text
+        .split("\"node_count\":")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
     let huge = String::from_utf8_lossy(&bytes).replacen(
         &format!("\"node_count\":{node_count}"),
         "\"node_count\":900000000000",
         1,
     );
-    let err = read_bytes(huge.as_bytes()).err().expect("absurd node_count refused").to_string();
+    let err = read_bytes(huge.as_bytes())
+        .err()
+        .expect("absurd node_count refused")
+        .to_string();
     assert!(err.contains("does not fit"), "{err}");
 }

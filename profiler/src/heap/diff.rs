@@ -39,8 +39,14 @@ impl Objects {
         let mut start = 0;
         while start < self.entries.len() {
             let class = self.entries[start].0;
-            let len = self.entries[start..].iter().take_while(|e| e.0 == class).count();
-            out.insert(self.class_names[class as usize].as_str(), &self.entries[start..start + len]);
+            let len = self.entries[start..]
+                .iter()
+                .take_while(|e| e.0 == class)
+                .count();
+            out.insert(
+                self.class_names[class as usize].as_str(),
+                &self.entries[start..start + len],
+            );
             start += len;
         }
         out
@@ -147,7 +153,13 @@ pub fn compare(base: &Objects, current: &Objects) -> Diff {
     // than every object of the base. Many new objects with lower ids mean
     // the snapshots come from different processes, whose ids mean nothing
     // to each other.
-    let base_max_id = base.entries.iter().map(|e| e.1).filter(|id| id % 2 == 1).max().unwrap_or(0);
+    let base_max_id = base
+        .entries
+        .iter()
+        .map(|e| e.1)
+        .filter(|id| id % 2 == 1)
+        .max()
+        .unwrap_or(0);
     let mut shared_objects = 0;
     let (mut new_objects, mut old_ids) = (0, 0);
     let mut by_id = Vec::new();
@@ -156,7 +168,14 @@ pub fn compare(base: &Objects, current: &Objects) -> Diff {
         let bo = b.get(name).copied().unwrap_or(empty);
         let co = c.get(name).copied().unwrap_or(empty);
         let m = merge(bo, co, base_max_id);
-        let Merged { new, deleted, alloc, freed, shared, .. } = m;
+        let Merged {
+            new,
+            deleted,
+            alloc,
+            freed,
+            shared,
+            ..
+        } = m;
         shared_objects += shared;
         new_objects += new;
         old_ids += m.old_ids;
@@ -185,7 +204,11 @@ pub fn compare(base: &Objects, current: &Objects) -> Diff {
         }
     }
     let same_process = shared_objects > 0 && old_ids <= new_objects / 100 + 10;
-    let (mode, mut classes) = if same_process { ("ids", by_id) } else { ("counts", by_count) };
+    let (mode, mut classes) = if same_process {
+        ("ids", by_id)
+    } else {
+        ("counts", by_count)
+    };
     classes.sort_by(|x, y| {
         y.size_delta
             .cmp(&x.size_delta)
@@ -213,7 +236,12 @@ fn headline(c: &ClassDiff) -> String {
 /// The comparison as text: the biggest growths first, as sentences, then the table.
 pub fn render(d: &Diff, top: usize) -> String {
     let mut out = String::new();
-    let growing: Vec<&ClassDiff> = d.classes.iter().filter(|c| c.size_delta > 0).take(3).collect();
+    let growing: Vec<&ClassDiff> = d
+        .classes
+        .iter()
+        .filter(|c| c.size_delta > 0)
+        .take(3)
+        .collect();
     if growing.is_empty() {
         let _ = writeln!(out, "Nothing grew.");
     }
@@ -233,8 +261,16 @@ pub fn render(d: &Diff, top: usize) -> String {
             "The snapshots share no object ids (not two snapshots of one process): compared per-class counts and sizes instead of objects."
         );
     }
-    let shown = if top == 0 { d.classes.len() } else { top.min(d.classes.len()) };
-    let _ = writeln!(out, "Top {shown} of {} changed classes by size delta:", d.classes.len());
+    let shown = if top == 0 {
+        d.classes.len()
+    } else {
+        top.min(d.classes.len())
+    };
+    let _ = writeln!(
+        out,
+        "Top {shown} of {} changed classes by size delta:",
+        d.classes.len()
+    );
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     let rows: Vec<Vec<String>> = d.classes[..shown]
         .iter()
@@ -251,9 +287,25 @@ pub fn render(d: &Diff, top: usize) -> String {
         })
         .collect();
     let header: &[&str] = if d.mode == "ids" {
-        &["Constructor", "# New", "# Deleted", "# Delta", "Alloc. size", "Freed size", "Size delta"]
+        &[
+            "Constructor",
+            "# New",
+            "# Deleted",
+            "# Delta",
+            "Alloc. size",
+            "Freed size",
+            "Size delta",
+        ]
     } else {
-        &["Constructor", "# New", "# Deleted", "# Delta", "Size now", "Size before", "Size delta"]
+        &[
+            "Constructor",
+            "# New",
+            "# Deleted",
+            "# Delta",
+            "Size now",
+            "Size before",
+            "Size delta",
+        ]
     };
     out.push_str(&report::table(header, &rows));
     out
@@ -275,8 +327,14 @@ mod tests {
     #[test]
     fn merge_by_id_counts_new_and_deleted() {
         // Class indices differ between the snapshots: classes match by name.
-        let base = objects(&["A", "B"], &[(0, 1, 10), (0, 3, 10), (0, 5, 10), (1, 7, 4)]);
-        let cur = objects(&["B", "A", "C"], &[(1, 3, 10), (1, 9, 12), (1, 11, 12), (0, 7, 4), (2, 13, 100)]);
+        let base = objects(
+            &["A", "B"],
+            &[(0, 1, 10), (0, 3, 10), (0, 5, 10), (1, 7, 4)],
+        );
+        let cur = objects(
+            &["B", "A", "C"],
+            &[(1, 3, 10), (1, 9, 12), (1, 11, 12), (0, 7, 4), (2, 13, 100)],
+        );
         let d = compare(&base, &cur);
         assert_eq!(d.mode, "ids");
         assert_eq!(d.shared_objects, 2);
@@ -298,22 +356,43 @@ mod tests {
         assert_eq!(d.mode, "counts");
         assert_eq!(d.classes.len(), 1);
         let a = &d.classes[0];
-        assert_eq!((a.name.as_str(), a.new, a.count_delta, a.size_delta), ("A", None, 1, 10));
+        assert_eq!(
+            (a.name.as_str(), a.new, a.count_delta, a.size_delta),
+            ("A", None, 1, 10)
+        );
     }
 
     #[test]
     fn new_objects_with_old_ids_mean_another_process() {
         // One shared id, but 40 "new" objects numbered below the base's highest id.
-        let base_entries: Vec<(u32, u32, u64)> = (0..50).map(|i| (0, 1001 + 2 * i, 8)).chain([(0, 3001, 8)]).collect();
-        let cur_entries: Vec<(u32, u32, u64)> = (0..40).map(|i| (0, 2 * i + 1, 8)).chain([(0, 1001, 8)]).collect();
-        let d = compare(&objects(&["A"], &base_entries), &objects(&["A"], &cur_entries));
+        let base_entries: Vec<(u32, u32, u64)> = (0..50)
+            .map(|i| (0, 1001 + 2 * i, 8))
+            .chain([(0, 3001, 8)])
+            .collect();
+        let cur_entries: Vec<(u32, u32, u64)> = (0..40)
+            .map(|i| (0, 2 * i + 1, 8))
+            .chain([(0, 1001, 8)])
+            .collect();
+        let d = compare(
+            &objects(&["A"], &base_entries),
+            &objects(&["A"], &cur_entries),
+        );
         assert_eq!(d.shared_objects, 1);
         assert_eq!(d.mode, "counts");
         // The same, numbered after the base: one process.
-        let cur_entries: Vec<(u32, u32, u64)> = (0..40).map(|i| (0, 5001 + 2 * i, 8)).chain([(0, 1001, 8)]).collect();
-        let d = compare(&objects(&["A"], &base_entries), &objects(&["A"], &cur_entries));
+        let cur_entries: Vec<(u32, u32, u64)> = (0..40)
+            .map(|i| (0, 5001 + 2 * i, 8))
+            .chain([(0, 1001, 8)])
+            .collect();
+        let d = compare(
+            &objects(&["A"], &base_entries),
+            &objects(&["A"], &cur_entries),
+        );
         assert_eq!(d.mode, "ids");
-        assert_eq!((d.classes[0].new, d.classes[0].deleted), (Some(40), Some(50)));
+        assert_eq!(
+            (d.classes[0].new, d.classes[0].deleted),
+            (Some(40), Some(50))
+        );
     }
 
     #[test]

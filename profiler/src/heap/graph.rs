@@ -149,7 +149,8 @@ impl Graph {
     }
 
     pub fn dominated_by(&self, node: u32) -> &[u32] {
-        &self.dominated[self.first_dominated[node as usize] as usize..self.first_dominated[node as usize + 1] as usize]
+        &self.dominated[self.first_dominated[node as usize] as usize
+            ..self.first_dominated[node as usize + 1] as usize]
     }
 
     /// DevTools' `calculateDistances` for JS snapshots: BFS from the user
@@ -166,7 +167,8 @@ impl Graph {
         let mut queue: Vec<u32> = Vec::with_capacity(n);
         for e in s.edges(ROOT) {
             let child = s.edge_to[e];
-            let user = s.node_type[child as usize] != k.synthetic || s.raw_name(child) == "(Document DOM trees)";
+            let user = s.node_type[child as usize] != k.synthetic
+                || s.raw_name(child) == "(Document DOM trees)";
             if user && dist[child as usize] == NO_DISTANCE {
                 dist[child as usize] = 1;
                 pred_node[child as usize] = ROOT;
@@ -230,7 +232,11 @@ impl Graph {
             }
         };
         bfs(&mut queue, 0, &mut dist);
-        dist[ROOT as usize] = if had_user_roots { BASE_SYSTEM_DISTANCE } else { 0 };
+        dist[ROOT as usize] = if had_user_roots {
+            BASE_SYSTEM_DISTANCE
+        } else {
+            0
+        };
         let start = queue.len();
         queue.push(ROOT);
         bfs(&mut queue, start, &mut dist);
@@ -291,12 +297,22 @@ impl Graph {
                 v = v_next;
             }
         };
-        dfs(r, &mut count, &mut parent, &mut semi, &mut vertex, &mut label);
+        dfs(
+            r,
+            &mut count,
+            &mut parent,
+            &mut semi,
+            &mut vertex,
+            &mut label,
+        );
+        let reached = count as usize;
         if (count as usize) < n {
             for v in 1..=n as u32 {
                 // Orphans: only weak retainers (memlab: only weak or shortcut edges).
                 let orphan = match rules {
-                    Rules::Devtools => self.retainers_of(v - 1).all(|(_, e)| !essential.get(e as usize)),
+                    Rules::Devtools => self
+                        .retainers_of(v - 1)
+                        .all(|(_, e)| !essential.get(e as usize)),
                     Rules::Memlab => self.retainers_of(v - 1).all(|(_, e)| {
                         let t = s.edge_type[e as usize];
                         t == s.kinds.e_weak || t == s.kinds.e_shortcut
@@ -304,11 +320,17 @@ impl Graph {
                 };
                 if semi[v as usize] == 0 && orphan {
                     parent[v as usize] = r;
-                    dfs(v, &mut count, &mut parent, &mut semi, &mut vertex, &mut label);
+                    dfs(
+                        v,
+                        &mut count,
+                        &mut parent,
+                        &mut semi,
+                        &mut vertex,
+                        &mut label,
+                    );
                 }
             }
         }
-        let reached = count as usize;
         if (count as usize) < n {
             for v in 1..=n as u32 {
                 if semi[v as usize] == 0 {
@@ -349,7 +371,8 @@ impl Graph {
             let w = vertex[i as usize];
             let wo = w - 1;
             let mut orphan = true;
-            let range = self.first_ret[wo as usize] as usize..self.first_ret[wo as usize + 1] as usize;
+            let range =
+                self.first_ret[wo as usize] as usize..self.first_ret[wo as usize + 1] as usize;
             for ri in range {
                 if !essential.get(self.ret_edge[ri] as usize) {
                     continue;
@@ -372,10 +395,18 @@ impl Graph {
             let mut v = std::mem::take(&mut bucket_head[p as usize]);
             while v != 0 {
                 let u = eval(v, &mut ancestor, &mut label, &semi);
-                dom[v as usize] = if semi[u as usize] < semi[v as usize] { u } else { p };
+                dom[v as usize] = if semi[u as usize] < semi[v as usize] {
+                    u
+                } else {
+                    p
+                };
                 v = bucket_next[v as usize];
             }
         }
+        // The root dominates itself; dom[0] = r also makes the root the
+        // dominator of nodes whose bucket was never processed (unreachable
+        // cycles), as in DevTools.
+        dom[0] = r;
         dom[r as usize] = r;
         for i in 2..=count {
             let w = vertex[i as usize] as usize;
@@ -525,13 +556,185 @@ fn essential_edges(s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>, rules: Rul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::heap::parse::read_bytes;
+
+    const ELEMENT: u32 = 1;
+    const PROPERTY: u32 = 2;
+    const WEAK: u32 = 6;
+
+    /// A snapshot file for a graph: node 0 is the synthetic root, node i > 0
+    /// an object of `i + 1` bytes; edges are (from, to, type).
+    fn snapshot(n: usize, edges: &[(usize, usize, u32)]) -> HeapSnapshot {
+        let mut nodes = Vec::new();
+        let mut edge_nums = Vec::new();
+        for i in 0..n {
+            let mine: Vec<_> = edges.iter().filter(|e| e.0 == i).collect();
+            let (t, name, size) = if i == 0 { (9, 0, 0) } else { (3, 1, i + 1) };
+            nodes.push(format!("{t},{name},{},{size},{},0", 2 * i + 1, mine.len()));
+            for (k, e) in mine.iter().enumerate() {
+                let name = if e.2 == ELEMENT { k } else { 2 };
+                edge_nums.push(format!("{},{name},{}", e.2, e.1 * 6));
+            }
+        }
+        let json = format!(
+            r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count","trace_node_id"],
+            "node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number"],
+            "edge_fields":["type","name_or_index","to_node"],
+            "edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
+            "node_count":{n},"edge_count":{}}},
+            "nodes":[{}],"edges":[{}],"strings":["","Thing","prop"]}}"#,
+            edges.len(),
+            nodes.join(","),
+            edge_nums.join(",")
+        );
+        read_bytes(json.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{json}"))
+    }
+
+    /// Nodes reachable from the root over non-weak edges, without `removed`.
+    fn reachable(n: usize, edges: &[(usize, usize, u32)], removed: Option<usize>) -> Vec<bool> {
+        let mut seen = vec![false; n];
+        let mut stack = vec![0];
+        seen[0] = true;
+        while let Some(v) = stack.pop() {
+            for e in edges.iter().filter(|e| e.0 == v && e.2 != WEAK) {
+                if Some(e.1) != removed && !seen[e.1] {
+                    seen[e.1] = true;
+                    stack.push(e.1);
+                }
+            }
+        }
+        seen
+    }
+
+    /// Dominators by definition: d dominates v if v is unreachable without d.
+    fn brute_force(n: usize, edges: &[(usize, usize, u32)]) -> (Vec<usize>, Vec<u64>) {
+        let doms: Vec<Vec<usize>> = (0..n)
+            .map(|v| {
+                (0..n)
+                    .filter(|&d| d == v || d == 0 || !reachable(n, edges, Some(d))[v])
+                    .collect()
+            })
+            .collect();
+        let idom = (0..n)
+            .map(|v| {
+                if v == 0 {
+                    return 0;
+                }
+                *doms[v]
+                    .iter()
+                    .filter(|&&d| d != v)
+                    .max_by_key(|&&d| doms[d].len())
+                    .unwrap()
+            })
+            .collect();
+        let retained = (0..n)
+            .map(|v| {
+                (0..n)
+                    .filter(|&w| doms[w].contains(&v))
+                    .map(|w| if w == 0 { 0 } else { w as u64 + 1 })
+                    .sum()
+            })
+            .collect();
+        (idom, retained)
+    }
+
+    #[test]
+    fn dominators_match_the_definition_on_random_graphs() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        for round in 0..300 {
+            let n = 2 + rand(11);
+            // A random tree from the root reaches every node; then extra
+            // edges (some weak, some to self) make it a general graph.
+            let mut edges: Vec<(usize, usize, u32)> = (1..n)
+                .map(|v| (rand(v), v, if rand(2) == 0 { ELEMENT } else { PROPERTY }))
+                .collect();
+            for _ in 0..rand(3 * n) {
+                let t = [ELEMENT, PROPERTY, WEAK][rand(3)];
+                edges.push((rand(n), 1 + rand(n - 1), t));
+            }
+            edges.sort_by_key(|e| e.0);
+            let s = snapshot(n, &edges);
+            for rules in [Rules::Devtools, Rules::Memlab] {
+                let g = Graph::build(&s, rules);
+                let (idom, retained) = brute_force(n, &edges);
+                let got: Vec<usize> = g.dominator.iter().map(|&d| d as usize).collect();
+                assert_eq!(
+                    got, idom,
+                    "round {round} {rules:?}: dominators of {edges:?}"
+                );
+                assert_eq!(
+                    g.retained, retained,
+                    "round {round} {rules:?}: retained sizes of {edges:?}"
+                );
+                assert_eq!(g.unreachable, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn weakly_held_and_unreachable_nodes_hang_off_the_root() {
+        // 1 → 2 (weak only); 2 → 3; 4 and 5 hold each other, nothing else holds them.
+        let edges = [
+            (0, 1, ELEMENT),
+            (1, 2, WEAK),
+            (2, 3, PROPERTY),
+            (4, 5, PROPERTY),
+            (5, 4, PROPERTY),
+        ];
+        let s = snapshot(6, &edges);
+        let g = Graph::build(&s, Rules::Devtools);
+        assert_eq!(g.dominator, vec![0, 0, 0, 2, 0, 0]);
+        assert_eq!(g.unreachable, 4);
+        assert_eq!(g.retained[2], 3 + 4);
+        assert_eq!(g.retained[0], (2..=6).sum::<u64>());
+        // Distances: weak edges do not count, the rest is never reached.
+        assert_eq!(g.distance[1], 1);
+        assert_eq!(g.distance[2], NO_DISTANCE);
+        assert_eq!(g.distance[4], NO_DISTANCE);
+    }
+
+    #[test]
+    fn distances_start_at_user_roots() {
+        // Root → 1 (an object: a user root) → 2; root → 3 synthetic (like
+        // "(GC roots)") → 4 → 2.
+        let edges = [
+            (0, 1, ELEMENT),
+            (0, 3, ELEMENT),
+            (1, 2, PROPERTY),
+            (3, 4, ELEMENT),
+            (4, 2, PROPERTY),
+        ];
+        let mut s = snapshot(5, &edges);
+        s.node_type[3] = s.kinds.synthetic;
+        let g = Graph::build(&s, Rules::Devtools);
+        assert_eq!(
+            g.distance,
+            vec![
+                BASE_SYSTEM_DISTANCE,
+                1,
+                2,
+                BASE_SYSTEM_DISTANCE + 1,
+                BASE_SYSTEM_DISTANCE + 2
+            ]
+        );
+        assert_eq!((g.pred_node[2], g.pred_node[4]), (1, 3));
+    }
 
     #[test]
     fn weakmap_edge_names() {
         let name = "3 / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9)";
         assert_eq!(
             parse_weakmap_edge(name),
-            Some((" / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9)", 9))
+            Some((
+                " / part of key (Object @11) -> value (Object @13) pair in WeakMap (table @9)",
+                9
+            ))
         );
         let spaced = "12 / part of key (system / Context @7) -> value (Foo bar @8) pair in WeakMap (table @123)";
         assert_eq!(parse_weakmap_edge(spaced).map(|p| p.1), Some(123));

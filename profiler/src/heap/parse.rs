@@ -58,7 +58,10 @@ enum Field {
 
 /// Reads and checks a snapshot file. `progress` gets the number of bytes read
 /// so far (and the file size once, first).
-pub fn read_file(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<HeapSnapshot, HeapError> {
+pub fn read_file(
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<HeapSnapshot, HeapError> {
     let io_err = |source| HeapError::Io {
         path: path.to_path_buf(),
         source,
@@ -180,7 +183,9 @@ impl<'p, R: Read> Lexer<'p, R> {
             match self.peek_raw()? {
                 Some(b' ' | b'\n' | b'\r' | b'\t') => self.pos += 1,
                 Some(b) => return Ok(b),
-                None => return self.error(format!("file ends where {what} was expected (truncated?)")),
+                None => {
+                    return self.error(format!("file ends where {what} was expected (truncated?)"))
+                }
             }
         }
     }
@@ -208,7 +213,10 @@ impl<'p, R: Read> Lexer<'p, R> {
                 return self.error("file ends inside a string (truncated?)");
             }
             let chunk = &self.buf[self.pos..self.len];
-            match chunk.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+            match chunk
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            {
                 None => {
                     out.extend_from_slice(chunk);
                     self.pos = self.len;
@@ -227,7 +235,9 @@ impl<'p, R: Read> Lexer<'p, R> {
                                     out.push(next);
                                     self.pos += 1;
                                 }
-                                None => return self.error("file ends inside a string (truncated?)"),
+                                None => {
+                                    return self.error("file ends inside a string (truncated?)")
+                                }
                             }
                         }
                         _ => {
@@ -256,10 +266,13 @@ impl<'p, R: Read> Lexer<'p, R> {
             // Escapes (\n, \uD83D\uDE00, ...) are rare: let serde_json decode them.
             scratch.insert(0, b'"');
             scratch.push(b'"');
-            let s: String = serde_json::from_slice(scratch).map_err(|_| bad("invalid escape in a string"))?;
+            let s: String =
+                serde_json::from_slice(scratch).map_err(|_| bad("invalid escape in a string"))?;
             text.push_str(&s);
         } else {
-            text.push_str(std::str::from_utf8(scratch).map_err(|_| bad("string is not valid UTF-8"))?);
+            text.push_str(
+                std::str::from_utf8(scratch).map_err(|_| bad("string is not valid UTF-8"))?,
+            );
         }
         Ok(())
     }
@@ -282,7 +295,9 @@ impl<'p, R: Read> Lexer<'p, R> {
                 // A number or literal: up to the next delimiter.
                 loop {
                     match self.peek_raw()? {
-                        Some(b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t') | None => return Ok(()),
+                        Some(b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t') | None => {
+                            return Ok(())
+                        }
                         Some(b) => {
                             if let Some(c) = capture.as_deref_mut() {
                                 c.push(b);
@@ -327,7 +342,11 @@ impl<'p, R: Read> Lexer<'p, R> {
 
     /// Reads a JSON array of non-negative integers, handing each to `sink`.
     /// Returns how many there were.
-    fn numbers(&mut self, what: &str, mut sink: impl FnMut(u64, &Self) -> PResult<()>) -> PResult<u64> {
+    fn numbers(
+        &mut self,
+        what: &str,
+        mut sink: impl FnMut(u64, &Self) -> PResult<()>,
+    ) -> PResult<u64> {
         self.expect(b'[', what)?;
         let mut count = 0u64;
         if self.peek(what)? == b']' {
@@ -346,7 +365,10 @@ impl<'p, R: Read> Lexer<'p, R> {
                 if !b.is_ascii_digit() {
                     break;
                 }
-                value = match value.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))) {
+                value = match value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                {
                     Some(v) => v,
                     None => return self.error(format!("number too large in {what}")),
                 };
@@ -388,7 +410,10 @@ fn type_names(value: Option<&serde_json::Value>, what: &str) -> Result<Vec<Strin
     let list = value
         .and_then(|v| v.as_array())
         .ok_or_else(|| format!("meta.{what} has no list of type names"))?;
-    let names: Option<Vec<String>> = list.iter().map(|v| v.as_str().map(str::to_string)).collect();
+    let names: Option<Vec<String>> = list
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect();
     let names = names.ok_or_else(|| format!("meta.{what} type names are not strings"))?;
     if names.is_empty() || names.len() > 255 {
         return Err(format!("meta.{what} has {} type names", names.len()));
@@ -423,9 +448,11 @@ impl<R: Read> Parser<'_, R> {
                     let mut raw = Vec::new();
                     let at = lex.offset();
                     lex.skip_value(Some(&mut raw), MAX_HEADER)?;
-                    header = Some(parse_header(&raw, lex.size).map_err(|message| ParseError::Format {
-                        offset: at,
-                        message,
+                    header = Some(parse_header(&raw, lex.size).map_err(|message| {
+                        ParseError::Format {
+                            offset: at,
+                            message,
+                        }
                     })?);
                 }
                 b"nodes" => {
@@ -442,7 +469,14 @@ impl<R: Read> Parser<'_, R> {
                     if !seen_nodes {
                         return lex.error("\"edges\" comes before \"nodes\"");
                     }
-                    read_edges(lex, h.edge_count, nfields.len(), fields, types.len(), &mut snap)?;
+                    read_edges(
+                        lex,
+                        h.edge_count,
+                        nfields.len(),
+                        fields,
+                        types.len(),
+                        &mut snap,
+                    )?;
                     seen_edges = true;
                 }
                 b"strings" => {
@@ -477,15 +511,22 @@ impl<R: Read> Parser<'_, R> {
         let Some((_, _, _, node_types, edge_types)) = header else {
             return lex.error("no \"snapshot\" header: not a V8 heap snapshot");
         };
-        for (seen, name) in [(seen_nodes, "nodes"), (seen_edges, "edges"), (seen_strings, "strings")] {
+        for (seen, name) in [
+            (seen_nodes, "nodes"),
+            (seen_edges, "edges"),
+            (seen_strings, "strings"),
+        ] {
             if !seen {
-                return lex.error(format!("no \"{name}\" array: not a complete V8 heap snapshot"));
+                return lex.error(format!(
+                    "no \"{name}\" array: not a complete V8 heap snapshot"
+                ));
             }
         }
-        snap.finish(node_types, edge_types).map_err(|message| ParseError::Format {
-            offset: lex.offset(),
-            message,
-        })?;
+        snap.finish(node_types, edge_types)
+            .map_err(|message| ParseError::Format {
+                offset: lex.offset(),
+                message,
+            })?;
         Ok(snap)
     }
 }
@@ -509,8 +550,22 @@ fn parse_header(raw: &[u8], file_size: u64) -> Result<HeaderParts, String> {
     let node_fields: Vec<Field> = m.node_fields.iter().map(|f| role(f, true)).collect();
     let edge_fields: Vec<Field> = m.edge_fields.iter().map(|f| role(f, false)).collect();
     for (fields, need, what) in [
-        (&node_fields, &[Field::Type, Field::Name, Field::Id, Field::SelfSize, Field::EdgeCount][..], "node_fields"),
-        (&edge_fields, &[Field::Type, Field::Name, Field::ToNode][..], "edge_fields"),
+        (
+            &node_fields,
+            &[
+                Field::Type,
+                Field::Name,
+                Field::Id,
+                Field::SelfSize,
+                Field::EdgeCount,
+            ][..],
+            "node_fields",
+        ),
+        (
+            &edge_fields,
+            &[Field::Type, Field::Name, Field::ToNode][..],
+            "edge_fields",
+        ),
     ] {
         for f in need {
             if fields.iter().filter(|x| *x == f).count() != 1 {
@@ -525,7 +580,11 @@ fn parse_header(raw: &[u8], file_size: u64) -> Result<HeaderParts, String> {
     let node_types = type_names(m.node_types.get(type_pos(&m.node_fields)), "node_types")?;
     let edge_types = type_names(m.edge_types.get(type_pos(&m.edge_fields)), "edge_types")?;
     // Every number takes at least two bytes ("0,"): counts the file cannot hold are corrupt.
-    let fits = |count: u64, per: usize| count.checked_mul(2 * per as u64).is_some_and(|b| b <= file_size);
+    let fits = |count: u64, per: usize| {
+        count
+            .checked_mul(2 * per as u64)
+            .is_some_and(|b| b <= file_size)
+    };
     if !fits(header.node_count, node_fields.len()) {
         return Err(format!(
             "node_count {} does not fit in a file of {file_size} bytes (corrupt header)",
@@ -570,7 +629,9 @@ fn read_nodes<R: Read>(
     let width = fields.len();
     let got = lex.numbers("\"nodes\"", |v, lex| {
         if k as u64 >= expected {
-            return lex.error(format!("\"nodes\" holds more than node_count ({node_count}) nodes"));
+            return lex.error(format!(
+                "\"nodes\" holds more than node_count ({node_count}) nodes"
+            ));
         }
         let field = fields[k % width];
         k += 1;
@@ -590,7 +651,8 @@ fn read_nodes<R: Read>(
             Field::Detachedness => snap.node_detachedness.push(v.min(3) as u8),
             Field::EdgeCount => {
                 edges += v;
-                let end = u32::try_from(edges).or_else(|_| lex.error("edge counts of nodes overflow"))?;
+                let end =
+                    u32::try_from(edges).or_else(|_| lex.error("edge counts of nodes overflow"))?;
                 snap.first_edge.push(end);
             }
             _ => {}
@@ -629,7 +691,9 @@ fn read_edges<R: Read>(
     let mut k = 0usize;
     let got = lex.numbers("\"edges\"", |v, lex| {
         if k as u64 >= expected {
-            return lex.error(format!("\"edges\" holds more than edge_count ({edge_count}) edges"));
+            return lex.error(format!(
+                "\"edges\" holds more than edge_count ({edge_count}) edges"
+            ));
         }
         let field = fields[k % width];
         k += 1;
@@ -640,9 +704,9 @@ fn read_edges<R: Read>(
                 }
                 snap.edge_type.push(v as u8);
             }
-            Field::Name => snap
-                .edge_name
-                .push(u32::try_from(v).or_else(|_| lex.error(format!("edge name {v} out of range")))?),
+            Field::Name => snap.edge_name.push(
+                u32::try_from(v).or_else(|_| lex.error(format!("edge name {v} out of range")))?,
+            ),
             Field::ToNode => {
                 if v % node_width as u64 != 0 || v / node_width as u64 >= node_count {
                     return lex.error(format!("edge points to {v}, which is not a node"));

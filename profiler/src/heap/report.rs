@@ -46,7 +46,10 @@ pub fn distance(d: Option<i32>) -> String {
 
 /// Shortens a class name to `max` characters for a table cell.
 pub fn cell(s: &str, max: usize) -> String {
-    let one_line: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if one_line.chars().count() <= max {
         one_line
     } else {
@@ -110,7 +113,13 @@ mod tests {
 
     #[test]
     fn table_aligns() {
-        let t = table(&["Class", "Count"], &[vec!["A".into(), "1".into()], vec!["Long".into(), "100".into()]]);
+        let t = table(
+            &["Class", "Count"],
+            &[
+                vec!["A".into(), "1".into()],
+                vec!["Long".into(), "100".into()],
+            ],
+        );
         assert_eq!(t, "Class  Count\nA          1\nLong     100\n");
     }
 }

@@ -62,11 +62,20 @@ fn display_name(s: &HeapSnapshot, node: u32) -> String {
     if node == ROOT {
         return "(root)".into();
     }
-    if t == k.object || t == k.native || t == k.synthetic || t == k.hidden || t == k.array || t == k.code {
+    if t == k.object
+        || t == k.native
+        || t == k.synthetic
+        || t == k.hidden
+        || t == k.array
+        || t == k.code
+    {
         return report::cell(raw, 60);
     }
     if t == k.closure {
-        return format!("{}()", report::cell(if raw.is_empty() { "(anonymous)" } else { raw }, 60));
+        return format!(
+            "{}()",
+            report::cell(if raw.is_empty() { "(anonymous)" } else { raw }, 60)
+        );
     }
     // Strings, numbers, regexps...: their text.
     format!("{:?}", report::cell(raw, 40))
@@ -92,14 +101,20 @@ fn path_to(g: &Graph, node: u32) -> Option<Vec<(u32, u32)>> {
     Some(steps)
 }
 
-pub fn find(s: &HeapSnapshot, g: &Graph, target: Target<'_>, max_paths: usize) -> Result<Retainers, HeapError> {
+pub fn find(
+    s: &HeapSnapshot,
+    g: &Graph,
+    target: Target<'_>,
+    max_paths: usize,
+) -> Result<Retainers, HeapError> {
     let (label, nodes): (String, Vec<u32>) = match target {
         Target::Class(name) => {
             let class = s
                 .class_names
                 .iter()
                 .position(|c| c == name)
-                .ok_or_else(|| HeapError::NoSuchClass(name.to_string()))? as u32;
+                .ok_or_else(|| HeapError::NoSuchClass(name.to_string()))?
+                as u32;
             let nodes: Vec<u32> = (0..s.node_count() as u32)
                 .filter(|&n| s.class_of[n as usize] == class && s.node_self[n as usize] != 0)
                 .collect();
@@ -128,8 +143,13 @@ pub fn find(s: &HeapSnapshot, g: &Graph, target: Target<'_>, max_paths: usize) -
             .skip(1)
             .map(|&(n, e)| {
                 let e = e as usize;
-                let edge = if s.edge_has_string_name(e) { u64::from(s.edge_name[e]) } else { u64::from(u32::MAX) };
-                (u64::from(s.class_of[n as usize]) << 32) | (edge ^ (u64::from(s.edge_type[e]) << 28))
+                let edge = if s.edge_has_string_name(e) {
+                    u64::from(s.edge_name[e])
+                } else {
+                    u64::from(u32::MAX)
+                };
+                (u64::from(s.class_of[n as usize]) << 32)
+                    | (edge ^ (u64::from(s.edge_type[e]) << 28))
             })
             .collect();
         let retained = g.retained[node as usize];
@@ -138,13 +158,20 @@ pub fn find(s: &HeapSnapshot, g: &Graph, target: Target<'_>, max_paths: usize) -
         entry.1 += retained;
         let best = entry.2;
         if (retained, std::cmp::Reverse(s.node_id[node as usize]))
-            > (g.retained[best as usize], std::cmp::Reverse(s.node_id[best as usize]))
+            > (
+                g.retained[best as usize],
+                std::cmp::Reverse(s.node_id[best as usize]),
+            )
         {
             entry.2 = node;
         }
     }
     let mut groups: Vec<(u64, u64, u32)> = groups.into_values().collect();
-    groups.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)).then(s.node_id[a.2 as usize].cmp(&s.node_id[b.2 as usize])));
+    groups.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then(b.0.cmp(&a.0))
+            .then(s.node_id[a.2 as usize].cmp(&s.node_id[b.2 as usize]))
+    });
     let paths = groups
         .into_iter()
         .take(max_paths.max(1))
@@ -207,10 +234,16 @@ pub fn render(r: &Retainers) -> String {
         if r.objects == 1 { "" } else { "s" }
     );
     if r.unreachable > 0 {
-        let _ = writeln!(out, "({} unreachable from the roots: only weak references keep them)", r.unreachable);
+        let _ = writeln!(
+            out,
+            "({} unreachable from the roots: only weak references keep them)",
+            r.unreachable
+        );
     }
     for (i, group) in r.paths.iter().enumerate() {
-        let Some(last) = group.steps.last() else { continue };
+        let Some(last) = group.steps.last() else {
+            continue;
+        };
         out.push('\n');
         let _ = writeln!(
             out,
@@ -235,7 +268,16 @@ pub fn render(r: &Retainers) -> String {
                 ]
             })
             .collect();
-        let table = report::table(&["Edge", "Object", "Distance", "Shallow size", "Retained size"], &rows);
+        let table = report::table(
+            &[
+                "Edge",
+                "Object",
+                "Distance",
+                "Shallow size",
+                "Retained size",
+            ],
+            &rows,
+        );
         for line in table.lines() {
             let _ = writeln!(out, "    {line}");
         }

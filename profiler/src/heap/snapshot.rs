@@ -144,7 +144,11 @@ impl HeapSnapshot {
 
     /// Checks cross references once all parts are read, resolves the type
     /// names and assigns class names.
-    pub(crate) fn finish(&mut self, node_types: Vec<String>, edge_types: Vec<String>) -> Result<(), String> {
+    pub(crate) fn finish(
+        &mut self,
+        node_types: Vec<String>,
+        edge_types: Vec<String>,
+    ) -> Result<(), String> {
         let n = self.node_count();
         if self.node_name.len() != n
             || !(self.node_detachedness.is_empty() || self.node_detachedness.len() == n)
@@ -156,9 +160,15 @@ impl HeapSnapshot {
         }
         let strings = self.strings.len() as u64;
         if let Some(bad) = self.node_name.iter().find(|&&s| u64::from(s) >= strings) {
-            return Err(format!("a node name refers to string {bad}, the table has {strings}"));
+            return Err(format!(
+                "a node name refers to string {bad}, the table has {strings}"
+            ));
         }
-        let find = |list: &[String], name: &str| list.iter().position(|t| t == name).map_or(u8::MAX, |i| i as u8);
+        let find = |list: &[String], name: &str| {
+            list.iter()
+                .position(|t| t == name)
+                .map_or(u8::MAX, |i| i as u8)
+        };
         let kinds = Kinds {
             hidden: find(&node_types, "hidden"),
             array: find(&node_types, "array"),
@@ -182,7 +192,10 @@ impl HeapSnapshot {
         self.edge_types = edge_types;
         for e in 0..self.edge_count() {
             if self.edge_has_string_name(e) && u64::from(self.edge_name[e]) >= strings {
-                return Err(format!("an edge name refers to string {}, the table has {strings}", self.edge_name[e]));
+                return Err(format!(
+                    "an edge name refers to string {}, the table has {strings}",
+                    self.edge_name[e]
+                ));
             }
         }
         self.classify(Rules::Devtools);
@@ -240,7 +253,13 @@ impl HeapSnapshot {
         for node in 0..n {
             let st = state[node];
             if st != 0 {
-                process(node, st, &mut state, &mut attached_stack, &mut detached_stack);
+                process(
+                    node,
+                    st,
+                    &mut state,
+                    &mut attached_stack,
+                    &mut detached_stack,
+                );
             }
         }
         let follows = |e: usize| {
@@ -250,7 +269,13 @@ impl HeapSnapshot {
         while let Some(node) = attached_stack.pop() {
             for e in self.edges(node as u32).filter(|&e| follows(e)) {
                 let child = self.edge_to[e] as usize;
-                process(child, ATTACHED, &mut state, &mut attached_stack, &mut detached_stack);
+                process(
+                    child,
+                    ATTACHED,
+                    &mut state,
+                    &mut attached_stack,
+                    &mut detached_stack,
+                );
             }
         }
         while let Some(node) = detached_stack.pop() {
@@ -259,7 +284,13 @@ impl HeapSnapshot {
             }
             for e in self.edges(node as u32).filter(|&e| follows(e)) {
                 let child = self.edge_to[e] as usize;
-                process(child, DETACHED, &mut state, &mut attached_stack, &mut detached_stack);
+                process(
+                    child,
+                    DETACHED,
+                    &mut state,
+                    &mut attached_stack,
+                    &mut detached_stack,
+                );
             }
         }
         drop(process);
@@ -299,7 +330,11 @@ impl HeapSnapshot {
                 Some(&c) => c,
                 None => {
                     let raw = self.strings.get(s);
-                    let name = if is_detached { format!("Detached {raw}") } else { raw.to_string() };
+                    let name = if is_detached {
+                        format!("Detached {raw}")
+                    } else {
+                        raw.to_string()
+                    };
                     let c = intern(object_class_name(&name), &mut names);
                     by_string.insert((s, is_detached), c);
                     c
@@ -363,8 +398,17 @@ mod tests {
     #[test]
     fn type_classes_follow_devtools() {
         let types = [
-            "hidden", "array", "string", "object", "code", "closure", "regexp", "number", "native",
-            "synthetic", "concatenated string",
+            "hidden",
+            "array",
+            "string",
+            "object",
+            "code",
+            "closure",
+            "regexp",
+            "number",
+            "native",
+            "synthetic",
+            "concatenated string",
         ];
         let k = Kinds {
             hidden: 0,

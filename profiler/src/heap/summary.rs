@@ -80,7 +80,11 @@ pub fn summarize(s: &HeapSnapshot, g: &Graph) -> Summary {
         stack.extend(g.dominated_by(node).iter().map(|&c| (c, false)));
     }
     classes.retain(|c| c.count > 0);
-    classes.sort_by(|a, b| b.retained_size.cmp(&a.retained_size).then_with(|| a.name.cmp(&b.name)));
+    classes.sort_by(|a, b| {
+        b.retained_size
+            .cmp(&a.retained_size)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     Summary {
         node_count: s.node_count(),
         edge_count: s.edge_count(),
@@ -106,8 +110,16 @@ pub fn render(summary: &Summary, top: usize) -> String {
             String::new()
         }
     );
-    let shown = if top == 0 { summary.classes.len() } else { top.min(summary.classes.len()) };
-    let _ = writeln!(out, "Top {shown} of {} classes by retained size:", summary.classes.len());
+    let shown = if top == 0 {
+        summary.classes.len()
+    } else {
+        top.min(summary.classes.len())
+    };
+    let _ = writeln!(
+        out,
+        "Top {shown} of {} classes by retained size:",
+        summary.classes.len()
+    );
     let total = summary.total_size.max(1) as f64;
     let rows: Vec<Vec<String>> = summary.classes[..shown]
         .iter()
@@ -123,7 +135,14 @@ pub fn render(summary: &Summary, top: usize) -> String {
         })
         .collect();
     out.push_str(&report::table(
-        &["Constructor", "Distance", "Objects", "Shallow size", "Retained size", "Retained %"],
+        &[
+            "Constructor",
+            "Distance",
+            "Objects",
+            "Shallow size",
+            "Retained size",
+            "Retained %",
+        ],
         &rows,
     ));
     out
