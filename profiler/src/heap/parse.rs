@@ -751,3 +751,63 @@ fn read_strings<R: Read>(lex: &mut Lexer<'_, R>) -> PResult<Strings> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_bytes;
+
+    const META: &str = r#"{"meta":{"node_fields":["type","name","id","self_size","edge_count","trace_node_id","detachedness"],
+        "node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number","number"],
+        "edge_fields":["type","name_or_index","to_node"],
+        "edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]},
+        "node_count":2,"edge_count":1}"#;
+
+    fn file(nodes: &str, edges: &str, strings: &str) -> String {
+        format!(r#"{{"snapshot":{META},"nodes":[{nodes}],"edges":[{edges}],"locations":[],"strings":[{strings}]}}"#)
+    }
+
+    fn err(text: &str) -> String {
+        match read_bytes(text.as_bytes()) {
+            Ok(_) => panic!("parsed: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn reads_a_minimal_snapshot() {
+        let s = read_bytes(file("9,0,1,0,1,0,0, 3,1,3,40,0,0,2", "2,2,7", r#""","Foo \"q\" \u00e9","x""#).as_bytes())
+            .unwrap();
+        assert_eq!(s.node_count(), 2);
+        assert_eq!(s.edge_to, vec![1]);
+        assert_eq!(s.node_self, vec![0, 40]);
+        assert_eq!(s.strings.get(1), "Foo \"q\" é");
+        assert_eq!(s.edge_label(0), ".x");
+        // detachedness 2 on a non-native node: no rename; the class is the name.
+        assert_eq!(s.class_name(1), "Foo \"q\" é");
+        assert_eq!(s.class_name(0), "(synthetic)");
+    }
+
+    #[test]
+    fn rejects_inconsistent_files() {
+        let ok_strings = r#""","Foo","x""#;
+        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0", "2,2,7", ok_strings)).contains("announces"));
+        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,8", ok_strings)).contains("not a node"));
+        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,14", ok_strings)).contains("not a node"));
+        assert!(err(&file("9,0,1,0,2,0,0,3,1,3,40,0,0,0", "2,2,7", ok_strings)).contains("add up"));
+        assert!(err(&file("9,0,1,0,1,0,0,3,9,3,40,0,0,0", "2,2,7", ok_strings)).contains("string 9"));
+        assert!(err(&file("9,0,1,0,1,0,0,30,1,3,40,0,0,0", "2,2,7", ok_strings)).contains("node type"));
+        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,-4,0,0,0", "2,2,7", ok_strings)).contains("non-negative"));
+        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,7", r#""","Foo""#)).contains("string 2"));
+        let good = file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,7", ok_strings);
+        assert!(read_bytes(good.as_bytes()).is_ok());
+        assert!(err(&format!("{good} x")).contains("after the end"));
+        assert!(err(&good.replace(r#""snapshot":"#, r#""snapshop":"#)).contains("before the \"snapshot\""));
+        assert!(err(&good.replace(r#""strings""#, r#""strongs""#)).contains("no \"strings\""));
+        assert!(err(&good.replace("\"node_count\":2", "\"node_count\":99999999")).contains("does not fit"));
+        assert!(err("").contains("empty"));
+        assert!(err("[1,2]").contains("not a heap snapshot"));
+        for cut in 0..good.len() {
+            assert!(read_bytes(&good.as_bytes()[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
