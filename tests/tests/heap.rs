@@ -141,7 +141,7 @@ fn compare_with_memlab(major: u32) {
         "node {major}: classes only nodeprof lists: {extra:?}"
     );
     let mut top: Vec<(&String, &Class)> = theirs.iter().collect();
-    top.sort_by(|a, b| b.1.retained.cmp(&a.1.retained));
+    top.sort_by_key(|t| std::cmp::Reverse(t.1.retained));
     for (name, t) in top.iter().take(20) {
         assert_eq!(
             ours[*name].retained, t.retained,

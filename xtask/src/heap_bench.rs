@@ -122,7 +122,8 @@ pub fn bench_heap(args: &BenchHeapArgs) -> Result<()> {
         for tool in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
             if tool == 0 {
                 let mut cmd = Command::new(&bin);
-                cmd.args(["heap", "summary", "--json", "--quiet", "--top", "0"]).arg(&snapshot);
+                cmd.args(["heap", "summary", "--json", "--quiet", "--top", "0"])
+                    .arg(&snapshot);
                 ours.push(measure(&mut cmd, &ours_json)?);
             } else {
                 let mut cmd = Command::new(&node);
@@ -133,7 +134,11 @@ pub fn bench_heap(args: &BenchHeapArgs) -> Result<()> {
                     .arg(&theirs_json);
                 theirs.push(measure(&mut cmd, &dir.join("heap-memlab.stdout"))?);
             }
-            let last = if tool == 0 { ours.last() } else { theirs.last() };
+            let last = if tool == 0 {
+                ours.last()
+            } else {
+                theirs.last()
+            };
             if let Some(s) = last {
                 println!(
                     "bench-heap: round {} {:<8} {:>7.2} s {:>8.1} MiB",
@@ -170,7 +175,10 @@ pub fn bench_heap(args: &BenchHeapArgs) -> Result<()> {
     );
     let _ = writeln!(md, "| tool | wall s | peak RSS MiB |\n|---|---:|---:|");
     let _ = writeln!(md, "| `nodeprof heap summary` | {ow:.2} | {or:.0} |");
-    let _ = writeln!(md, "| memlab `getFullHeapFromFile` + per-class Summary | {tw:.2} | {tr:.0} |");
+    let _ = writeln!(
+        md,
+        "| memlab `getFullHeapFromFile` + per-class Summary | {tw:.2} | {tr:.0} |"
+    );
     let _ = writeln!(
         md,
         "\nnodeprof is **{:.1}× faster** and uses **{:.2}×** memlab's peak memory (goals: ≥ 10×, ≤ 0.5×).",

@@ -78,7 +78,10 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     let bin = util::target_dir().join("debug/nodeprof");
     anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
     println!("xtask test: NODEPROF_BIN={}", bin.display());
-    println!("xtask test: NODEPROF_MEMLAB={}", bootstrap::memlab_dir()?.display());
+    println!(
+        "xtask test: NODEPROF_MEMLAB={}",
+        bootstrap::memlab_dir()?.display()
+    );
     let status = util::status(
         util::cargo()
             .args(["test", "--workspace", "--exclude", "probe-ebpf"])

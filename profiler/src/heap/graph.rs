@@ -69,20 +69,38 @@ pub fn parse_weakmap_edge(name: &str) -> Option<(&str, u64)> {
 /// Memoized `parse_weakmap_edge` per string index.
 struct WeakMapNames<'s> {
     snap: &'s HeapSnapshot,
-    cache: HashMap<u32, Option<(&'s str, u64)>>,
+    /// Per string: 0 not parsed yet, 1 not a WeakMap edge name, 2 in `matches`.
+    state: Vec<u8>,
+    matches: HashMap<u32, (&'s str, u64)>,
 }
 
 impl<'s> WeakMapNames<'s> {
+    fn new(snap: &'s HeapSnapshot) -> Self {
+        WeakMapNames {
+            snap,
+            state: vec![0; snap.strings.len()],
+            matches: HashMap::new(),
+        }
+    }
+
     fn get(&mut self, edge: usize) -> Option<(&'s str, u64)> {
         let s = self.snap;
         if s.edge_type[edge] != s.kinds.e_internal {
             return None;
         }
         let name = s.edge_name[edge];
-        *self
-            .cache
-            .entry(name)
-            .or_insert_with(|| parse_weakmap_edge(s.strings.get(name)))
+        match self.state[name as usize] {
+            1 => None,
+            2 => self.matches.get(&name).copied(),
+            _ => {
+                let parsed = parse_weakmap_edge(s.strings.get(name));
+                self.state[name as usize] = if parsed.is_some() { 2 } else { 1 };
+                if let Some(p) = parsed {
+                    self.matches.insert(name, p);
+                }
+                parsed
+            }
+        }
     }
 }
 
@@ -118,11 +136,10 @@ pub enum Rules {
 
 impl Graph {
     pub fn build(s: &HeapSnapshot, rules: Rules) -> Graph {
-        let (first_ret, ret_edge, ret_node) = retainers(s);
         let mut g = Graph {
-            first_ret,
-            ret_edge,
-            ret_node,
+            first_ret: Vec::new(),
+            ret_edge: Vec::new(),
+            ret_node: Vec::new(),
             distance: Vec::new(),
             pred_node: Vec::new(),
             pred_edge: Vec::new(),
@@ -132,12 +149,21 @@ impl Graph {
             dominated: Vec::new(),
             unreachable: 0,
         };
-        let mut weakmaps = WeakMapNames {
-            snap: s,
-            cache: HashMap::new(),
-        };
-        g.distances(s, &mut weakmaps);
-        let essential = essential_edges(s, &mut weakmaps, rules);
+        // The retainer lists and the distances + essential edges do not
+        // depend on each other: build them on two threads.
+        let essential = std::thread::scope(|scope| {
+            let reverse = scope.spawn(|| retainers(s));
+            let mut weakmaps = WeakMapNames::new(s);
+            g.distances(s, &mut weakmaps);
+            let essential = essential_edges(s, &mut weakmaps, rules);
+            let (first_ret, ret_edge, ret_node) = reverse
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            g.first_ret = first_ret;
+            g.ret_edge = ret_edge;
+            g.ret_node = ret_node;
+            essential
+        });
         g.dominators(s, &essential, rules);
         g.dominated_lists();
         g

@@ -354,6 +354,14 @@ impl<'p, R: Read> Lexer<'p, R> {
             return Ok(0);
         }
         loop {
+            // Fast path, while the buffer holds enough bytes for any number
+            // and its separator: no refill checks per byte.
+            if let Some(done) = self.numbers_in_buffer(&mut count, &mut sink)? {
+                if done {
+                    return Ok(count);
+                }
+                continue;
+            }
             self.peek(what)?;
             let mut value = 0u64;
             let mut digits = 0;
@@ -401,6 +409,64 @@ impl<'p, R: Read> Lexer<'p, R> {
     }
 }
 
+impl<R: Read> Lexer<'_, R> {
+    /// Parses numbers straight from the buffer while at least 64 bytes are
+    /// left. `Some(true)`: the array ended; `Some(false)`: parsed some, call
+    /// again; `None`: nothing done here (near the buffer's end, or something
+    /// unusual that the careful path reports).
+    #[inline]
+    fn numbers_in_buffer(
+        &mut self,
+        count: &mut u64,
+        sink: &mut impl FnMut(u64, &Self) -> PResult<()>,
+    ) -> PResult<Option<bool>> {
+        const SLACK: usize = 64;
+        let start = self.pos;
+        let mut i = self.pos;
+        let end = self.len;
+        let is_ws = |b: u8| b == b' ' || b == b'\n' || b == b'\r' || b == b'\t';
+        while end - i >= SLACK {
+            let buf = &self.buf[..end];
+            let mut j = i;
+            while j < end && is_ws(buf[j]) {
+                j += 1;
+            }
+            if end - j < SLACK - 20 {
+                break;
+            }
+            let mut value = 0u64;
+            let digits_start = j;
+            while buf[j].is_ascii_digit() && j - digits_start < 19 {
+                value = value * 10 + u64::from(buf[j] - b'0');
+                j += 1;
+            }
+            if j == digits_start || buf[j].is_ascii_digit() {
+                break;
+            }
+            while j < end && is_ws(buf[j]) {
+                j += 1;
+            }
+            if j >= end {
+                break;
+            }
+            let sep = buf[j];
+            if sep != b',' && sep != b']' {
+                break;
+            }
+            self.pos = digits_start;
+            sink(value, self)?;
+            *count += 1;
+            i = j + 1;
+            self.pos = i;
+            if sep == b']' {
+                return Ok(Some(true));
+            }
+        }
+        self.pos = i;
+        Ok(if i == start { None } else { Some(false) })
+    }
+}
+
 struct Parser<'p, R> {
     lex: Lexer<'p, R>,
 }
@@ -432,7 +498,7 @@ impl<R: Read> Parser<'_, R> {
             _ => {}
         }
         lex.expect(b'{', "'{'")?;
-        let mut header: Option<(Header, Vec<Field>, Vec<Field>, Vec<String>, Vec<String>)> = None;
+        let mut header: Option<HeaderParts> = None;
         let mut snap = HeapSnapshot::default();
         let mut seen_nodes = false;
         let mut seen_edges = false;
@@ -625,6 +691,7 @@ fn read_nodes<R: Read>(
     }
     let expected = node_count * fields.len() as u64;
     let mut k = 0usize;
+    let mut f = 0usize;
     let mut edges = 0u64;
     let width = fields.len();
     let got = lex.numbers("\"nodes\"", |v, lex| {
@@ -633,7 +700,8 @@ fn read_nodes<R: Read>(
                 "\"nodes\" holds more than node_count ({node_count}) nodes"
             ));
         }
-        let field = fields[k % width];
+        let field = fields[f];
+        f = if f + 1 == width { 0 } else { f + 1 };
         k += 1;
         let small = |lex: &Lexer<'_, R>| {
             u32::try_from(v).or_else(|_| lex.error(format!("node field value {v} out of range")))
@@ -689,13 +757,15 @@ fn read_edges<R: Read>(
     let node_count = snap.node_type.len() as u64;
     let width = fields.len();
     let mut k = 0usize;
+    let mut f = 0usize;
     let got = lex.numbers("\"edges\"", |v, lex| {
         if k as u64 >= expected {
             return lex.error(format!(
                 "\"edges\" holds more than edge_count ({edge_count}) edges"
             ));
         }
-        let field = fields[k % width];
+        let field = fields[f];
+        f = if f + 1 == width { 0 } else { f + 1 };
         k += 1;
         match field {
             Field::Type => {
@@ -763,7 +833,9 @@ mod tests {
         "node_count":2,"edge_count":1}"#;
 
     fn file(nodes: &str, edges: &str, strings: &str) -> String {
-        format!(r#"{{"snapshot":{META},"nodes":[{nodes}],"edges":[{edges}],"locations":[],"strings":[{strings}]}}"#)
+        format!(
+            r#"{{"snapshot":{META},"nodes":[{nodes}],"edges":[{edges}],"locations":[],"strings":[{strings}]}}"#
+        )
     }
 
     fn err(text: &str) -> String {
@@ -775,8 +847,15 @@ mod tests {
 
     #[test]
     fn reads_a_minimal_snapshot() {
-        let s = read_bytes(file("9,0,1,0,1,0,0, 3,1,3,40,0,0,2", "2,2,7", r#""","Foo \"q\" \u00e9","x""#).as_bytes())
-            .unwrap();
+        let s = read_bytes(
+            file(
+                "9,0,1,0,1,0,0, 3,1,3,40,0,0,2",
+                "2,2,7",
+                r#""","Foo \"q\" \u00e9","x""#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(s.node_count(), 2);
         assert_eq!(s.edge_to, vec![1]);
         assert_eq!(s.node_self, vec![0, 40]);
@@ -790,20 +869,42 @@ mod tests {
     #[test]
     fn rejects_inconsistent_files() {
         let ok_strings = r#""","Foo","x""#;
-        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0", "2,2,7", ok_strings)).contains("announces"));
-        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,8", ok_strings)).contains("not a node"));
-        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,14", ok_strings)).contains("not a node"));
+        assert!(
+            err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0", "2,2,7", ok_strings)).contains("announces")
+        );
+        assert!(
+            err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,8", ok_strings)).contains("not a node")
+        );
+        assert!(
+            err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,14", ok_strings)).contains("not a node")
+        );
         assert!(err(&file("9,0,1,0,2,0,0,3,1,3,40,0,0,0", "2,2,7", ok_strings)).contains("add up"));
-        assert!(err(&file("9,0,1,0,1,0,0,3,9,3,40,0,0,0", "2,2,7", ok_strings)).contains("string 9"));
-        assert!(err(&file("9,0,1,0,1,0,0,30,1,3,40,0,0,0", "2,2,7", ok_strings)).contains("node type"));
-        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,-4,0,0,0", "2,2,7", ok_strings)).contains("non-negative"));
-        assert!(err(&file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,7", r#""","Foo""#)).contains("string 2"));
+        assert!(
+            err(&file("9,0,1,0,1,0,0,3,9,3,40,0,0,0", "2,2,7", ok_strings)).contains("string 9")
+        );
+        assert!(
+            err(&file("9,0,1,0,1,0,0,30,1,3,40,0,0,0", "2,2,7", ok_strings)).contains("node type")
+        );
+        assert!(
+            err(&file("9,0,1,0,1,0,0,3,1,3,-4,0,0,0", "2,2,7", ok_strings))
+                .contains("non-negative")
+        );
+        assert!(err(&file(
+            "9,0,1,0,1,0,0,3,1,3,40,0,0,0",
+            "2,2,7",
+            r#""","Foo""#
+        ))
+        .contains("string 2"));
         let good = file("9,0,1,0,1,0,0,3,1,3,40,0,0,0", "2,2,7", ok_strings);
         assert!(read_bytes(good.as_bytes()).is_ok());
         assert!(err(&format!("{good} x")).contains("after the end"));
-        assert!(err(&good.replace(r#""snapshot":"#, r#""snapshop":"#)).contains("before the \"snapshot\""));
+        assert!(err(&good.replace(r#""snapshot":"#, r#""snapshop":"#))
+            .contains("before the \"snapshot\""));
         assert!(err(&good.replace(r#""strings""#, r#""strongs""#)).contains("no \"strings\""));
-        assert!(err(&good.replace("\"node_count\":2", "\"node_count\":99999999")).contains("does not fit"));
+        assert!(
+            err(&good.replace("\"node_count\":2", "\"node_count\":99999999"))
+                .contains("does not fit")
+        );
         assert!(err("").contains("empty"));
         assert!(err("[1,2]").contains("not a heap snapshot"));
         for cut in 0..good.len() {

@@ -293,7 +293,6 @@ impl HeapSnapshot {
                 );
             }
         }
-        drop(process);
         detached
     }
 
