@@ -680,14 +680,14 @@ fn read_nodes<R: Read>(
     snap: &mut HeapSnapshot,
 ) -> PResult<()> {
     let n = node_count as usize;
-    snap.node_type = Vec::with_capacity(n);
-    snap.node_name = Vec::with_capacity(n);
-    snap.node_id = Vec::with_capacity(n);
-    snap.node_self = Vec::with_capacity(n);
-    snap.first_edge = Vec::with_capacity(n + 1);
+    snap.node_type = super::column(n);
+    snap.node_name = super::column(n);
+    snap.node_id = super::column(n);
+    snap.node_self = super::column(n);
+    snap.first_edge = super::column(n + 1);
     snap.first_edge.push(0);
     if fields.contains(&Field::Detachedness) {
-        snap.node_detachedness = Vec::with_capacity(n);
+        snap.node_detachedness = super::column(n);
     }
     let expected = node_count * fields.len() as u64;
     let mut k = 0usize;
@@ -750,9 +750,9 @@ fn read_edges<R: Read>(
             "the nodes' edge counts add up to {announced}, the header announces {edge_count} edges"
         ));
     }
-    snap.edge_type = Vec::with_capacity(e);
-    snap.edge_name = Vec::with_capacity(e);
-    snap.edge_to = Vec::with_capacity(e);
+    snap.edge_type = super::column(e);
+    snap.edge_name = super::column(e);
+    snap.edge_to = super::column(e);
     let expected = edge_count * fields.len() as u64;
     let node_count = snap.node_type.len() as u64;
     let width = fields.len();
