@@ -190,17 +190,21 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
             json,
             quiet,
         } => {
+            let t = std::time::Instant::now();
             let mut snap = heap::load(&file, quiet)?;
             if rules != heap::graph::Rules::Devtools {
                 snap.classify(rules);
             }
+            tracing::debug!("read {} nodes in {:?}", snap.node_count(), t.elapsed());
             let spin = heap::spinner(
                 snap.node_count(),
                 quiet,
                 "computing dominators and retained sizes",
             );
             let graph = Graph::build(&snap, rules);
+            tracing::debug!("graph done at {:?}", t.elapsed());
             let mut result = summary::summarize(&snap, &graph);
+            tracing::debug!("summary done at {:?}", t.elapsed());
             spin.finish_and_clear();
             if json {
                 if top != 0 {

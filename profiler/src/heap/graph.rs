@@ -152,11 +152,14 @@ impl Graph {
         };
         // The retainer lists and the distances + essential edges do not
         // depend on each other: build them on two threads.
+        let t = std::time::Instant::now();
         let essential = std::thread::scope(|scope| {
             let reverse = scope.spawn(|| retainers(s));
             let mut weakmaps = WeakMapNames::new(s);
             g.distances(s, &mut weakmaps);
+            tracing::debug!("distances at {:?}", t.elapsed());
             let essential = essential_edges(s, &mut weakmaps, rules);
+            tracing::debug!("essential edges at {:?}", t.elapsed());
             let (first_ret, ret_edge, ret_node) = reverse
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -165,7 +168,9 @@ impl Graph {
             g.ret_node = ret_node;
             essential
         });
+        tracing::debug!("retainers at {:?}", t.elapsed());
         g.dominators(s, &essential, rules);
+        tracing::debug!("dominators at {:?}", t.elapsed());
         g.dominated_lists();
         g
     }

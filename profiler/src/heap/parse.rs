@@ -17,6 +17,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::sync::mpsc;
 
 use serde::Deserialize;
 
@@ -672,6 +673,58 @@ fn parse_header(raw: &[u8], file_size: u64) -> Result<HeaderParts, String> {
     Ok((header, node_fields, edge_fields, node_types, edge_types))
 }
 
+/// Numbers per batch handed from the scanning thread to the storing one.
+const BATCH: usize = 1 << 16;
+
+impl<R: Read> Lexer<'_, R> {
+    /// Like [`Lexer::numbers`], but `consume` stores them on a second thread,
+    /// in batches, while this one goes on scanning: the two halves of reading
+    /// `nodes` and `edges` take about as long as each other. A `consume`
+    /// error stops the scan; its offset is where the scan had got to.
+    fn numbers_batched(
+        &mut self,
+        what: &str,
+        consume: impl FnMut(&[u64]) -> Result<(), String> + Send,
+    ) -> PResult<u64> {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u64>>(4);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u64>>();
+        std::thread::scope(|scope| {
+            let mut consume = consume;
+            let worker = scope.spawn(move || -> Result<(), String> {
+                for mut batch in full_rx {
+                    consume(&batch)?;
+                    batch.clear();
+                    let _ = empty_tx.send(batch);
+                }
+                Ok(())
+            });
+            let mut batch: Vec<u64> = Vec::with_capacity(BATCH);
+            let scanned = self.numbers(what, |v, lex| {
+                batch.push(v);
+                if batch.len() == BATCH {
+                    let next = empty_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                    if full_tx.send(std::mem::replace(&mut batch, next)).is_err() {
+                        // The worker stopped on an error: it reports it below.
+                        return lex.error("");
+                    }
+                }
+                Ok(())
+            });
+            if scanned.is_ok() && !batch.is_empty() {
+                let _ = full_tx.send(batch);
+            }
+            drop(full_tx);
+            match worker.join() {
+                Ok(Err(message)) => self.error(message),
+                Ok(Ok(())) => scanned,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+}
+
 fn read_nodes<R: Read>(
     lex: &mut Lexer<'_, R>,
     node_count: u64,
@@ -690,40 +743,40 @@ fn read_nodes<R: Read>(
         snap.node_detachedness = super::column(n);
     }
     let expected = node_count * fields.len() as u64;
-    let mut k = 0usize;
+    let mut k = 0u64;
     let mut f = 0usize;
     let mut edges = 0u64;
     let width = fields.len();
-    let got = lex.numbers("\"nodes\"", |v, lex| {
-        if k as u64 >= expected {
-            return lex.error(format!(
+    let small = |v: u64| u32::try_from(v).map_err(|_| format!("node field value {v} out of range"));
+    let got = lex.numbers_batched("\"nodes\"", |batch| {
+        if k + batch.len() as u64 > expected {
+            return Err(format!(
                 "\"nodes\" holds more than node_count ({node_count}) nodes"
             ));
         }
-        let field = fields[f];
-        f = if f + 1 == width { 0 } else { f + 1 };
-        k += 1;
-        let small = |lex: &Lexer<'_, R>| {
-            u32::try_from(v).or_else(|_| lex.error(format!("node field value {v} out of range")))
-        };
-        match field {
-            Field::Type => {
-                if v >= type_count as u64 {
-                    return lex.error(format!("node type {v} is not in meta.node_types"));
+        k += batch.len() as u64;
+        for &v in batch {
+            let field = fields[f];
+            f = if f + 1 == width { 0 } else { f + 1 };
+            match field {
+                Field::Type => {
+                    if v >= type_count as u64 {
+                        return Err(format!("node type {v} is not in meta.node_types"));
+                    }
+                    snap.node_type.push(v as u8);
                 }
-                snap.node_type.push(v as u8);
+                Field::Name => snap.node_name.push(small(v)?),
+                Field::Id => snap.node_id.push(small(v)?),
+                Field::SelfSize => snap.node_self.push(v),
+                Field::Detachedness => snap.node_detachedness.push(v.min(3) as u8),
+                Field::EdgeCount => {
+                    edges += v;
+                    let end = u32::try_from(edges)
+                        .map_err(|_| "edge counts of nodes overflow".to_string())?;
+                    snap.first_edge.push(end);
+                }
+                _ => {}
             }
-            Field::Name => snap.node_name.push(small(lex)?),
-            Field::Id => snap.node_id.push(small(lex)?),
-            Field::SelfSize => snap.node_self.push(v),
-            Field::Detachedness => snap.node_detachedness.push(v.min(3) as u8),
-            Field::EdgeCount => {
-                edges += v;
-                let end =
-                    u32::try_from(edges).or_else(|_| lex.error("edge counts of nodes overflow"))?;
-                snap.first_edge.push(end);
-            }
-            _ => {}
         }
         Ok(())
     })?;
@@ -750,40 +803,42 @@ fn read_edges<R: Read>(
             "the nodes' edge counts add up to {announced}, the header announces {edge_count} edges"
         ));
     }
-    snap.edge_type = super::column(e);
-    snap.edge_name = super::column(e);
-    snap.edge_to = super::column(e);
+    let mut edge_type: Vec<u8> = super::column(e);
+    let mut edge_name: Vec<u32> = super::column(e);
+    let mut edge_to: Vec<u32> = super::column(e);
     let expected = edge_count * fields.len() as u64;
     let node_count = snap.node_type.len() as u64;
     let width = fields.len();
-    let mut k = 0usize;
+    let nw = node_width as u64;
+    let mut k = 0u64;
     let mut f = 0usize;
-    let got = lex.numbers("\"edges\"", |v, lex| {
-        if k as u64 >= expected {
-            return lex.error(format!(
+    let got = lex.numbers_batched("\"edges\"", |batch| {
+        if k + batch.len() as u64 > expected {
+            return Err(format!(
                 "\"edges\" holds more than edge_count ({edge_count}) edges"
             ));
         }
-        let field = fields[f];
-        f = if f + 1 == width { 0 } else { f + 1 };
-        k += 1;
-        match field {
-            Field::Type => {
-                if v >= type_count as u64 {
-                    return lex.error(format!("edge type {v} is not in meta.edge_types"));
+        k += batch.len() as u64;
+        for &v in batch {
+            let field = fields[f];
+            f = if f + 1 == width { 0 } else { f + 1 };
+            match field {
+                Field::Type => {
+                    if v >= type_count as u64 {
+                        return Err(format!("edge type {v} is not in meta.edge_types"));
+                    }
+                    edge_type.push(v as u8);
                 }
-                snap.edge_type.push(v as u8);
-            }
-            Field::Name => snap.edge_name.push(
-                u32::try_from(v).or_else(|_| lex.error(format!("edge name {v} out of range")))?,
-            ),
-            Field::ToNode => {
-                if v % node_width as u64 != 0 || v / node_width as u64 >= node_count {
-                    return lex.error(format!("edge points to {v}, which is not a node"));
+                Field::Name => edge_name
+                    .push(u32::try_from(v).map_err(|_| format!("edge name {v} out of range"))?),
+                Field::ToNode => {
+                    if v % nw != 0 || v / nw >= node_count {
+                        return Err(format!("edge points to {v}, which is not a node"));
+                    }
+                    edge_to.push((v / nw) as u32);
                 }
-                snap.edge_to.push((v / node_width as u64) as u32);
+                _ => {}
             }
-            _ => {}
         }
         Ok(())
     })?;
@@ -792,6 +847,9 @@ fn read_edges<R: Read>(
             "\"edges\" holds {got} numbers, the header announces {expected} ({edge_count} edges)"
         ));
     }
+    snap.edge_type = edge_type;
+    snap.edge_name = edge_name;
+    snap.edge_to = edge_to;
     Ok(())
 }
 

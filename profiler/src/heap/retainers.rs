@@ -77,7 +77,10 @@ fn display_name(s: &HeapSnapshot, node: u32) -> String {
             report::cell(if raw.is_empty() { "(anonymous)" } else { raw }, 60)
         );
     }
-    // Strings, numbers, regexps...: their text.
+    if t == k.regexp {
+        return format!("/{}/", report::cell(raw, 60));
+    }
+    // Strings, numbers, symbols...: their text.
     format!("{:?}", report::cell(raw, 40))
 }
 
