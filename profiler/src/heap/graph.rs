@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 
 use super::snapshot::{HeapSnapshot, ROOT};
-use super::{column, filled};
 
 /// Distance of a node no BFS reached (DevTools' `#noDistance`).
 pub const NO_DISTANCE: i32 = -5;
@@ -79,7 +78,7 @@ impl<'s> WeakMapNames<'s> {
     fn new(snap: &'s HeapSnapshot) -> Self {
         WeakMapNames {
             snap,
-            state: filled(snap.strings.len(), 0),
+            state: vec![0; snap.strings.len()],
             matches: HashMap::new(),
         }
     }
@@ -110,7 +109,7 @@ struct Bits(Vec<u64>);
 
 impl Bits {
     fn new(n: usize) -> Bits {
-        Bits(filled(n.div_ceil(64), 0))
+        Bits(vec![0; n.div_ceil(64)])
     }
     fn set(&mut self, i: usize) {
         self.0[i >> 6] |= 1 << (i & 63);
@@ -193,10 +192,10 @@ impl Graph {
     fn distances(&mut self, s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>) {
         let n = s.node_count();
         let k = s.kinds;
-        let mut dist = filled(n, NO_DISTANCE);
-        let mut pred_node = filled(n, NONE);
-        let mut pred_edge = filled(n, NONE);
-        let mut queue: Vec<u32> = column(n);
+        let mut dist = vec![NO_DISTANCE; n];
+        let mut pred_node = vec![NONE; n];
+        let mut pred_edge = vec![NONE; n];
+        let mut queue: Vec<u32> = Vec::with_capacity(n);
         for e in s.edges(ROOT) {
             let child = s.edge_to[e];
             let user = s.node_type[child as usize] != k.synthetic
@@ -285,12 +284,12 @@ impl Graph {
     fn dominators(&mut self, s: &HeapSnapshot, essential: &Bits, rules: Rules) {
         let n = s.node_count();
         let len = n + 1;
-        let mut parent = filled(len, 0u32);
-        let mut ancestor = filled(len, 0u32);
-        let mut vertex = filled(len, 0u32);
-        let mut label = filled(len, 0u32);
-        let mut semi = filled(len, 0u32);
-        let mut next_edge = filled(n, 0u32);
+        let mut parent = vec![0u32; len];
+        let mut ancestor = vec![0u32; len];
+        let mut vertex = vec![0u32; len];
+        let mut label = vec![0u32; len];
+        let mut semi = vec![0u32; len];
+        let mut next_edge = vec![0u32; n];
         let mut count = 0u32;
         let r = ROOT + 1;
 
@@ -376,9 +375,9 @@ impl Graph {
         }
         self.unreachable = n - reached;
 
-        let mut dom = filled(len, 0u32);
-        let mut bucket_head = filled(len, 0u32);
-        let mut bucket_next = filled(len, 0u32);
+        let mut dom = vec![0u32; len];
+        let mut bucket_head = vec![0u32; len];
+        let mut bucket_next = vec![0u32; len];
         let mut stack: Vec<u32> = Vec::new();
         let mut eval = |v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32]| -> u32 {
             if ancestor[v as usize] == 0 {
@@ -458,7 +457,7 @@ impl Graph {
 
     fn dominated_lists(&mut self) {
         let n = self.dominator.len();
-        let mut first = filled(n + 1, 0u32);
+        let mut first = vec![0u32; n + 1];
         for (o, &d) in self.dominator.iter().enumerate() {
             if o as u32 != ROOT {
                 first[d as usize + 1] += 1;
@@ -468,7 +467,7 @@ impl Graph {
             first[i + 1] += first[i];
         }
         let mut fill = first.clone();
-        let mut dominated = filled(n.saturating_sub(1), 0u32);
+        let mut dominated = vec![0u32; n.saturating_sub(1)];
         for (o, &d) in self.dominator.iter().enumerate() {
             if o as u32 != ROOT {
                 dominated[fill[d as usize] as usize] = o as u32;
@@ -494,7 +493,7 @@ fn js_parse_int(s: &str) -> Option<u64> {
 /// Retainer lists (reverse edges), grouped by target, in edge order.
 fn retainers(s: &HeapSnapshot) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let n = s.node_count();
-    let mut first = filled(n + 1, 0u32);
+    let mut first = vec![0u32; n + 1];
     for &to in &s.edge_to {
         first[to as usize + 1] += 1;
     }
@@ -502,8 +501,8 @@ fn retainers(s: &HeapSnapshot) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
         first[i + 1] += first[i];
     }
     let mut fill = first.clone();
-    let mut ret_edge = filled(s.edge_count(), 0u32);
-    let mut ret_node = filled(s.edge_count(), 0u32);
+    let mut ret_edge = vec![0u32; s.edge_count()];
+    let mut ret_node = vec![0u32; s.edge_count()];
     for node in 0..n as u32 {
         for e in s.edges(node) {
             let to = s.edge_to[e] as usize;
@@ -526,7 +525,7 @@ fn essential_edges(s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>, rules: Rul
     // DevTools' markPageOwnedNodes: from the root's shortcut edges (global
     // objects) and the (Document DOM trees) root, over non-weak edges.
     // memlab's flagReachableNodesFromWindow: from the root's other edges.
-    let mut page = filled(n, false);
+    let mut page = vec![false; n];
     let mut stack: Vec<u32> = Vec::new();
     for e in s.edges(ROOT) {
         let child = s.edge_to[e];

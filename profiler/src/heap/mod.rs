@@ -41,30 +41,6 @@ pub enum HeapError {
     NoSuchId(u64),
 }
 
-/// `Vec::with_capacity` for the big columns: asks the kernel for transparent
-/// huge pages (`MADV_HUGEPAGE`; THP is often in "madvise" mode), which cuts
-/// the page faults of filling a few hundred MB by 512×.
-pub(crate) fn column<T>(capacity: usize) -> Vec<T> {
-    const HUGE: usize = 2 << 20;
-    let v: Vec<T> = Vec::with_capacity(capacity);
-    let bytes = capacity.saturating_mul(std::mem::size_of::<T>());
-    let start = (v.as_ptr() as usize).div_ceil(HUGE) * HUGE;
-    let end = (v.as_ptr() as usize + bytes) / HUGE * HUGE;
-    if bytes >= 2 * HUGE && end > start {
-        // SAFETY: the range lies inside the vector's own allocation; madvise
-        // only changes how the kernel backs it (failure is harmless).
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-    v
-}
-
-/// `vec![value; len]` through [`column`].
-pub(crate) fn filled<T: Clone>(len: usize, value: T) -> Vec<T> {
-    let mut v = column(len);
-    v.resize(len, value);
-    v
-}
-
 /// Files smaller than this load without a progress bar.
 const PROGRESS_MIN_BYTES: u64 = 32 << 20;
 

@@ -681,11 +681,14 @@ impl<R: Read> Lexer<'_, R> {
     /// in batches, while this one goes on scanning: the two halves of reading
     /// `nodes` and `edges` take about as long as each other. A `consume`
     /// error stops the scan; its offset is where the scan had got to.
+    /// Batches hold whole records: `record` numbers times a constant.
     fn numbers_batched(
         &mut self,
         what: &str,
+        record: usize,
         consume: impl FnMut(&[u64]) -> Result<(), String> + Send,
     ) -> PResult<u64> {
+        let batch_len = BATCH / record * record;
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u64>>(4);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u64>>();
         std::thread::scope(|scope| {
@@ -698,13 +701,13 @@ impl<R: Read> Lexer<'_, R> {
                 }
                 Ok(())
             });
-            let mut batch: Vec<u64> = Vec::with_capacity(BATCH);
+            let mut batch: Vec<u64> = Vec::with_capacity(batch_len);
             let scanned = self.numbers(what, |v, lex| {
                 batch.push(v);
-                if batch.len() == BATCH {
+                if batch.len() == batch_len {
                     let next = empty_rx
                         .try_recv()
-                        .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                        .unwrap_or_else(|_| Vec::with_capacity(batch_len));
                     if full_tx.send(std::mem::replace(&mut batch, next)).is_err() {
                         // The worker stopped on an error: it reports it below.
                         return lex.error("");
@@ -733,50 +736,55 @@ fn read_nodes<R: Read>(
     snap: &mut HeapSnapshot,
 ) -> PResult<()> {
     let n = node_count as usize;
-    snap.node_type = super::column(n);
-    snap.node_name = super::column(n);
-    snap.node_id = super::column(n);
-    snap.node_self = super::column(n);
-    snap.first_edge = super::column(n + 1);
+    snap.node_type = Vec::with_capacity(n);
+    snap.node_name = Vec::with_capacity(n);
+    snap.node_id = Vec::with_capacity(n);
+    snap.node_self = Vec::with_capacity(n);
+    snap.first_edge = Vec::with_capacity(n + 1);
     snap.first_edge.push(0);
     if fields.contains(&Field::Detachedness) {
-        snap.node_detachedness = super::column(n);
+        snap.node_detachedness = Vec::with_capacity(n);
     }
     let expected = node_count * fields.len() as u64;
     let mut k = 0u64;
-    let mut f = 0usize;
     let mut edges = 0u64;
     let width = fields.len();
+    let at = |f: Field| fields.iter().position(|x| *x == f);
+    let (ti, ni, ii, si, ei) = (
+        at(Field::Type).unwrap_or(0),
+        at(Field::Name).unwrap_or(0),
+        at(Field::Id).unwrap_or(0),
+        at(Field::SelfSize).unwrap_or(0),
+        at(Field::EdgeCount).unwrap_or(0),
+    );
+    let di = at(Field::Detachedness);
     let small = |v: u64| u32::try_from(v).map_err(|_| format!("node field value {v} out of range"));
-    let got = lex.numbers_batched("\"nodes\"", |batch| {
+    let got = lex.numbers_batched("\"nodes\"", width, |batch| {
         if k + batch.len() as u64 > expected {
             return Err(format!(
                 "\"nodes\" holds more than node_count ({node_count}) nodes"
             ));
         }
         k += batch.len() as u64;
-        for &v in batch {
-            let field = fields[f];
-            f = if f + 1 == width { 0 } else { f + 1 };
-            match field {
-                Field::Type => {
-                    if v >= type_count as u64 {
-                        return Err(format!("node type {v} is not in meta.node_types"));
-                    }
-                    snap.node_type.push(v as u8);
-                }
-                Field::Name => snap.node_name.push(small(v)?),
-                Field::Id => snap.node_id.push(small(v)?),
-                Field::SelfSize => snap.node_self.push(v),
-                Field::Detachedness => snap.node_detachedness.push(v.min(3) as u8),
-                Field::EdgeCount => {
-                    edges += v;
-                    let end = u32::try_from(edges)
-                        .map_err(|_| "edge counts of nodes overflow".to_string())?;
-                    snap.first_edge.push(end);
-                }
-                _ => {}
+        let records = batch.chunks_exact(width);
+        if !records.remainder().is_empty() {
+            return Err("\"nodes\" ends inside a node record".into());
+        }
+        for r in records {
+            if r[ti] >= type_count as u64 {
+                return Err(format!("node type {} is not in meta.node_types", r[ti]));
             }
+            snap.node_type.push(r[ti] as u8);
+            snap.node_name.push(small(r[ni])?);
+            snap.node_id.push(small(r[ii])?);
+            snap.node_self.push(r[si]);
+            if let Some(di) = di {
+                snap.node_detachedness.push(r[di].min(3) as u8);
+            }
+            edges += r[ei];
+            let end =
+                u32::try_from(edges).map_err(|_| "edge counts of nodes overflow".to_string())?;
+            snap.first_edge.push(end);
         }
         Ok(())
     })?;
@@ -803,42 +811,39 @@ fn read_edges<R: Read>(
             "the nodes' edge counts add up to {announced}, the header announces {edge_count} edges"
         ));
     }
-    let mut edge_type: Vec<u8> = super::column(e);
-    let mut edge_name: Vec<u32> = super::column(e);
-    let mut edge_to: Vec<u32> = super::column(e);
+    let mut edge_type: Vec<u8> = Vec::with_capacity(e);
+    let mut edge_name: Vec<u32> = Vec::with_capacity(e);
+    let mut edge_to: Vec<u32> = Vec::with_capacity(e);
     let expected = edge_count * fields.len() as u64;
     let node_count = snap.node_type.len() as u64;
     let width = fields.len();
     let nw = node_width as u64;
     let mut k = 0u64;
-    let mut f = 0usize;
-    let got = lex.numbers_batched("\"edges\"", |batch| {
+    let at = |f: Field| fields.iter().position(|x| *x == f).unwrap_or(0);
+    let (ti, ni, oi) = (at(Field::Type), at(Field::Name), at(Field::ToNode));
+    let got = lex.numbers_batched("\"edges\"", width, |batch| {
         if k + batch.len() as u64 > expected {
             return Err(format!(
                 "\"edges\" holds more than edge_count ({edge_count}) edges"
             ));
         }
         k += batch.len() as u64;
-        for &v in batch {
-            let field = fields[f];
-            f = if f + 1 == width { 0 } else { f + 1 };
-            match field {
-                Field::Type => {
-                    if v >= type_count as u64 {
-                        return Err(format!("edge type {v} is not in meta.edge_types"));
-                    }
-                    edge_type.push(v as u8);
-                }
-                Field::Name => edge_name
-                    .push(u32::try_from(v).map_err(|_| format!("edge name {v} out of range"))?),
-                Field::ToNode => {
-                    if v % nw != 0 || v / nw >= node_count {
-                        return Err(format!("edge points to {v}, which is not a node"));
-                    }
-                    edge_to.push((v / nw) as u32);
-                }
-                _ => {}
+        let records = batch.chunks_exact(width);
+        if !records.remainder().is_empty() {
+            return Err("\"edges\" ends inside an edge record".into());
+        }
+        for r in records {
+            let (t, name, to) = (r[ti], r[ni], r[oi]);
+            if t >= type_count as u64 {
+                return Err(format!("edge type {t} is not in meta.edge_types"));
             }
+            if to % nw != 0 || to / nw >= node_count {
+                return Err(format!("edge points to {to}, which is not a node"));
+            }
+            edge_type.push(t as u8);
+            edge_name
+                .push(u32::try_from(name).map_err(|_| format!("edge name {name} out of range"))?);
+            edge_to.push((to / nw) as u32);
         }
         Ok(())
     })?;
