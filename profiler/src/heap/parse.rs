@@ -766,10 +766,8 @@ fn read_nodes<R: Read>(
             ));
         }
         k += batch.len() as u64;
+        // A last, incomplete record is left to the count check below.
         let records = batch.chunks_exact(width);
-        if !records.remainder().is_empty() {
-            return Err("\"nodes\" ends inside a node record".into());
-        }
         for r in records {
             if r[ti] >= type_count as u64 {
                 return Err(format!("node type {} is not in meta.node_types", r[ti]));
@@ -828,10 +826,8 @@ fn read_edges<R: Read>(
             ));
         }
         k += batch.len() as u64;
+        // A last, incomplete record is left to the count check below.
         let records = batch.chunks_exact(width);
-        if !records.remainder().is_empty() {
-            return Err("\"edges\" ends inside an edge record".into());
-        }
         for r in records {
             let (t, name, to) = (r[ti], r[ni], r[oi]);
             if t >= type_count as u64 {
