@@ -181,7 +181,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
     use nodeprof::heap::{self, diff, retainers, summary, Graph};
-    let to_json = |value: &dyn erased_json::Json| value.to_json();
     let text = match cmd {
         HeapCommand::Summary {
             file,
@@ -271,18 +270,11 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// JSON output of the `heap` commands, one value per run.
-mod erased_json {
-    pub trait Json {
-        fn to_json(&self) -> anyhow::Result<String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> anyhow::Result<String> {
-            let mut s = serde_json::to_string_pretty(self)?;
-            s.push('\n');
-            Ok(s)
-        }
-    }
+/// JSON output of the `heap` commands: one pretty-printed value per run.
+fn to_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    Ok(text)
 }
 
 fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
