@@ -150,12 +150,25 @@ pub fn bench_heap(args: &BenchHeapArgs) -> Result<()> {
             }
         }
     }
-    let ours_classes = classes(&ours_json)?;
     let theirs_classes = classes(&theirs_json)?;
-    let agree = theirs_classes
-        .iter()
-        .filter(|t| ours_classes.iter().any(|o| o == *t))
-        .count();
+    let agree = |ours: &[(String, u64, u64)]| {
+        theirs_classes
+            .iter()
+            .filter(|t| ours.iter().any(|o| o == *t))
+            .count()
+    };
+    let ours_classes = classes(&ours_json)?;
+    let agree_devtools = agree(&ours_classes);
+    // Untimed: memlab's rules name detached native objects as memlab does.
+    let memlab_rules_json = dir.join("heap-nodeprof-memlab-rules.json");
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "heap", "summary", "--json", "--quiet", "--top", "0", "--rules", "memlab",
+    ])
+    .arg(&snapshot);
+    measure(&mut cmd, &memlab_rules_json)?;
+    let memlab_rules_classes = classes(&memlab_rules_json)?;
+    let agree_memlab = agree(&memlab_rules_classes);
     let stats = |v: &[Sample]| {
         let mut w: Vec<f64> = v.iter().map(|s| s.wall_s).collect();
         let mut r: Vec<f64> = v.iter().map(|s| s.rss_mib).collect();
@@ -187,8 +200,11 @@ pub fn bench_heap(args: &BenchHeapArgs) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "Agreement: {agree} of memlab's {} classes have the same object count and shallow size in nodeprof's Summary ({} classes).",
+        "Agreement: {agree_memlab} of memlab's {} classes have the same object count and shallow size in \
+         `nodeprof heap summary --rules memlab` ({} classes); {agree_devtools} with DevTools' rules (the timed \
+         runs: {} classes; DevTools also calls `Detached` the native objects that detached ones reach).",
         theirs_classes.len(),
+        memlab_rules_classes.len(),
         ours_classes.len()
     );
     let report: PathBuf = dir.join("heap.md");
