@@ -50,14 +50,15 @@ pub fn load(path: &Path, quiet: bool) -> Result<HeapSnapshot, HeapError> {
     let bar = ProgressBar::hidden();
     let mut progress = |done: u64, total: u64| {
         if done == 0 && total >= PROGRESS_MIN_BYTES && !quiet {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
             bar.set_length(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            ) {
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
-            bar.set_message(format!("reading {}", path.display()));
+            let name = path.file_name().unwrap_or(path.as_os_str());
+            bar.set_message(format!("reading {}", name.to_string_lossy()));
+            bar.set_draw_target(ProgressDrawTarget::stderr());
         }
         bar.set_position(done);
     };
