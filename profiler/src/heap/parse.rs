@@ -5,10 +5,12 @@
 //! arrays nodeprof skips: `trace_function_infos`, `trace_tree`, `samples`,
 //! `locations`). Only the small header goes through serde_json; the number
 //! arrays, which are 90 % of a file, are read by a hand-written scanner straight
-//! into typed columns (one `Vec` per field, no per-node allocation): going
-//! through serde_json's `Value`s or its streaming `Deserializer` for them would
-//! cost one enum per number and was several times slower on a 200 MB file.
-//! Strings use serde_json only when they contain escapes.
+//! into typed columns (one `Vec` per field, no per-node allocation), on two
+//! threads (one scans, one stores). Measured on the 242 MB snapshot of `cargo
+//! xtask bench-heap`: serde_json's typed `from_reader` into plain `Vec<u64>`s
+//! (no columns, no checks) took 1.0 s (`from_slice`, with the whole file in
+//! memory, 0.76 s); this reader 0.45–0.55 s into checked columns. Strings use
+//! serde_json when they contain escapes.
 //!
 //! Every count comes from the header and is checked against the file size
 //! before anything is allocated, so a corrupt header cannot make nodeprof
