@@ -584,42 +584,50 @@ fn essential_edges(s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>, rules: Rul
     bits
 }
 
+/// Test graphs: edge types of [`test_snapshot`] (V8's order).
+#[cfg(test)]
+pub(crate) mod edge {
+    pub const ELEMENT: u32 = 1;
+    pub const PROPERTY: u32 = 2;
+    pub const INTERNAL: u32 = 3;
+    pub const SHORTCUT: u32 = 5;
+    pub const WEAK: u32 = 6;
+}
+
+#[cfg(test)]
+/// A snapshot file for a graph: node 0 is the synthetic root, node i > 0
+/// an object of `i + 1` bytes; edges are (from, to, type).
+pub(crate) fn test_snapshot(n: usize, edges: &[(usize, usize, u32)]) -> HeapSnapshot {
+    use crate::heap::parse::read_bytes;
+    let mut nodes = Vec::new();
+    let mut edge_nums = Vec::new();
+    for i in 0..n {
+        let mine: Vec<_> = edges.iter().filter(|e| e.0 == i).collect();
+        let (t, name, size) = if i == 0 { (9, 0, 0) } else { (3, 1, i + 1) };
+        nodes.push(format!("{t},{name},{},{size},{},0", 2 * i + 1, mine.len()));
+        for (k, e) in mine.iter().enumerate() {
+            let name = if e.2 == 1 { k } else { 2 };
+            edge_nums.push(format!("{},{name},{}", e.2, e.1 * 6));
+        }
+    }
+    let json = format!(
+        r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count","trace_node_id"],
+        "node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number"],
+        "edge_fields":["type","name_or_index","to_node"],
+        "edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
+        "node_count":{n},"edge_count":{}}},
+        "nodes":[{}],"edges":[{}],"strings":["","Thing","prop"]}}"#,
+        edges.len(),
+        nodes.join(","),
+        edge_nums.join(",")
+    );
+    read_bytes(json.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{json}"))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::edge::*;
     use super::*;
-    use crate::heap::parse::read_bytes;
-
-    const ELEMENT: u32 = 1;
-    const PROPERTY: u32 = 2;
-    const WEAK: u32 = 6;
-
-    /// A snapshot file for a graph: node 0 is the synthetic root, node i > 0
-    /// an object of `i + 1` bytes; edges are (from, to, type).
-    fn snapshot(n: usize, edges: &[(usize, usize, u32)]) -> HeapSnapshot {
-        let mut nodes = Vec::new();
-        let mut edge_nums = Vec::new();
-        for i in 0..n {
-            let mine: Vec<_> = edges.iter().filter(|e| e.0 == i).collect();
-            let (t, name, size) = if i == 0 { (9, 0, 0) } else { (3, 1, i + 1) };
-            nodes.push(format!("{t},{name},{},{size},{},0", 2 * i + 1, mine.len()));
-            for (k, e) in mine.iter().enumerate() {
-                let name = if e.2 == ELEMENT { k } else { 2 };
-                edge_nums.push(format!("{},{name},{}", e.2, e.1 * 6));
-            }
-        }
-        let json = format!(
-            r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count","trace_node_id"],
-            "node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number"],
-            "edge_fields":["type","name_or_index","to_node"],
-            "edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
-            "node_count":{n},"edge_count":{}}},
-            "nodes":[{}],"edges":[{}],"strings":["","Thing","prop"]}}"#,
-            edges.len(),
-            nodes.join(","),
-            edge_nums.join(",")
-        );
-        read_bytes(json.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{json}"))
-    }
 
     /// Nodes reachable from the root over non-weak edges, without `removed`.
     fn reachable(n: usize, edges: &[(usize, usize, u32)], removed: Option<usize>) -> Vec<bool> {
@@ -690,7 +698,7 @@ mod tests {
                 edges.push((rand(n), 1 + rand(n - 1), t));
             }
             edges.sort_by_key(|e| e.0);
-            let s = snapshot(n, &edges);
+            let s = test_snapshot(n, &edges);
             for rules in [Rules::Devtools, Rules::Memlab] {
                 let g = Graph::build(&s, rules);
                 let (idom, retained) = brute_force(n, &edges);
@@ -718,7 +726,7 @@ mod tests {
             (4, 5, PROPERTY),
             (5, 4, PROPERTY),
         ];
-        let s = snapshot(6, &edges);
+        let s = test_snapshot(6, &edges);
         let g = Graph::build(&s, Rules::Devtools);
         assert_eq!(g.dominator, vec![0, 0, 0, 2, 0, 0]);
         assert_eq!(g.unreachable, 4);
@@ -741,7 +749,7 @@ mod tests {
             (3, 4, ELEMENT),
             (4, 2, PROPERTY),
         ];
-        let mut s = snapshot(5, &edges);
+        let mut s = test_snapshot(5, &edges);
         s.node_type[3] = s.kinds.synthetic;
         let g = Graph::build(&s, Rules::Devtools);
         assert_eq!(
@@ -786,5 +794,56 @@ mod tests {
         assert_eq!(js_parse_int("7abc"), Some(7));
         assert_eq!(js_parse_int("abc"), None);
         assert_eq!(js_parse_int(""), None);
+    }
+
+    #[test]
+    fn owned_objects_decide_which_edges_retain() {
+        // root ─shortcut→ G (a global) → A; root ─element→ R (GC roots) → A, R → B → A.
+        let edges = [
+            (0, 1, SHORTCUT),
+            (0, 2, ELEMENT),
+            (1, 3, PROPERTY),
+            (2, 3, ELEMENT),
+            (2, 4, ELEMENT),
+            (4, 3, PROPERTY),
+        ];
+        let mut s = test_snapshot(5, &edges);
+        s.node_type[2] = s.kinds.synthetic;
+        // DevTools: G's world is the page's; R and B are not, their edges to A do not retain.
+        let g = Graph::build(&s, Rules::Devtools);
+        assert_eq!(g.dominator, vec![0, 0, 0, 1, 2]);
+        // memlab: what R reaches is owned; G's edge into it does not retain.
+        let g = Graph::build(&s, Rules::Memlab);
+        assert_eq!(g.dominator, vec![0, 0, 0, 2, 2]);
+    }
+
+    #[test]
+    fn weakmap_values_hang_off_their_key() {
+        // Table T (id 3) and key K (id 5) both reach value V (id 7).
+        let edges = [
+            (0, 1, ELEMENT),
+            (0, 2, ELEMENT),
+            (1, 3, INTERNAL),
+            (2, 3, INTERNAL),
+        ];
+        let mut s = test_snapshot(4, &edges);
+        let name = "1 / part of key (Object @5) -> value (Object @7) pair in WeakMap (table @3)";
+        s.strings.text.push_str(name);
+        s.strings.ends.push(s.strings.text.len() as u64);
+        let index = (s.strings.len() - 1) as u32;
+        s.edge_name[2] = index;
+        s.edge_name[3] = index;
+        let g = Graph::build(&s, Rules::Devtools);
+        assert_eq!(
+            g.dominator[3], 2,
+            "the table's edge does not retain the value"
+        );
+        assert_eq!(
+            (g.distance[3], g.pred_node[3]),
+            (2, 2),
+            "distance through the second edge"
+        );
+        let g = Graph::build(&s, Rules::Memlab);
+        assert_eq!(g.dominator[3], 0, "memlab counts both edges");
     }
 }

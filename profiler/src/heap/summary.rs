@@ -147,3 +147,30 @@ pub fn render(summary: &Summary, top: usize) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::graph::edge::{ELEMENT, PROPERTY};
+    use crate::heap::graph::{test_snapshot, Rules};
+
+    #[test]
+    fn a_class_does_not_count_what_its_own_objects_retain_twice() {
+        // root → 1 → 2 → 3, all of class "Thing", sizes 2, 3, 4; and root → 4 (size 5).
+        let edges = [
+            (0, 1, ELEMENT),
+            (0, 4, ELEMENT),
+            (1, 2, PROPERTY),
+            (2, 3, PROPERTY),
+        ];
+        let s = test_snapshot(5, &edges);
+        let g = Graph::build(&s, Rules::Devtools);
+        let summary = summarize(&s, &g);
+        let thing = summary.classes.iter().find(|c| c.name == "Thing").unwrap();
+        assert_eq!((thing.count, thing.shallow_size), (4, 2 + 3 + 4 + 5));
+        // 1 retains 2 and 3; 4 is its own: 9 + 5, not 9 + 7 + 4 + 5.
+        assert_eq!(thing.retained_size, 14);
+        assert_eq!(thing.distance, Some(1));
+        assert_eq!(summary.total_size, 14);
+    }
+}
