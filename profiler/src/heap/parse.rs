@@ -514,6 +514,9 @@ impl<R: Read> Parser<'_, R> {
             lex.expect(b':', "':'")?;
             match key.as_slice() {
                 b"snapshot" => {
+                    if header.is_some() {
+                        return lex.error("a second \"snapshot\" header");
+                    }
                     let mut raw = Vec::new();
                     let at = lex.offset();
                     lex.skip_value(Some(&mut raw), MAX_HEADER)?;
@@ -962,6 +965,8 @@ mod tests {
         assert!(err(&good.replace(r#""snapshot":"#, r#""snapshop":"#))
             .contains("before the \"snapshot\""));
         assert!(err(&good.replace(r#""strings""#, r#""strongs""#)).contains("no \"strings\""));
+        let twice = good.replacen(r#","nodes""#, &format!(r#","snapshot":{META},"nodes""#), 1);
+        assert!(err(&twice).contains("second"));
         assert!(
             err(&good.replace("\"node_count\":2", "\"node_count\":99999999"))
                 .contains("does not fit")
