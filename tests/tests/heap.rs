@@ -483,8 +483,12 @@ fn parser_survives_truncation_and_garbage() {
     for cut in cuts {
         check(&bytes[..cut], &format!("truncation at {cut}"), true);
     }
-    // Byte flips and garbage runs.
-    for i in 0..120 {
+    // Byte flips and garbage runs (NODEPROF_FUZZ_ROUNDS for a longer campaign).
+    let rounds: usize = std::env::var("NODEPROF_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(120);
+    for i in 0..rounds {
         let mut data = bytes.clone();
         let at = if i % 3 == 0 {
             rand(2000)
