@@ -452,11 +452,14 @@ fn bad_input_ends_in_one_error_line() {
 }
 
 /// The parser on damaged copies of a real snapshot: every truncation is an
-/// error, garbled bytes are an error or a valid parse, never a panic; a
+/// error, garbled bytes are an error or a valid parse (which then analyses),
+/// never a panic; a
 /// header announcing more than the file can hold is refused before allocating.
 #[test]
 fn parser_survives_truncation_and_garbage() {
+    use nodeprof::heap::graph::{Graph, Rules};
     use nodeprof::heap::parse::read_bytes;
+    use nodeprof::heap::summary;
     let dir = scratch_dir();
     let (base, _) = snapshots(&node_major(20), "array", dir.path());
     let bytes = std::fs::read(&base).unwrap();
@@ -469,7 +472,13 @@ fn parser_survives_truncation_and_garbage() {
         (seed % n as u64) as usize
     };
     let check = |data: &[u8], what: &str, must_fail: bool| {
-        let result = std::panic::catch_unwind(|| read_bytes(data).map(|s| s.node_count()));
+        // What parses must also analyse without a panic.
+        let result = std::panic::catch_unwind(|| {
+            read_bytes(data).map(|s| {
+                let g = Graph::build(&s, Rules::Devtools);
+                summary::summarize(&s, &g).classes.len()
+            })
+        });
         match result {
             Err(_) => panic!("parser panicked on {what}"),
             Ok(Ok(_)) if must_fail => panic!("{what} parsed without error"),
