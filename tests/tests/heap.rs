@@ -453,8 +453,8 @@ fn bad_input_ends_in_one_error_line() {
 
 /// The parser on damaged copies of a real snapshot: every truncation is an
 /// error, garbled bytes are an error or a valid parse (which then analyses),
-/// never a panic; a
-/// header announcing more than the file can hold is refused before allocating.
+/// never a panic; a header announcing more than the file can hold is refused
+/// before allocating.
 #[test]
 fn parser_survives_truncation_and_garbage() {
     use nodeprof::heap::graph::{Graph, Rules};
