@@ -53,12 +53,8 @@ enum HeapCommand {
         /// Whose rules decide which edges retain: DevTools' or memlab's.
         #[arg(long, value_enum, default_value_t = nodeprof::heap::graph::Rules::Devtools)]
         rules: nodeprof::heap::graph::Rules,
-        /// JSON on stdout instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// No progress bar.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        out: HeapOutput,
     },
     /// What grew between two snapshots of one process: #New, #Deleted, #Delta per class
     /// (DevTools Comparison, by object id).
@@ -70,12 +66,8 @@ enum HeapCommand {
         /// Classes listed, by size growth (0: all).
         #[arg(long, default_value_t = 20)]
         top: usize,
-        /// JSON on stdout instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// No progress bar.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        out: HeapOutput,
     },
     /// Shortest retaining paths from the GC roots to the objects of a class, or to one object.
     Retainers {
@@ -93,13 +85,37 @@ enum HeapCommand {
         /// Path shapes shown.
         #[arg(long, default_value_t = 3)]
         paths: usize,
-        /// JSON on stdout instead of text.
-        #[arg(long)]
-        json: bool,
-        /// No progress bar.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        out: HeapOutput,
     },
+}
+
+/// Output options shared by the `heap` commands.
+#[derive(clap::Args)]
+struct HeapOutput {
+    /// JSON on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl HeapOutput {
+    /// The result as JSON, or as the text `render` makes of it.
+    fn print<T: serde::Serialize>(
+        &self,
+        value: &T,
+        render: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<String> {
+        if self.json {
+            let mut text = serde_json::to_string_pretty(value)?;
+            text.push('\n');
+            Ok(text)
+        } else {
+            Ok(render(value))
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -180,58 +196,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
-    use nodeprof::heap::{self, diff, retainers, summary, Graph};
+    use nodeprof::heap::{self, diff, retainers, summary};
     let text = match cmd {
         HeapCommand::Summary {
             file,
             top,
             rules,
-            json,
-            quiet,
+            out,
         } => {
-            let t = std::time::Instant::now();
-            let mut snap = heap::load(&file, quiet)?;
-            if rules != heap::graph::Rules::Devtools {
-                snap.classify(rules);
-            }
-            tracing::debug!("read {} nodes in {:?}", snap.node_count(), t.elapsed());
-            let spin = heap::spinner(
-                snap.node_count(),
-                quiet,
-                "computing dominators and retained sizes",
-            );
-            let graph = Graph::build(&snap, rules);
-            tracing::debug!("graph done at {:?}", t.elapsed());
+            let (snap, graph) = heap::analyse(&file, rules, out.quiet)?;
             let mut result = summary::summarize(&snap, &graph);
-            tracing::debug!("summary done at {:?}", t.elapsed());
-            spin.finish_and_clear();
-            if json {
-                if top != 0 {
-                    result.classes.truncate(top);
-                }
-                to_json(&result)?
-            } else {
-                summary::render(&result, top)
+            if out.json && top != 0 {
+                result.classes.truncate(top);
             }
+            out.print(&result, |r| summary::render(r, top))?
         }
         HeapCommand::Diff {
             base,
             current,
             top,
-            json,
-            quiet,
+            out,
         } => {
-            let base_objects = diff::Objects::of(&heap::load(&base, quiet)?);
-            let current_objects = diff::Objects::of(&heap::load(&current, quiet)?);
+            let base_objects = diff::Objects::of(&heap::load(&base, out.quiet)?);
+            let current_objects = diff::Objects::of(&heap::load(&current, out.quiet)?);
             let mut result = diff::compare(&base_objects, &current_objects);
-            if json {
-                if top != 0 {
-                    result.classes.truncate(top);
-                }
-                to_json(&result)?
-            } else {
-                diff::render(&result, top)
+            if out.json && top != 0 {
+                result.classes.truncate(top);
             }
+            out.print(&result, |r| diff::render(r, top))?
         }
         HeapCommand::Retainers {
             file,
@@ -239,42 +231,20 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
             id,
             rules,
             paths,
-            json,
-            quiet,
+            out,
         } => {
-            let mut snap = heap::load(&file, quiet)?;
-            if rules != heap::graph::Rules::Devtools {
-                snap.classify(rules);
-            }
-            let spin = heap::spinner(
-                snap.node_count(),
-                quiet,
-                "computing distances and dominators",
-            );
-            let graph = Graph::build(&snap, rules);
-            spin.finish_and_clear();
             let target = match (&class, id) {
                 (Some(name), _) => retainers::Target::Class(name),
                 (None, Some(id)) => retainers::Target::Id(id),
                 (None, None) => anyhow::bail!("give --class NAME or --id ID"),
             };
+            let (snap, graph) = heap::analyse(&file, rules, out.quiet)?;
             let result = retainers::find(&snap, &graph, target, paths)?;
-            if json {
-                to_json(&result)?
-            } else {
-                retainers::render(&result)
-            }
+            out.print(&result, retainers::render)?
         }
     };
     print_report(&text);
     Ok(ExitCode::SUCCESS)
-}
-
-/// JSON output of the `heap` commands: one pretty-printed value per run.
-fn to_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
-    let mut text = serde_json::to_string_pretty(value)?;
-    text.push('\n');
-    Ok(text)
 }
 
 fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {

@@ -67,8 +67,32 @@ pub fn load(path: &Path, quiet: bool) -> Result<HeapSnapshot, HeapError> {
     result
 }
 
+/// Reads a snapshot and computes its graph (distances, dominators, retained
+/// sizes) under `rules`, with a spinner for big ones.
+pub fn analyse(
+    path: &Path,
+    rules: graph::Rules,
+    quiet: bool,
+) -> Result<(HeapSnapshot, Graph), HeapError> {
+    let t = std::time::Instant::now();
+    let mut snap = load(path, quiet)?;
+    if rules != graph::Rules::Devtools {
+        snap.classify(rules);
+    }
+    tracing::debug!("read {} nodes in {:?}", snap.node_count(), t.elapsed());
+    let spin = spinner(
+        snap.node_count(),
+        quiet,
+        "computing distances, dominators and retained sizes",
+    );
+    let graph = Graph::build(&snap, rules);
+    spin.finish_and_clear();
+    tracing::debug!("graph done at {:?}", t.elapsed());
+    Ok((snap, graph))
+}
+
 /// A spinner on stderr for the analysis of a big snapshot.
-pub fn spinner(snapshot_nodes: usize, quiet: bool, message: &str) -> ProgressBar {
+fn spinner(snapshot_nodes: usize, quiet: bool, message: &str) -> ProgressBar {
     if quiet || snapshot_nodes < 500_000 {
         return ProgressBar::hidden();
     }
