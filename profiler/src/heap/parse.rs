@@ -437,15 +437,28 @@ impl<R: Read> Lexer<'_, R> {
             if end - j < SLACK - 20 {
                 break;
             }
-            let mut value = 0u64;
             let digits_start = j;
-            while buf[j].is_ascii_digit() && j - digits_start < 19 {
-                value = value * 10 + u64::from(buf[j] - b'0');
-                j += 1;
-            }
-            if j == digits_start || buf[j].is_ascii_digit() {
+            // Up to 7 digits at once (SWAR): most numbers of a snapshot are short.
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&buf[j..j + 8]);
+            let (len, short) = digit_run(u64::from_le_bytes(word));
+            if len == 0 {
                 break;
             }
+            let value = if len < 8 {
+                j += len;
+                short
+            } else {
+                let mut value = 0u64;
+                while buf[j].is_ascii_digit() && j - digits_start < 19 {
+                    value = value * 10 + u64::from(buf[j] - b'0');
+                    j += 1;
+                }
+                if buf[j].is_ascii_digit() {
+                    break;
+                }
+                value
+            };
             while j < end && is_ws(buf[j]) {
                 j += 1;
             }
@@ -468,6 +481,27 @@ impl<R: Read> Lexer<'_, R> {
         self.pos = i;
         Ok(if i == start { None } else { Some(false) })
     }
+}
+
+/// The leading ASCII digits of 8 bytes (first byte first, little-endian
+/// load): how many there are (8 when all are), and their value when fewer
+/// than 8. A byte is a digit when `byte ^ 0x30` is at most 9: then neither
+/// it nor it plus 6 has a high nibble. Carries of the addition only start at
+/// non-digit bytes and move up, so the first non-digit is found right.
+fn digit_run(word: u64) -> (usize, u64) {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    let t = word ^ (0x30 * LOW);
+    let non_digit = (t | t.wrapping_add(0x06 * LOW)) & (0xF0 * LOW);
+    let len = (non_digit.trailing_zeros() / 8) as usize;
+    if len == 0 || len == 8 {
+        return (len, 0);
+    }
+    // Right-align the digits (leading zeros in the low bytes), then combine
+    // pairs, quads and halves: the usual eight-digit parse.
+    let v = (t << (8 * (8 - len))) & (0x0F * LOW);
+    let v = (v.wrapping_mul(10) + (v >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_FFFF_0000_FFFF;
+    (len, (v.wrapping_mul(10000) + (v >> 32)) & 0xFFFF_FFFF)
 }
 
 struct Parser<'p, R> {
@@ -907,6 +941,59 @@ mod tests {
             Ok(_) => panic!("parsed: {text}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn scans_numbers_of_every_length() {
+        use super::Lexer;
+        let mut expected: Vec<u64> = Vec::new();
+        let mut text = String::from("[");
+        let seps = [",", "\n,", " , ", ",\n", "\t,"];
+        let mut k = 0;
+        for round in 0..40u64 {
+            for digits in 1..=20u32 {
+                let v = if digits == 20 {
+                    u64::MAX - round
+                } else {
+                    10u64.pow(digits - 1) + round * 7919 % 10u64.pow(digits - 1).max(1)
+                };
+                for v in [v, 10u64.pow(digits.min(19)) - 1, 0] {
+                    if k > 0 {
+                        text.push_str(seps[k % seps.len()]);
+                    }
+                    text.push_str(&v.to_string());
+                    expected.push(v);
+                    k += 1;
+                }
+            }
+        }
+        text.push(']');
+        let mut none = |_: u64, _: u64| {};
+        let mut lex = Lexer::new(text.as_bytes(), text.len() as u64, &mut none);
+        let mut got = Vec::new();
+        let n = lex
+            .numbers("test", |v, _| {
+                got.push(v);
+                Ok(())
+            })
+            .unwrap_or_else(|_| panic!("scan failed"));
+        assert_eq!(n as usize, expected.len());
+        assert_eq!(got, expected);
+        assert_eq!(
+            super::digit_run(u64::from_le_bytes(*b"1234567,")),
+            (7, 1234567)
+        );
+        assert_eq!(super::digit_run(u64::from_le_bytes(*b"0,123456")), (1, 0));
+        assert_eq!(super::digit_run(u64::from_le_bytes(*b"12345678")), (8, 0));
+        assert_eq!(super::digit_run(u64::from_le_bytes(*b"x1234567")), (0, 0));
+        assert_eq!(
+            super::digit_run(u64::from_le_bytes(*b"9/:\xff0000")),
+            (1, 9)
+        );
+        // One past u64::MAX, inside a long array: an error, not a wrap.
+        let big = format!("[{}18446744073709551616]", "1,".repeat(100));
+        let mut lex = Lexer::new(big.as_bytes(), big.len() as u64, &mut none);
+        assert!(lex.numbers("test", |_, _| Ok(())).is_err());
     }
 
     #[test]
