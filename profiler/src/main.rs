@@ -204,7 +204,7 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
             rules,
             out,
         } => {
-            let (snap, graph) = heap::analyse(&file, rules, out.quiet)?;
+            let (snap, graph) = heap::analyse(&file, rules, false, out.quiet)?;
             let mut result = summary::summarize(&snap, &graph);
             if out.json && top != 0 {
                 result.classes.truncate(top);
@@ -238,7 +238,7 @@ fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
                 (None, Some(id)) => retainers::Target::Id(id),
                 (None, None) => anyhow::bail!("give --class NAME or --id ID"),
             };
-            let (snap, graph) = heap::analyse(&file, rules, out.quiet)?;
+            let (snap, graph) = heap::analyse(&file, rules, true, out.quiet)?;
             let result = retainers::find(&snap, &graph, target, paths)?;
             out.print(&result, retainers::render)?
         }

@@ -23,7 +23,8 @@ pub struct Graph {
     pub ret_node: Vec<u32>,
     pub distance: Vec<i32>,
     /// The node and edge through which the distance BFS first reached a node:
-    /// following them leads back to a root along a shortest path.
+    /// following them leads back to a root along a shortest path (empty when
+    /// built without paths).
     pub pred_node: Vec<u32>,
     pub pred_edge: Vec<u32>,
     /// Immediate dominator of every node (the root dominates itself).
@@ -135,7 +136,18 @@ pub enum Rules {
 }
 
 impl Graph {
+    /// Everything, including the shortest paths (`pred_node`/`pred_edge`).
     pub fn build(s: &HeapSnapshot, rules: Rules) -> Graph {
+        Graph::build_inner(s, rules, true)
+    }
+
+    /// Without the shortest paths (`pred_node`/`pred_edge` stay empty): what
+    /// a Summary needs, in less memory.
+    pub fn build_without_paths(s: &HeapSnapshot, rules: Rules) -> Graph {
+        Graph::build_inner(s, rules, false)
+    }
+
+    fn build_inner(s: &HeapSnapshot, rules: Rules, paths: bool) -> Graph {
         let mut g = Graph {
             first_ret: Vec::new(),
             ret_edge: Vec::new(),
@@ -155,7 +167,7 @@ impl Graph {
         let essential = std::thread::scope(|scope| {
             let reverse = scope.spawn(|| retainers(s));
             let mut weakmaps = WeakMapNames::new(s);
-            g.distances(s, &mut weakmaps);
+            g.distances(s, &mut weakmaps, paths);
             tracing::debug!("distances at {:?}", t.elapsed());
             let essential = essential_edges(s, &mut weakmaps, rules);
             tracing::debug!("essential edges at {:?}", t.elapsed());
@@ -189,12 +201,13 @@ impl Graph {
     /// `(Document DOM trees)` root) at distance 1, never over weak edges, with
     /// `JSHeapSnapshot`'s edge filter; then BFS from the root for what is left,
     /// at `BASE_SYSTEM_DISTANCE`.
-    fn distances(&mut self, s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>) {
+    fn distances(&mut self, s: &HeapSnapshot, weakmaps: &mut WeakMapNames<'_>, paths: bool) {
         let n = s.node_count();
         let k = s.kinds;
         let mut dist = vec![NO_DISTANCE; n];
-        let mut pred_node = vec![NONE; n];
-        let mut pred_edge = vec![NONE; n];
+        let kept = if paths { n } else { 0 };
+        let mut pred_node = vec![NONE; kept];
+        let mut pred_edge = vec![NONE; kept];
         let mut queue: Vec<u32> = Vec::with_capacity(n);
         for e in s.edges(ROOT) {
             let child = s.edge_to[e];
@@ -202,8 +215,10 @@ impl Graph {
                 || s.raw_name(child) == "(Document DOM trees)";
             if user && dist[child as usize] == NO_DISTANCE {
                 dist[child as usize] = 1;
-                pred_node[child as usize] = ROOT;
-                pred_edge[child as usize] = e as u32;
+                if paths {
+                    pred_node[child as usize] = ROOT;
+                    pred_edge[child as usize] = e as u32;
+                }
                 queue.push(child);
             }
         }
@@ -256,8 +271,10 @@ impl Graph {
                         continue;
                     }
                     dist[child] = d;
-                    pred_node[child] = node;
-                    pred_edge[child] = e as u32;
+                    if paths {
+                        pred_node[child] = node;
+                        pred_edge[child] = e as u32;
+                    }
                     queue.push(child as u32);
                 }
             }
@@ -374,6 +391,7 @@ impl Graph {
             }
         }
         self.unreachable = n - reached;
+        drop(next_edge);
 
         let mut dom = vec![0u32; len];
         let mut bucket_head = vec![0u32; len];
@@ -445,7 +463,15 @@ impl Graph {
                 dom[w] = dom[dom[w] as usize];
             }
         }
-        let dominator: Vec<u32> = (0..n).map(|o| dom[o + 1] - 1).collect();
+        // Free the work arrays before the results are allocated (this is the
+        // peak of nodeprof's memory), and turn `dom` into the ordinal-indexed
+        // dominator array in place.
+        drop((parent, ancestor, label, semi, bucket_head, bucket_next));
+        for o in 0..n {
+            dom[o] = dom[o + 1] - 1;
+        }
+        dom.truncate(n);
+        let dominator = dom;
         let mut retained: Vec<u64> = s.node_self.clone();
         for i in (2..=count).rev() {
             let o = (vertex[i as usize] - 1) as usize;

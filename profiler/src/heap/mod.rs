@@ -68,10 +68,12 @@ pub fn load(path: &Path, quiet: bool) -> Result<HeapSnapshot, HeapError> {
 }
 
 /// Reads a snapshot and computes its graph (distances, dominators, retained
-/// sizes) under `rules`, with a spinner for big ones.
+/// sizes) under `rules`, with the shortest retaining paths if `paths`, and a
+/// spinner for big snapshots.
 pub fn analyse(
     path: &Path,
     rules: graph::Rules,
+    paths: bool,
     quiet: bool,
 ) -> Result<(HeapSnapshot, Graph), HeapError> {
     let t = std::time::Instant::now();
@@ -85,7 +87,11 @@ pub fn analyse(
         quiet,
         "computing distances, dominators and retained sizes",
     );
-    let graph = Graph::build(&snap, rules);
+    let graph = if paths {
+        Graph::build(&snap, rules)
+    } else {
+        Graph::build_without_paths(&snap, rules)
+    };
     spin.finish_and_clear();
     tracing::debug!("graph done at {:?}", t.elapsed());
     Ok((snap, graph))
