@@ -1,5 +1,5 @@
-//! `nodeprof heap`: snapshots written by real node processes
-//! (`tests/fixtures/heap/leaks.js`, `v8.writeHeapSnapshot`), compared with
+//! `nodeprof heap`: snapshots written by real node processes, node
+//! 18 to 26 (`tests/fixtures/heap/leaks.js`, `v8.writeHeapSnapshot`), compared with
 //! the real memlab (`tests/fixtures/heap/memlab-classes.js`), and the three
 //! leaks of the debugging guide found by `heap diff` and `heap retainers`.
 //!
@@ -175,8 +175,18 @@ fn compare_with_memlab(major: u32) {
 }
 
 #[test]
+fn summary_matches_memlab_node18() {
+    compare_with_memlab(18);
+}
+
+#[test]
 fn summary_matches_memlab_node20() {
     compare_with_memlab(20);
+}
+
+#[test]
+fn summary_matches_memlab_node22() {
+    compare_with_memlab(22);
 }
 
 #[test]
