@@ -2,10 +2,13 @@
 //!
 //! The CPU profiling pipeline, one module per stage, each feeding the next:
 //! [`target`] → [`probe`] → [`collect`] → [`symbolize`] → [`profile`] → [`output`].
-//! [`record`] runs it for `nodeprof record`.
+//! [`record`] runs it for `nodeprof record`. Beside it: [`gc`] traces V8's
+//! garbage collections with uprobes (`nodeprof gc`), [`heap`] reads
+//! `.heapsnapshot` files (`nodeprof heap`).
 
 pub mod collect;
 pub mod gc;
+pub mod heap;
 pub mod info;
 pub mod output;
 pub mod probe;

