@@ -102,6 +102,8 @@ pub struct ResolverStats {
     pub sources_scanned: u64,
     /// Scripts whose line ends could not be found (uncached external source, too big…).
     pub line_tables_unavailable: u64,
+    /// Scripts whose source or line table moved (a GC) while being read: retried later.
+    pub scripts_moved: u64,
     pub cached_functions: usize,
     pub cached_scripts: usize,
     /// Approximate bytes held by the script cache (URLs and line tables).
@@ -139,6 +141,8 @@ pub struct JsResolver<M: Memory> {
     functions: GenCache<(u64, u64), Option<JsFunctionInfo>>,
     scripts: GenCache<ScriptKey, Arc<ScriptInfo>>,
     stats: ResolverStats,
+    /// Set when the current resolution read a script that a GC was moving.
+    moved_while_reading: bool,
 }
 
 /// Upper bound of ScopeInfo context locals we accept (V8's own limit is far lower).
@@ -158,6 +162,7 @@ impl<M: Memory> JsResolver<M> {
             functions: GenCache::new(limits.max_functions, usize::MAX),
             scripts: GenCache::new(limits.max_scripts, limits.max_line_table_bytes),
             stats: ResolverStats::default(),
+            moved_while_reading: false,
         }
     }
 
@@ -194,7 +199,12 @@ impl<M: Memory> JsResolver<M> {
             self.stats.cache_hits += 1;
             return hit.clone();
         }
+        self.moved_while_reading = false;
         let info = self.resolve_uncached(sfi, fingerprint);
+        if self.moved_while_reading {
+            // Not an answer: the next sample of this function tries again.
+            return None;
+        }
         if info.is_some() {
             self.stats.resolved += 1;
         } else {
@@ -334,6 +344,7 @@ impl<M: Memory> JsResolver<M> {
             Err(_) => String::new(),
         };
         let smi_or_zero = |off| heap.smi_field(script, off).unwrap_or(0);
+        let line_ends_field = heap.field(script, sl.line_ends);
         let mut line_ends =
             source_len.and_then(|len| self.line_ends_from_script(heap, script, len));
         if line_ends.is_none() && source_len.is_some() {
@@ -343,6 +354,18 @@ impl<M: Memory> JsResolver<M> {
                 self.stats.sources_scanned += 1;
                 line_ends = Some(ends);
             }
+        }
+        // A scavenge can move the source (or the line-end table) while we
+        // read it, and a copy read mid-move is garbage: a whole file on one
+        // line, say. Cache only what was read while the Script still pointed
+        // at the same source and table; otherwise try again next time.
+        let unchanged = heap.field(script, sl.source).unwrap_or(0) == source
+            && strings.len(source) == source_len
+            && heap.field(script, sl.line_ends) == line_ends_field;
+        if !unchanged {
+            self.stats.scripts_moved += 1;
+            self.moved_while_reading = true;
+            return None;
         }
         if line_ends.is_none() {
             self.stats.line_tables_unavailable += 1;
