@@ -18,6 +18,8 @@ use crate::v8::{
 const MAX_RESOLVED: usize = 1 << 20;
 /// Distinct functions kept (one function may sit at many addresses over time).
 const MAX_FUNCTIONS: usize = 1 << 18;
+/// SFIs waiting for another try at most (a GC moved their script while read).
+const MAX_PENDING: usize = 4096;
 
 /// What nodeprof found out about a target's V8.
 pub struct JsNaming {
@@ -29,6 +31,9 @@ pub struct JsNaming {
     resolved: HashMap<(u64, u64), Option<u32>>,
     functions: Vec<JsFunctionInfo>,
     function_ids: HashMap<JsFunctionInfo, u32>,
+    /// SFIs whose script a GC was moving while they were read: tried again
+    /// at the next observation.
+    pending: Vec<(u64, u64)>,
 }
 
 impl JsNaming {
@@ -44,6 +49,7 @@ impl JsNaming {
             resolved: HashMap::new(),
             functions: Vec::new(),
             function_ids: HashMap::new(),
+            pending: Vec::new(),
         })
     }
 
@@ -60,11 +66,22 @@ impl JsNaming {
         if self.resolved.contains_key(&(sfi, fingerprint)) || self.resolved.len() >= MAX_RESOLVED {
             return;
         }
-        let id = self
-            .resolver
-            .resolve(sfi, fingerprint)
-            .and_then(|info| self.intern(info));
+        let info = self.resolver.resolve(sfi, fingerprint);
+        if self.resolver.should_retry() {
+            if !self.pending.contains(&(sfi, fingerprint)) && self.pending.len() < MAX_PENDING {
+                self.pending.push((sfi, fingerprint));
+            }
+            return;
+        }
+        let id = info.and_then(|info| self.intern(info));
         self.resolved.insert((sfi, fingerprint), id);
+    }
+
+    /// Tries again the SFIs that could not be read consistently before.
+    pub fn retry_pending(&mut self) {
+        for (sfi, fingerprint) in std::mem::take(&mut self.pending) {
+            self.observe(sfi, fingerprint);
+        }
     }
 
     fn intern(&mut self, info: JsFunctionInfo) -> Option<u32> {

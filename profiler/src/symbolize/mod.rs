@@ -131,6 +131,7 @@ impl Symbolizer {
             self.refresh();
         }
         if let Some(js) = self.js.as_mut() {
+            js.retry_pending();
             for frame in new_frames.iter().filter(|f| f.sfi != 0) {
                 js.observe(frame.sfi, frame.sfi_fingerprint);
             }
@@ -278,6 +279,10 @@ impl Symbolizer {
     /// `sink` in order; one stack's frames at a time, so memory holds the
     /// caller's interned frames, not a copy of every frame of every stack.
     pub fn symbolize(&mut self, collection: &Collection, mut sink: impl FnMut(Vec<Frame>)) {
+        if let Some(js) = self.js.as_mut() {
+            // A last chance for functions whose script a GC was moving.
+            js.retry_pending();
+        }
         let stacks = &collection.stacks;
         let perf_map = self.read_perf_map();
         let blaze = symbolize::Symbolizer::builder()

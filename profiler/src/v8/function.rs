@@ -3,6 +3,7 @@
 //! report them in a `.cpuprofile` callFrame. Cached and bounded: garbage in,
 //! `None` out, never a panic, a hang or unbounded memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cache::GenCache;
@@ -143,7 +144,12 @@ pub struct JsResolver<M: Memory> {
     stats: ResolverStats,
     /// Set when the current resolution read a script that a GC was moving.
     moved_while_reading: bool,
+    /// Failed reads of a script's line table so far, by script address.
+    line_table_tries: HashMap<u64, u8>,
 }
+
+/// Reads of a script's line table before nodeprof gives up on its positions.
+const LINE_TABLE_TRIES: u8 = 4;
 
 /// Upper bound of ScopeInfo context locals we accept (V8's own limit is far lower).
 const MAX_CONTEXT_LOCALS: i32 = 1 << 20;
@@ -163,6 +169,7 @@ impl<M: Memory> JsResolver<M> {
             scripts: GenCache::new(limits.max_scripts, limits.max_line_table_bytes),
             stats: ResolverStats::default(),
             moved_while_reading: false,
+            line_table_tries: HashMap::new(),
         }
     }
 
@@ -187,6 +194,12 @@ impl<M: Memory> JsResolver<M> {
     pub fn clear_caches(&mut self) {
         self.functions.clear();
         self.scripts.clear();
+    }
+
+    /// Whether the last [`JsResolver::resolve`] returned None only because a
+    /// GC was moving the script it read: worth another try later.
+    pub fn should_retry(&self) -> bool {
+        self.moved_while_reading
     }
 
     /// Names the function of a sampled frame: `sfi` is the tagged
@@ -368,6 +381,14 @@ impl<M: Memory> JsResolver<M> {
             return None;
         }
         if line_ends.is_none() {
+            // A source caught mid-move can fail to read at all: give it a few
+            // more tries before settling for a script without positions.
+            let tries = self.line_table_tries.entry(script).or_insert(0);
+            *tries += 1;
+            if *tries < LINE_TABLE_TRIES {
+                self.moved_while_reading = true;
+                return None;
+            }
             self.stats.line_tables_unavailable += 1;
         }
         let weight = url.len() + 64 + line_ends.as_ref().map_or(0, |e| e.len() * 4);
