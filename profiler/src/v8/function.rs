@@ -776,6 +776,65 @@ mod tests {
         assert_eq!(r.stats().resolved, 4);
     }
 
+    /// Memory in which a scavenge moves the script's source between the
+    /// resolver's first read of the Script and its check: the first answer
+    /// must be "try again", never a cached function without positions.
+    struct MovingSource<'a> {
+        inner: &'a crate::v8::memory::testing::FakeMemory,
+        source_slot: u64,
+        moved_to: u64,
+        reads: std::cell::Cell<u32>,
+    }
+
+    impl Memory for MovingSource<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), crate::v8::MemoryError> {
+            self.inner.read(addr, buf)?;
+            if addr == self.source_slot && buf.len() == 8 {
+                let n = self.reads.get() + 1;
+                self.reads.set(n);
+                // From the second read of the slot on, the source has moved.
+                if n >= 2 {
+                    buf.copy_from_slice(&self.moved_to.to_le_bytes());
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_script_moved_while_read_is_retried_not_cached() {
+        let mut f = fixture();
+        let layout = test_layout();
+        let foo_pos = SOURCE.find("(x)").unwrap() as i32;
+        let si = scope_info(
+            &mut f,
+            FUNCTION_SCOPE | FN_VAR_UNUSED,
+            0,
+            Some("foo"),
+            None,
+            foo_pos,
+        );
+        let script = f.script;
+        let s = sfi(&mut f, 0, si, script);
+        let moved_to = string(&mut f.heap, SOURCE);
+        let source_slot = script - 1 + u64::from(layout.script.source);
+        let mem = MovingSource {
+            inner: &f.heap.mem,
+            source_slot,
+            moved_to,
+            reads: std::cell::Cell::new(0),
+        };
+        let mut r = JsResolver::new(&mem, layout);
+        assert_eq!(r.resolve(s, si), None);
+        assert!(r.should_retry());
+        assert_eq!(r.stats().scripts_moved, 1);
+        // Settled: the same function resolves in full, from the moved source.
+        let info = r.resolve(s, si).expect("resolved on the second try");
+        assert!(!r.should_retry());
+        assert_eq!(info.name, "foo");
+        assert_eq!((info.line, info.column), (Some(1), Some(12)));
+    }
+
     #[test]
     fn uncompiled_debug_info_line_ends_and_offsets() {
         let mut f = fixture();
