@@ -1,5 +1,11 @@
-//! What every tracing command (`record`, `gc`) shares: why it stopped, and
-//! the clock its events are on.
+//! What every tracing command (`record`, `gc`) shares: when and why it
+//! stops, and the clock its events are on.
+
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::target::Target;
 
 /// Why a recording or trace stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +27,44 @@ impl StopReason {
             StopReason::TargetExited => "target exited",
             StopReason::OutputClosed => "output closed",
         }
+    }
+}
+
+/// The stop conditions of a session: Ctrl-C, SIGTERM, the duration, the
+/// target's exit.
+pub struct Stopper {
+    interrupt: Signal,
+    terminate: Signal,
+    started: Instant,
+    duration: Option<Duration>,
+}
+
+impl Stopper {
+    /// Installs the signal handlers; the duration counts from now.
+    pub fn new(duration: Option<Duration>) -> std::io::Result<Stopper> {
+        Ok(Stopper {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            started: Instant::now(),
+            duration,
+        })
+    }
+
+    /// Resolves when SIGINT or SIGTERM arrives.
+    pub async fn signalled(&mut self) -> StopReason {
+        tokio::select! {
+            _ = self.interrupt.recv() => StopReason::Interrupted,
+            _ = self.terminate.recv() => StopReason::Terminated,
+        }
+    }
+
+    /// Whether the duration ran out or the target is gone (checked on a tick).
+    pub fn due(&self, target: &Target) -> Option<StopReason> {
+        if self.duration.is_some_and(|d| self.started.elapsed() >= d) {
+            return Some(StopReason::DurationElapsed);
+        }
+        // A launched child that exited stays a zombie until reaped: not alive.
+        (!target.is_alive()).then_some(StopReason::TargetExited)
     }
 }
 

@@ -15,7 +15,6 @@
 //! does not hide a function; compiler clones (`.constprop`, `.cold`) are
 //! skipped because they are not the function's entry.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use nodeprof_common::{CallReads, CALL_WORDS};
@@ -632,12 +631,6 @@ fn missing_text(role: Role) -> String {
         Role::Record => "V8's own record of the pause is unavailable",
     };
     format!("no {} in the binary: {loss}", names.join(" or "))
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
 }
 
 #[cfg(test)]

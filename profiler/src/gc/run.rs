@@ -3,15 +3,14 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
 
 use super::GcError;
 use super::{human_bytes, megabytes, GcEvent, GcProbes, GcSummary, LeakDetector, LeakSuspicion};
 use crate::probe::{self, Probe};
-use crate::session::{monotonic_ns, StopReason};
+use crate::session::{monotonic_ns, StopReason, Stopper};
 use crate::target::Target;
 
 #[derive(Debug, Clone)]
@@ -54,7 +53,6 @@ async fn trace_async(
         tracing::warn!("{missing}");
     }
     let start_ns = monotonic_ns();
-    let started = Instant::now();
     if options.json {
         let start = serde_json::json!({
             "type": "start",
@@ -77,8 +75,7 @@ async fn trace_async(
     let mut detectors: HashMap<u32, LeakDetector> = HashMap::new();
     let mut events = Vec::new();
     let mut leaks = Vec::new();
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(GcError::Runtime)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(GcError::Runtime)?;
+    let mut stopper = Stopper::new(options.duration).map_err(GcError::Runtime)?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut warned_invalid = false;
     let mut absorb = |probes: &mut GcProbes, out: &mut dyn Write| -> std::io::Result<()> {
@@ -108,17 +105,13 @@ async fn trace_async(
     };
     let mut stop = loop {
         tokio::select! {
-            _ = interrupt.recv() => break StopReason::Interrupted,
-            _ = terminate.recv() => break StopReason::Terminated,
+            reason = stopper.signalled() => break reason,
             _ = tick.tick() => {
                 if absorb(&mut probes, out).is_err() {
                     break StopReason::OutputClosed;
                 }
-                if options.duration.is_some_and(|d| started.elapsed() >= d) {
-                    break StopReason::DurationElapsed;
-                }
-                if !target.is_alive() {
-                    break StopReason::TargetExited;
+                if let Some(reason) = stopper.due(target) {
+                    break reason;
                 }
             }
         }

@@ -60,8 +60,6 @@ pub struct GcTracer {
     starts_us: HashMap<u64, u64>,
     /// Records whose fields failed the sanity checks (a layout mismatch).
     pub invalid_records: u64,
-    knows_cycles: bool,
-    knows_sizes: bool,
     /// Pauses starting before this (all probes attached) are dropped.
     armed_ns: u64,
     threads: HashMap<u32, ThreadState>,
@@ -77,8 +75,6 @@ impl GcTracer {
             },
             starts_us: HashMap::new(),
             invalid_records: 0,
-            knows_cycles: points.has(Role::CycleStart),
-            knows_sizes: points.has(Role::ObjectSizes),
             armed_ns: u64::MAX,
             threads: HashMap::new(),
         }
@@ -152,9 +148,11 @@ impl GcTracer {
                     start_ns: pause.start_ns,
                     pause_ns: event.time_ns.saturating_sub(pause.start_ns),
                     kind,
-                    incremental: match (kind, self.knows_cycles, cycle) {
-                        (GcKind::MarkCompact, true, Some(c)) => Some(c.incremental),
-                        (GcKind::MarkCompact, _, _) => None,
+                    // Without the StartCycle of its cycle (not probed, or
+                    // before attaching), a mark-compact's marking is unknown.
+                    incremental: match (kind, cycle) {
+                        (GcKind::MarkCompact, Some(c)) => Some(c.incremental),
+                        (GcKind::MarkCompact, None) => None,
                         // Young GCs are never incremental.
                         _ => Some(false),
                     },
@@ -162,8 +160,8 @@ impl GcTracer {
                         .reason
                         .or(cycle.and_then(|c| c.reason))
                         .map(reason_name),
-                    heap_before: pause.first_size.filter(|_| self.knows_sizes),
-                    heap_after: pause.last_size.filter(|_| self.knows_sizes),
+                    heap_before: pause.first_size,
+                    heap_after: pause.last_size,
                 })
             }
         }

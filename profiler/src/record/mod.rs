@@ -5,10 +5,9 @@ mod files;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::collect::{Collection, Collector};
 use crate::gc::GcProbes;
@@ -20,6 +19,7 @@ use crate::symbolize::Symbolizer;
 use crate::symbolize::GARBAGE_COLLECTOR;
 use crate::target::{Launched, Target, TargetError};
 
+use crate::session::Stopper;
 pub use crate::session::{monotonic_ns, StopReason};
 pub use files::{OutputFiles, OutputFormat};
 
@@ -205,12 +205,10 @@ async fn run(
     }
     let mut gc_events = Vec::new();
     let start_ns = monotonic_ns();
-    let started = Instant::now();
     let mut collection = Collection::default();
 
     let progress = progress_bar(options.quiet, target.pid);
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(RecordError::Runtime)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(RecordError::Runtime)?;
+    let mut stopper = Stopper::new(options.duration).map_err(RecordError::Runtime)?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let stop = loop {
         tokio::select! {
@@ -219,8 +217,7 @@ async fn run(
                 absorb(guard.get_inner_mut(), &mut collection, &mut symbolizer, &mut probe, target.pid)?;
                 guard.clear_ready();
             }
-            _ = interrupt.recv() => break StopReason::Interrupted,
-            _ = terminate.recv() => break StopReason::Terminated,
+            reason = stopper.signalled() => break reason,
             _ = tick.tick() => {
                 // The sampler wakes us only when its buffer fills: drain on the tick.
                 absorb(collector.get_mut(), &mut collection, &mut symbolizer, &mut probe, target.pid)?;
@@ -228,12 +225,8 @@ async fn run(
                     gc_events.extend(gc.drain(target.pid));
                 }
                 progress.set_message(format!("{} samples", collection.samples.len()));
-                if options.duration.is_some_and(|d| started.elapsed() >= d) {
-                    break StopReason::DurationElapsed;
-                }
-                // A launched child that exited stays a zombie until reaped: not alive.
-                if !target.is_alive() {
-                    break StopReason::TargetExited;
+                if let Some(reason) = stopper.due(target) {
+                    break reason;
                 }
             }
         }
