@@ -21,6 +21,11 @@
 //!
 //! Reported per variant: median target time, slowdown against the baseline
 //! median, median profiler CPU % of one core, highest peak RSS.
+//!
+//! Whole runs differ by a few % on a shared VM, too much to resolve a 1 %
+//! goal in a few rounds; `--paired` measures finer (see [`paired`]).
+
+mod paired;
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -43,11 +48,24 @@ pub struct BenchArgs {
     /// Rounds; each round runs every variant once.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Variants to run, comma-separated, from: nodeprof-99, nodeprof-999,
-    /// perf-99, perf-999, nodeprof-gc (the baseline always runs). Default:
-    /// the four record/perf variants, or nodeprof-gc with `--workload gc`.
+    /// Variants to run, comma-separated, from: nodeprof-HZ, perf-HZ (with
+    /// stacks, `-g`), perf-nostack-HZ (the sampling interrupt alone: the floor
+    /// any sampler pays), nodeprof-gc (the baseline always runs). Default:
+    /// nodeprof and perf at 99 and 999 Hz and perf-nostack-999, or nodeprof-gc
+    /// with `--workload gc`.
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
+    /// Instead of whole runs: one long run of the workload, each profiler
+    /// attached for `--window` seconds between windows without one; the
+    /// slowdown of each attached window is against the windows beside it.
+    #[arg(long)]
+    paired: bool,
+    /// With --paired: windows per variant.
+    #[arg(long, default_value_t = 30)]
+    cycles: usize,
+    /// With --paired: seconds per window.
+    #[arg(long, default_value_t = 2.0)]
+    window: f64,
     /// The workload: cpu (xtask/bench/cpu-bound.js) or gc (xtask/bench/gc-heavy.js).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gc"])]
     workload: String,
@@ -64,7 +82,7 @@ fn parse_variant(tag: &str) -> Result<Variant> {
         return Ok(Variant::NodeprofGc);
     }
     let (tool, hz) = tag
-        .split_once('-')
+        .rsplit_once('-')
         .with_context(|| format!("bad variant {tag:?}"))?;
     let hz: u32 = hz
         .parse()
@@ -72,7 +90,10 @@ fn parse_variant(tag: &str) -> Result<Variant> {
     match tool {
         "nodeprof" => Ok(Variant::Nodeprof(hz)),
         "perf" => Ok(Variant::Perf(hz)),
-        _ => bail!("unknown variant {tag:?} (nodeprof-HZ or perf-HZ)"),
+        "perf-nostack" => Ok(Variant::PerfNoStack(hz)),
+        _ => {
+            bail!("unknown variant {tag:?} (nodeprof-HZ, perf-HZ, perf-nostack-HZ or nodeprof-gc)")
+        }
     }
 }
 
@@ -94,15 +115,32 @@ enum Variant {
     Baseline,
     Nodeprof(u32),
     Perf(u32),
+    /// perf sampling without stacks: what the timer interrupt alone costs.
+    PerfNoStack(u32),
     NodeprofGc,
 }
 
 impl Variant {
+    /// The design card's slowdown goal, for nodeprof's variants.
+    fn slowdown_goal(self) -> Option<f64> {
+        match self {
+            Variant::Nodeprof(hz) if hz <= 99 => Some(GOAL_SLOWDOWN_99),
+            Variant::Nodeprof(_) => Some(GOAL_SLOWDOWN_999),
+            Variant::NodeprofGc => Some(GOAL_SLOWDOWN_GC),
+            Variant::Baseline | Variant::Perf(_) | Variant::PerfNoStack(_) => None,
+        }
+    }
+
+    fn is_perf(self) -> bool {
+        matches!(self, Variant::Perf(_) | Variant::PerfNoStack(_))
+    }
+
     fn label(self) -> String {
         match self {
             Variant::Baseline => "baseline (no profiler)".into(),
             Variant::Nodeprof(hz) => format!("nodeprof record -F {hz}"),
             Variant::Perf(hz) => format!("perf record -g -F {hz}"),
+            Variant::PerfNoStack(hz) => format!("perf record -F {hz}, no stacks"),
             Variant::NodeprofGc => "nodeprof gc".into(),
         }
     }
@@ -112,6 +150,7 @@ impl Variant {
             Variant::Baseline => "baseline".into(),
             Variant::Nodeprof(hz) => format!("nodeprof-{hz}"),
             Variant::Perf(hz) => format!("perf-{hz}"),
+            Variant::PerfNoStack(hz) => format!("perf-nostack-{hz}"),
             Variant::NodeprofGc => "nodeprof-gc".into(),
         }
     }
@@ -167,13 +206,21 @@ struct Setup {
 pub fn bench(args: &BenchArgs) -> Result<()> {
     ensure!(args.rounds >= 1, "--rounds must be at least 1");
     ensure!(args.seconds > 0.0, "--seconds must be positive");
+    ensure!(args.cycles >= 2, "--cycles must be at least 2");
+    ensure!(args.window >= 0.5, "--window must be at least 0.5 s");
     let mut variants = vec![Variant::Baseline];
     let default_variants: Vec<String> = if args.gc() {
         vec!["nodeprof-gc".into()]
     } else {
-        ["nodeprof-99", "nodeprof-999", "perf-99", "perf-999"]
-            .map(String::from)
-            .to_vec()
+        [
+            "nodeprof-99",
+            "nodeprof-999",
+            "perf-99",
+            "perf-999",
+            "perf-nostack-999",
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let tags = if args.variants.is_empty() {
         &default_variants
@@ -206,9 +253,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
     let perf = util::which("perf");
-    if perf.is_none() && variants.iter().any(|v| matches!(v, Variant::Perf(_))) {
+    if perf.is_none() && variants.iter().any(|v| v.is_perf()) {
         eprintln!("bench: perf not found: the perf variants are skipped");
-        variants.retain(|v| !matches!(v, Variant::Perf(_)));
+        variants.retain(|v| !v.is_perf());
     }
     let mut cx = Setup {
         node: util::which("node").context("node is not on PATH")?,
@@ -233,6 +280,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "{} was not built",
         cx.nodeprof.display()
     );
+    if args.paired {
+        let report = paired::run(args, &cx, &variants[1..])?;
+        let _ = fs::remove_dir_all(&cx.tmp);
+        println!();
+        println!("{report}");
+        let out = bench_dir.join(if args.gc() {
+            "gc-paired.md"
+        } else {
+            "record-paired.md"
+        });
+        fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
+        println!("bench: written to {}", out.display());
+        return Ok(());
+    }
     cx.units = calibrate(&cx, args.seconds)?;
     cx.rss_floor_mib = rss_floor()?;
     println!(
@@ -421,69 +482,13 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
         .context("reading the workload's ready line")?;
     ensure!(line.trim() == "ready", "workload did not start: {line:?}");
 
-    let profiler = match variant {
-        Variant::Baseline => None,
-        Variant::Nodeprof(hz) => {
-            let mut cmd = Command::new(&cx.nodeprof);
-            cmd.args([
-                "record",
-                "-p",
-                &node_pid.to_string(),
-                "-F",
-                &hz.to_string(),
-                "-o",
-            ])
-            .arg(cx.tmp.join(&tag))
-            .arg("--quiet");
-            Some(cmd)
-        }
-        Variant::NodeprofGc => {
-            let mut cmd = Command::new(&cx.nodeprof);
-            cmd.args(["gc", "-p", &node_pid.to_string(), "--json"]);
-            Some(cmd)
-        }
-        Variant::Perf(hz) => {
-            let mut cmd = Command::new(cx.perf.as_ref().expect("perf variants only with perf"));
-            cmd.args([
-                "record",
-                "-e",
-                "cpu-clock",
-                "-g",
-                "-F",
-                &hz.to_string(),
-                "-p",
-                &node_pid.to_string(),
-                "-o",
-            ])
-            .arg(cx.tmp.join(format!("{tag}.perf.data")));
-            Some(cmd)
-        }
+    let running = match profiler_command(cx, variant, node_pid, &tag) {
+        Some(cmd) => Some(start_profiler(cx, cmd, &tag, &mut reaper)?),
+        None => None,
     };
 
-    let mut running = None;
-    if let Some(mut cmd) = profiler {
-        let out_log = cx.tmp.join(format!("{tag}.stdout"));
-        let err_log = cx.tmp.join(format!("{tag}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&out_log)?)
-            .stderr(File::create(&err_log)?)
-            .current_dir(&cx.tmp);
-        let spawned = Instant::now();
-        let child: Child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", util::display(&cmd)))?;
-        let pid = child.id() as libc::pid_t;
-        // The child is reaped by `waiter` (wait4), never by `Child::wait`.
-        drop(child);
-        let (reaped_tx, reaped_rx) = mpsc::channel();
-        reaper.pids.push((pid, reaped_rx));
-        let exited = waiter(pid, reaped_tx);
-        wait_attached(pid, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
-        running = Some((pid, spawned, exited, err_log));
-    }
-
     // Go: the workload starts its timed work.
-    let profiler_pid = running.as_ref().map(|(pid, ..)| *pid);
+    let profiler_pid = running.as_ref().map(|p| p.pid);
     let cpu_at_go = profiler_pid.and_then(process_cpu_s);
     let go_at = Instant::now();
     {
@@ -508,26 +513,9 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
 
     let profiler = match running {
         None => None,
-        Some((pid, spawned, exited, err_log)) => {
-            let done = match exited.recv_timeout(EXIT_TIMEOUT) {
-                Ok(r) => r?,
-                Err(_) => {
-                    // SAFETY: our unreaped child.
-                    unsafe { libc::kill(pid, libc::SIGINT) };
-                    bail!(
-                        "the profiler did not exit within {} s after its target did{}",
-                        EXIT_TIMEOUT.as_secs(),
-                        tail(&err_log)
-                    );
-                }
-            };
-            if !(libc::WIFEXITED(done.status) && libc::WEXITSTATUS(done.status) == 0) {
-                bail!(
-                    "the profiler failed (wait status {:#x}){}",
-                    done.status,
-                    tail(&err_log)
-                );
-            }
+        Some(running) => {
+            let spawned = running.spawned;
+            let done = running.finish()?;
             let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
             Some(ProfilerUsage {
                 cpu_s: tv(done.usage.ru_utime) + tv(done.usage.ru_stime),
@@ -544,6 +532,137 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
         variant,
         target_ms,
         profiler,
+    })
+}
+
+/// The profiler command of `variant` on `pid`, writing under `cx.tmp` with
+/// names starting with `tag`; None for the baseline.
+fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -> Option<Command> {
+    let pid = pid.to_string();
+    let perf = || Command::new(cx.perf.as_ref().expect("perf variants only with perf"));
+    let perf_data = cx.tmp.join(format!("{tag}.perf.data"));
+    match variant {
+        Variant::Baseline => None,
+        Variant::Nodeprof(hz) => {
+            let mut cmd = Command::new(&cx.nodeprof);
+            cmd.args(["record", "-p", &pid, "-F", &hz.to_string(), "-o"])
+                .arg(cx.tmp.join(tag))
+                .arg("--quiet");
+            Some(cmd)
+        }
+        Variant::NodeprofGc => {
+            let mut cmd = Command::new(&cx.nodeprof);
+            cmd.args(["gc", "-p", &pid, "--json"]);
+            Some(cmd)
+        }
+        Variant::Perf(hz) => {
+            let mut cmd = perf();
+            cmd.args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-g",
+                "-F",
+                &hz.to_string(),
+                "-p",
+                &pid,
+                "-o",
+            ])
+            .arg(perf_data);
+            Some(cmd)
+        }
+        Variant::PerfNoStack(hz) => {
+            let mut cmd = perf();
+            cmd.args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                &hz.to_string(),
+                "-p",
+                &pid,
+                "-o",
+            ])
+            .arg(perf_data);
+            Some(cmd)
+        }
+    }
+}
+
+/// A profiler that has attached and is recording.
+struct Running {
+    pid: libc::pid_t,
+    spawned: Instant,
+    exited: mpsc::Receiver<std::io::Result<Exited>>,
+    err_log: PathBuf,
+}
+
+impl Running {
+    /// Waits for the profiler's exit (it stops by itself when its target
+    /// exits) and checks that it succeeded.
+    fn finish(self) -> Result<Exited> {
+        self.wait_exit(false)
+    }
+
+    /// Stops the profiler with SIGINT, as Ctrl-C would, and checks that it
+    /// succeeded: perf, once it has written its data, dies of the signal.
+    fn interrupt(self) -> Result<Exited> {
+        // SAFETY: plain syscall on our own unreaped child.
+        unsafe { libc::kill(self.pid, libc::SIGINT) };
+        self.wait_exit(true)
+    }
+
+    fn wait_exit(self, interrupted: bool) -> Result<Exited> {
+        let done = match self.exited.recv_timeout(EXIT_TIMEOUT) {
+            Ok(r) => r?,
+            Err(_) => {
+                // SAFETY: our unreaped child.
+                unsafe { libc::kill(self.pid, libc::SIGINT) };
+                bail!(
+                    "the profiler did not exit within {} s{}",
+                    EXIT_TIMEOUT.as_secs(),
+                    tail(&self.err_log)
+                );
+            }
+        };
+        let succeeded = (libc::WIFEXITED(done.status) && libc::WEXITSTATUS(done.status) == 0)
+            || (interrupted
+                && libc::WIFSIGNALED(done.status)
+                && libc::WTERMSIG(done.status) == libc::SIGINT);
+        ensure!(
+            succeeded,
+            "the profiler failed (wait status {:#x}){}",
+            done.status,
+            tail(&self.err_log)
+        );
+        Ok(done)
+    }
+}
+
+/// Starts `cmd` (output logs under `cx.tmp`) and waits until it has attached.
+fn start_profiler(cx: &Setup, mut cmd: Command, tag: &str, reaper: &mut Reaper) -> Result<Running> {
+    let out_log = cx.tmp.join(format!("{tag}.stdout"));
+    let err_log = cx.tmp.join(format!("{tag}.stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&out_log)?)
+        .stderr(File::create(&err_log)?)
+        .current_dir(&cx.tmp);
+    let spawned = Instant::now();
+    let child: Child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", util::display(&cmd)))?;
+    let pid = child.id() as libc::pid_t;
+    // The child is reaped by `waiter` (wait4), never by `Child::wait`.
+    drop(child);
+    let (reaped_tx, reaped_rx) = mpsc::channel();
+    reaper.pids.push((pid, reaped_rx));
+    let exited = waiter(pid, reaped_tx);
+    wait_attached(pid, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
+    Ok(Running {
+        pid,
+        spawned,
+        exited,
+        err_log,
     })
 }
 
@@ -741,11 +860,7 @@ fn report(
         let goals = match variant {
             Variant::Baseline => format!("run-to-run spread {base_spread:.1} %"),
             Variant::Nodeprof(hz) => {
-                let slowdown_goal = if hz <= 99 {
-                    GOAL_SLOWDOWN_99
-                } else {
-                    GOAL_SLOWDOWN_999
-                };
+                let slowdown_goal = variant.slowdown_goal().expect("nodeprof has goals");
                 let mut g = format!(
                     "slowdown ≤ {slowdown_goal} % {}",
                     mark(slowdown <= slowdown_goal)
@@ -761,10 +876,11 @@ fn report(
                 g
             }
             Variant::Perf(_) => "reference".into(),
-            Variant::NodeprofGc => format!(
-                "slowdown ≤ {GOAL_SLOWDOWN_GC} % {}",
-                mark(slowdown <= GOAL_SLOWDOWN_GC)
-            ),
+            Variant::PerfNoStack(_) => "floor: the sampling interrupt alone".into(),
+            Variant::NodeprofGc => {
+                let goal = variant.slowdown_goal().expect("nodeprof gc has a goal");
+                format!("slowdown ≤ {goal} % {}", mark(slowdown <= goal))
+            }
         };
         let (slowdown, cpu, recording_cpu, rss) = if variant == Variant::Baseline {
             (

@@ -1,0 +1,361 @@
+//! `cargo xtask bench --paired`: the slowdown measured in windows of one long
+//! run instead of whole runs.
+//!
+//! On this kind of machine (a VM on a shared host) whole runs of the same
+//! work differ by 2–6 %, and the drift is slow: neighbouring seconds are
+//! alike, minutes apart are not. So the workload runs once, for the whole
+//! bench (`harness.js --rate`: units of work done per 100 ms, with
+//! CLOCK_MONOTONIC stamps), and the bench alternates windows: none, a
+//! profiler attached, none, another profiler, none… Each attached window's
+//! work rate is compared with the two unattached windows beside it, which
+//! cancels the drift; the profiler starts before its window (it has
+//! attached: see `wait_attached`) and has exited before the next one, so
+//! start-up and the final symbolization fall outside every window. Reported
+//! per variant: the mean slowdown over its windows with a 95 % confidence
+//! interval, and its median.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use super::{
+    command_line, mark, median, profiler_command, remove_outputs, start_profiler, BenchArgs,
+    Reaper, Setup, Variant,
+};
+use crate::util;
+
+/// JIT warm-up of the workload before the first window.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// `(stamp ns, units done since the previous stamp)` lines of the workload.
+type Progress = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// One window of the run: which profiler was attached, and when.
+struct Window {
+    variant: Option<Variant>,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<String> {
+    ensure!(!variants.is_empty(), "--paired needs at least one variant");
+    let mut reaper = Reaper { pids: Vec::new() };
+    let mut node = Command::new(&cx.node)
+        .args(&cx.node_flags)
+        .arg(&cx.workload)
+        .arg("--rate")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the workload")?;
+    let node_pid = node.id() as libc::pid_t;
+    let (node_reaped_tx, node_reaped) = mpsc::channel();
+    reaper.pids.push((node_pid, node_reaped));
+    let progress: Progress = Arc::default();
+    let reader = {
+        let progress = Arc::clone(&progress);
+        let stdout = node.stdout.take().expect("piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut fields = line.split_whitespace().map(str::parse::<u64>);
+                if let (Some(Ok(stamp)), Some(Ok(units))) = (fields.next(), fields.next()) {
+                    progress.lock().expect("not poisoned").push((stamp, units));
+                }
+            }
+        })
+    };
+    thread::sleep(WARM_UP);
+
+    let window = Duration::from_secs_f64(args.window);
+    let mut windows = Vec::new();
+    let total = args.cycles * variants.len();
+    for cycle in 0..args.cycles {
+        let mut order = variants.to_vec();
+        order.rotate_left(cycle % variants.len());
+        for variant in order {
+            windows.push(measure(None, window));
+            let tag = format!("{}-w{}", variant.tag(), cycle + 1);
+            let cmd = profiler_command(cx, variant, node_pid, &tag).expect("not the baseline");
+            let running = start_profiler(cx, cmd, &tag, &mut reaper)
+                .with_context(|| format!("window {} {}", cycle + 1, variant.label()))?;
+            windows.push(measure(Some(variant), window));
+            running
+                .interrupt()
+                .with_context(|| format!("window {} {}", cycle + 1, variant.label()))?;
+            remove_outputs(&cx.tmp, &tag);
+            println!(
+                "bench: {}/{total} windows: {:<34} {:+.2} %",
+                windows.len() / 2,
+                variant.label(),
+                last_slowdown(&progress, &windows).unwrap_or(f64::NAN)
+            );
+        }
+    }
+    windows.push(measure(None, window));
+    let _ = node.kill();
+    let status = node.wait()?;
+    let _ = node_reaped_tx.send(());
+    let _ = reader.join();
+    let progress = progress.lock().expect("not poisoned").clone();
+    ensure!(
+        windows
+            .iter()
+            .all(|w| rate(&progress, w.start_ns, w.end_ns).is_some()),
+        "the workload stopped reporting its progress ({status})"
+    );
+    report(args, cx, variants, &progress, &windows)
+}
+
+fn measure(variant: Option<Variant>, length: Duration) -> Window {
+    let start_ns = monotonic_ns();
+    thread::sleep(length);
+    Window {
+        variant,
+        start_ns,
+        end_ns: monotonic_ns(),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the workload's `process.hrtime`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Units of work per second over the progress intervals that lie wholly
+/// inside `[start, end]`.
+fn rate(progress: &[(u64, u64)], start: u64, end: u64) -> Option<f64> {
+    let (mut units, mut ns) = (0u64, 0u64);
+    for pair in progress.windows(2) {
+        let ((from, _), (to, done)) = (pair[0], pair[1]);
+        if from >= start && to <= end {
+            units += done;
+            ns += to - from;
+        }
+    }
+    (ns > 0).then(|| units as f64 * 1e9 / ns as f64)
+}
+
+/// The slowdown (%) of attached window `i` against the unattached windows
+/// beside it.
+fn slowdown(progress: &[(u64, u64)], windows: &[Window], i: usize) -> Option<f64> {
+    let on = &windows[i];
+    let neighbours: Vec<f64> = [i.checked_sub(1), Some(i + 1)]
+        .into_iter()
+        .flatten()
+        .filter_map(|j| windows.get(j))
+        .filter(|w| w.variant.is_none())
+        .filter_map(|w| rate(progress, w.start_ns, w.end_ns))
+        .collect();
+    if neighbours.is_empty() {
+        return None;
+    }
+    let off = neighbours.iter().sum::<f64>() / neighbours.len() as f64;
+    Some(100.0 * (off / rate(progress, on.start_ns, on.end_ns)? - 1.0))
+}
+
+/// Progress line: the newest attached window against the one before it.
+fn last_slowdown(progress: &Progress, windows: &[Window]) -> Option<f64> {
+    let progress = progress.lock().expect("not poisoned");
+    slowdown(&progress, windows, windows.len().checked_sub(1)?)
+}
+
+/// Mean, standard deviation and the half-width of the 95 % confidence
+/// interval of the mean (Student's t).
+fn mean_ci95(values: &[f64]) -> (f64, f64, f64) {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return (mean, f64::NAN, f64::NAN);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let sd = var.sqrt();
+    (mean, sd, t95(n - 1) * sd / (n as f64).sqrt())
+}
+
+/// Two-sided 95 % quantile of Student's t with `df` degrees of freedom.
+fn t95(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13,
+        2.12, 2.11, 2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => TABLE[df - 1],
+        // Within 0.005 of the exact quantile above 30.
+        _ => 1.96 + 2.4 / df as f64,
+    }
+}
+
+fn report(
+    args: &BenchArgs,
+    cx: &Setup,
+    variants: &[Variant],
+    progress: &[(u64, u64)],
+    windows: &[Window],
+) -> Result<String> {
+    let mut md = String::new();
+    let workload = if args.gc() {
+        "gc-heavy.js"
+    } else {
+        "cpu-bound.js"
+    };
+    writeln!(
+        md,
+        "# nodeprof {} overhead, paired windows",
+        if args.gc() { "gc" } else { "record" }
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "`cargo xtask bench --paired --workload {} --cycles {} --window {} --variants {}` — {} — kernel {}, {} CPUs, node {}, nodeprof at {}.",
+        args.workload,
+        args.cycles,
+        args.window,
+        variants.iter().map(|v| v.tag()).collect::<Vec<_>>().join(","),
+        command_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        command_line(Command::new("uname").arg("-r")),
+        thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        command_line(Command::new(&cx.node).arg("--version")),
+        command_line(Command::new("git").args(["-C"]).arg(util::root()).args(["describe", "--always", "--dirty"])),
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Workload: one run of `node {}xtask/bench/{workload} --rate` (single thread, counts its units of work per 100 ms). \
+         Windows of {} s alternate: no profiler, then one variant attached (started and attached before its window, \
+         exited before the next), in rotating order. Slowdown of an attached window: the mean work rate of the \
+         unattached windows beside it / its own − 1. Per variant: mean over its {} windows ± the 95 % confidence \
+         interval of that mean, and the median. A goal is met (✅) when the whole interval is at or below it, \
+         missed (❌) when the whole interval is above it, undecided otherwise.",
+        cx.node_flags.iter().map(|f| format!("{f} ")).collect::<String>(),
+        args.window,
+        args.cycles
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| variant | slowdown % mean ± 95 % CI | median % | sd of one window % | windows | goal |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|---|")?;
+    for &variant in variants {
+        let mut values: Vec<f64> = windows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.variant == Some(variant))
+            .filter_map(|(i, _)| slowdown(progress, windows, i))
+            .collect();
+        let (mean, sd, ci) = mean_ci95(&values);
+        let med = median(&mut values);
+        let goal = match variant.slowdown_goal() {
+            Some(goal) if mean + ci <= goal => format!("≤ {goal} % {}", mark(true)),
+            Some(goal) if mean - ci > goal => format!("≤ {goal} % {}", mark(false)),
+            Some(goal) => format!("≤ {goal} %: undecided (the interval spans it)"),
+            None if matches!(variant, Variant::PerfNoStack(_)) => {
+                "floor: the sampling interrupt alone".into()
+            }
+            None => "reference".into(),
+        };
+        writeln!(
+            md,
+            "| {} | {mean:+.2} ± {ci:.2} | {med:+.2} | {sd:.2} | {} | {goal} |",
+            variant.label(),
+            values.len()
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "<details><summary>Every window (units of work per second)</summary>"
+    )?;
+    writeln!(md)?;
+    writeln!(md, "| # | variant | units/s | slowdown % |")?;
+    writeln!(md, "|---:|---|---:|---:|")?;
+    for (i, w) in windows.iter().enumerate() {
+        let units = rate(progress, w.start_ns, w.end_ns).unwrap_or(f64::NAN);
+        let (label, slowdown) = match w.variant {
+            Some(v) => (
+                v.label(),
+                format!("{:+.2}", slowdown(progress, windows, i).unwrap_or(f64::NAN)),
+            ),
+            None => ("none".to_string(), String::new()),
+        };
+        writeln!(md, "| {} | {label} | {units:.1} | {slowdown} |", i + 1)?;
+    }
+    writeln!(md)?;
+    writeln!(md, "</details>")?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_counts_only_intervals_inside_the_window() {
+        // 10 units per 100 ms, then 20 per 100 ms from 300 ms on.
+        let progress = [
+            (0, 0),
+            (100, 10),
+            (200, 10),
+            (300, 10),
+            (400, 20),
+            (500, 20),
+        ]
+        .map(|(ms, n)| (ms * 1_000_000, n));
+        assert_eq!(rate(&progress, 0, 300_000_000), Some(100.0));
+        assert_eq!(rate(&progress, 300_000_000, 500_000_000), Some(200.0));
+        // (250, 450) holds only the interval 300–400.
+        assert_eq!(rate(&progress, 250_000_000, 450_000_000), Some(200.0));
+        assert_eq!(rate(&progress, 110_000_000, 190_000_000), None);
+    }
+
+    #[test]
+    fn slowdown_is_against_both_neighbours() {
+        let progress: Vec<(u64, u64)> = (0..=30u64)
+            .map(|i| {
+                // 100 units per 100 ms, 80 in the middle second, 120 in the last.
+                let units = match i {
+                    0 => 0,
+                    11..=20 => 80,
+                    21..=30 => 120,
+                    _ => 100,
+                };
+                (i * 100_000_000, units)
+            })
+            .collect();
+        let second = |k: u64, variant| Window {
+            variant,
+            start_ns: k * 1_000_000_000,
+            end_ns: (k + 1) * 1_000_000_000,
+        };
+        let windows = [
+            second(0, None),
+            second(1, Some(Variant::Nodeprof(99))),
+            second(2, None),
+        ];
+        // Neighbours average 1100 units/s, the attached window did 800.
+        let s = slowdown(&progress, &windows, 1).unwrap();
+        assert!((s - 37.5).abs() < 1e-9, "{s}");
+    }
+
+    #[test]
+    fn confidence_interval_of_known_samples() {
+        let (mean, sd, ci) = mean_ci95(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(mean, 3.0);
+        assert!((sd - 2.5f64.sqrt()).abs() < 1e-12);
+        assert!((ci - 2.78 * 2.5f64.sqrt() / 5f64.sqrt()).abs() < 1e-12);
+        assert!((t95(60) - 2.0).abs() < 0.005);
+    }
+}
