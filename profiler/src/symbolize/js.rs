@@ -10,7 +10,8 @@ use nodeprof_common::V8ProbeConfig;
 
 use crate::profile::{Frame, FrameKind};
 use crate::v8::{
-    EmbeddedBlob, JsFunctionInfo, JsResolver, LayoutError, LayoutReport, ProcessMemory, V8Layout,
+    EmbeddedBlob, JsFunctionInfo, JsResolver, LayoutError, LayoutReport, Lookup, ProcessMemory,
+    V8Layout,
 };
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
@@ -66,14 +67,16 @@ impl JsNaming {
         if self.resolved.contains_key(&(sfi, fingerprint)) || self.resolved.len() >= MAX_RESOLVED {
             return;
         }
-        let info = self.resolver.resolve(sfi, fingerprint);
-        if self.resolver.should_retry() {
-            if !self.pending.contains(&(sfi, fingerprint)) && self.pending.len() < MAX_PENDING {
-                self.pending.push((sfi, fingerprint));
+        let id = match self.resolver.lookup(sfi, fingerprint) {
+            Lookup::Found(info) => self.intern(info),
+            Lookup::NotAFunction => None,
+            Lookup::TryLater => {
+                if !self.pending.contains(&(sfi, fingerprint)) && self.pending.len() < MAX_PENDING {
+                    self.pending.push((sfi, fingerprint));
+                }
+                return;
             }
-            return;
-        }
-        let id = info.and_then(|info| self.intern(info));
+        };
         self.resolved.insert((sfi, fingerprint), id);
     }
 

@@ -148,6 +148,22 @@ pub struct JsResolver<M: Memory> {
     line_table_tries: HashMap<u64, u8>,
 }
 
+/// What [`JsResolver::lookup`] made of a sampled frame's function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(JsFunctionInfo),
+    /// Not a live SharedFunctionInfo with that fingerprint: gone, moved or garbage.
+    NotAFunction,
+    /// A GC was moving its script while it was read: worth another try later.
+    TryLater,
+}
+
+impl From<Option<JsFunctionInfo>> for Lookup {
+    fn from(info: Option<JsFunctionInfo>) -> Self {
+        info.map_or(Lookup::NotAFunction, Lookup::Found)
+    }
+}
+
 /// Reads of a script's line table before nodeprof gives up on its positions.
 const LINE_TABLE_TRIES: u8 = 4;
 
@@ -196,27 +212,30 @@ impl<M: Memory> JsResolver<M> {
         self.scripts.clear();
     }
 
-    /// Whether the last [`JsResolver::resolve`] returned None only because a
-    /// GC was moving the script it read: worth another try later.
-    pub fn should_retry(&self) -> bool {
-        self.moved_while_reading
-    }
-
     /// Names the function of a sampled frame: `sfi` is the tagged
     /// SharedFunctionInfo address, `fingerprint` its `name_or_scope_info` word
-    /// at sample time. `None` when the SFI is gone, moved or garbage.
+    /// at sample time. `None` when the SFI is gone, moved or garbage, or
+    /// could not be read consistently now ([`JsResolver::lookup`] tells).
     pub fn resolve(&mut self, sfi: u64, fingerprint: u64) -> Option<JsFunctionInfo> {
+        match self.lookup(sfi, fingerprint) {
+            Lookup::Found(info) => Some(info),
+            Lookup::NotAFunction | Lookup::TryLater => None,
+        }
+    }
+
+    /// [`JsResolver::resolve`], telling a final "no" from "not now".
+    pub fn lookup(&mut self, sfi: u64, fingerprint: u64) -> Lookup {
         self.stats.lookups += 1;
         let key = (sfi, fingerprint);
         if let Some(hit) = self.functions.get(&key) {
             self.stats.cache_hits += 1;
-            return hit.clone();
+            return Lookup::from(hit.clone());
         }
         self.moved_while_reading = false;
         let info = self.resolve_uncached(sfi, fingerprint);
         if self.moved_while_reading {
-            // Not an answer: the next sample of this function tries again.
-            return None;
+            // Not an answer, and not cached: a later sample tries again.
+            return Lookup::TryLater;
         }
         if info.is_some() {
             self.stats.resolved += 1;
@@ -224,7 +243,7 @@ impl<M: Memory> JsResolver<M> {
             self.stats.failed += 1;
         }
         self.functions.insert(key, info.clone(), 1);
-        info
+        Lookup::from(info)
     }
 
     fn resolve_uncached(&mut self, sfi: u64, fingerprint: u64) -> Option<JsFunctionInfo> {
@@ -817,6 +836,32 @@ mod tests {
         let script = f.script;
         let s = sfi(&mut f, 0, si, script);
         let moved_to = string(&mut f.heap, SOURCE);
+        // A function of another script, whose source stays put.
+        let other_source = string(&mut f.heap, SOURCE);
+        let other_name = string(&mut f.heap, "/srv/other.js");
+        let other_script = f.heap.object_words(
+            SCRIPT,
+            &[
+                other_source,
+                other_name,
+                smi(0),
+                smi(0),
+                f.undefined,
+                smi(0),
+                f.undefined,
+                smi(43),
+            ],
+        );
+        let a_si = scope_info(
+            &mut f,
+            FUNCTION_SCOPE | FN_VAR_UNUSED,
+            0,
+            Some("a"),
+            None,
+            9,
+        );
+        let a = sfi(&mut f, 0, a_si, other_script);
+
         let source_slot = script - 1 + u64::from(layout.script.source);
         let mem = MovingSource {
             inner: &f.heap.mem,
@@ -825,12 +870,20 @@ mod tests {
             reads: std::cell::Cell::new(0),
         };
         let mut r = JsResolver::new(&mem, layout);
-        assert_eq!(r.resolve(s, si), None);
-        assert!(r.should_retry());
+        let found_a = Lookup::Found(JsFunctionInfo {
+            url: "file:///srv/other.js".into(),
+            script_id: 43,
+            ..info("a", 0, 9)
+        });
+        assert_eq!(r.lookup(a, a_si), found_a);
+        assert_eq!(r.lookup(s, si), Lookup::TryLater);
         assert_eq!(r.stats().scripts_moved, 1);
+        // A cached answer is not affected by the retry before it.
+        assert_eq!(r.lookup(a, a_si), found_a);
         // Settled: the same function resolves in full, from the moved source.
-        let info = r.resolve(s, si).expect("resolved on the second try");
-        assert!(!r.should_retry());
+        let Lookup::Found(info) = r.lookup(s, si) else {
+            panic!("not resolved on the second try");
+        };
         assert_eq!(info.name, "foo");
         assert_eq!((info.line, info.column), (Some(1), Some(12)));
     }

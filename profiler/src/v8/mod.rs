@@ -31,7 +31,7 @@ pub mod strings;
 
 pub use function::{
     frame_function, path_to_file_url, script_url, FrameFunction, JsFunctionInfo, JsResolver,
-    ResolverLimits, ResolverStats,
+    Lookup, ResolverLimits, ResolverStats,
 };
 pub use layout::{
     EmbeddedBlob, FieldReport, FieldSource, LayoutError, LayoutReport, V8Layout, V8Version,
