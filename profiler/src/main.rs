@@ -151,6 +151,10 @@ struct RecordArgs {
     /// No progress line.
     #[arg(short, long)]
     quiet: bool,
+    /// Do not trace garbage collection: no GC table, no pause samples under
+    /// `(garbage collector)`, and no uprobe trap per GC in the target.
+    #[arg(long)]
+    no_gc: bool,
     /// Command to launch and profile from its first instruction.
     #[arg(last = true)]
     command: Vec<String>,
@@ -278,6 +282,7 @@ fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
         formats: args.format,
         quiet: args.quiet,
         top: args.top,
+        trace_gc: !args.no_gc,
     };
     let recording = record::record(&options).context("recording failed")?;
     let why = recording.stop.describe();

@@ -518,6 +518,47 @@ fn record_prints_the_gc_table_and_marks_gc_samples() {
     );
 }
 
+/// `record --no-gc` samples without any GC probe in the target: no call
+/// tracer is loaded, and the summary has no GC table.
+#[test]
+fn record_without_gc_tracing_loads_no_uprobe() {
+    let _guard = serial();
+    require_root();
+    let dir = scratch_dir();
+    let target = Proc::node(&node20(), &[], "gc/churn.js", &["1500"], dir.path());
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let prefix = dir.path().join("rec");
+    let nodeprof = spawn_nodeprof(
+        &[
+            "record",
+            "--no-gc",
+            "-p",
+            &target.pid.to_string(),
+            "-F",
+            "499",
+            "-o",
+            prefix.to_str().unwrap(),
+            "--format",
+            "folded",
+        ],
+        dir.path(),
+    );
+    nodeprof.wait_sampling(READY_TIMEOUT);
+    assert!(nodeprof::probe::sampler_loaded());
+    assert!(!nodeprof::probe::call_tracer_loaded());
+    target.signal(libc::SIGUSR2);
+    target.wait_for_line("go", READY_TIMEOUT);
+    while target.next_line(RUN_TIMEOUT).is_some() {}
+    let run = nodeprof.finish(RUN_TIMEOUT);
+    run.assert_success();
+    assert!(run.summary_samples() > 100, "{}", run.stdout);
+    assert!(
+        !run.stdout.lines().any(|l| l.starts_with("GC: ")),
+        "a GC table without GC tracing:\n{}",
+        run.stdout
+    );
+}
+
 /// Each isolate has its own GC tracer: a Worker's GCs are traced apart from
 /// the main thread's, on the Worker's thread, and both match `--trace-gc`
 /// (which prints each isolate's lines with its own address).

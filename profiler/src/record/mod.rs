@@ -55,6 +55,8 @@ pub struct RecordOptions {
     pub quiet: bool,
     /// Top functions in the printed summary.
     pub top: usize,
+    /// Trace GC pauses (uprobes in V8) besides sampling.
+    pub trace_gc: bool,
 }
 
 pub struct Recording {
@@ -177,6 +179,7 @@ async fn run(
         }
     }
     let mut gc = match launched.as_ref() {
+        None if !options.trace_gc => None,
         // Any binary with V8's GC functions, whatever its name.
         None => trace_gc(
             &mut probe,
@@ -198,8 +201,10 @@ async fn run(
         symbolizer.preload_executable(&child.program);
         if let Some(config) = symbolizer.take_probe_config() {
             probe.set_v8_config(target.pid, config)?;
-            // A node program: its GCs too, probed in the file it is about to exec.
-            gc = trace_gc(&mut probe, target.pid, &child.program, true);
+            if options.trace_gc {
+                // A node program: its GCs too, probed in the file it is about to exec.
+                gc = trace_gc(&mut probe, target.pid, &child.program, true);
+            }
         }
         child.release()?;
     }
