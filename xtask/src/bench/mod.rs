@@ -75,6 +75,43 @@ impl BenchArgs {
     fn gc(&self) -> bool {
         self.workload == "gc"
     }
+
+    /// The workload's file name under `xtask/bench/`.
+    fn workload_file(&self) -> &'static str {
+        if self.gc() {
+            "gc-heavy.js"
+        } else {
+            "cpu-bound.js"
+        }
+    }
+
+    /// What the report is about: the nodeprof command measured.
+    fn subject(&self) -> &'static str {
+        if self.gc() {
+            "gc"
+        } else {
+            "record"
+        }
+    }
+}
+
+/// Where a report was measured: date, kernel, CPUs, node, nodeprof's commit.
+fn machine_line(cx: &Setup) -> String {
+    format!(
+        "{} — kernel {}, {} CPUs, node {}, nodeprof at {}",
+        command_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        command_line(Command::new("uname").arg("-r")),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        command_line(Command::new(&cx.node).arg("--version")),
+        command_line(
+            Command::new("git")
+                .args(["-C"])
+                .arg(util::root())
+                .args(["describe", "--always", "--dirty"])
+        ),
+    )
 }
 
 fn parse_variant(tag: &str) -> Result<Variant> {
@@ -264,11 +301,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         } else {
             Vec::new()
         },
-        workload: util::root().join(if args.gc() {
-            "xtask/bench/gc-heavy.js"
-        } else {
-            "xtask/bench/cpu-bound.js"
-        }),
+        workload: util::root().join("xtask/bench").join(args.workload_file()),
         nodeprof: util::target_dir().join("release/nodeprof"),
         perf,
         tmp,
@@ -285,11 +318,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let _ = fs::remove_dir_all(&cx.tmp);
         println!();
         println!("{report}");
-        let out = bench_dir.join(if args.gc() {
-            "gc-paired.md"
-        } else {
-            "record-paired.md"
-        });
+        let out = bench_dir.join(format!("{}-paired.md", args.subject()));
         fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
         println!("bench: written to {}", out.display());
         return Ok(());
@@ -336,7 +365,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let report = report(args, &cx, &variants, &runs, started.elapsed())?;
     println!();
     println!("{report}");
-    let out = bench_dir.join(if args.gc() { "gc.md" } else { "record.md" });
+    let out = bench_dir.join(format!("{}.md", args.subject()));
     fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
     println!("bench: written to {}", out.display());
     Ok(())
@@ -539,8 +568,6 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
 /// names starting with `tag`; None for the baseline.
 fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -> Option<Command> {
     let pid = pid.to_string();
-    let perf = || Command::new(cx.perf.as_ref().expect("perf variants only with perf"));
-    let perf_data = cx.tmp.join(format!("{tag}.perf.data"));
     match variant {
         Variant::Baseline => None,
         Variant::Nodeprof(hz) => {
@@ -555,24 +582,8 @@ fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -
             cmd.args(["gc", "-p", &pid, "--json"]);
             Some(cmd)
         }
-        Variant::Perf(hz) => {
-            let mut cmd = perf();
-            cmd.args([
-                "record",
-                "-e",
-                "cpu-clock",
-                "-g",
-                "-F",
-                &hz.to_string(),
-                "-p",
-                &pid,
-                "-o",
-            ])
-            .arg(perf_data);
-            Some(cmd)
-        }
-        Variant::PerfNoStack(hz) => {
-            let mut cmd = perf();
+        Variant::Perf(hz) | Variant::PerfNoStack(hz) => {
+            let mut cmd = Command::new(cx.perf.as_ref().expect("perf variants only with perf"));
             cmd.args([
                 "record",
                 "-e",
@@ -581,9 +592,11 @@ fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -
                 &hz.to_string(),
                 "-p",
                 &pid,
-                "-o",
-            ])
-            .arg(perf_data);
+            ]);
+            if matches!(variant, Variant::Perf(_)) {
+                cmd.arg("-g");
+            }
+            cmd.arg("-o").arg(cx.tmp.join(format!("{tag}.perf.data")));
             Some(cmd)
         }
     }
@@ -795,29 +808,17 @@ fn report(
     };
 
     let mut md = String::new();
-    let workload = if args.gc() {
-        "gc-heavy.js"
-    } else {
-        "cpu-bound.js"
-    };
-    writeln!(
-        md,
-        "# nodeprof {} overhead",
-        if args.gc() { "gc" } else { "record" }
-    )?;
+    let workload = args.workload_file();
+    writeln!(md, "# nodeprof {} overhead", args.subject())?;
     writeln!(md)?;
     writeln!(
         md,
-        "`cargo xtask bench --workload {} --seconds {} --rounds {} --variants {}` — {} — kernel {}, {} CPUs, node {}, nodeprof at {} — took {:.0} s.",
+        "`cargo xtask bench --workload {} --seconds {} --rounds {} --variants {}` — {} — took {:.0} s.",
         args.workload,
         args.seconds,
         args.rounds,
         variants.iter().skip(1).map(|v| v.tag()).collect::<Vec<_>>().join(","),
-        command_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
-        command_line(Command::new("uname").arg("-r")),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        command_line(Command::new(&cx.node).arg("--version")),
-        command_line(Command::new("git").args(["-C"]).arg(util::root()).args(["describe", "--always", "--dirty"])),
+        machine_line(cx),
         took.as_secs_f64()
     )?;
     writeln!(md)?;

@@ -24,10 +24,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use super::{
-    command_line, mark, median, profiler_command, remove_outputs, start_profiler, BenchArgs,
+    machine_line, mark, median, profiler_command, remove_outputs, start_profiler, BenchArgs,
     Reaper, Setup, Variant,
 };
-use crate::util;
 
 /// JIT warm-up of the workload before the first window.
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -206,29 +205,21 @@ fn report(
     windows: &[Window],
 ) -> Result<String> {
     let mut md = String::new();
-    let workload = if args.gc() {
-        "gc-heavy.js"
-    } else {
-        "cpu-bound.js"
-    };
-    writeln!(
-        md,
-        "# nodeprof {} overhead, paired windows",
-        if args.gc() { "gc" } else { "record" }
-    )?;
+    let workload = args.workload_file();
+    writeln!(md, "# nodeprof {} overhead, paired windows", args.subject())?;
     writeln!(md)?;
     writeln!(
         md,
-        "`cargo xtask bench --paired --workload {} --cycles {} --window {} --variants {}` — {} — kernel {}, {} CPUs, node {}, nodeprof at {}.",
+        "`cargo xtask bench --paired --workload {} --cycles {} --window {} --variants {}` — {}.",
         args.workload,
         args.cycles,
         args.window,
-        variants.iter().map(|v| v.tag()).collect::<Vec<_>>().join(","),
-        command_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
-        command_line(Command::new("uname").arg("-r")),
-        thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        command_line(Command::new(&cx.node).arg("--version")),
-        command_line(Command::new("git").args(["-C"]).arg(util::root()).args(["describe", "--always", "--dirty"])),
+        variants
+            .iter()
+            .map(|v| v.tag())
+            .collect::<Vec<_>>()
+            .join(","),
+        machine_line(cx),
     )?;
     writeln!(md)?;
     writeln!(
