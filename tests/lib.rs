@@ -636,6 +636,16 @@ impl NodeprofProc {
     }
 }
 
+/// `nodeprof record -q -p PID -o PREFIX`, then `extra` (`-F 999`, `-d 2`…).
+pub fn record_args(pid: u32, prefix: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["record", "-q", "-p", &pid.to_string(), "-o"]
+        .map(String::from)
+        .to_vec();
+    args.push(prefix.display().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// Runs `nodeprof ARGS...` to completion (at most `timeout`).
 pub fn run_nodeprof<S: AsRef<OsStr>>(args: &[S], dir: &Path, timeout: Duration) -> Run {
     spawn_nodeprof(args, dir).finish(timeout)

@@ -443,15 +443,7 @@ fn record_prints_the_gc_table_and_marks_gc_samples() {
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("rec");
     let nodeprof = spawn_nodeprof(
-        &[
-            "record",
-            "-p",
-            &target.pid.to_string(),
-            "-F",
-            "499",
-            "-o",
-            prefix.to_str().unwrap(),
-        ],
+        &record_args(target.pid, &prefix, &["-F", "499"]),
         dir.path(),
     );
     nodeprof.wait_sampling(READY_TIMEOUT);
@@ -529,18 +521,11 @@ fn record_without_gc_tracing_loads_no_uprobe() {
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("rec");
     let nodeprof = spawn_nodeprof(
-        &[
-            "record",
-            "--no-gc",
-            "-p",
-            &target.pid.to_string(),
-            "-F",
-            "499",
-            "-o",
-            prefix.to_str().unwrap(),
-            "--format",
-            "folded",
-        ],
+        &record_args(
+            target.pid,
+            &prefix,
+            &["--no-gc", "-F", "499", "--format", "folded"],
+        ),
         dir.path(),
     );
     nodeprof.wait_sampling(READY_TIMEOUT);

@@ -517,18 +517,11 @@ fn record_attached(target: &Proc, go: &Path, dir: &Path, name: &str) -> (Run, Ou
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.join(name);
     let np = spawn_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-F"),
-            s(999),
-            s("--format"),
-            s("cpuprofile,folded"),
-            s("-o"),
-            s(prefix.display()),
-            s("-p"),
-            s(target.pid),
-        ],
+        &record_args(
+            target.pid,
+            &prefix,
+            &["-F", "999", "--format", "cpuprofile,folded"],
+        ),
         dir,
     );
     np.wait_sampling(RUN_TIMEOUT);

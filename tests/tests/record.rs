@@ -157,18 +157,11 @@ fn sample_rate_attempt(busy_threads: u32, hz: u64, seconds: u64) -> Result<(), S
     let prefix = dir.path().join("rate");
     let before = monotonic_us();
     let np = spawn_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-F"),
-            s(hz),
-            s("-d"),
-            s(seconds),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(
+            target.pid,
+            &prefix,
+            &["-F", &hz.to_string(), "-d", &seconds.to_string()],
+        ),
         dir.path(),
     );
     let cpus = np.measure_sampled_cpus(target.pid, RUN_TIMEOUT);
@@ -220,16 +213,7 @@ fn attach_by_pid_names_native_frames_and_outputs_agree() {
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("attach");
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("2"),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(target.pid, &prefix, &["-d", "2"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -426,19 +410,7 @@ fn worker_thread_appears_with_its_name_on_node_24() {
     );
     let tid = worker_tids[0];
     let prefix = dir.path().join("worker24");
-    let np = spawn_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("2"),
-            s("-o"),
-            s(prefix.display()),
-        ],
-        dir.path(),
-    );
+    let np = spawn_nodeprof(&record_args(target.pid, &prefix, &["-d", "2"]), dir.path());
     let cpus = np.measure_sampled_thread_cpus(target.pid, RUN_TIMEOUT);
     let run = np.finish(RUN_TIMEOUT);
     run.assert_success();
@@ -493,19 +465,7 @@ fn worker_thread_appears_as_second_thread_on_node_20() {
     let target = Proc::node(&node20(), &[], "busy.js", &["4", "2"], dir.path());
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("worker20");
-    let np = spawn_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("2"),
-            s("-o"),
-            s(prefix.display()),
-        ],
-        dir.path(),
-    );
+    let np = spawn_nodeprof(&record_args(target.pid, &prefix, &["-d", "2"]), dir.path());
     let cpus = np.measure_sampled_thread_cpus(target.pid, RUN_TIMEOUT);
     let run = np.finish(RUN_TIMEOUT);
     run.assert_success();
@@ -759,14 +719,7 @@ fn target_exit_ends_the_recording() {
     let prefix = dir.path().join("exit");
     let started = Instant::now();
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(target.pid, &prefix, &[]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -806,17 +759,7 @@ fn sigkill_leaves_no_sampler_loaded() {
     let target = Proc::node(&node20(), &[], "busy.js", &["10"], dir.path());
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("killed");
-    let np = spawn_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-o"),
-            s(prefix.display()),
-        ],
-        dir.path(),
-    );
+    let np = spawn_nodeprof(&record_args(target.pid, &prefix, &[]), dir.path());
     np.wait_sampling(Duration::from_secs(10));
     assert!(
         sampler_loaded(),
@@ -928,16 +871,7 @@ fn target_in_pid_and_mount_namespace_is_profiled_with_its_perf_map() {
 
     let prefix = dir.path().join("ns");
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(host_pid),
-            s("-d"),
-            s("2"),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(host_pid, &prefix, &["-d", "2"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -985,16 +919,7 @@ fn perf_map_names_jit_frames() {
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("perfmap");
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("2"),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(target.pid, &prefix, &["-d", "2"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -1023,16 +948,7 @@ fn kernel_frames_of_syscalls_are_recorded() {
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("kernel");
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("2"),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(target.pid, &prefix, &["-d", "2"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -1094,16 +1010,7 @@ fn missing_pids_are_one_line_errors() {
     child.wait().unwrap();
     assert!(!Path::new(&format!("/proc/{dead}")).exists());
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(dead),
-            s("-d"),
-            s("1"),
-            s("-o"),
-            s(dir.path().join("b").display()),
-        ],
+        &record_args(dead, &dir.path().join("b"), &["-d", "1"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -1136,16 +1043,7 @@ fn bad_output_paths_are_one_line_errors_and_nothing_is_overwritten() {
     fs::write(&existing, "keep me\n").unwrap();
     let prefix = dir.path().join("existing");
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("1"),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(target.pid, &prefix, &["-d", "1"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -1166,16 +1064,7 @@ fn bad_output_paths_are_one_line_errors_and_nothing_is_overwritten() {
     let victim = dir.path().join("victim");
     symlink(&victim, dir.path().join("link.cpuprofile")).unwrap();
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("1"),
-            s("-o"),
-            s(dir.path().join("link").display()),
-        ],
+        &record_args(target.pid, &dir.path().join("link"), &["-d", "1"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -1233,16 +1122,7 @@ fn not_root_is_a_one_line_error_mentioning_sudo() {
         .arg(nodeprof_bin());
     let np = spawn_nodeprof_with(
         cmd,
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("1"),
-            s("-o"),
-            s(out_dir.join("x").display()),
-        ],
+        &record_args(target.pid, &out_dir.join("x"), &["-d", "1"]),
         dir.path(),
     );
     let run = np.finish(RUN_TIMEOUT);
@@ -1264,16 +1144,7 @@ fn non_node_target_is_profiled_natively_with_a_warning() {
     let target = Proc::spawn(cmd);
     let prefix = dir.path().join("sh");
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("1"),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(target.pid, &prefix, &["-d", "1"]),
         dir.path(),
         RUN_TIMEOUT,
     );
@@ -1317,16 +1188,7 @@ fn warnings_are_plain_text_when_stderr_is_not_a_terminal() {
     let target = Proc::spawn(cmd);
     let prefix = dir.path().join("plain");
     let run = run_nodeprof(
-        &[
-            s("record"),
-            s("-q"),
-            s("-p"),
-            s(target.pid),
-            s("-d"),
-            s("0.5"),
-            s("-o"),
-            s(prefix.display()),
-        ],
+        &record_args(target.pid, &prefix, &["-d", "0.5"]),
         dir.path(),
         RUN_TIMEOUT,
     );

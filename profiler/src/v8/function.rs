@@ -653,13 +653,12 @@ mod tests {
         undefined: u64,
     }
 
-    fn fixture() -> Fixture {
-        let mut heap = FakeHeap::default();
-        let undefined = heap.object_words(ODDBALL, &[0, 0]);
-        let source = string(&mut heap, SOURCE);
-        let name = string(&mut heap, "/srv/my app/index.js");
+    /// A Script of SOURCE named `path`, without a line-end table yet.
+    fn script_object(heap: &mut FakeHeap, path: &str, id: i32, undefined: u64) -> u64 {
+        let source = string(heap, SOURCE);
+        let name = string(heap, path);
         // source, name, line_offset, column_offset, context_data, type, line_ends, id
-        let script = heap.object_words(
+        heap.object_words(
             SCRIPT,
             &[
                 source,
@@ -669,9 +668,15 @@ mod tests {
                 undefined,
                 smi(0),
                 undefined,
-                smi(42),
+                smi(id),
             ],
-        );
+        )
+    }
+
+    fn fixture() -> Fixture {
+        let mut heap = FakeHeap::default();
+        let undefined = heap.object_words(ODDBALL, &[0, 0]);
+        let script = script_object(&mut heap, "/srv/my app/index.js", 42, undefined);
         Fixture {
             heap,
             script,
@@ -837,21 +842,7 @@ mod tests {
         let s = sfi(&mut f, 0, si, script);
         let moved_to = string(&mut f.heap, SOURCE);
         // A function of another script, whose source stays put.
-        let other_source = string(&mut f.heap, SOURCE);
-        let other_name = string(&mut f.heap, "/srv/other.js");
-        let other_script = f.heap.object_words(
-            SCRIPT,
-            &[
-                other_source,
-                other_name,
-                smi(0),
-                smi(0),
-                f.undefined,
-                smi(0),
-                f.undefined,
-                smi(43),
-            ],
-        );
+        let other_script = script_object(&mut f.heap, "/srv/other.js", 43, f.undefined);
         let a_si = scope_info(
             &mut f,
             FUNCTION_SCOPE | FN_VAR_UNUSED,
