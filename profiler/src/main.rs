@@ -151,8 +151,10 @@ struct RecordArgs {
     /// No progress line.
     #[arg(short, long)]
     quiet: bool,
-    /// Do not trace garbage collection: no GC table, no pause samples under
-    /// `(garbage collector)`, and no uprobe trap per GC in the target.
+    /// Do not trace garbage collection: no GC table, and no uprobe trap per
+    /// GC in the target. Samples whose stack shows V8's GC functions still
+    /// sit under `(garbage collector)`; those the pause alone placed there
+    /// (the frame walk missed the GC frames) do not.
     #[arg(long)]
     no_gc: bool,
     /// Command to launch and profile from its first instruction.

@@ -30,6 +30,7 @@ mod paired;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -492,18 +493,12 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
     let tag = format!("{}-r{}", variant.tag(), round + 1);
     let mut reaper = Reaper { pids: Vec::new() };
 
-    let mut node = Command::new(&cx.node)
-        .args(&cx.node_flags)
-        .arg(&cx.workload)
-        .args(["--units", &cx.units.to_string(), "--wait-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the workload")?;
+    let (mut node, node_reaped_tx) = spawn_workload(
+        cx,
+        &["--units", &cx.units.to_string(), "--wait-stdin"],
+        &mut reaper,
+    )?;
     let node_pid = node.id() as libc::pid_t;
-    let (node_reaped_tx, node_reaped) = mpsc::channel();
-    reaper.pids.push((node_pid, node_reaped));
     let mut stdout = BufReader::new(node.stdout.take().expect("piped"));
     let mut line = String::new();
     stdout
@@ -564,6 +559,27 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
     })
 }
 
+/// Starts the workload with `args` (stdin and stdout piped), registered with
+/// `reaper`; send on the returned channel once it is reaped.
+fn spawn_workload(
+    cx: &Setup,
+    args: &[&str],
+    reaper: &mut Reaper,
+) -> Result<(Child, mpsc::Sender<()>)> {
+    let node = Command::new(&cx.node)
+        .args(&cx.node_flags)
+        .arg(&cx.workload)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the workload")?;
+    let (reaped_tx, reaped) = mpsc::channel();
+    reaper.pids.push((node.id() as libc::pid_t, reaped));
+    Ok((node, reaped_tx))
+}
+
 /// The profiler command of `variant` on `pid`, writing under `cx.tmp` with
 /// names starting with `tag`; None for the baseline.
 fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -> Option<Command> {
@@ -605,6 +621,9 @@ fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -
 /// A profiler that has attached and is recording.
 struct Running {
     pid: libc::pid_t,
+    /// Signals go through a pidfd: once the waiter thread has reaped the
+    /// profiler, its pid may be another process's.
+    pidfd: OwnedFd,
     spawned: Instant,
     exited: mpsc::Receiver<std::io::Result<Exited>>,
     err_log: PathBuf,
@@ -614,32 +633,54 @@ impl Running {
     /// Waits for the profiler's exit (it stops by itself when its target
     /// exits) and checks that it succeeded.
     fn finish(self) -> Result<Exited> {
-        self.wait_exit(false)
+        let done = self.wait()?;
+        self.check(done, false)
     }
 
     /// Stops the profiler with SIGINT, as Ctrl-C would, and checks that it
-    /// succeeded: perf, once it has written its data, dies of the signal.
-    fn interrupt(self) -> Result<Exited> {
-        // SAFETY: plain syscall on our own unreaped child.
-        unsafe { libc::kill(self.pid, libc::SIGINT) };
-        self.wait_exit(true)
+    /// succeeded; `dies_of_sigint`: perf, once it has written its data,
+    /// re-raises the signal.
+    fn interrupt(self, dies_of_sigint: bool) -> Result<Exited> {
+        // SAFETY: plain syscall on a pidfd we own; a null siginfo is allowed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGINT,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        let done = self.wait()?;
+        self.check(done, dies_of_sigint)
     }
 
-    fn wait_exit(self, interrupted: bool) -> Result<Exited> {
-        let done = match self.exited.recv_timeout(EXIT_TIMEOUT) {
-            Ok(r) => r?,
+    fn wait(&self) -> Result<Exited> {
+        match self.exited.recv_timeout(EXIT_TIMEOUT) {
+            Ok(r) => Ok(r?),
             Err(_) => {
-                // SAFETY: our unreaped child.
-                unsafe { libc::kill(self.pid, libc::SIGINT) };
+                // SAFETY: as in `interrupt`.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        self.pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
                 bail!(
                     "the profiler did not exit within {} s{}",
                     EXIT_TIMEOUT.as_secs(),
                     tail(&self.err_log)
                 );
             }
-        };
+        }
+    }
+
+    fn check(&self, done: Exited, dies_of_sigint: bool) -> Result<Exited> {
         let succeeded = (libc::WIFEXITED(done.status) && libc::WEXITSTATUS(done.status) == 0)
-            || (interrupted
+            || (dies_of_sigint
                 && libc::WIFSIGNALED(done.status)
                 && libc::WTERMSIG(done.status) == libc::SIGINT);
         ensure!(
@@ -665,14 +706,21 @@ fn start_profiler(cx: &Setup, mut cmd: Command, tag: &str, reaper: &mut Reaper) 
         .spawn()
         .with_context(|| format!("cannot start `{}`", util::display(&cmd)))?;
     let pid = child.id() as libc::pid_t;
-    // The child is reaped by `waiter` (wait4), never by `Child::wait`.
+    // The child is reaped by `waiter` (wait4), never by `Child::wait`; until
+    // then its pid is ours, so the pidfd names it.
     drop(child);
+    // SAFETY: plain syscall; a returned descriptor is ours to own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    ensure!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let (reaped_tx, reaped_rx) = mpsc::channel();
     reaper.pids.push((pid, reaped_rx));
     let exited = waiter(pid, reaped_tx);
     wait_attached(pid, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
     Ok(Running {
         pid,
+        pidfd,
         spawned,
         exited,
         err_log,

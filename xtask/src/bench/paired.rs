@@ -7,29 +7,34 @@
 //! bench (`harness.js --rate`: units of work done per 100 ms, with
 //! CLOCK_MONOTONIC stamps), and the bench alternates windows: none, a
 //! profiler attached, none, another profiler, none… Each attached window's
-//! work rate is compared with the two unattached windows beside it, which
-//! cancels the drift; the profiler starts before its window (it has
-//! attached: see `wait_attached`) and has exited before the next one, so
-//! start-up and the final symbolization fall outside every window. Reported
-//! per variant: the mean slowdown over its windows with a 95 % confidence
-//! interval, and its median.
+//! work rate is compared with the unattached rate interpolated at its middle
+//! from the two windows beside it, which cancels the drift. The profiler
+//! starts before its window (it has attached, see `wait_attached`, and had
+//! [`SETTLE`] more to name the functions it first sees) and has exited
+//! before the next one, so start-up and the final symbolization fall outside
+//! every window. No two windows of one variant share a neighbour, so their
+//! slowdowns are independent samples. Reported per variant: the mean
+//! slowdown over its windows with a 95 % confidence interval, and its median.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
 use super::{
-    machine_line, mark, median, profiler_command, remove_outputs, start_profiler, BenchArgs,
-    Reaper, Setup, Variant,
+    machine_line, mark, median, profiler_command, remove_outputs, spawn_workload, start_profiler,
+    BenchArgs, Reaper, Setup, Variant,
 };
 
 /// JIT warm-up of the workload before the first window.
 const WARM_UP: Duration = Duration::from_secs(3);
+/// Between a profiler's attach and its window: its first samples name every
+/// function they meet, reading the target's memory; a long recording does
+/// that once.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// `(stamp ns, units done since the previous stamp)` lines of the workload.
 type Progress = Arc<Mutex<Vec<(u64, u64)>>>;
@@ -44,18 +49,8 @@ struct Window {
 pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<String> {
     ensure!(!variants.is_empty(), "--paired needs at least one variant");
     let mut reaper = Reaper { pids: Vec::new() };
-    let mut node = Command::new(&cx.node)
-        .args(&cx.node_flags)
-        .arg(&cx.workload)
-        .arg("--rate")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the workload")?;
+    let (mut node, node_reaped_tx) = spawn_workload(cx, &["--rate"], &mut reaper)?;
     let node_pid = node.id() as libc::pid_t;
-    let (node_reaped_tx, node_reaped) = mpsc::channel();
-    reaper.pids.push((node_pid, node_reaped));
     let progress: Progress = Arc::default();
     let reader = {
         let progress = Arc::clone(&progress);
@@ -74,18 +69,29 @@ pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<
     let window = Duration::from_secs_f64(args.window);
     let mut windows = Vec::new();
     let total = args.cycles * variants.len();
+    let mut previous = None;
     for cycle in 0..args.cycles {
         let mut order = variants.to_vec();
-        order.rotate_left(cycle % variants.len());
+        // Rotating two variants would put the same one on both sides of a
+        // cycle's boundary; alternating them fixed is already fair.
+        if variants.len() > 2 {
+            order.rotate_left(cycle % variants.len());
+        }
         for variant in order {
+            if previous == Some(variant) {
+                // Its last window's neighbour must not be this one's too.
+                windows.push(measure(None, window));
+            }
+            previous = Some(variant);
             windows.push(measure(None, window));
             let tag = format!("{}-w{}", variant.tag(), cycle + 1);
             let cmd = profiler_command(cx, variant, node_pid, &tag).expect("not the baseline");
             let running = start_profiler(cx, cmd, &tag, &mut reaper)
                 .with_context(|| format!("window {} {}", cycle + 1, variant.label()))?;
+            thread::sleep(SETTLE);
             windows.push(measure(Some(variant), window));
             running
-                .interrupt()
+                .interrupt(variant.is_perf())
                 .with_context(|| format!("window {} {}", cycle + 1, variant.label()))?;
             remove_outputs(&cx.tmp, &tag);
             println!(
@@ -132,36 +138,43 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Units of work per second over the progress intervals that lie wholly
-/// inside `[start, end]`.
+/// Units of work per second in `[start, end]`: the progress intervals
+/// inside it, and the share of those crossing its edges in proportion to
+/// their overlap (an interval stretched by a pause is not dropped more often).
 fn rate(progress: &[(u64, u64)], start: u64, end: u64) -> Option<f64> {
-    let (mut units, mut ns) = (0u64, 0u64);
+    let (mut units, mut ns) = (0f64, 0u64);
     for pair in progress.windows(2) {
         let ((from, _), (to, done)) = (pair[0], pair[1]);
-        if from >= start && to <= end {
-            units += done;
-            ns += to - from;
+        let overlap = to.min(end).saturating_sub(from.max(start));
+        if overlap > 0 {
+            units += done as f64 * overlap as f64 / (to - from) as f64;
+            ns += overlap;
         }
     }
-    (ns > 0).then(|| units as f64 * 1e9 / ns as f64)
+    (ns > 0).then(|| units * 1e9 / ns as f64)
 }
 
-/// The slowdown (%) of attached window `i` against the unattached windows
-/// beside it.
+impl Window {
+    fn middle_ns(&self) -> f64 {
+        (self.start_ns as f64 + self.end_ns as f64) / 2.0
+    }
+}
+
+/// The slowdown (%) of attached window `i` against the unattached rate at
+/// its middle, interpolated between the windows beside it (start-up before
+/// it takes longer than the exit after it, so it is not halfway between).
 fn slowdown(progress: &[(u64, u64)], windows: &[Window], i: usize) -> Option<f64> {
     let on = &windows[i];
-    let neighbours: Vec<f64> = [i.checked_sub(1), Some(i + 1)]
-        .into_iter()
-        .flatten()
-        .filter_map(|j| windows.get(j))
-        .filter(|w| w.variant.is_none())
-        .filter_map(|w| rate(progress, w.start_ns, w.end_ns))
-        .collect();
-    if neighbours.is_empty() {
-        return None;
-    }
-    let off = neighbours.iter().sum::<f64>() / neighbours.len() as f64;
-    Some(100.0 * (off / rate(progress, on.start_ns, on.end_ns)? - 1.0))
+    let off = |j: Option<usize>| {
+        let w = windows.get(j?).filter(|w| w.variant.is_none())?;
+        Some((w.middle_ns(), rate(progress, w.start_ns, w.end_ns)?))
+    };
+    let baseline = match (off(i.checked_sub(1)), off(i.checked_add(1))) {
+        (Some((t0, r0)), Some((t1, r1))) => r0 + (r1 - r0) * (on.middle_ns() - t0) / (t1 - t0),
+        (Some((_, r)), None) | (None, Some((_, r))) => r,
+        (None, None) => return None,
+    };
+    Some(100.0 * (baseline / rate(progress, on.start_ns, on.end_ns)? - 1.0))
 }
 
 /// Progress line: the newest attached window against the one before it.
@@ -307,13 +320,14 @@ mod tests {
         .map(|(ms, n)| (ms * 1_000_000, n));
         assert_eq!(rate(&progress, 0, 300_000_000), Some(100.0));
         assert_eq!(rate(&progress, 300_000_000, 500_000_000), Some(200.0));
-        // (250, 450) holds only the interval 300–400.
-        assert_eq!(rate(&progress, 250_000_000, 450_000_000), Some(200.0));
-        assert_eq!(rate(&progress, 110_000_000, 190_000_000), None);
+        // (250, 450): half of 200–300 (5 units), 300–400 (20), half of 400–500 (10).
+        assert_eq!(rate(&progress, 250_000_000, 450_000_000), Some(175.0));
+        assert_eq!(rate(&progress, 110_000_000, 190_000_000), Some(100.0));
+        assert_eq!(rate(&progress, 600_000_000, 700_000_000), None);
     }
 
     #[test]
-    fn slowdown_is_against_both_neighbours() {
+    fn slowdown_is_against_the_neighbours_interpolated_at_its_middle() {
         let progress: Vec<(u64, u64)> = (0..=30u64)
             .map(|i| {
                 // 100 units per 100 ms, 80 in the middle second, 120 in the last.
@@ -336,9 +350,31 @@ mod tests {
             second(1, Some(Variant::Nodeprof(99))),
             second(2, None),
         ];
-        // Neighbours average 1100 units/s, the attached window did 800.
+        // Neighbours 1000 and 1200 units/s, midway 1100; the attached window did 800.
         let s = slowdown(&progress, &windows, 1).unwrap();
         assert!((s - 37.5).abs() < 1e-9, "{s}");
+        // Off centre: a longer gap before the next unattached window.
+        let window = |from_s: u64, variant| Window {
+            variant,
+            start_ns: from_s * 1_000_000_000,
+            end_ns: (from_s + 1) * 1_000_000_000,
+        };
+        let windows = [
+            window(0, None),
+            window(1, Some(Variant::Nodeprof(99))),
+            window(3, None),
+        ];
+        let progress: Vec<(u64, u64)> = (0..=40u64)
+            .map(|i| {
+                (
+                    i * 100_000_000,
+                    [0, 100, 180][usize::from(i > 0) + usize::from(i > 30)],
+                )
+            })
+            .collect();
+        // 1000 units/s at 0.5 s, 1800 at 3.5 s: 1266.7 at 1.5 s, against 1000.
+        let s = slowdown(&progress, &windows, 1).unwrap();
+        assert!((s - 80.0 / 3.0).abs() < 1e-9, "{s}");
     }
 
     #[test]
