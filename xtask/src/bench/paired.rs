@@ -96,7 +96,7 @@ pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<
             remove_outputs(&cx.tmp, &tag);
             println!(
                 "bench: {}/{total} windows: {:<34} {:+.2} %",
-                windows.len() / 2,
+                windows.iter().filter(|w| w.variant.is_some()).count(),
                 variant.label(),
                 last_slowdown(&progress, &windows).unwrap_or(f64::NAN)
             );
