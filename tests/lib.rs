@@ -968,6 +968,18 @@ impl Outputs {
             .sum()
     }
 
+    /// Samples of thread `thread` whose leaf is `(garbage collector)`: placed
+    /// there by a traced GC pause alone (a GC frame on the stack would be
+    /// below it).
+    pub fn samples_placed_by_gc_pause(&self, thread: &str) -> u64 {
+        self.folded
+            .iter()
+            .filter(|s| s.thread == thread)
+            .filter(|s| s.frames.last().is_some_and(|f| f == "(garbage collector)"))
+            .map(|s| s.count)
+            .sum()
+    }
+
     /// Samples per thread name (first folded field).
     pub fn samples_per_thread(&self) -> BTreeMap<String, u64> {
         let mut per = BTreeMap::new();

@@ -490,14 +490,7 @@ fn record_prints_the_gc_table_and_marks_gc_samples() {
     assert!(main > 100, "{main} main-thread samples");
     // Samples in a pause whose stack shows no GC function (the frame walk
     // stops in libc's memcpy, say) are placed by the pause alone.
-    let placed_by_pause: u64 = out
-        .folded
-        .iter()
-        .filter(|s| {
-            s.thread == "MainThread" && s.frames.last().is_some_and(|f| f == "(garbage collector)")
-        })
-        .map(|s| s.count)
-        .sum();
+    let placed_by_pause = out.samples_placed_by_gc_pause("MainThread");
     assert!(
         placed_by_pause > 0,
         "no sample placed by a GC pause:\n{}",
@@ -518,7 +511,8 @@ fn record_without_gc_tracing_loads_no_uprobe() {
     let _guard = serial();
     require_root();
     let dir = scratch_dir();
-    let target = Proc::node(&node20(), &[], "gc/churn.js", &["1500"], dir.path());
+    // The target of the test above, where GC pauses place samples.
+    let target = Proc::node(&node24(), &[], "gc/churn.js", &["3000"], dir.path());
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.path().join("rec");
     let nodeprof = spawn_nodeprof(
@@ -540,13 +534,18 @@ fn record_without_gc_tracing_loads_no_uprobe() {
         run.stdout
     );
     let out = Outputs::load(&prefix);
-    let placed_by_pause: u64 = out
-        .folded
-        .iter()
-        .filter(|s| s.frames.last().is_some_and(|f| f == "(garbage collector)"))
-        .map(|s| s.count)
-        .sum();
-    assert_eq!(placed_by_pause, 0, "{}", out.folded_excerpt());
+    let main = out
+        .samples_per_thread()
+        .get("MainThread")
+        .copied()
+        .unwrap_or(0);
+    assert!(main > 100, "{main} main-thread samples");
+    assert_eq!(
+        out.samples_placed_by_gc_pause("MainThread"),
+        0,
+        "{}",
+        out.folded_excerpt()
+    );
 }
 
 /// Each isolate has its own GC tracer: a Worker's GCs are traced apart from
