@@ -280,7 +280,10 @@ fn trace_until(fixture: &str, full_gcs: usize, timeout: Duration) -> Vec<Value> 
     target.wait_for_line("ready", READY_TIMEOUT);
     let nodeprof = spawn_nodeprof(&["gc", "-p", &target.pid.to_string(), "--json"], dir.path());
     wait_until(timeout, || {
-        let lines = json_lines(&nodeprof.stdout_so_far());
+        // nodeprof may be mid-line: only whole lines so far.
+        let so_far = nodeprof.stdout_so_far();
+        let whole = so_far.rfind('\n').map_or("", |end| &so_far[..end]);
+        let lines = json_lines(whole);
         !of_type(&lines, "leak").is_empty()
             || of_type(&lines, "gc")
                 .iter()

@@ -128,6 +128,8 @@ fn measure(variant: Option<Variant>, length: Duration) -> Window {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the workload's `process.hrtime`.
+/// (nodeprof's `session::monotonic_ns` is the same, but xtask does not
+/// depend on the nodeprof crate and its eBPF build.)
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
