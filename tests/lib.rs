@@ -24,13 +24,39 @@ use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Held while a test runs: this crate's lock and a machine-wide file lock, so
+/// that test runs of two checkouts (or two test binaries) never overlap either.
+pub struct Serial {
+    _machine: fs::File,
+    _crate: MutexGuard<'static, ()>,
+}
+
 /// Takes the crate-wide test lock (a test that panicked while holding it does
-/// not poison the others) after checking that we run as root.
-pub fn serial() -> MutexGuard<'static, ()> {
+/// not poison the others) and then the machine-wide one
+/// (`/tmp/nodeprof-tests.lock`), after checking that we run as root.
+pub fn serial() -> Serial {
     require_root();
-    SERIAL
+    let guard = SERIAL
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/nodeprof-tests.lock")
+        .expect("open /tmp/nodeprof-tests.lock");
+    // SAFETY: flock on an fd we own; the lock ends when the file is closed.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+    assert_eq!(
+        rc,
+        0,
+        "flock /tmp/nodeprof-tests.lock: {}",
+        std::io::Error::last_os_error()
+    );
+    Serial {
+        _machine: file,
+        _crate: guard,
+    }
 }
 
 /// The tests load eBPF programs through nodeprof: they need root. Not being
