@@ -86,10 +86,6 @@ impl Collection {
         });
     }
 
-    pub fn stack(&self, id: u32) -> &RawStack {
-        &self.stacks[id as usize]
-    }
-
     /// The user frames of a stack, innermost first.
     pub fn user_frames_of<'a>(
         &'a self,
@@ -227,7 +223,7 @@ mod tests {
             vec!["node".to_string(), "worker".to_string()]
         );
         assert_eq!(
-            c.user_frames_of(c.stack(c.samples[0].stack))
+            c.user_frames_of(&c.stacks[c.samples[0].stack as usize])
                 .copied()
                 .collect::<Vec<_>>()
                 .as_slice(),
