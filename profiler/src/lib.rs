@@ -29,3 +29,88 @@ pub(crate) mod v8;
 
 pub use capture::cpu::CpuOptions;
 pub use probe::{call_tracer_loaded, sampler_loaded};
+
+#[cfg(test)]
+mod layering {
+    use std::path::Path;
+
+    /// The layer of each top-level module: a module may import its own layer
+    /// and those below, never one above.
+    const LAYERS: &[(&str, u8)] = &[
+        ("cmd", 3),
+        ("capture", 2),
+        ("gc", 2),
+        ("heap", 2),
+        ("target", 1),
+        ("probe", 1),
+        ("collect", 1),
+        ("symbolize", 1),
+        ("profile", 1),
+        ("output", 1),
+        ("v8", 0),
+        ("clock", 0),
+    ];
+
+    fn layer(module: &str) -> u8 {
+        LAYERS
+            .iter()
+            .find(|(name, _)| *name == module)
+            .unwrap_or_else(|| panic!("module {module} has no layer in LAYERS"))
+            .1
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn imports_point_down() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut upward = Vec::new();
+        for file in files {
+            let relative = file.strip_prefix(&src).unwrap();
+            let top = relative.components().next().unwrap().as_os_str();
+            let top = top.to_str().unwrap().trim_end_matches(".rs");
+            if top == "lib" || top == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            if text.contains("use crate::{") {
+                upward.push(format!(
+                    "{}: a grouped `use crate::{{…}}` hides its modules from this check",
+                    relative.display()
+                ));
+            }
+            for (at, _) in text.match_indices("crate::") {
+                let name: String = text[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name.is_empty() || !LAYERS.iter().any(|(m, _)| *m == name) {
+                    continue;
+                }
+                if layer(&name) > layer(top) {
+                    upward.push(format!("{} imports crate::{name}", relative.display()));
+                }
+            }
+        }
+        assert!(upward.is_empty(), "imports pointing up: {upward:#?}");
+        // Every module of the crate has a layer.
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let name = entry.unwrap().file_name();
+            let name = name.to_str().unwrap().trim_end_matches(".rs");
+            if name != "lib" && name != "main" {
+                layer(name);
+            }
+        }
+    }
+}
