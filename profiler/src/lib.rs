@@ -18,6 +18,7 @@ pub mod output;
 pub(crate) mod capture;
 pub(crate) mod clock;
 pub(crate) mod collect;
+pub(crate) mod eventloop;
 pub(crate) mod probe;
 pub(crate) mod profile;
 pub(crate) mod symbolize;
@@ -27,7 +28,7 @@ pub(crate) mod target;
 #[allow(dead_code)]
 pub(crate) mod v8;
 
-pub use capture::cpu::CpuOptions;
+pub use capture::cpu::{Clock, CpuOptions};
 pub use probe::{call_tracer_loaded, sampler_loaded};
 
 #[cfg(test)]
@@ -40,6 +41,7 @@ mod layering {
         ("cmd", 3),
         ("capture", 2),
         ("gc", 2),
+        ("eventloop", 2),
         ("heap", 2),
         ("target", 1),
         ("probe", 1),

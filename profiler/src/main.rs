@@ -12,7 +12,7 @@ use nodeprof::cmd::record::{RecordOptions, TargetSpec};
 use nodeprof::cmd::{self, gc::GcOptions};
 use nodeprof::heap::graph::Rules;
 use nodeprof::output::{Format, Report};
-use nodeprof::CpuOptions;
+use nodeprof::{Clock, CpuOptions};
 
 #[derive(Parser)]
 #[command(
@@ -144,6 +144,18 @@ struct RecordArgs {
     /// (the frame walk missed the GC frames) do not.
     #[arg(long)]
     no_gc: bool,
+    /// Off-CPU time instead of CPU time: where threads wait (blocked in a
+    /// system call, a lock, or for a CPU), weighted by how long, in samples of
+    /// one sampling period each.
+    #[arg(long, conflicts_with = "wall")]
+    off_cpu: bool,
+    /// On-CPU and off-CPU time together: each thread's samples add up to
+    /// the wall-clock time ("where does my request's time go").
+    #[arg(long)]
+    wall: bool,
+    /// Event-loop turns longer than this are listed with what ran in them.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    blocked_ms: u64,
     /// Command to launch and profile from its first instruction.
     #[arg(last = true)]
     command: Vec<String>,
@@ -247,6 +259,11 @@ impl RecordArgs {
             target,
             sampling: CpuOptions {
                 frequency_hz: self.frequency,
+                clock: match (self.off_cpu, self.wall) {
+                    (true, _) => Clock::OffCpu,
+                    (_, true) => Clock::Wall,
+                    _ => Clock::Cpu,
+                },
                 duration: self.duration,
                 quiet: self.quiet,
                 trace_gc: !self.no_gc,
@@ -254,6 +271,7 @@ impl RecordArgs {
             output: self.output,
             formats: self.format,
             top: self.top,
+            blocked: Duration::from_millis(self.blocked_ms),
         }
     }
 }

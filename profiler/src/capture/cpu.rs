@@ -10,12 +10,14 @@ use tokio::io::unix::AsyncFd;
 
 use super::{StopReason, Stopper};
 use crate::clock::monotonic_ns;
-use crate::collect::{Collection, Collector};
+use crate::collect::{Collection, Collector, ThreadEventCollector};
+use crate::eventloop::{self, ThreadLoop};
 use crate::gc::{GcEvent, GcProbes, GcSummary};
 use crate::probe::{Probe, ProbeError};
 use crate::profile::{Pause, Profile, ProfileBuilder};
 use crate::symbolize::Symbolizer;
 use crate::target::{Discovery, Launched, Runtime, Target};
+use nodeprof_common::{ThreadEvent, EVENT_SWITCH_IN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -30,10 +32,33 @@ pub enum CaptureError {
     },
 }
 
+/// Which time of the target's threads a profile shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// Time on CPU (the `cpu-clock` samples).
+    #[default]
+    Cpu,
+    /// Time off CPU (blocked, or waiting for a CPU), by the stack the thread left in.
+    OffCpu,
+    /// Both: each thread's samples add up to the wall-clock time.
+    Wall,
+}
+
+impl Clock {
+    fn on_cpu(self) -> bool {
+        self != Clock::OffCpu
+    }
+
+    fn off_cpu(self) -> bool {
+        self != Clock::Cpu
+    }
+}
+
 /// How to sample.
 #[derive(Debug, Clone)]
 pub struct CpuOptions {
     pub frequency_hz: u64,
+    pub clock: Clock,
     /// Stop after this long; `None`: until a signal or the target's exit.
     pub duration: Option<Duration>,
     /// No progress line.
@@ -55,6 +80,13 @@ pub struct Capture {
     pub stop: StopReason,
     /// The target's GCs while sampling; `None` when they were not traced.
     pub gc: Option<GcCapture>,
+    pub clock: Clock,
+    /// Threads back on the CPU, event loops entering and leaving `epoll_wait`.
+    pub thread_events: Vec<ThreadEvent>,
+    /// Whether event-loop turns were traced.
+    pub loop_traced: bool,
+    /// At the end: whether the main thread was outside `epoll_wait`.
+    loop_main_stuck: Option<bool>,
     /// Holds what was read of the target while it ran (mappings, JS names).
     symbolizer: Symbolizer,
 }
@@ -83,11 +115,74 @@ impl Capture {
         let collection = &self.collection;
         self.symbolizer
             .symbolize(collection, |frames| builder.add_stack(frames));
+        // An off-CPU stack's interval ends when its thread is back on CPU,
+        // or at the end for a thread still off CPU then.
+        let returns: std::collections::HashMap<(u32, u64), u64> = self
+            .thread_events
+            .iter()
+            .filter(|e| e.kind == EVENT_SWITCH_IN)
+            .map(|e| ((e.tid, e.start_ns), e.time_ns))
+            .collect();
+        // Where a return was lost, the thread's next record proves it ran again.
+        let mut record_times: std::collections::HashMap<u32, Vec<u64>> =
+            std::collections::HashMap::new();
+        for sample in &collection.samples {
+            record_times
+                .entry(sample.tid)
+                .or_default()
+                .push(sample.time_ns);
+        }
+        for times in record_times.values_mut() {
+            times.sort_unstable();
+        }
+        let next_record = |tid: u32, after: u64| -> Option<u64> {
+            let times = record_times.get(&tid)?;
+            times.get(times.partition_point(|&t| t <= after)).copied()
+        };
         for sample in &collection.samples {
             let name = &collection.thread_names[sample.thread_name as usize];
-            builder.add_sample(sample.time_ns, sample.tid, name, sample.stack as usize);
+            let stack = sample.stack as usize;
+            if !sample.off_cpu {
+                if self.clock.on_cpu() {
+                    builder.add_sample(sample.time_ns, sample.tid, name, stack);
+                }
+            } else if self.clock.off_cpu() {
+                let start = sample.time_ns.max(self.start_ns);
+                let end = returns
+                    .get(&(sample.tid, sample.time_ns))
+                    .copied()
+                    .or_else(|| next_record(sample.tid, sample.time_ns))
+                    .unwrap_or(self.end_ns)
+                    .min(self.end_ns);
+                builder.add_off_cpu(start, end, sample.tid, name, stack);
+            }
         }
         builder.finish(self.end_ns, self.lost)
+    }
+
+    /// The event loops' turns, when they were traced. The target's main
+    /// thread, if it never entered or left `epoll_wait` but is outside it
+    /// now, spent the whole capture in one turn.
+    pub fn loops(&self) -> Option<Vec<ThreadLoop>> {
+        if !self.loop_traced {
+            return None;
+        }
+        let mut loops = eventloop::turns(&self.thread_events, self.start_ns, self.end_ns);
+        if !loops.iter().any(|l| l.tid == self.pid)
+            && self.stop != StopReason::TargetExited
+            && self.loop_main_stuck == Some(true)
+        {
+            loops.push(ThreadLoop {
+                tid: self.pid,
+                turns: vec![eventloop::Turn {
+                    start_ns: self.start_ns,
+                    end_ns: self.end_ns,
+                    ongoing: true,
+                }],
+                utilization: 1.0,
+            });
+        }
+        Some(loops)
     }
 
     /// The GC table of the capture, when GCs were traced.
@@ -144,6 +239,22 @@ async fn run(
         }
     }
     probe.start_sampling(options.frequency_hz)?;
+    if options.clock.off_cpu() {
+        probe.start_off_cpu()?;
+    }
+    let loop_traced = match probe.start_loop_tracing() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("event-loop turns not traced: {e}");
+            false
+        }
+    };
+    let mut thread_events = Vec::new();
+    let mut thread_collector = ThreadEventCollector::new(
+        probe
+            .take_thread_events()
+            .expect("thread event buffer is taken once"),
+    );
     let ring = probe.take_samples().expect("ring buffer is taken once");
     // SAFETY: the collector owns the ring buffer map, whose fd stays open and
     // unchanged for the collector's life.
@@ -193,6 +304,7 @@ async fn run(
                 if let Some(gc) = &mut gc {
                     gc_events.extend(gc.drain(pid));
                 }
+                thread_collector.drain(|e| if e.tgid == pid { thread_events.push(e) });
                 progress.set_message(format!("{} samples", intake.collection.samples.len()));
                 if let Some(reason) = stopper.due(target) {
                     break reason;
@@ -204,6 +316,12 @@ async fn run(
     // Whatever the kernel wrote before the stop is still in the ring buffer
     // (JS frames of a target that exited can no longer be named).
     intake.absorb(collector.get_mut(), &mut probe)?;
+    thread_collector.drain(|e| {
+        if e.tgid == pid {
+            thread_events.push(e)
+        }
+    });
+    let loop_main_stuck = eventloop::stuck_in_turn(pid, pid);
     let lost = probe.lost_samples();
     let gc = gc.map(|mut gc| {
         gc_events.extend(gc.drain(pid));
@@ -214,6 +332,7 @@ async fn run(
     });
     // Detach now: symbolizing and writing need no sampling.
     drop(collector);
+    drop(thread_collector);
     drop(probe);
     progress.finish_and_clear();
     Ok(Capture {
@@ -225,6 +344,10 @@ async fn run(
         lost,
         stop,
         gc,
+        clock: options.clock,
+        thread_events,
+        loop_traced,
+        loop_main_stuck,
         symbolizer,
     })
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::capture::cpu::{self, CaptureError, CpuOptions};
 use crate::capture::StopReason;
+use crate::eventloop::LoopReport;
 use crate::gc::GcSummary;
 use crate::output::{self, FileError, Format, OutputError, OutputFiles, Report, Summary};
 use crate::probe;
@@ -30,6 +31,8 @@ pub struct RecordOptions {
     pub formats: Vec<Format>,
     /// Top functions in the printed summary.
     pub top: usize,
+    /// Event-loop turns longer than this are listed with what ran in them.
+    pub blocked: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,8 @@ pub struct Recording {
     pub summary: Summary,
     /// The target's GCs while recording (None when they could not be traced).
     pub gc: Option<GcSummary>,
+    /// The target's event loops (None when they could not be traced).
+    pub loops: Option<LoopReport>,
     pub written: Vec<PathBuf>,
 }
 
@@ -109,6 +114,9 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         .write(&profile, &title)
         .map_err(|(path, source)| RecordError::Write { path, source })?;
     Ok(Recording {
+        loops: capture
+            .loops()
+            .map(|loops| LoopReport::of(&loops, &profile, options.blocked)),
         summary: Summary::from_profile(&profile, options.top),
         gc: capture.gc_summary(),
         stop: capture.stop,
@@ -138,6 +146,10 @@ impl Report for Recording {
         if let Some(gc) = &self.gc {
             writeln!(out)?;
             gc.write_text(out)?;
+        }
+        if let Some(loops) = &self.loops {
+            writeln!(out)?;
+            loops.write_text(out)?;
         }
         for path in &self.written {
             writeln!(out, "wrote {}", path.display())?;
