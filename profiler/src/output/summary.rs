@@ -285,17 +285,20 @@ mod tests {
                 ThreadStat {
                     name: "node".into(),
                     threads: 1,
-                    samples: 6
+                    samples: 6,
+                    off_cpu: 0,
                 },
                 ThreadStat {
                     name: "libuv-worker".into(),
                     threads: 2,
-                    samples: 2
+                    samples: 2,
+                    off_cpu: 0,
                 },
                 ThreadStat {
                     name: "V8 GC".into(),
                     threads: 1,
-                    samples: 1
+                    samples: 1,
+                    off_cpu: 0,
                 },
             ]
         );
