@@ -8,7 +8,7 @@ use crate::capture::cpu::{self, CaptureError, CpuOptions};
 use crate::capture::StopReason;
 use crate::eventloop::LoopReport;
 use crate::gc::GcSummary;
-use crate::output::{self, FileError, Format, OutputError, OutputFiles, Report, Summary};
+use crate::output::{self, FileError, Format, OutputFiles, Report, Summary, WriteError};
 use crate::probe;
 use crate::target::{Launched, Target, TargetError};
 
@@ -45,8 +45,8 @@ pub enum RecordError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Output(#[from] FileError),
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: OutputError },
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// A finished recording: what was written, and the summary to show.
@@ -95,10 +95,14 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         );
     }
 
-    let prefix = options
-        .output
-        .clone()
-        .unwrap_or_else(|| output::default_prefix(target.pid));
+    let prefix = match &options.output {
+        // A directory: the default names, in it.
+        Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => {
+            dir.join(output::default_prefix(target.pid))
+        }
+        Some(prefix) => prefix.clone(),
+        None => output::default_prefix(target.pid),
+    };
     let files = OutputFiles::create(&prefix, &options.formats)?;
     let mut capture = match cpu::capture(&options.sampling, &target, launched.as_mut()) {
         Ok(capture) => capture,
@@ -110,9 +114,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     let child_status = launched.as_ref().and_then(Launched::try_wait);
     let profile = capture.profile();
     let title = format!("nodeprof: {} (pid {})", target.exe.display(), target.pid);
-    let written = files
-        .write(&profile, &title)
-        .map_err(|(path, source)| RecordError::Write { path, source })?;
+    let written = files.write(&profile, &title)?;
     Ok(Recording {
         loops: capture
             .loops()
