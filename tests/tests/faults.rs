@@ -247,3 +247,55 @@ fn output_into_a_directory_and_formats_once() {
         "{names:?}"
     );
 }
+
+/// Node is told by its binary's contents, not its name: a renamed copy, and
+/// the same copy deleted while it runs, are profiled as node (JS frames
+/// named, GC traced) without the "does not look like Node.js" warning.
+#[test]
+fn a_renamed_or_deleted_node_binary_is_still_node() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let copy = dir.path().join("api-server");
+    fs::copy(node_major(22), &copy).unwrap();
+    let target = Proc::node(&copy, &[], "busy.js", &["30"], dir.path());
+    target.wait_for_line("ready", READY);
+    for round in ["renamed", "deleted"] {
+        if round == "deleted" {
+            fs::remove_file(&copy).unwrap();
+        }
+        let prefix = dir.path().join(round);
+        let run = run_nodeprof(
+            &record_args(target.pid, &prefix, &["-d", "1"]),
+            dir.path(),
+            RUN_TIMEOUT,
+        );
+        run.assert_success();
+        assert!(
+            !run.stderr.contains("does not look like Node.js"),
+            "{round}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stdout.contains("GC: "),
+            "{round}: no GC table\n{}",
+            run.stdout
+        );
+        let out = Outputs::load(&prefix);
+        assert!(
+            out.function_names().iter().any(|f| f == "spinUntil"),
+            "{round}: spinUntil not named\n{}",
+            out.folded_excerpt()
+        );
+        let info = run_nodeprof(
+            &["info", "-p", &target.pid.to_string()],
+            dir.path(),
+            RUN_TIMEOUT,
+        );
+        info.assert_success();
+        assert!(
+            info.stdout.contains("Node.js: v22."),
+            "{round}: {}",
+            info.stdout
+        );
+    }
+}

@@ -224,18 +224,22 @@ async fn run(
     let mut gc = None;
     if launched.is_none() {
         // Before sampling starts, so that the first samples name JS frames too.
-        if let Some(found) = runtime.poll() {
-            adopt(&found, &mut probe, &mut symbolizer, pid)?;
+        // Node or not is told by the binary's contents (V8's layout), not
+        // its name: a renamed or deleted node binary is still node.
+        let is_v8 = match runtime.poll() {
+            Some(found) => adopt(&found, &mut probe, &mut symbolizer, pid)?,
+            None => false,
+        };
+        if !is_v8 {
+            tracing::warn!(
+                "process {pid} ({}) does not look like Node.js (no V8 in its executable): \
+                 profiling native code only",
+                target.exe.display()
+            );
         }
         symbolizer.refresh();
         if options.trace_gc {
-            // Any binary with V8's GC functions, whatever its name.
-            gc = trace_gc(
-                &mut probe,
-                pid,
-                &crate::gc::probes::exe_path(pid),
-                target.is_node(),
-            );
+            gc = trace_gc(&mut probe, pid, &crate::gc::probes::exe_path(pid), is_v8);
         }
     }
     probe.start_sampling(options.frequency_hz)?;

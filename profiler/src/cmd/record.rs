@@ -87,14 +87,6 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         },
         (TargetSpec::Launch { .. }, None) => unreachable!("spawned above"),
     };
-    if launched.is_none() && !target.is_node() {
-        tracing::warn!(
-            "process {} ({}) does not look like Node.js: profiling native code only",
-            target.pid,
-            target.exe.display()
-        );
-    }
-
     let prefix = match &options.output {
         // A directory: the default names, in it.
         Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => {

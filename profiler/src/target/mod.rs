@@ -1,4 +1,4 @@
-//! The target process: who it is (exe, node or not, namespaces), where its code
+//! The target process: who it is (exe, namespaces), where its code
 //! is mapped, which V8 it runs, and how to launch one paused so profiling
 //! starts at its first instruction.
 
@@ -77,20 +77,6 @@ impl Target {
         })
     }
 
-    /// Whether the target looks like Node.js: its executable is named node,
-    /// nodejs, node20… (the official binaries and distribution packages are).
-    pub fn is_node(&self) -> bool {
-        let name = self.exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let name = name.trim_end_matches(" (deleted)");
-        let version_suffix = |rest: &str| {
-            rest.chars()
-                .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == 'v')
-        };
-        name == "nodejs"
-            || name.strip_prefix("node").is_some_and(version_suffix)
-            || self.comm == "node"
-    }
-
     /// Path of a file as the target sees it, reachable from nodeprof's mount namespace.
     pub fn path_in_root(&self, path: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root{}", self.pid, path))
@@ -131,7 +117,6 @@ mod tests {
         assert_eq!(me.pid, std::process::id());
         assert!(me.exe.exists());
         assert!(me.is_alive());
-        assert!(!me.is_node());
     }
 
     #[test]
@@ -145,26 +130,6 @@ mod tests {
             Target::inspect(0),
             Err(TargetError::NoSuchProcess(0))
         ));
-    }
-
-    #[test]
-    fn recognises_node_executables_by_name() {
-        let named = |exe: &str| {
-            Target {
-                pid: 1,
-                exe: exe.into(),
-                comm: String::new(),
-                ns_pid: 1,
-            }
-            .is_node()
-        };
-        assert!(named("/usr/bin/node"));
-        assert!(named("/usr/bin/nodejs"));
-        assert!(named("/opt/node22"));
-        assert!(named("/opt/node-v20.1.0"));
-        assert!(named("/usr/bin/node (deleted)"));
-        assert!(!named("/usr/bin/nodeprof"));
-        assert!(!named("/usr/bin/python3"));
     }
 
     #[test]
