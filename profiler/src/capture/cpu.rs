@@ -187,10 +187,9 @@ impl Capture {
 
     /// The GC table of the capture, when GCs were traced.
     pub fn gc_summary(&self) -> Option<GcSummary> {
-        self.gc.as_ref().map(|gc| {
-            let duration_s = self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-            GcSummary::of(&gc.events, duration_s, 0, gc.lost)
-        })
+        self.gc
+            .as_ref()
+            .map(|gc| GcSummary::of(&gc.events, (self.start_ns, self.end_ns), 0, gc.lost))
     }
 }
 

@@ -153,8 +153,7 @@ async fn trace_async(
     let lost = probe.lost_calls();
     drop(probes);
     drop(probe);
-    let duration_s = monotonic_ns().saturating_sub(start_ns) as f64 / 1e9;
-    let mut summary = GcSummary::of(&events, duration_s, leaks.len(), lost);
+    let mut summary = GcSummary::of(&events, (start_ns, monotonic_ns()), leaks.len(), lost);
     summary.invalid_records = invalid_records;
     Ok(GcReport {
         events,
