@@ -299,3 +299,62 @@ fn a_renamed_or_deleted_node_binary_is_still_node() {
         );
     }
 }
+
+/// A node 24 process that execs node 20 while recorded: nodeprof says so,
+/// names the new program's JS functions, keeps tracing its GCs, and the
+/// report names the binary it runs now.
+#[test]
+fn an_exec_of_the_target_is_followed() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let next = node_major(20);
+    let target = Proc::node(
+        &node_major(24),
+        &[],
+        "exec/execve.js",
+        &[next.to_str().unwrap(), "4"],
+        dir.path(),
+    );
+    target.wait_for_line("ready", READY);
+    let prefix = dir.path().join("exec");
+    let run = run_nodeprof(
+        &record_args(target.pid, &prefix, &["-d", "3.5"]),
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    assert!(
+        run.stderr
+            .contains(&format!("process {} exec'd {}", target.pid, next.display())),
+        "the exec is not reported:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("recorded pid {} ({})", target.pid, next.display())),
+        "{}",
+        run.stdout
+    );
+    let out = Outputs::load(&prefix);
+    let total = out.sample_count() as u64;
+    let unknown = out.samples_with_frame(|f| f == "[unknown JS]");
+    assert!(
+        unknown * 20 <= total,
+        "{unknown} of {total} samples [unknown JS]\n{}",
+        out.folded_excerpt()
+    );
+    assert!(
+        out.samples_with_frame(|f| f.starts_with("churnAfterExec")) * 2 >= total,
+        "the new program's function is not named\n{}",
+        out.folded_excerpt()
+    );
+    // GCs of the new program, traced through the new binary's probes (the
+    // spinning before the exec allocates next to nothing).
+    let table = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("GC: "))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    let count: u64 = table.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(count >= 20, "{count} GCs: {table}");
+}

@@ -104,6 +104,11 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         }
     };
     let child_status = launched.as_ref().and_then(Launched::try_wait);
+    let mut target = target;
+    if let Some(exe) = capture.exe.take() {
+        // What it runs now: a launched command after its exec, or an exec while recorded.
+        target.exe = exe;
+    }
     let profile = capture.profile();
     let title = format!("nodeprof: {} (pid {})", target.exe.display(), target.pid);
     let written = files.write(&profile, &title)?;
