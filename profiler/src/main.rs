@@ -132,7 +132,7 @@ struct RecordArgs {
     /// Formats to write (comma separated).
     #[arg(long, value_parser = format_parser(), value_delimiter = ',', default_value = "cpuprofile,folded,svg")]
     format: Vec<Format>,
-    /// Functions listed in the summary.
+    /// Functions listed in the summary (0: all).
     #[arg(long, default_value_t = 15)]
     top: usize,
     /// No progress line.
@@ -195,7 +195,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         return Err("duration must be positive".into());
     }
-    humantime::parse_duration(text).map_err(|e| e.to_string())
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("duration must be positive".into()),
+        result => result.map_err(|e| e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {

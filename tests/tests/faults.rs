@@ -358,3 +358,148 @@ fn an_exec_of_the_target_is_followed() {
     let count: u64 = table.split_whitespace().next().unwrap().parse().unwrap();
     assert!(count >= 20, "{count} GCs: {table}");
 }
+
+/// Without root, every command says how to fix it, and following that hint
+/// (a setcap'd copy of nodeprof run as `nobody`) makes each command work in
+/// full: GC tracing and event-loop turns included.
+#[test]
+fn following_the_capability_hint_makes_every_command_work() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let dir = scratch_dir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("nodeprof");
+    fs::copy(nodeprof_bin(), &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let target = Proc::node(&node_major(22), &[], "gc/churn.js", &["30000"], dir.path());
+    // churn.js waits for SIGUSR2 before its GC-heavy run.
+    target.wait_for_line("ready", READY);
+    send_signal(target.pid, libc::SIGUSR2);
+    target.wait_for_line("go", READY);
+    let pid = target.pid.to_string();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&copy);
+        spawn_nodeprof_with(cmd, args, &out).finish(RUN_TIMEOUT)
+    };
+    let prefix = out.join("p");
+    let prefix = prefix.to_str().unwrap();
+    let commands: [Vec<&str>; 3] = [
+        vec![
+            "record", "-q", "-p", &pid, "-d", "1", "--wall", "-o", prefix,
+        ],
+        vec!["gc", "-p", &pid, "-d", "1"],
+        vec!["info", "-p", &pid],
+    ];
+    let mut hint = None;
+    for args in &commands {
+        let run = as_nobody(args);
+        run.assert_error("setcap");
+        let line = run.stderr.lines().next().unwrap().to_string();
+        let caps = line
+            .split("sudo setcap ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no setcap command in: {line}"))
+            .to_string();
+        if let Some(first) = &hint {
+            assert_eq!(first, &caps, "two commands give two different hints");
+        }
+        hint = Some(caps);
+    }
+    let caps = hint.unwrap();
+    let status = Command::new("setcap")
+        .arg(&caps)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success(), "setcap {caps}");
+    for args in &commands {
+        let run = as_nobody(args);
+        run.assert_success();
+        assert!(
+            !run.stderr.contains("WARN") && !run.stderr.contains("not traced"),
+            "{args:?} with {caps}: {}",
+            run.stderr
+        );
+        if args[0] == "record" {
+            for needle in ["GC: ", "event loop (main thread)", "Off-CPU samples:"] {
+                assert!(
+                    run.stdout.contains(needle),
+                    "no {needle:?}:\n{}",
+                    run.stdout
+                );
+            }
+        }
+    }
+}
+
+/// Bad input says what is wrong: a duration shorter than a sampling period,
+/// a thread id for a process id, a file that is not executable.
+#[test]
+fn bad_input_is_named_for_what_it_is() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    let dir = scratch_dir();
+    let target = Proc::node(&node_major(24), &[], "busy.js", &["30", "2"], dir.path());
+    target.wait_for_line("ready", READY);
+    let pid = target.pid.to_string();
+    let run = run_nodeprof(
+        &["record", "-p", &pid, "-d", "1ms"],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_error("shorter than one sampling period");
+    // A worker thread's id.
+    let tid = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|t| *t != pid)
+        .unwrap();
+    for cmd in ["record", "gc", "info"] {
+        let run = run_nodeprof(
+            &[cmd, "-p", &tid, "-d", "1"][..if cmd == "info" { 3 } else { 5 }],
+            dir.path(),
+            RUN_TIMEOUT,
+        );
+        run.assert_error(&format!("{tid} is a thread of process {pid}"));
+    }
+    let script = dir.path().join("not-executable.js");
+    fs::write(&script, "console.log(1)").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let run = run_nodeprof(
+        &["record", "-q", "--", script.to_str().unwrap()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_error("permission denied");
+}
+
+/// `--top 0` lists every function, as `heap --top 0` does.
+#[test]
+fn top_zero_lists_everything() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let target = Proc::node(&node_major(22), &[], "busy.js", &["30"], dir.path());
+    target.wait_for_line("ready", READY);
+    let prefix = dir.path().join("t");
+    let run = run_nodeprof(
+        &record_args(target.pid, &prefix, &["-d", "1", "--top", "0"]),
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    assert!(!run.stdout.contains("(no samples)"), "{}", run.stdout);
+    let rows = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Top functions by total time"))
+        .skip(2)
+        .take_while(|l| l.starts_with("  "))
+        .count();
+    assert!(rows > 15, "{rows} rows with --top 0:\n{}", run.stdout);
+}

@@ -47,6 +47,14 @@ pub enum RecordError {
     Output(#[from] FileError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(
+        "a duration of {duration:?} is shorter than one sampling period ({period:?} at {hz} Hz): nothing would be sampled"
+    )]
+    TooShort {
+        duration: std::time::Duration,
+        period: std::time::Duration,
+        hz: u64,
+    },
 }
 
 /// A finished recording: what was written, and the summary to show.
@@ -65,7 +73,16 @@ pub struct Recording {
 
 /// Records a profile; everything sampled before a stop is written.
 pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
-    probe::check_permissions()?;
+    let hz = options.sampling.frequency_hz.max(1);
+    let period = std::time::Duration::from_nanos(1_000_000_000 / hz);
+    if let Some(duration) = options.sampling.duration.filter(|&d| d < period) {
+        return Err(RecordError::TooShort {
+            duration,
+            period,
+            hz,
+        });
+    }
+    probe::check_permissions(probe::SAMPLING)?;
     // Fork before the capture's runtime starts threads (see target::launch).
     let mut launched = match &options.target {
         TargetSpec::Pid(_) => None,

@@ -30,8 +30,13 @@ impl Launched {
         let program = argv
             .first()
             .ok_or_else(|| TargetError::CommandNotFound(String::new()))?;
-        let path =
-            find_program(program).ok_or_else(|| TargetError::CommandNotFound(program.clone()))?;
+        let path = find_program(program).ok_or_else(|| {
+            if program.contains('/') && Path::new(program).is_file() {
+                TargetError::NotExecutable(program.clone())
+            } else {
+                TargetError::CommandNotFound(program.clone())
+            }
+        })?;
         let launch_err = |source| TargetError::Launch {
             command: command.clone(),
             source,
