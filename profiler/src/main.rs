@@ -156,6 +156,10 @@ struct RecordArgs {
     /// Event-loop turns longer than this are listed with what ran in them.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     blocked_ms: u64,
+    /// A launched command keeps running when the recording ends (by default
+    /// it gets SIGTERM, as Ctrl-C in its terminal would end it).
+    #[arg(long, requires = "command")]
+    keep_running: bool,
     /// Command to launch and profile from its first instruction.
     #[arg(last = true)]
     command: Vec<String>,
@@ -302,6 +306,7 @@ impl RecordArgs {
             formats: self.format,
             top: self.top,
             blocked: Duration::from_millis(self.blocked_ms),
+            keep_running: self.keep_running,
         }
     }
 }

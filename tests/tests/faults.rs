@@ -503,3 +503,49 @@ fn top_zero_lists_everything() {
         .count();
     assert!(rows > 15, "{rows} rows with --top 0:\n{}", run.stdout);
 }
+
+/// A launched command ends with its recording (SIGTERM, reported), unless
+/// `--keep-running`: then it runs on after nodeprof exits.
+#[test]
+fn a_launched_command_ends_with_its_recording() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let node = node_major(22);
+    let busy = fixture("busy.js");
+    for keep in [false, true] {
+        let prefix = dir.path().join(format!("keep-{keep}"));
+        let mut args = vec!["record", "-q", "-d", "1", "-o", prefix.to_str().unwrap()];
+        if keep {
+            args.push("--keep-running");
+        }
+        args.extend(["--", node.to_str().unwrap(), busy.to_str().unwrap(), "30"]);
+        let run = run_nodeprof(&args, dir.path(), RUN_TIMEOUT);
+        run.assert_success();
+        let pid: u32 = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("nodeprof: recorded pid "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{}", run.stdout));
+        if keep {
+            // Reparented, still running: end it here.
+            assert!(
+                proc_state(pid).is_some_and(|s| s != 'Z'),
+                "--keep-running: {pid} is gone"
+            );
+            send_signal(pid, libc::SIGKILL);
+        } else {
+            assert!(
+                run.stdout
+                    .contains("nodeprof: command exited with signal 15"),
+                "{}",
+                run.stdout
+            );
+            assert!(
+                proc_state(pid).is_none(),
+                "the launched command {pid} still runs"
+            );
+        }
+    }
+}

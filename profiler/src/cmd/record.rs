@@ -33,6 +33,8 @@ pub struct RecordOptions {
     pub top: usize,
     /// Event-loop turns longer than this are listed with what ran in them.
     pub blocked: std::time::Duration,
+    /// A launched command keeps running after the recording ends.
+    pub keep_running: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,9 @@ pub struct Recording {
     pub loops: Option<LoopReport>,
     pub written: Vec<PathBuf>,
 }
+
+/// How long a launched command gets to exit on SIGTERM before SIGKILL.
+const CHILD_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Records a profile; everything sampled before a stop is written.
 pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
@@ -120,7 +125,13 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
             return Err(e.into());
         }
     };
-    let child_status = launched.as_ref().and_then(Launched::try_wait);
+    // A launched command ends with its recording, as it would with a
+    // terminal's Ctrl-C, unless asked to keep running.
+    let child_status = match &launched {
+        Some(child) if !options.keep_running => child.terminate(CHILD_GRACE),
+        Some(child) => child.try_wait(),
+        None => None,
+    };
     let mut target = target;
     if let Some(exe) = capture.exe.take() {
         // What it runs now: a launched command after its exec, or an exec while recorded.
