@@ -14,6 +14,8 @@
 mod calls;
 #[cfg(target_arch = "bpf")]
 mod sampler;
+#[cfg(target_arch = "bpf")]
+mod tasks;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

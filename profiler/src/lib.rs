@@ -6,6 +6,7 @@
 //! garbage collections with uprobes (`nodeprof gc`), [`heap`] reads
 //! `.heapsnapshot` files (`nodeprof heap`).
 
+pub mod cmd;
 pub mod collect;
 pub mod gc;
 pub mod heap;
@@ -15,6 +16,7 @@ pub mod probe;
 pub mod profile;
 pub mod record;
 pub mod session;
+pub mod stacks;
 pub mod symbolize;
 pub mod target;
 pub mod v8;

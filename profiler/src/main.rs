@@ -33,6 +33,11 @@ enum Command {
     /// before and after, reason; a leak suspicion when the heap left after full
     /// GCs keeps growing; a summary at the end.
     Gc(GcArgs),
+    /// What every thread of a process is doing right now, without stopping
+    /// or signalling it: state, system call, kernel, native and JS frames,
+    /// and a verdict for the main thread (idle event loop, blocked in a
+    /// synchronous call, running JavaScript, in GC).
+    Dump(DumpArgs),
     /// Show what nodeprof finds in a process: Node.js and V8 versions, where
     /// the V8 layout comes from, and whether JS frames can be named.
     Info {
@@ -163,6 +168,16 @@ struct RecordArgs {
 }
 
 #[derive(clap::Args)]
+struct DumpArgs {
+    /// Process to dump (all of its threads).
+    #[arg(short, long)]
+    pid: u32,
+    /// One JSON object per thread and line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct GcArgs {
     /// Process to trace.
     #[arg(short, long)]
@@ -213,6 +228,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Record(args) => record_command(args),
         Command::Gc(args) => gc_command(args),
+        Command::Dump(args) => {
+            let options = nodeprof::cmd::dump::DumpOptions {
+                pid: args.pid,
+                json: args.json,
+            };
+            nodeprof::cmd::dump::run(&options, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Info { pid } => {
             let info = nodeprof::info::inspect(pid)?;
             print_report(&info.to_string());

@@ -1,0 +1,209 @@
+//! Native unwinding of a thread that is not running, from the registers it
+//! entered the kernel with: DWARF CFI (`.eh_frame`) where a module has it,
+//! frame pointers elsewhere (V8's JIT code and embedded builtins have no
+//! CFI but keep rbp). framehop does both; we give it the target's modules
+//! and its stack memory through [`Memory`].
+//!
+//! CFI matters for the innermost frames: libc's system-call wrappers
+//! (`read`, `epoll_wait`, `futex`) set up no frame pointer, so a pure
+//! frame-pointer walk from them skips their caller.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::target::Mapping;
+use crate::v8::{Memory, MemoryExt};
+
+/// Deepest stack walked (as the sampler's).
+const MAX_FRAMES: usize = nodeprof_common::MAX_USER_FRAMES;
+/// Stack memory is read a page at a time and kept for the walk.
+const PAGE: u64 = 4096;
+
+/// One frame: its pc (the interrupted pc for the first, return addresses
+/// after) and the frame pointer register while it ran, which in V8's frames
+/// addresses the function and context slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NativeFrame {
+    pub pc: u64,
+    pub bp: u64,
+}
+
+/// The unwind data of every executable file the target maps.
+pub struct Unwinder {
+    inner: UnwinderX86_64<Vec<u8>>,
+    cache: RefCell<CacheX86_64>,
+}
+
+impl Unwinder {
+    /// Reads `.eh_frame` and `.eh_frame_hdr` of the files behind the
+    /// executable mappings (opened through `/proc/PID/map_files`, so the
+    /// target's mount namespace does not matter). A file that cannot be read
+    /// is unwound by frame pointers only.
+    pub fn for_process(pid: u32, mappings: &[Mapping]) -> Unwinder {
+        let mut inner = UnwinderX86_64::new();
+        for mapping in mappings.iter().filter(|m| m.executable && m.is_file()) {
+            match module_of(pid, mapping) {
+                Some(module) => inner.add_module(module),
+                None => tracing::debug!("no unwind data for {}", mapping.path),
+            }
+        }
+        Unwinder {
+            inner,
+            cache: RefCell::new(CacheX86_64::new()),
+        }
+    }
+
+    /// Walks from the registers of a thread that stays put while we read.
+    pub fn walk<M: Memory + ?Sized>(&self, mem: &M, ip: u64, sp: u64, bp: u64) -> Vec<NativeFrame> {
+        let pages = RefCell::new(HashMap::<u64, Option<Box<[u8]>>>::new());
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            if !addr.is_multiple_of(8) {
+                return mem.read_u64(addr).map_err(|_| ());
+            }
+            let page = addr & !(PAGE - 1);
+            let mut pages = pages.borrow_mut();
+            let bytes = pages.entry(page).or_insert_with(|| {
+                let mut buf = vec![0u8; PAGE as usize];
+                mem.read(page, &mut buf).ok().map(|()| buf.into_boxed_slice())
+            });
+            match bytes {
+                Some(b) => {
+                    let off = (addr - page) as usize;
+                    Ok(u64::from_le_bytes(b[off..off + 8].try_into().map_err(|_| ())?))
+                }
+                // A page partly unmapped (the top of the stack): word by word.
+                None => mem.read_u64(addr).map_err(|_| ()),
+            }
+        };
+        let mut cache = self.cache.borrow_mut();
+        let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+        let mut address = FrameAddress::InstructionPointer(ip);
+        let mut frames = Vec::new();
+        while frames.len() < MAX_FRAMES {
+            frames.push(NativeFrame {
+                pc: address.address(),
+                bp: regs.bp(),
+            });
+            match self
+                .inner
+                .unwind_frame(address, &mut regs, &mut cache, &mut read_stack)
+            {
+                Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                    Some(next) => address = next,
+                    None => break,
+                },
+                // The root (Ok(None)) or a stack that cannot be read further.
+                _ => break,
+            }
+        }
+        frames
+    }
+}
+
+/// The framehop module of one executable mapping.
+fn module_of(pid: u32, mapping: &Mapping) -> Option<Module<Vec<u8>>> {
+    let file = File::open(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    ))
+    .or_else(|_| {
+        File::open(format!(
+            "/proc/{pid}/root{}",
+            mapping.path.trim_end_matches(" (deleted)")
+        ))
+    })
+    .ok()?;
+    // Only the headers and the unwind sections are read, not the whole file
+    // (node's binary is ~100 MB).
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    // The load bias: where the segment holding this mapping's file offset landed.
+    let bias = elf.segments().find_map(|seg| {
+        let (offset, size) = seg.file_range();
+        (offset <= mapping.offset && mapping.offset < offset + size)
+            .then(|| mapping.start.wrapping_sub(seg.address() + (mapping.offset - offset)))
+    })?;
+    let section = |name: &str| -> Option<(Range<u64>, Vec<u8>)> {
+        let s = elf.section_by_name(name)?;
+        let data = s.data().ok()?.to_vec();
+        Some((s.address()..s.address() + s.size(), data))
+    };
+    let eh_frame = section(".eh_frame")?;
+    let eh_frame_hdr = section(".eh_frame_hdr");
+    let text_svma = elf
+        .section_by_name(".text")
+        .map(|s| s.address()..s.address() + s.size());
+    let got_svma = elf
+        .section_by_name(".got")
+        .map(|s| s.address()..s.address() + s.size());
+    let (eh_frame_hdr_svma, eh_frame_hdr) = match eh_frame_hdr {
+        Some((range, data)) => (Some(range), Some(data)),
+        None => (None, None),
+    };
+    let info = ExplicitModuleSectionInfo {
+        base_svma: 0,
+        text_svma,
+        got_svma,
+        eh_frame_svma: Some(eh_frame.0),
+        eh_frame: Some(eh_frame.1),
+        eh_frame_hdr_svma,
+        eh_frame_hdr,
+        ..Default::default()
+    };
+    Some(Module::new(
+        mapping.path.clone(),
+        mapping.start..mapping.end,
+        bias,
+        info,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::read_maps;
+    use crate::v8::ProcessMemory;
+
+    /// Unwinds this test's own thread from registers taken in this frame
+    /// (it stays live while the walk runs below it): the walk must climb
+    /// through the test harness, which Rust builds without frame pointers,
+    /// to libc's thread start.
+    #[test]
+    fn unwinds_own_stack_through_cfi() {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads registers only.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+            );
+        }
+        let pid = std::process::id();
+        let maps = read_maps(pid).unwrap();
+        let unwinder = Unwinder::for_process(pid, &maps);
+        let frames = unwinder.walk(&ProcessMemory::new(pid), ip, sp, bp);
+        let libc = maps
+            .iter()
+            .filter(|m| m.path.contains("libc.so"))
+            .collect::<Vec<_>>();
+        assert!(!libc.is_empty());
+        assert!(
+            frames
+                .iter()
+                .skip(1)
+                .any(|f| libc.iter().any(|m| m.contains(f.pc))),
+            "the walk did not reach libc's thread start: {} frames {frames:x?}",
+            frames.len()
+        );
+    }
+}
