@@ -153,13 +153,21 @@ impl StateWatch {
 
 fn proc_state_of(stat: &Path) -> Option<char> {
     let text = std::fs::read_to_string(stat).ok()?;
-    text.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Pending signals of the process and of each thread (`SigPnd`, `ShdPnd`).
 fn pending_signals(pid: u32) -> Vec<String> {
     let mut pending = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
         for line in status.lines() {
             if let Some(mask) = line
@@ -216,7 +224,11 @@ impl Dump {
 
     /// The frame lines of the main thread's block.
     fn main_thread_block(&self) -> Vec<&str> {
-        let mut lines = self.run.stdout.lines().skip_while(|l| !l.ends_with("main thread"));
+        let mut lines = self
+            .run
+            .stdout
+            .lines()
+            .skip_while(|l| !l.ends_with("main thread"));
         let mut block = Vec::new();
         lines.next();
         for line in lines {
@@ -435,12 +447,17 @@ fn idle_case(major: u32) {
     let dump = Dump::of(&fixture, &[]);
     assert_verdict(&dump, "event loop idle (epoll_", &[]);
     assert!(
-        !dump.main_thread_block().iter().any(|l| l.contains("file://")),
+        !dump
+            .main_thread_block()
+            .iter()
+            .any(|l| l.contains("file://")),
         "an idle main thread shows JS frames:\n{}",
         dump.run.stdout
     );
     assert!(
-        dump.main_thread_block().iter().any(|l| l.starts_with("uv_run")),
+        dump.main_thread_block()
+            .iter()
+            .any(|l| l.starts_with("uv_run")),
         "no uv_run in the idle main thread:\n{}",
         dump.run.stdout
     );
@@ -520,10 +537,23 @@ fn non_node_process_has_native_stacks() {
             .is_ok_and(|s| s.starts_with("230 ") || s.starts_with("35 "))
     });
     assert!(ok, "sleep did not reach nanosleep");
-    let run = run_nodeprof(&["dump", "-p", &target.pid.to_string()], dir.path(), RUN_TIMEOUT);
+    let run = run_nodeprof(
+        &["dump", "-p", &target.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
     run.assert_success();
-    assert!(run.stdout.contains("no V8 found: native stacks only"), "{}", run.stdout);
-    assert!(run.stdout.contains("in system call clock_nanosleep") || run.stdout.contains("in system call nanosleep"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("no V8 found: native stacks only"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("in system call clock_nanosleep")
+            || run.stdout.contains("in system call nanosleep"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("__libc_start_main"), "{}", run.stdout);
     assert!(!run.stdout.contains("file://"), "{}", run.stdout);
     assert!(target.is_running());

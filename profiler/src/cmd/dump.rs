@@ -7,7 +7,9 @@ use std::io::Write;
 use serde_json::json;
 
 use crate::profile::{Frame, FrameKind};
-use crate::stacks::{self, SampleWindow, StackSource, Stacks, StacksError, ThreadStack, ThreadState};
+use crate::stacks::{
+    self, SampleWindow, StackSource, Stacks, StacksError, ThreadStack, ThreadState,
+};
 use crate::symbolize::GARBAGE_COLLECTOR;
 
 /// JS callers shown after a verdict's system call or function.
@@ -117,11 +119,17 @@ pub fn verdict(thread: &ThreadStack) -> String {
                     // Runnable but never on a CPU while sampled: its saved
                     // registers are where it was preempted.
                     match js.first() {
-                        Some(_) => format!("waiting for a CPU in JavaScript: {}", chain(js[0].name.clone(), &js[1..])),
+                        Some(_) => format!(
+                            "waiting for a CPU in JavaScript: {}",
+                            chain(js[0].name.clone(), &js[1..])
+                        ),
                         None => "waiting for a CPU".to_string(),
                     }
                 }
-                None => format!("{} outside a system call{since}", thread.info.state.describe()),
+                None => format!(
+                    "{} outside a system call{since}",
+                    thread.info.state.describe()
+                ),
             }
         }
         StackSource::Unavailable { reason } => format!("unknown: {reason}"),
@@ -143,7 +151,9 @@ fn human_duration(seconds: f64) -> String {
 fn frame_line(frame: &Frame) -> String {
     match frame.kind {
         FrameKind::Js => match (frame.line, frame.column) {
-            (Some(l), Some(c)) => format!("{} ({}:{}:{})", frame.name, frame.location, l + 1, c + 1),
+            (Some(l), Some(c)) => {
+                format!("{} ({}:{}:{})", frame.name, frame.location, l + 1, c + 1)
+            }
             _ if frame.location.is_empty() => frame.name.clone(),
             _ => format!("{} ({})", frame.name, frame.location),
         },
@@ -213,7 +223,10 @@ fn write_text(stacks: &Stacks, out: &mut dyn Write) -> std::io::Result<()> {
         }
         match &thread.source {
             StackSource::Sampled { samples, window_ms } => {
-                writeln!(out, "    on CPU: newest of {samples} samples in {window_ms} ms")?;
+                writeln!(
+                    out,
+                    "    on CPU: newest of {samples} samples in {window_ms} ms"
+                )?;
             }
             StackSource::Unavailable { reason } => writeln!(out, "    no stack: {reason}")?,
             StackSource::Registers => {}

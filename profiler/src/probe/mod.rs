@@ -98,6 +98,8 @@ pub struct Probe {
     call_links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
     /// The sampler's perf-event attachments, one per CPU.
     sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
+    /// The kernel's BTF, when it has one.
+    btf: Option<aya::Btf>,
 }
 
 /// A function of the target to trace, by file offset in its ELF binary, at
@@ -122,7 +124,11 @@ impl Probe {
                 "no /sys/fs/bpf and no /sys/kernel/btf/vmlinux".into(),
             ));
         }
-        let mut ebpf = Ebpf::load(PROBE_OBJECT)
+        // Parsed once here for both the loader and the task iterator (a few MB).
+        let btf = aya::Btf::from_sys_fs().ok();
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(btf.as_ref())
+            .load(PROBE_OBJECT)
             .map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
         let targets = take_map(&mut ebpf, TARGETS_MAP)?;
         let v8_configs = take_map(&mut ebpf, V8_CONFIGS_MAP)?;
@@ -142,6 +148,7 @@ impl Probe {
             call_reads,
             call_links: Vec::new(),
             sampler_links: Vec::new(),
+            btf,
         })
     }
 
@@ -267,11 +274,12 @@ impl Probe {
     /// Loads the task iterator (kernel 5.8+ with BTF; the per-thread filter
     /// [`Probe::read_task`] uses needs 6.1+).
     pub fn load_task_iterator(&mut self) -> Result<(), ProbeError> {
-        let btf = aya::Btf::from_sys_fs()
-            .map_err(|e| ProbeError::classify("read the kernel's BTF", &e))?;
+        let btf = self.btf.as_ref().ok_or_else(|| {
+            ProbeError::NoKernelSupport("no BTF in /sys/kernel/btf/vmlinux".into())
+        })?;
         let program: &mut Iter = program_mut(&mut self.ebpf, TASKS_PROGRAM)?;
         program
-            .load(TASKS_ITER_TARGET, &btf)
+            .load(TASKS_ITER_TARGET, btf)
             .map_err(|e| ProbeError::classify("load the task iterator", &e))
     }
 

@@ -214,29 +214,39 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
 
     let mut out = Vec::with_capacity(listed.len());
     for info in listed {
-        let frames_of = |sample: usize| symbolized[collection.samples[sample].stack as usize].clone();
-        let (source, frames, syscall, sampled_js) = if let Some(&(newest, count)) =
-            sampled.get(&info.tid)
-        {
-            let js = js_leaders(&collection, &symbolized, info.tid);
-            (
-                StackSource::Sampled {
-                    samples: count,
-                    window_ms,
-                },
-                frames_of(newest),
-                None,
-                js,
-            )
-        } else if let Some(&sample) = walked.get(&info.tid) {
-            let r = &regs[&info.tid];
-            let syscall = (r.syscall_nr >= 0 && r.cs & 3 == 3)
-                .then(|| syscalls::decode(pid, r.syscall_nr, r.args, &mem));
-            (StackSource::Registers, frames_of(sample), syscall, Vec::new())
-        } else {
-            let reason = "the thread exited while being read".to_string();
-            (StackSource::Unavailable { reason }, Vec::new(), None, Vec::new())
-        };
+        let frames_of =
+            |sample: usize| symbolized[collection.samples[sample].stack as usize].clone();
+        let (source, frames, syscall, sampled_js) =
+            if let Some(&(newest, count)) = sampled.get(&info.tid) {
+                let js = js_leaders(&collection, &symbolized, info.tid);
+                (
+                    StackSource::Sampled {
+                        samples: count,
+                        window_ms,
+                    },
+                    frames_of(newest),
+                    None,
+                    js,
+                )
+            } else if let Some(&sample) = walked.get(&info.tid) {
+                let r = &regs[&info.tid];
+                let syscall = (r.syscall_nr >= 0 && r.cs & 3 == 3)
+                    .then(|| syscalls::decode(pid, r.syscall_nr, r.args, &mem));
+                (
+                    StackSource::Registers,
+                    frames_of(sample),
+                    syscall,
+                    Vec::new(),
+                )
+            } else {
+                let reason = "the thread exited while being read".to_string();
+                (
+                    StackSource::Unavailable { reason },
+                    Vec::new(),
+                    None,
+                    Vec::new(),
+                )
+            };
         out.push(ThreadStack {
             info,
             syscall,
@@ -288,7 +298,11 @@ fn sample(
 }
 
 /// JS functions innermost in a thread's samples, most samples first.
-fn js_leaders(collection: &Collection, symbolized: &[Vec<Frame>], tid: u32) -> Vec<(String, usize)> {
+fn js_leaders(
+    collection: &Collection,
+    symbolized: &[Vec<Frame>],
+    tid: u32,
+) -> Vec<(String, usize)> {
     let mut counts: HashMap<String, usize> = HashMap::new();
     for s in collection.samples.iter().filter(|s| s.tid == tid) {
         let frames = &symbolized[s.stack as usize];

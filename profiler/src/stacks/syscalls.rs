@@ -128,7 +128,9 @@ pub fn decode<M: Memory + ?Sized>(pid: u32, nr: i64, args: [u64; 6], mem: &M) ->
                 Some(target) => parts.push(format!("fd {value} {target}")),
                 None => parts.push(format!("fd {value}")),
             },
-            Arg::Path => parts.push(read_c_string(mem, value).unwrap_or_else(|| format!("{value:#x}"))),
+            Arg::Path => {
+                parts.push(read_c_string(mem, value).unwrap_or_else(|| format!("{value:#x}")))
+            }
             Arg::Int => parts.push((value as i64).to_string()),
             Arg::Futex => {
                 parts.push(format!("{value:#x} {}", futex_op(args[1])));
@@ -183,7 +185,12 @@ mod tests {
         let me = std::process::id();
         let mem = ProcessMemory::new(me);
         let path = c"/tmp/some file.fifo";
-        let open = decode(me, 257, [-100i64 as u64, path.as_ptr() as u64, 0, 0, 0, 0], &mem);
+        let open = decode(
+            me,
+            257,
+            [-100i64 as u64, path.as_ptr() as u64, 0, 0, 0, 0],
+            &mem,
+        );
         assert_eq!(open.summary(), "openat /tmp/some file.fifo");
         let file = std::fs::File::open("/proc/self/status").unwrap();
         let read = decode(me, 0, [file.as_raw_fd() as u64, 0, 0, 0, 0, 0], &mem);

@@ -95,7 +95,12 @@ fn parse_stat(stat: &str) -> Option<(String, ThreadState)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let name = stat.get(open + 1..close)?.to_string();
-    let state = stat.get(close + 1..)?.split_whitespace().next()?.chars().next()?;
+    let state = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()?;
     Some((name, ThreadState::from_letter(state)))
 }
 
@@ -150,17 +155,26 @@ mod tests {
     fn lists_own_threads_main_first() {
         let pid = std::process::id();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
         let helper = std::thread::Builder::new()
             .name("lister-helper".into())
-            .spawn(move || rx.recv())
+            .spawn(move || {
+                // The name is set by the new thread itself: list it after that.
+                let _ = started_tx.send(());
+                rx.recv()
+            })
             .unwrap();
+        started.recv().unwrap();
         let threads = list(pid).unwrap();
         assert_eq!(threads[0].tid, pid);
         let helper_info = threads.iter().find(|t| t.name == "lister-helper");
         assert!(helper_info.is_some(), "{threads:?}");
         // Blocked in recv: sleeping, off the CPU for some (short) time.
         let h = helper_info.unwrap();
-        assert!(matches!(h.state, ThreadState::Sleeping | ThreadState::Running));
+        assert!(matches!(
+            h.state,
+            ThreadState::Sleeping | ThreadState::Running
+        ));
         drop(tx);
         let _ = helper.join();
         assert_eq!(tgid_of(pid), Some(pid));

@@ -15,7 +15,8 @@ use std::ops::Range;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
-use object::{Object, ObjectSection, ObjectSegment};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
+use object::{elf::FileHeader64, Endianness};
 
 use crate::target::Mapping;
 use crate::v8::{Memory, MemoryExt};
@@ -70,12 +71,16 @@ impl Unwinder {
             let mut pages = pages.borrow_mut();
             let bytes = pages.entry(page).or_insert_with(|| {
                 let mut buf = vec![0u8; PAGE as usize];
-                mem.read(page, &mut buf).ok().map(|()| buf.into_boxed_slice())
+                mem.read(page, &mut buf)
+                    .ok()
+                    .map(|()| buf.into_boxed_slice())
             });
             match bytes {
                 Some(b) => {
                     let off = (addr - page) as usize;
-                    Ok(u64::from_le_bytes(b[off..off + 8].try_into().map_err(|_| ())?))
+                    Ok(u64::from_le_bytes(
+                        b[off..off + 8].try_into().map_err(|_| ())?,
+                    ))
                 }
                 // A page partly unmapped (the top of the stack): word by word.
                 None => mem.read_u64(addr).map_err(|_| ()),
@@ -119,41 +124,50 @@ fn module_of(pid: u32, mapping: &Mapping) -> Option<Module<Vec<u8>>> {
         ))
     })
     .ok()?;
-    // Only the headers and the unwind sections are read, not the whole file
-    // (node's binary is ~100 MB).
+    // Only the headers and the unwind sections are read: not the symbol
+    // tables (10 MB in node) that `object::File::parse` would load.
     let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    // The load bias: where the segment holding this mapping's file offset landed.
-    let bias = elf.segments().find_map(|seg| {
-        let (offset, size) = seg.file_range();
-        (offset <= mapping.offset && mapping.offset < offset + size)
-            .then(|| mapping.start.wrapping_sub(seg.address() + (mapping.offset - offset)))
-    })?;
-    let section = |name: &str| -> Option<(Range<u64>, Vec<u8>)> {
-        let s = elf.section_by_name(name)?;
-        let data = s.data().ok()?.to_vec();
-        Some((s.address()..s.address() + s.size(), data))
+    let header = FileHeader64::<Endianness>::parse(&cache).ok()?;
+    let endian = header.endian().ok()?;
+    // The load bias: where the executable segment this mapping holds landed.
+    // The mapping starts at a page boundary, its segment maybe later in the
+    // page (lld puts .text at offset 0x1682a0, vaddr 0x1692a0).
+    let bias = header
+        .program_headers(endian, &cache)
+        .ok()?
+        .iter()
+        .filter(|ph| {
+            ph.p_type(endian) == object::elf::PT_LOAD && ph.p_flags(endian) & object::elf::PF_X != 0
+        })
+        .find_map(|ph| {
+            let (offset, size) = (ph.p_offset(endian), ph.p_filesz(endian));
+            (offset & !(PAGE - 1) <= mapping.offset && mapping.offset < offset + size).then(|| {
+                mapping
+                    .start
+                    .wrapping_add(offset)
+                    .wrapping_sub(mapping.offset)
+                    .wrapping_sub(ph.p_vaddr(endian))
+            })
+        })?;
+    let sections = header.sections(endian, &cache).ok()?;
+    let range = |name: &[u8]| -> Option<Range<u64>> {
+        let (_, sh) = sections.section_by_name(endian, name)?;
+        let start = sh.sh_addr(endian);
+        Some(start..start + sh.sh_size(endian))
     };
-    let eh_frame = section(".eh_frame")?;
-    let eh_frame_hdr = section(".eh_frame_hdr");
-    let text_svma = elf
-        .section_by_name(".text")
-        .map(|s| s.address()..s.address() + s.size());
-    let got_svma = elf
-        .section_by_name(".got")
-        .map(|s| s.address()..s.address() + s.size());
-    let (eh_frame_hdr_svma, eh_frame_hdr) = match eh_frame_hdr {
-        Some((range, data)) => (Some(range), Some(data)),
-        None => (None, None),
+    let data = |name: &[u8]| -> Option<Vec<u8>> {
+        let (_, sh) = sections.section_by_name(endian, name)?;
+        sh.data(endian, &cache).ok().map(<[u8]>::to_vec)
     };
+    let eh_frame = data(b".eh_frame")?;
     let info = ExplicitModuleSectionInfo {
         base_svma: 0,
-        text_svma,
-        got_svma,
-        eh_frame_svma: Some(eh_frame.0),
-        eh_frame: Some(eh_frame.1),
-        eh_frame_hdr_svma,
-        eh_frame_hdr,
+        text_svma: range(b".text"),
+        got_svma: range(b".got"),
+        eh_frame_svma: range(b".eh_frame"),
+        eh_frame: Some(eh_frame),
+        eh_frame_hdr_svma: range(b".eh_frame_hdr"),
+        eh_frame_hdr: data(b".eh_frame_hdr"),
         ..Default::default()
     };
     Some(Module::new(

@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::function::{FrameFunction, JsFunctionInfo, JsResolver};
-use super::walk::{walk, WalkedFrame};
 use super::layout::V8Layout;
 use super::memory::ProcessMemory;
+use super::walk::{walk, WalkedFrame};
 
 /// The official node binary of a major: `NODEPROF_NODE_<major>`, else the
 /// cache `cargo xtask bootstrap` fills. A missing one fails the test.

@@ -18,12 +18,7 @@ pub struct WalkedFrame {
 }
 
 /// The frame-pointer walk of the sampler, in user space.
-pub fn walk<M: Memory>(
-    mem: &M,
-    layout: &V8Layout,
-    mut pc: u64,
-    mut fp: u64,
-) -> Vec<WalkedFrame> {
+pub fn walk<M: Memory>(mem: &M, layout: &V8Layout, mut pc: u64, mut fp: u64) -> Vec<WalkedFrame> {
     let mut frames = Vec::new();
     for _ in 0..nodeprof_common::MAX_USER_FRAMES {
         if fp == 0 || !fp.is_multiple_of(8) {
@@ -49,7 +44,6 @@ pub fn walk<M: Memory>(
     }
     frames
 }
-
 
 /// The sampler's record of one frame, from its pc and frame pointer: the
 /// word at the context-or-marker slot, and the SharedFunctionInfo when the
