@@ -4,13 +4,13 @@
 
 use std::io::Write;
 
-use serde_json::json;
+use serde::Serialize;
 
-use crate::profile::{Frame, FrameKind};
+use crate::output::Report;
+use crate::profile::{Frame, FrameKind, GARBAGE_COLLECTOR};
 use crate::stacks::{
-    self, SampleWindow, StackSource, Stacks, StacksError, ThreadStack, ThreadState,
+    self, SampleWindow, StackSource, Stacks, StacksError, Syscall, ThreadStack, ThreadState,
 };
-use crate::symbolize::GARBAGE_COLLECTOR;
 
 /// JS callers shown after a verdict's system call or function.
 const VERDICT_JS_FRAMES: usize = 4;
@@ -31,14 +31,107 @@ pub enum DumpError {
 }
 
 /// Takes every thread's stack and writes the dump to `out`.
-pub fn run(options: &DumpOptions, out: &mut dyn Write) -> Result<(), DumpError> {
+pub fn run(options: &DumpOptions, out: &mut dyn Write) -> Result<DumpReport, DumpError> {
     let stacks = stacks::capture(options.pid, SampleWindow::default())?;
+    let report = DumpReport::of(&stacks);
     let written = if options.json {
-        write_json(&stacks, out)
+        report.write_json_lines(out)
     } else {
-        write_text(&stacks, out)
+        report.write_text(out)
     };
-    written.map_err(DumpError::Write)
+    written
+        .and_then(|()| out.flush())
+        .map_err(DumpError::Write)?;
+    Ok(report)
+}
+
+/// The dump of one process, as printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DumpReport {
+    pub pid: u32,
+    pub exe: String,
+    pub v8_version: Option<String>,
+    pub js_naming: bool,
+    pub capture_ms: f64,
+    pub threads: Vec<ThreadReport>,
+}
+
+/// One thread of a [`DumpReport`]: one JSON object with `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadReport {
+    pub pid: u32,
+    pub tid: u32,
+    pub name: String,
+    pub main: bool,
+    pub state: ThreadState,
+    /// Seconds since it last ran, for a thread off the CPU.
+    pub off_cpu_s: Option<f64>,
+    pub syscall: Option<Syscall>,
+    pub source: StackSource,
+    pub verdict: String,
+    /// Innermost first.
+    pub frames: Vec<FrameReport>,
+    pub capture_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameReport {
+    pub kind: &'static str,
+    pub name: String,
+    pub location: String,
+    /// 0-based, as in a `.cpuprofile`.
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+}
+
+impl DumpReport {
+    pub fn of(stacks: &Stacks) -> DumpReport {
+        let capture_ms = stacks.capture_time.as_secs_f64() * 1e3;
+        let pid = stacks.target.pid;
+        DumpReport {
+            pid,
+            exe: stacks.target.exe.display().to_string(),
+            v8_version: stacks.v8_version.clone(),
+            js_naming: stacks.js_naming,
+            capture_ms,
+            threads: stacks
+                .threads
+                .iter()
+                .map(|t| ThreadReport {
+                    pid,
+                    tid: t.info.tid,
+                    name: t.info.name.clone(),
+                    main: t.info.tid == pid,
+                    state: t.info.state,
+                    off_cpu_s: t.info.off_cpu.map(|d| d.as_secs_f64()),
+                    syscall: t.syscall.clone(),
+                    source: t.source.clone(),
+                    verdict: verdict(t),
+                    frames: t
+                        .frames
+                        .iter()
+                        .map(|f| FrameReport {
+                            kind: kind_name(f.kind),
+                            name: f.name.clone(),
+                            location: f.location.clone(),
+                            line: f.line,
+                            column: f.column,
+                        })
+                        .collect(),
+                    capture_ms,
+                })
+                .collect(),
+        }
+    }
+
+    /// `--json`: one object per thread and line.
+    pub fn write_json_lines(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        for thread in &self.threads {
+            serde_json::to_writer(&mut *out, thread)?;
+            writeln!(out)?;
+        }
+        Ok(())
+    }
 }
 
 /// What the thread is doing, in one line: `event loop idle (epoll_wait)`,
@@ -148,17 +241,17 @@ fn human_duration(seconds: f64) -> String {
 
 /// A frame as one line of the dump: `name (url:line:column)` with 1-based
 /// positions as editors show them, `name (module)` for native code.
-fn frame_line(frame: &Frame) -> String {
+fn frame_line(frame: &FrameReport) -> String {
     match frame.kind {
-        FrameKind::Js => match (frame.line, frame.column) {
+        "js" => match (frame.line, frame.column) {
             (Some(l), Some(c)) => {
                 format!("{} ({}:{}:{})", frame.name, frame.location, l + 1, c + 1)
             }
             _ if frame.location.is_empty() => frame.name.clone(),
             _ => format!("{} ({})", frame.name, frame.location),
         },
-        FrameKind::Kernel => format!("{} [kernel]", frame.name),
-        FrameKind::Meta => frame.name.clone(),
+        "kernel" => format!("{} [kernel]", frame.name),
+        "meta" => frame.name.clone(),
         _ => {
             let module = frame.location.rsplit('/').next().unwrap_or("");
             if module.is_empty() || frame.name.starts_with('[') {
@@ -181,93 +274,55 @@ fn kind_name(kind: FrameKind) -> &'static str {
     }
 }
 
-fn write_text(stacks: &Stacks, out: &mut dyn Write) -> std::io::Result<()> {
-    let target = &stacks.target;
-    let runtime = match (&stacks.v8_version, stacks.js_naming) {
-        (Some(v8), true) => format!("V8 {v8}"),
-        (_, true) => "V8".to_string(),
-        (_, false) => "no V8 found: native stacks only".to_string(),
-    };
-    writeln!(
-        out,
-        "Process {}: {} ({runtime})",
-        target.pid,
-        target.exe.display()
-    )?;
-    writeln!(
-        out,
-        "{} threads, dumped in {} ms without stopping the process",
-        stacks.threads.len(),
-        stacks.capture_time.as_millis()
-    )?;
-    for thread in &stacks.threads {
-        let info = &thread.info;
-        let main = info.tid == target.pid;
-        writeln!(out)?;
-        let mut state = info.state.describe().to_string();
-        if let Some(d) = info.off_cpu {
-            state.push_str(&format!(" for {}", human_duration(d.as_secs_f64())));
-        }
+impl Report for DumpReport {
+    /// py-spy's layout: a header, then per thread `Thread TID (state): "name"`
+    /// and one frame per line, innermost first.
+    fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let runtime = match (&self.v8_version, self.js_naming) {
+            (Some(v8), true) => format!("V8 {v8}"),
+            (_, true) => "V8".to_string(),
+            (_, false) => "no V8 found: native stacks only".to_string(),
+        };
+        writeln!(out, "Process {}: {} ({runtime})", self.pid, self.exe)?;
         writeln!(
             out,
-            "Thread {} ({state}): \"{}\"{}",
-            info.tid,
-            info.name,
-            if main { " main thread" } else { "" }
+            "{} threads, dumped in {:.0} ms without stopping the process",
+            self.threads.len(),
+            self.capture_ms
         )?;
-        if main {
-            writeln!(out, "    => {}", verdict(thread))?;
-        }
-        if let Some(call) = &thread.syscall {
-            writeln!(out, "    in system call {}", call.summary())?;
-        }
-        match &thread.source {
-            StackSource::Sampled { samples, window_ms } => {
-                writeln!(
-                    out,
-                    "    on CPU: newest of {samples} samples in {window_ms} ms"
-                )?;
+        for thread in &self.threads {
+            writeln!(out)?;
+            let mut state = thread.state.describe().to_string();
+            if let Some(s) = thread.off_cpu_s {
+                state.push_str(&format!(" for {}", human_duration(s)));
             }
-            StackSource::Unavailable { reason } => writeln!(out, "    no stack: {reason}")?,
-            StackSource::Registers => {}
+            writeln!(
+                out,
+                "Thread {} ({state}): \"{}\"{}",
+                thread.tid,
+                thread.name,
+                if thread.main { " main thread" } else { "" }
+            )?;
+            if thread.main {
+                writeln!(out, "    => {}", thread.verdict)?;
+            }
+            if let Some(call) = &thread.syscall {
+                writeln!(out, "    in system call {}", call.summary())?;
+            }
+            match &thread.source {
+                StackSource::Sampled { samples, window_ms } => {
+                    writeln!(
+                        out,
+                        "    on CPU: newest of {samples} samples in {window_ms} ms"
+                    )?;
+                }
+                StackSource::Unavailable { reason } => writeln!(out, "    no stack: {reason}")?,
+                StackSource::Registers => {}
+            }
+            for frame in &thread.frames {
+                writeln!(out, "    {}", frame_line(frame))?;
+            }
         }
-        for frame in &thread.frames {
-            writeln!(out, "    {}", frame_line(frame))?;
-        }
+        Ok(())
     }
-    Ok(())
-}
-
-fn write_json(stacks: &Stacks, out: &mut dyn Write) -> std::io::Result<()> {
-    for thread in &stacks.threads {
-        let info = &thread.info;
-        let frames: Vec<_> = thread
-            .frames
-            .iter()
-            .map(|f| {
-                json!({
-                    "kind": kind_name(f.kind),
-                    "name": f.name,
-                    "location": f.location,
-                    "line": f.line,
-                    "column": f.column,
-                })
-            })
-            .collect();
-        let object = json!({
-            "pid": stacks.target.pid,
-            "tid": info.tid,
-            "name": info.name,
-            "main": info.tid == stacks.target.pid,
-            "state": info.state,
-            "off_cpu_s": info.off_cpu.map(|d| d.as_secs_f64()),
-            "syscall": thread.syscall,
-            "source": thread.source,
-            "verdict": verdict(thread),
-            "frames": frames,
-            "capture_ms": stacks.capture_time.as_secs_f64() * 1e3,
-        });
-        writeln!(out, "{object}")?;
-    }
-    Ok(())
 }

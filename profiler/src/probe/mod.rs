@@ -7,17 +7,19 @@
 
 use std::os::fd::AsFd;
 
+use aya::maps::Array;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-use aya::programs::{Iter, UProbe};
+use aya::programs::{Iter, TracePoint, UProbe};
 use aya::Ebpf;
 use nodeprof_common::{
-    CallReads, TaskRecord, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP, CALL_ENTRY_PROGRAM,
-    CALL_READS_MAP, CALL_RETURN_PROGRAM, LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP,
-    TASKS_ITER_TARGET, TASKS_PROGRAM, V8_CONFIGS_MAP,
+    CallReads, SwitchConfig, TaskRecord, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP,
+    CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
+    LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM, TARGETS_MAP,
+    TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_MAP, V8_CONFIGS_MAP,
 };
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
@@ -96,6 +98,7 @@ pub struct Probe {
     call_reads: HashMap<MapData, u64, CallReads>,
     /// Attached uprobes: (program name, link).
     call_links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
+    thread_events: Option<RingBuf<MapData>>,
     /// The sampler's perf-event attachments, one per CPU.
     sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
     /// The kernel's BTF, when it has one.
@@ -137,7 +140,9 @@ impl Probe {
         let calls_lost = take_map(&mut ebpf, CALLS_LOST_MAP)?;
         let calls = take_map(&mut ebpf, CALLS_MAP)?;
         let call_reads = take_map(&mut ebpf, CALL_READS_MAP)?;
+        let thread_events = take_map(&mut ebpf, THREAD_EVENTS_MAP)?;
         Ok(Probe {
+            thread_events: Some(thread_events),
             ebpf,
             targets,
             v8_configs,
@@ -238,6 +243,76 @@ impl Probe {
             .map_err(|e| ProbeError::classify("attach a uprobe", &e))?;
         self.call_links.push((name, link));
         Ok(())
+    }
+
+    /// Attaches `sched_switch`: every target thread's stack when it leaves
+    /// the CPU, and when it comes back, as [`nodeprof_common::ThreadEvent`]s.
+    pub fn start_off_cpu(&mut self) -> Result<(), ProbeError> {
+        let tracefs = tracefs()?;
+        let format = std::fs::read_to_string(tracefs.join("events/sched/sched_switch/format"))
+            .map_err(|e| ProbeError::classify("read the sched_switch tracepoint's format", &e))?;
+        let config = switch_config(&format).ok_or_else(|| ProbeError::Kernel {
+            action: "trace context switches",
+            detail: "sched_switch has no prev_state or next_pid field".into(),
+        })?;
+        let mut configs: Array<_, SwitchConfig> =
+            Array::try_from(self.ebpf.map_mut(SWITCH_CONFIG_MAP).ok_or_else(|| {
+                ProbeError::Kernel {
+                    action: "open the eBPF maps",
+                    detail: format!("map {SWITCH_CONFIG_MAP} missing"),
+                }
+            })?)
+            .map_err(|e| ProbeError::classify("open the eBPF maps", &e))?;
+        configs
+            .set(0, config, 0)
+            .map_err(|e| ProbeError::classify("configure the context-switch tracer", &e))?;
+        let program: &mut TracePoint = program_mut(&mut self.ebpf, SWITCH_PROGRAM)?;
+        program
+            .load()
+            .map_err(|e| ProbeError::classify("load the context-switch tracer", &e))?;
+        program
+            .attach("sched", "sched_switch")
+            .map_err(|e| ProbeError::classify("attach to sched_switch", &e))?;
+        Ok(())
+    }
+
+    /// Attaches to the entry and exit of `epoll_wait` (and its `pwait`
+    /// variants): the turns of every event loop of the targets.
+    pub fn start_loop_tracing(&mut self) -> Result<(), ProbeError> {
+        let tracefs = tracefs()?;
+        for (name, prefix) in [
+            (LOOP_ENTER_PROGRAM, "sys_enter_"),
+            (LOOP_EXIT_PROGRAM, "sys_exit_"),
+        ] {
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            program
+                .load()
+                .map_err(|e| ProbeError::classify("load the event-loop tracer", &e))?;
+            let mut attached = 0;
+            for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
+                let event = format!("{prefix}{call}");
+                // epoll_pwait2 is Linux 5.11+: trace what this kernel has.
+                if !tracefs.join("events/syscalls").join(&event).exists() {
+                    continue;
+                }
+                program
+                    .attach("syscalls", &event)
+                    .map_err(|e| ProbeError::classify("attach to epoll_wait", &e))?;
+                attached += 1;
+            }
+            if attached == 0 {
+                return Err(ProbeError::Kernel {
+                    action: "trace event loops",
+                    detail: "this kernel has no syscalls:sys_enter_epoll_wait tracepoint (CONFIG_FTRACE_SYSCALLS)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The ring buffer of switch-ins and event-loop events (taken once).
+    pub fn take_thread_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.thread_events.take()
     }
 
     /// Removes every uprobe attached by [`Probe::attach_call`].
@@ -384,6 +459,61 @@ mod task_iter {
     }
 }
 
+/// Where tracefs is mounted; mounts it at its usual place when it is not
+/// (some hosts mount neither tracefs nor debugfs by default).
+fn tracefs() -> Result<std::path::PathBuf, ProbeError> {
+    let usual = std::path::Path::new("/sys/kernel/tracing");
+    for dir in [usual, std::path::Path::new("/sys/kernel/debug/tracing")] {
+        if dir.join("events").is_dir() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    let source = std::ffi::CString::new("nodev").expect("no NUL");
+    let target = std::ffi::CString::new("/sys/kernel/tracing").expect("no NUL");
+    let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 || !usual.join("events").is_dir() {
+        return Err(ProbeError::classify(
+            "mount tracefs at /sys/kernel/tracing",
+            &std::io::Error::last_os_error(),
+        ));
+    }
+    tracing::debug!("mounted tracefs at /sys/kernel/tracing");
+    Ok(usual.to_path_buf())
+}
+
+/// The offsets of `prev_state` and `next_pid` in a `sched_switch` record,
+/// from the tracepoint's `format` file.
+fn switch_config(format: &str) -> Option<SwitchConfig> {
+    let offset = |field: &str| -> Option<u32> {
+        format.lines().find_map(|line| {
+            let (decl, rest) = line.trim().strip_prefix("field:")?.split_once(';')?;
+            if decl.split_whitespace().last()? != field {
+                return None;
+            }
+            rest.trim()
+                .strip_prefix("offset:")?
+                .split(';')
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    Some(SwitchConfig {
+        prev_state_offset: offset("prev_state")?,
+        next_pid_offset: offset("next_pid")?,
+    })
+}
+
 fn sum_per_cpu(counter: &PerCpuArray<MapData, u64>) -> u64 {
     counter
         .get(&0, 0)
@@ -439,6 +569,19 @@ fn program_loaded(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_sched_switch_format() {
+        let format = "name: sched_switch\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;\n\tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;\n";
+        assert_eq!(
+            switch_config(format),
+            Some(SwitchConfig {
+                prev_state_offset: 32,
+                next_pid_offset: 56
+            })
+        );
+        assert_eq!(switch_config("field:int x;\toffset:8;"), None);
+    }
 
     #[test]
     fn classifies_permission_and_missing_syscall() {

@@ -25,7 +25,7 @@ use crate::collect::{Collection, Collector};
 use crate::probe::{self, Probe, ProbeError};
 use crate::profile::Frame;
 use crate::symbolize::Symbolizer;
-use crate::target::{read_maps, Target, TargetError};
+use crate::target::{read_maps, Runtime, Target, TargetError};
 use crate::v8::ProcessMemory;
 
 pub use syscalls::Syscall;
@@ -137,12 +137,17 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
     }
     tracing::debug!("registers read after {:?}", started.elapsed());
     let mut symbolizer = Symbolizer::new(&target);
+    let discovery = Runtime::new(pid).poll();
+    if let Some(found) = &discovery {
+        symbolizer.use_executable(found);
+    }
     symbolizer.refresh();
+    let v8 = discovery.and_then(|found| found.v8.ok());
     tracing::debug!("V8 layout read after {:?}", started.elapsed());
-    let layout = symbolizer.js_naming().map(|js| js.layout.clone());
-    let v8_version = symbolizer
-        .js_naming()
-        .and_then(|js| js.report.v8_version)
+    let layout = v8.as_ref().map(|v8| v8.layout.clone());
+    let v8_version = v8
+        .as_ref()
+        .and_then(|v8| v8.report.v8_version)
         .map(|v| v.to_string());
 
     let mut collection = Collection::default();
@@ -153,8 +158,8 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
         .collect();
     let mut window_ms = 0;
     if !running.is_empty() {
-        if let Some(config) = symbolizer.take_probe_config() {
-            probe.set_v8_config(pid, config)?;
+        if let Some(layout) = &layout {
+            probe.set_v8_config(pid, layout.probe_config())?;
         }
         window_ms = sample(&mut probe, pid, &running, window, &mut collection)?;
     }
@@ -324,13 +329,15 @@ fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
     let n = name.len().min(comm.len() - 1);
     comm[..n].copy_from_slice(&name[..n]);
     Box::new(SampleRecord {
-        time_ns: crate::session::monotonic_ns(),
+        time_ns: crate::clock::monotonic_ns(),
         tgid: pid,
         tid: thread.tid,
         cpu: 0,
         kernel_frames: 0,
         user_frames: 0,
-        _pad: 0,
+        // Its stack is where it left the CPU.
+        kind: nodeprof_common::SAMPLE_OFF_CPU,
+        state: 0,
         comm,
         kernel_stack: [0; MAX_KERNEL_FRAMES],
         user_stack: [UserFrame::default(); MAX_USER_FRAMES],

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::v8::Memory;
+use crate::v8::memory::Memory;
 
 use super::threads::fd_target;
 

@@ -19,7 +19,7 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{elf::FileHeader64, Endianness};
 
 use crate::target::Mapping;
-use crate::v8::{Memory, MemoryExt};
+use crate::v8::memory::{Memory, MemoryExt};
 
 /// Deepest stack walked (as the sampler's).
 const MAX_FRAMES: usize = nodeprof_common::MAX_USER_FRAMES;
