@@ -117,8 +117,23 @@ pub struct CallSite {
     pub reads: Option<CallReads>,
 }
 
+/// How big the ring buffers are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingSizes {
+    /// As the eBPF object declares them: for recording.
+    Recording,
+    /// One page each but the samples' 256 KiB: for a snapshot of a few
+    /// milliseconds (`dump`), where allocating and mapping 10 MB of rings
+    /// would be most of the cost.
+    Snapshot,
+}
+
 impl Probe {
     pub fn load() -> Result<Probe, ProbeError> {
+        Probe::load_with(RingSizes::Recording)
+    }
+
+    pub fn load_with(rings: RingSizes) -> Result<Probe, ProbeError> {
         check_permissions()?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
@@ -129,8 +144,16 @@ impl Probe {
         }
         // Parsed once here for both the loader and the task iterator (a few MB).
         let btf = aya::Btf::from_sys_fs().ok();
-        let mut ebpf = aya::EbpfLoader::new()
-            .btf(btf.as_ref())
+        let mut loader = aya::EbpfLoader::new();
+        loader.btf(btf.as_ref());
+        if rings == RingSizes::Snapshot {
+            let page = 4096;
+            loader
+                .map_max_entries(SAMPLES_MAP, 256 << 10)
+                .map_max_entries(CALLS_MAP, page)
+                .map_max_entries(THREAD_EVENTS_MAP, page);
+        }
+        let mut ebpf = loader
             .load(PROBE_OBJECT)
             .map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
         let targets = take_map(&mut ebpf, TARGETS_MAP)?;
@@ -174,10 +197,8 @@ impl Probe {
     /// Attaches the sampler to a `cpu-clock` event on every online CPU at `frequency_hz`.
     /// The hardware PMU is not needed: the software clock works everywhere, VMs included.
     pub fn start_sampling(&mut self, frequency_hz: u64) -> Result<(), ProbeError> {
+        self.load_sampler()?;
         let program: &mut PerfEvent = program_mut(&mut self.ebpf, SAMPLER_PROGRAM)?;
-        program
-            .load()
-            .map_err(|e| ProbeError::classify("load the sampler", &e))?;
         let cpus = aya::util::online_cpus()
             .map_err(|(_, e)| ProbeError::classify("list online CPUs", &e))?;
         for cpu in cpus {
@@ -190,6 +211,18 @@ impl Probe {
                 )
                 .map_err(|e| ProbeError::classify("attach the sampler to a perf event", &e))?;
             self.sampler_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Loads the sampler into the kernel (the verifier's part, most of the
+    /// cost of starting to sample) if it is not loaded yet.
+    pub fn load_sampler(&mut self) -> Result<(), ProbeError> {
+        let program: &mut PerfEvent = program_mut(&mut self.ebpf, SAMPLER_PROGRAM)?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|e| ProbeError::classify("load the sampler", &e))?;
         }
         Ok(())
     }

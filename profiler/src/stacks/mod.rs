@@ -22,10 +22,10 @@ use nodeprof_common::{SampleRecord, TaskRecord, UserFrame, MAX_KERNEL_FRAMES, MA
 use serde::Serialize;
 
 use crate::collect::{Collection, Collector};
-use crate::probe::{self, Probe, ProbeError};
+use crate::probe::{self, Probe, ProbeError, RingSizes};
 use crate::profile::Frame;
 use crate::symbolize::Symbolizer;
-use crate::target::{read_maps, Runtime, Target, TargetError};
+use crate::target::{read_maps, Runtime, Target, TargetError, V8Runtime};
 use crate::v8::ProcessMemory;
 
 pub use syscalls::Syscall;
@@ -120,49 +120,114 @@ pub fn check_target(pid: u32) -> Result<Target, StacksError> {
 pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
     let target = check_target(pid)?;
     let started = Instant::now();
-    let mut probe = Probe::load()?;
-    tracing::debug!("probe loaded after {:?}", started.elapsed());
-    probe.load_task_iterator()?;
-    tracing::debug!("task iterator loaded after {:?}", started.elapsed());
-    let listed = threads::list(pid).map_err(|source| StacksError::Io {
-        action: "list the threads",
-        source,
-    })?;
-    // Registers first, the blocked threads' state at one moment.
-    let mut regs: HashMap<u32, TaskRecord> = HashMap::new();
-    for thread in &listed {
-        if let Some(record) = probe.read_task(thread.tid)? {
-            regs.insert(thread.tid, record);
+    // Reading the binaries (symbols, V8 layout, unwind tables) needs no
+    // probe: it runs beside loading the probe and reading the registers.
+    std::thread::scope(|scope| {
+        let naming = scope.spawn(|| {
+            let mut symbolizer = Symbolizer::new(&target);
+            let discovery = Runtime::new(pid).poll();
+            if let Some(found) = &discovery {
+                symbolizer.use_executable(found);
+            }
+            symbolizer.refresh();
+            tracing::debug!("V8 layout read after {:?}", started.elapsed());
+            (symbolizer, discovery.and_then(|found| found.v8.ok()))
+        });
+        let unwinder = scope.spawn(|| {
+            let unwinder = read_maps(pid).map(|maps| unwind::Unwinder::for_process(pid, &maps));
+            tracing::debug!("unwind data read after {:?}", started.elapsed());
+            unwinder
+        });
+        let mut probe = Probe::load_with(RingSizes::Snapshot)?;
+        tracing::debug!("probe loaded after {:?}", started.elapsed());
+        probe.load_task_iterator()?;
+        let listed = threads::list(pid).map_err(|source| StacksError::Io {
+            action: "list the threads",
+            source,
+        })?;
+        // Registers first, the blocked threads' state at one moment.
+        let mut regs: HashMap<u32, TaskRecord> = HashMap::new();
+        for thread in &listed {
+            if let Some(record) = probe.read_task(thread.tid)? {
+                regs.insert(thread.tid, record);
+            }
         }
-    }
-    tracing::debug!("registers read after {:?}", started.elapsed());
-    let mut symbolizer = Symbolizer::new(&target);
-    let discovery = Runtime::new(pid).poll();
-    if let Some(found) = &discovery {
-        symbolizer.use_executable(found);
-    }
-    symbolizer.refresh();
-    let v8 = discovery.and_then(|found| found.v8.ok());
-    tracing::debug!("V8 layout read after {:?}", started.elapsed());
+        tracing::debug!("registers read after {:?}", started.elapsed());
+        let running: Vec<u32> = listed
+            .iter()
+            .filter(|t| t.state == ThreadState::Running)
+            .map(|t| t.tid)
+            .collect();
+        if !running.is_empty() {
+            // While the naming thread still reads the binary.
+            probe.load_sampler()?;
+            tracing::debug!("sampler loaded after {:?}", started.elapsed());
+        }
+        let (symbolizer, v8) = naming.join().expect("the naming thread does not panic");
+        let mut collection = Collection::default();
+        let mut window_ms = 0;
+        if !running.is_empty() {
+            if let Some(v8) = &v8 {
+                probe.set_v8_config(pid, v8.layout.probe_config())?;
+            }
+            window_ms = sample(&mut probe, pid, &running, window, &mut collection)?;
+            tracing::debug!("sampled after {:?}", started.elapsed());
+        }
+        drop(probe);
+        let unwinder = unwinder
+            .join()
+            .expect("the unwinder thread does not panic")
+            .map_err(|source| StacksError::Io {
+                action: "read the process's mappings",
+                source,
+            })?;
+        Ok(assemble(
+            Snapshot {
+                target: target.clone(),
+                listed,
+                regs,
+                symbolizer,
+                v8,
+                unwinder,
+                collection,
+                window_ms,
+            },
+            started,
+        ))
+    })
+}
+
+/// What [`capture`] gathered, before the stacks are walked and named.
+struct Snapshot {
+    target: Target,
+    listed: Vec<ThreadInfo>,
+    regs: HashMap<u32, TaskRecord>,
+    symbolizer: Symbolizer,
+    v8: Option<V8Runtime>,
+    unwinder: unwind::Unwinder,
+    /// The samples of the running threads.
+    collection: Collection,
+    window_ms: u64,
+}
+
+/// Walks the threads that were not sampled, and names every frame.
+fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
+    let Snapshot {
+        target,
+        listed,
+        regs,
+        mut symbolizer,
+        v8,
+        unwinder,
+        mut collection,
+        window_ms,
+    } = snapshot;
+    let pid = target.pid;
     let layout = v8.as_ref().map(|v8| v8.layout.clone());
     let v8_version = v8
         .as_ref()
         .and_then(|v8| v8.report.v8_version)
         .map(|v| v.to_string());
-
-    let mut collection = Collection::default();
-    let running: Vec<u32> = listed
-        .iter()
-        .filter(|t| t.state == ThreadState::Running)
-        .map(|t| t.tid)
-        .collect();
-    let mut window_ms = 0;
-    if !running.is_empty() {
-        if let Some(layout) = &layout {
-            probe.set_v8_config(pid, layout.probe_config())?;
-        }
-        window_ms = sample(&mut probe, pid, &running, window, &mut collection)?;
-    }
     // Index of each sampled thread's newest sample, and its sample count.
     let mut sampled: HashMap<u32, (usize, usize)> = HashMap::new();
     for (i, s) in collection.samples.iter().enumerate() {
@@ -170,14 +235,7 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
         entry.0 = i;
         entry.1 += 1;
     }
-
     let mem = ProcessMemory::new(pid);
-    let maps = read_maps(pid).map_err(|source| StacksError::Io {
-        action: "read the process's mappings",
-        source,
-    })?;
-    let unwinder = unwind::Unwinder::for_process(pid, &maps);
-    tracing::debug!("unwind data read after {:?}", started.elapsed());
     let mut walked: HashMap<u32, usize> = HashMap::new();
     for thread in &listed {
         if sampled.contains_key(&thread.tid) {
@@ -260,13 +318,13 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             sampled_js,
         });
     }
-    Ok(Stacks {
+    Stacks {
         target,
         threads: out,
         js_naming: layout.is_some(),
         v8_version,
         capture_time,
-    })
+    }
 }
 
 /// Samples `pid` until each of the `running` threads has enough samples or
@@ -279,7 +337,9 @@ fn sample(
     into: &mut Collection,
 ) -> Result<u64, StacksError> {
     probe.add_target(pid)?;
+    let attach = Instant::now();
     probe.start_sampling(window.frequency_hz)?;
+    tracing::debug!("sampler attached in {:?}", attach.elapsed());
     let started = Instant::now();
     let ring = probe.take_samples().ok_or(ProbeError::Kernel {
         action: "read samples",

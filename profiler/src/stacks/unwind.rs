@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
@@ -126,6 +127,7 @@ fn module_of(pid: u32, mapping: &Mapping) -> Option<Module<Vec<u8>>> {
     .ok()?;
     // Only the headers and the unwind sections are read: not the symbol
     // tables (10 MB in node) that `object::File::parse` would load.
+    let raw = file.try_clone().ok()?;
     let cache = object::ReadCache::new(file);
     let header = FileHeader64::<Endianness>::parse(&cache).ok()?;
     let endian = header.endian().ok()?;
@@ -155,9 +157,14 @@ fn module_of(pid: u32, mapping: &Mapping) -> Option<Module<Vec<u8>>> {
         let start = sh.sh_addr(endian);
         Some(start..start + sh.sh_size(endian))
     };
+    // Read directly into zeroed memory: through the cache, a few MB of
+    // `.eh_frame` cost a byte-wise `Vec::resize` in unoptimized builds.
     let data = |name: &[u8]| -> Option<Vec<u8>> {
         let (_, sh) = sections.section_by_name(endian, name)?;
-        sh.data(endian, &cache).ok().map(<[u8]>::to_vec)
+        let (offset, size) = sh.file_range(endian)?;
+        let mut buf = vec![0u8; usize::try_from(size).ok()?];
+        raw.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
     };
     let eh_frame = data(b".eh_frame")?;
     let info = ExplicitModuleSectionInfo {
