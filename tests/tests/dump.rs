@@ -108,7 +108,7 @@ impl Fixture {
     }
 }
 
-/// Polls the state of every thread of `pid` while dump runs: a stopped
+/// Polls the state of every thread of `pid` every 2 ms while dump runs: a stopped
 /// (`T`) or traced (`t`) thread is the sign of a tool that stops its target.
 struct StateWatch {
     stop: Arc<AtomicBool>,
@@ -132,7 +132,9 @@ impl StateWatch {
                     }
                 }
                 polls += 1;
-                std::thread::sleep(Duration::from_micros(500));
+                // Often enough to see a stop of a ptrace-based walk (several
+                // ms per thread), rarely enough not to slow nodeprof on 2 CPUs.
+                std::thread::sleep(Duration::from_millis(2));
             }
             polls
         });
@@ -596,4 +598,20 @@ fn not_root_is_one_error_line() {
     let np = spawn_nodeprof_with(cmd, &["dump", "-p", &fixture.pid.to_string()], dir.path());
     np.finish(RUN_TIMEOUT).assert_error("sudo");
     assert_eq!(fixture.ask(fixture.main_port.unwrap(), "x"), "signals 0");
+}
+
+/// The state watch itself sees a stopped process (a process of ours,
+/// stopped and continued by the test), so its silence above means something.
+#[test]
+fn state_watch_sees_a_stop() {
+    let _lock = serial();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60");
+    let target = Proc::spawn(cmd);
+    let watch = StateWatch::start(target.pid);
+    target.signal(libc::SIGSTOP);
+    assert!(wait_until(READY_TIMEOUT, || proc_state(target.pid) == Some('T')));
+    target.signal(libc::SIGCONT);
+    let (states, _) = watch.finish();
+    assert!(states.contains(&'T'), "{states:?}");
 }
