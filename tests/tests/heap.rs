@@ -545,3 +545,161 @@ fn parser_survives_truncation_and_garbage() {
         .to_string();
     assert!(err.contains("does not fit"), "{err}");
 }
+
+/// A finished run with what it cost: wall time and peak RSS (the kernel's
+/// `ru_maxrss` of that one child, from `wait4`).
+struct Measured {
+    run: Run,
+    seconds: f64,
+    peak_rss: u64,
+}
+
+/// Runs `nodeprof ARGS` with its address space limited to `limit` bytes (a
+/// regression that eats memory fails here instead of starving the machine).
+fn run_measured(args: &[&str], dir: &Path, limit: u64, timeout: Duration) -> Measured {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let (out, err) = (dir.join("measured.stdout"), dir.join("measured.stderr"));
+    let mut cmd = Command::new(nodeprof_tests::nodeprof_bin());
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = std::time::Instant::now();
+    let child = cmd.spawn().expect("spawn nodeprof");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child, by pid.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
+        if start.elapsed() > timeout {
+            // SAFETY: our own child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::wait4(pid, &mut status, 0, &mut usage);
+            }
+            panic!("nodeprof {args:?} took more than {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Measured {
+        run: Run {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: std::fs::read_to_string(out).unwrap(),
+            stderr: std::fs::read_to_string(err).unwrap(),
+        },
+        seconds,
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// Writes the snapshot of a linked list of `count` ListNode objects.
+fn list_snapshot(count: usize, dir: &Path) -> PathBuf {
+    let file = dir.join(format!("list-{count}.heapsnapshot"));
+    let mut proc = Proc::node(
+        &node_major(20),
+        &[],
+        "heap/list.js",
+        &[&count.to_string(), file.to_str().unwrap()],
+        dir,
+    );
+    proc.wait_for_line("done", TIMEOUT);
+    assert!(proc.wait(TIMEOUT).success(), "list.js {count} failed");
+    file
+}
+
+/// Retaining paths of every object of a long chain: one BFS tree read once,
+/// not one path per object (which was quadratic: 1.58 GB for 20,000 list
+/// nodes, an abort at 50,000).
+#[test]
+fn retainers_of_a_long_linked_list_cost_linear_memory() {
+    let dir = scratch_dir();
+    let count = 100_000;
+    let file = list_snapshot(count, dir.path());
+    let file_size = std::fs::metadata(&file).unwrap().len();
+    let f = file.to_str().unwrap();
+    let m = run_measured(
+        &["heap", "retainers", f, "--class", "ListNode", "--json"],
+        dir.path(),
+        2 << 30,
+        Duration::from_secs(60),
+    );
+    m.run.assert_no_panic();
+    m.run.assert_success();
+    eprintln!(
+        "retainers of {count} list nodes ({file_size} bytes): {:.2} s, peak RSS {} MB",
+        m.seconds,
+        m.peak_rss >> 20
+    );
+    // The program and its tables take a few tens of MB whatever the file.
+    assert!(
+        m.peak_rss <= 4 * file_size + (48 << 20),
+        "peak RSS {} MB for a {} MB file",
+        m.peak_rss >> 20,
+        file_size >> 20
+    );
+    let r: Value = serde_json::from_str(&m.run.stdout).unwrap();
+    assert_eq!(r["objects"], count as u64);
+    assert_eq!(r["unreachable"], 0);
+    // Every node of the list is at another depth: one path shape each. The
+    // first path is the head's; the deepest node's path holds the whole list.
+    let paths = r["paths"].as_array().unwrap();
+    let head = paths[0]["steps"].as_array().unwrap();
+    assert_eq!(head.last().unwrap()["class"], "ListNode");
+    assert_eq!(head.last().unwrap()["edge"], ".list");
+    assert!(paths.iter().all(|p| p["objects"] == 1), "{paths:?}");
+
+    // The far end of the chain (the ListNode whose `next` is null): its
+    // path, `count` steps long, as text.
+    let snap = nodeprof::heap::load(&file, true).unwrap();
+    let tail = (0..snap.node_count() as u32)
+        .find(|&n| {
+            snap.class_name(n) == "ListNode"
+                && !snap.edges(n).any(|e| {
+                    snap.edge_label(e) == ".next" && snap.class_name(snap.edge_to[e]) == "ListNode"
+                })
+        })
+        .expect("a last ListNode");
+    let id = snap.node_id[tail as usize].to_string();
+    drop(snap);
+    let m = run_measured(
+        &["heap", "retainers", f, "--id", &id],
+        dir.path(),
+        2 << 30,
+        Duration::from_secs(60),
+    );
+    m.run.assert_success();
+    assert!(
+        m.peak_rss <= 4 * file_size + (48 << 20),
+        "peak RSS {} MB for a {} MB file",
+        m.peak_rss >> 20,
+        file_size >> 20
+    );
+    let chain = m.run.stdout.lines().nth(3).unwrap_or_default();
+    assert!(
+        chain.starts_with("    (root) → "),
+        "{}",
+        &m.run.stdout[..m.run.stdout.len().min(2000)]
+    );
+    assert_eq!(chain.matches("─.next→ ListNode").count(), count - 1);
+}
