@@ -84,8 +84,8 @@ fn display_name(s: &HeapSnapshot, node: u32) -> String {
     format!("{:?}", report::cell(raw, 40))
 }
 
-/// The nodes on the shortest path from the root to `node`, root first;
-/// `None` if the BFS never reached it.
+/// The nodes on the shortest path from the root to `node`, root first, with
+/// the edge that reaches each (O(depth)); `None` if the BFS never reached it.
 fn path_to(g: &Graph, node: u32) -> Option<Vec<(u32, u32)>> {
     if g.distance[node as usize] == NO_DISTANCE {
         return None;
@@ -102,6 +102,74 @@ fn path_to(g: &Graph, node: u32) -> Option<Vec<(u32, u32)>> {
     }
     steps.reverse();
     Some(steps)
+}
+
+/// Shape ids of retaining paths. The BFS predecessors form a tree, so a
+/// path's shape is its parent's shape plus one step: interning (parent
+/// shape, step) gives equal paths equal ids, and each node is visited once
+/// whatever the depth of the paths (materialising every path costs the sum
+/// of their depths: quadratic for a linked list).
+struct Shapes {
+    /// Shape id of every node's path, `NONE` until computed.
+    of: Vec<u32>,
+    ids: HashMap<(u32, u64), u32>,
+}
+
+/// The shape id of the root's (empty) path.
+const ROOT_SHAPE: u32 = 0;
+/// A node whose path does not reach the root.
+const NO_SHAPE: u32 = NONE - 1;
+
+impl Shapes {
+    fn new(nodes: usize) -> Shapes {
+        Shapes {
+            of: vec![NONE; nodes],
+            ids: HashMap::new(),
+        }
+    }
+
+    /// One step of a path: the node's class and the edge's name (element
+    /// indices aside) and type.
+    fn step(s: &HeapSnapshot, node: u32, edge: u32) -> u64 {
+        let e = edge as usize;
+        let name = if s.edge_has_string_name(e) {
+            u64::from(s.edge_name[e])
+        } else {
+            u64::from(u32::MAX)
+        };
+        (u64::from(s.class_of[node as usize]) << 32) | (name ^ (u64::from(s.edge_type[e]) << 28))
+    }
+
+    /// The shape of `node`'s shortest retaining path; `None` if it has none.
+    fn of(&mut self, s: &HeapSnapshot, g: &Graph, node: u32) -> Option<u32> {
+        // Climb to the nearest node whose shape is known, then intern down.
+        let mut pending = Vec::new();
+        let mut at = node;
+        let mut shape = loop {
+            if at == ROOT {
+                break ROOT_SHAPE;
+            }
+            let known = self.of[at as usize];
+            if known != NONE {
+                break known;
+            }
+            let p = g.pred_node[at as usize];
+            if g.distance[at as usize] == NO_DISTANCE || p == NONE {
+                break NO_SHAPE;
+            }
+            pending.push(at);
+            at = p;
+        };
+        while let Some(n) = pending.pop() {
+            if shape != NO_SHAPE {
+                let next = self.ids.len() as u32 + 1;
+                let key = (shape, Self::step(s, n, g.pred_edge[n as usize]));
+                shape = *self.ids.entry(key).or_insert(next);
+            }
+            self.of[n as usize] = shape;
+        }
+        (shape != NO_SHAPE).then_some(shape)
+    }
 }
 
 pub fn find(
@@ -134,31 +202,18 @@ pub fn find(
         }
     };
     // Group objects by path shape: node classes and edge names, element indices aside.
-    let mut groups: HashMap<Vec<u64>, (u64, u64, u32)> = HashMap::new();
+    let mut shapes = Shapes::new(s.node_count());
+    let mut groups: HashMap<u32, (u64, u64, u32)> = HashMap::new();
     let mut unreachable = 0;
     for &node in &nodes {
-        let Some(path) = path_to(g, node) else {
+        let Some(shape) = shapes.of(s, g, node) else {
             unreachable += 1;
             continue;
         };
-        let shape: Vec<u64> = path
-            .iter()
-            .skip(1)
-            .map(|&(n, e)| {
-                let e = e as usize;
-                let edge = if s.edge_has_string_name(e) {
-                    u64::from(s.edge_name[e])
-                } else {
-                    u64::from(u32::MAX)
-                };
-                (u64::from(s.class_of[n as usize]) << 32)
-                    | (edge ^ (u64::from(s.edge_type[e]) << 28))
-            })
-            .collect();
         let retained = g.retained[node as usize];
         let entry = groups.entry(shape).or_insert((0, 0, node));
         entry.0 += 1;
-        entry.1 += retained;
+        entry.1 = entry.1.saturating_add(retained);
         let best = entry.2;
         if (retained, std::cmp::Reverse(s.node_id[node as usize]))
             > (
@@ -169,6 +224,7 @@ pub fn find(
             entry.2 = node;
         }
     }
+    drop(shapes);
     let mut groups: Vec<(u64, u64, u32)> = groups.into_values().collect();
     groups.sort_by(|a, b| {
         b.1.cmp(&a.1)
