@@ -235,6 +235,15 @@ fn global_array_leak(major: u32) {
         "node {major}: first line should name the leak:\n{}",
         run.stdout
     );
+    // The files given the wrong way round: nothing grew, and what shrank
+    // shows the swap.
+    let run = nodeprof(&["heap", "diff", c, b], dir.path());
+    assert!(
+        run.stdout.starts_with("Nothing grew.")
+            && run.stdout.contains("\nLeakingClass -8300 objects, -"),
+        "node {major}: a swapped diff should name what shrank:\n{}",
+        run.stdout
+    );
     let d = json(&nodeprof(&["heap", "diff", b, c, "--json"], dir.path()));
     assert_eq!(d["mode"], "ids");
     let top = &d["classes"][0];
@@ -702,4 +711,88 @@ fn retainers_of_a_long_linked_list_cost_linear_memory() {
         &m.run.stdout[..m.run.stdout.len().min(2000)]
     );
     assert_eq!(chain.matches("─.next→ ListNode").count(), count - 1);
+}
+
+/// A two-node snapshot file (the root and one string) whose string table
+/// holds `text` (already JSON-escaped), and node sizes `sizes`.
+fn synthetic_snapshot(path: &Path, text_chunks: &mut dyn Iterator<Item = String>, sizes: [u64; 2]) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write!(
+        f,
+        r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count","trace_node_id"],
+"node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number"],
+"edge_fields":["type","name_or_index","to_node"],
+"edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
+"node_count":2,"edge_count":1}},
+"nodes":[9,0,1,{},1,0,2,1,3,{},0,0],"edges":[2,2,6],"strings":["","#,
+        sizes[0], sizes[1]
+    )
+    .unwrap();
+    for chunk in text_chunks {
+        f.write_all(chunk.as_bytes()).unwrap();
+    }
+    f.write_all(br#"","big"]}"#).unwrap();
+    f.flush().unwrap();
+}
+
+/// A snapshot holding one huge string: the parser keeps its text once (it
+/// was copied from a scratch buffer into the table, and decoded a third time
+/// when it held escapes).
+#[test]
+fn a_huge_string_is_held_once() {
+    let dir = scratch_dir();
+    let file = dir.path().join("string.heapsnapshot");
+    // 256 MiB of text, with an escaped newline and a quote every 4 KiB.
+    let line = format!("{}\\n\\\"", "a".repeat(4093));
+    synthetic_snapshot(
+        &file,
+        &mut std::iter::repeat_n(line, 1 << 16),
+        [0, 256 << 20],
+    );
+    let file_size = std::fs::metadata(&file).unwrap().len();
+    let f = file.to_str().unwrap();
+    let m = run_measured(
+        &["heap", "summary", f, "--json"],
+        dir.path(),
+        4 << 30,
+        Duration::from_secs(120),
+    );
+    m.run.assert_success();
+    eprintln!(
+        "summary of a {} MB string: {:.2} s, peak RSS {} MB",
+        file_size >> 20,
+        m.seconds,
+        m.peak_rss >> 20
+    );
+    assert!(
+        m.peak_rss <= file_size + file_size / 4 + (48 << 20),
+        "peak RSS {} MB for a {} MB file holding one string",
+        m.peak_rss >> 20,
+        file_size >> 20
+    );
+    let s: Value = serde_json::from_str(&m.run.stdout).unwrap();
+    assert_eq!(s["total_size"], 256u64 << 20);
+    std::fs::remove_file(&file).unwrap();
+}
+
+/// Sizes that overflow 64 bits when added (a crafted or corrupt file) are one
+/// clear error, not a heap of "0 B".
+#[test]
+fn implausible_sizes_are_one_error_line() {
+    let dir = scratch_dir();
+    let file = dir.path().join("huge.heapsnapshot");
+    for sizes in [[1 << 63, 1 << 63], [0, u64::MAX], [1 << 62, 1 << 62]] {
+        synthetic_snapshot(&file, &mut std::iter::once("x".to_string()), sizes);
+        let f = file.to_str().unwrap();
+        for cmd in [
+            vec!["heap", "summary", f],
+            vec!["heap", "retainers", f, "--class", "(string)"],
+            vec!["heap", "diff", f, f],
+        ] {
+            let run = run_nodeprof(&cmd, dir.path(), TIMEOUT);
+            run.assert_no_panic();
+            run.assert_error("implausible");
+        }
+    }
 }

@@ -396,6 +396,26 @@ mod tests {
     }
 
     #[test]
+    fn nothing_grew_names_what_shrank() {
+        // The files of a leak given the wrong way round.
+        let base = objects(
+            &["A", "LeakingClass"],
+            &[(0, 1, 10), (1, 3, 40), (1, 5, 40), (1, 7, 40)],
+        );
+        let cur = objects(&["A", "LeakingClass"], &[(0, 1, 10), (1, 3, 40)]);
+        let text = render(&compare(&base, &cur), 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "Nothing grew. What shrank (is the base snapshot the later one?):"
+        );
+        assert_eq!(lines[1], "LeakingClass -2 objects, -80 B");
+        // Nothing changed at all: no second line.
+        let text = render(&compare(&base, &base), 10);
+        assert!(text.starts_with("Nothing changed.\n\n"), "{text}");
+    }
+
+    #[test]
     fn headline_reads_as_the_answer() {
         let c = ClassDiff {
             name: "LeakingClass".into(),

@@ -1018,6 +1018,47 @@ mod tests {
     }
 
     #[test]
+    fn decodes_every_escape() {
+        let strings = r#""","a\"b\\c\/d\be\ff\ng\rh\ti","\u00e9\u20ac\ud83d\ude00","lone \ud800 x \udc00","x""#;
+        let s =
+            read_bytes(file("9,0,1,0,1,0,0, 3,1,3,40,0,0,2", "2,4,7", strings).as_bytes()).unwrap();
+        assert_eq!(s.strings.get(1), "a\"b\\c/d\u{8}e\u{c}f\ng\rh\ti");
+        assert_eq!(s.strings.get(2), "é€😀");
+        // V8 writes lone surrogates of JS strings as they are: U+FFFD here.
+        assert_eq!(s.strings.get(3), "lone \u{fffd} x \u{fffd}");
+        assert_eq!(s.strings.get(4), "x");
+        for bad in [r#"\x"#, r#"\u12"#, r#"\u12g4"#, "\\"] {
+            let text = file(
+                "9,0,1,0,1,0,0,3,1,3,40,0,0,0",
+                "2,2,7",
+                &format!(r#""","{bad}","x""#),
+            );
+            assert!(err(&text).contains("escape"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn implausible_sizes_are_rejected() {
+        let strings = r#""","Foo","x""#;
+        for nodes in [
+            "9,0,1,9223372036854775808,1,0,0,3,1,3,9223372036854775808,0,0,0",
+            "9,0,1,0,1,0,0,3,1,3,18446744073709551615,0,0,0",
+            "9,0,1,4611686018427387904,1,0,0,3,1,3,4611686018427387904,0,0,0",
+        ] {
+            assert!(
+                err(&file(nodes, "2,2,7", strings)).contains("implausible"),
+                "{nodes}"
+            );
+        }
+        // A terabyte is big, not implausible.
+        let s = read_bytes(
+            file("9,0,1,0,1,0,0,3,1,3,1099511627776,0,0,0", "2,2,7", strings).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(s.node_self[1], 1 << 40);
+    }
+
+    #[test]
     fn rejects_inconsistent_files() {
         let ok_strings = r#""","Foo","x""#;
         assert!(
