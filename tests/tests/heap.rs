@@ -725,7 +725,7 @@ fn synthetic_snapshot(path: &Path, text_chunks: &mut dyn Iterator<Item = String>
 "edge_fields":["type","name_or_index","to_node"],
 "edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
 "node_count":2,"edge_count":1}},
-"nodes":[9,0,1,{},1,0,2,1,3,{},0,0],"edges":[2,2,6],"strings":["","#,
+"nodes":[9,0,1,{},1,0,2,1,3,{},0,0],"edges":[2,2,6],"strings":["",""#,
         sizes[0], sizes[1]
     )
     .unwrap();

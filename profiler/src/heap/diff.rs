@@ -243,7 +243,23 @@ pub fn render(d: &Diff, top: usize) -> String {
         .take(3)
         .collect();
     if growing.is_empty() {
-        let _ = writeln!(out, "Nothing grew.");
+        // The largest shrinkage first: a leak given the wrong way round shows here.
+        let mut shrinking: Vec<&ClassDiff> =
+            d.classes.iter().filter(|c| c.size_delta < 0).collect();
+        shrinking.sort_by_key(|c| (c.size_delta, c.count_delta));
+        if d.classes.is_empty() {
+            let _ = writeln!(out, "Nothing changed.");
+        } else if shrinking.is_empty() {
+            let _ = writeln!(out, "Nothing grew.");
+        } else {
+            let _ = writeln!(
+                out,
+                "Nothing grew. What shrank (is the base snapshot the later one?):"
+            );
+        }
+        for c in shrinking.iter().take(3) {
+            let _ = writeln!(out, "{}", headline(c));
+        }
     }
     for c in &growing {
         let _ = writeln!(out, "{}", headline(c));
