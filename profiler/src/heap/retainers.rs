@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::graph::{Graph, NONE, NO_DISTANCE};
+use super::graph::{Graph, BASE_SYSTEM_DISTANCE, NONE, NO_DISTANCE};
 use super::report;
 use super::snapshot::{HeapSnapshot, ROOT};
 use super::HeapError;
@@ -104,72 +104,92 @@ fn path_to(g: &Graph, node: u32) -> Option<Vec<(u32, u32)>> {
     Some(steps)
 }
 
-/// Shape ids of retaining paths. The BFS predecessors form a tree, so a
-/// path's shape is its parent's shape plus one step: interning (parent
-/// shape, step) gives equal paths equal ids, and each node is visited once
-/// whatever the depth of the paths (materialising every path costs the sum
-/// of their depths: quadratic for a linked list).
-struct Shapes {
-    /// Shape id of every node's path, `NONE` until computed.
-    of: Vec<u32>,
-    ids: HashMap<(u32, u64), u32>,
+/// Shape ids of the shortest retaining paths of every node (`NO_SHAPE` for
+/// nodes the BFS did not reach), and how many shapes there are. The BFS
+/// predecessors form a tree, so a path's shape is its parent's shape plus
+/// one step: interning (parent shape, step) level by level, parents before
+/// children, gives equal paths equal ids in O(nodes), with a map no bigger
+/// than the widest level (materialising every path costs the sum of their
+/// depths: quadratic for a linked list).
+fn shapes(s: &HeapSnapshot, g: &Graph) -> (Vec<u32>, u32) {
+    let n = s.node_count();
+    // Levels: user distances 1.., then system distances BASE_SYSTEM_DISTANCE..;
+    // a node's predecessor is on the level before (or is the root).
+    let max_user = g
+        .distance
+        .iter()
+        .copied()
+        .filter(|&d| d != NO_DISTANCE && d < BASE_SYSTEM_DISTANCE)
+        .max()
+        .unwrap_or(0) as usize;
+    let level = |node: usize| -> Option<usize> {
+        let d = g.distance[node];
+        if node as u32 == ROOT || d == NO_DISTANCE {
+            None
+        } else if d >= BASE_SYSTEM_DISTANCE {
+            Some(max_user + 1 + (d - BASE_SYSTEM_DISTANCE) as usize)
+        } else {
+            Some(d as usize)
+        }
+    };
+    let levels = (0..n).filter_map(level).max().map_or(0, |l| l + 1);
+    let mut first = vec![0u32; levels + 1];
+    for node in 0..n {
+        if let Some(l) = level(node) {
+            first[l + 1] += 1;
+        }
+    }
+    for l in 0..levels {
+        first[l + 1] += first[l];
+    }
+    let mut order = vec![0u32; first[levels] as usize];
+    let mut fill = first.clone();
+    for node in 0..n {
+        if let Some(l) = level(node) {
+            order[fill[l] as usize] = node as u32;
+            fill[l] += 1;
+        }
+    }
+    drop(fill);
+    let mut shape = vec![NO_SHAPE; n];
+    shape[ROOT as usize] = ROOT_SHAPE;
+    let mut count = 1u32;
+    let mut ids: HashMap<(u32, u64), u32> = HashMap::new();
+    for l in 0..levels {
+        ids.clear();
+        for &node in &order[first[l] as usize..first[l + 1] as usize] {
+            let parent = g.pred_node[node as usize];
+            if parent == NONE || shape[parent as usize] == NO_SHAPE {
+                continue;
+            }
+            let key = (
+                shape[parent as usize],
+                step(s, node, g.pred_edge[node as usize]),
+            );
+            shape[node as usize] = *ids.entry(key).or_insert_with(|| {
+                count += 1;
+                count - 1
+            });
+        }
+    }
+    (shape, count)
 }
 
 /// The shape id of the root's (empty) path.
 const ROOT_SHAPE: u32 = 0;
 /// A node whose path does not reach the root.
-const NO_SHAPE: u32 = NONE - 1;
+const NO_SHAPE: u32 = NONE;
 
-impl Shapes {
-    fn new(nodes: usize) -> Shapes {
-        Shapes {
-            of: vec![NONE; nodes],
-            ids: HashMap::new(),
-        }
-    }
-
-    /// One step of a path: the node's class and the edge's name (element
-    /// indices aside) and type.
-    fn step(s: &HeapSnapshot, node: u32, edge: u32) -> u64 {
-        let e = edge as usize;
-        let name = if s.edge_has_string_name(e) {
-            u64::from(s.edge_name[e])
-        } else {
-            u64::from(u32::MAX)
-        };
-        (u64::from(s.class_of[node as usize]) << 32) | (name ^ (u64::from(s.edge_type[e]) << 28))
-    }
-
-    /// The shape of `node`'s shortest retaining path; `None` if it has none.
-    fn of(&mut self, s: &HeapSnapshot, g: &Graph, node: u32) -> Option<u32> {
-        // Climb to the nearest node whose shape is known, then intern down.
-        let mut pending = Vec::new();
-        let mut at = node;
-        let mut shape = loop {
-            if at == ROOT {
-                break ROOT_SHAPE;
-            }
-            let known = self.of[at as usize];
-            if known != NONE {
-                break known;
-            }
-            let p = g.pred_node[at as usize];
-            if g.distance[at as usize] == NO_DISTANCE || p == NONE {
-                break NO_SHAPE;
-            }
-            pending.push(at);
-            at = p;
-        };
-        while let Some(n) = pending.pop() {
-            if shape != NO_SHAPE {
-                let next = self.ids.len() as u32 + 1;
-                let key = (shape, Self::step(s, n, g.pred_edge[n as usize]));
-                shape = *self.ids.entry(key).or_insert(next);
-            }
-            self.of[n as usize] = shape;
-        }
-        (shape != NO_SHAPE).then_some(shape)
-    }
+/// One step of a path: the node's class and the edge's name (element
+/// indices aside) and type.
+fn step(s: &HeapSnapshot, node: u32, edge: u32) -> u64 {
+    let e = edge as usize;
+    let name = if s.edge_has_string_name(e) {
+        u64::from(s.edge_name[e])
+    } else {
+        u64::from(u32::MAX)
+    };
+    (u64::from(s.class_of[node as usize]) << 32) | (name ^ (u64::from(s.edge_type[e]) << 28))
 }
 
 pub fn find(
@@ -202,30 +222,33 @@ pub fn find(
         }
     };
     // Group objects by path shape: node classes and edge names, element indices aside.
-    let mut shapes = Shapes::new(s.node_count());
-    let mut groups: HashMap<u32, (u64, u64, u32)> = HashMap::new();
+    let (shape, shape_count) = shapes(s, g);
+    // Per shape: objects, their retained size, the largest (its path is shown).
+    let mut groups: Vec<(u32, u64, u32)> = vec![(0, 0, NONE); shape_count as usize];
     let mut unreachable = 0;
     for &node in &nodes {
-        let Some(shape) = shapes.of(s, g, node) else {
+        let id = shape[node as usize];
+        if id == NO_SHAPE {
             unreachable += 1;
             continue;
-        };
+        }
         let retained = g.retained[node as usize];
-        let entry = groups.entry(shape).or_insert((0, 0, node));
+        let entry = &mut groups[id as usize];
         entry.0 += 1;
         entry.1 = entry.1.saturating_add(retained);
         let best = entry.2;
-        if (retained, std::cmp::Reverse(s.node_id[node as usize]))
-            > (
-                g.retained[best as usize],
-                std::cmp::Reverse(s.node_id[best as usize]),
-            )
+        if best == NONE
+            || (retained, std::cmp::Reverse(s.node_id[node as usize]))
+                > (
+                    g.retained[best as usize],
+                    std::cmp::Reverse(s.node_id[best as usize]),
+                )
         {
             entry.2 = node;
         }
     }
-    drop(shapes);
-    let mut groups: Vec<(u64, u64, u32)> = groups.into_values().collect();
+    drop(shape);
+    groups.retain(|group| group.0 > 0);
     groups.sort_by(|a, b| {
         b.1.cmp(&a.1)
             .then(b.0.cmp(&a.0))
@@ -235,7 +258,7 @@ pub fn find(
         .into_iter()
         .take(max_paths.max(1))
         .map(|(objects, retained_size, example)| PathGroup {
-            objects,
+            objects: u64::from(objects),
             retained_size,
             steps: path_to(g, example)
                 .unwrap_or_default()
