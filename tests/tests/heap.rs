@@ -560,6 +560,9 @@ fn parser_survives_truncation_and_garbage() {
 struct Measured {
     run: Run,
     seconds: f64,
+    /// User and system CPU time: unlike wall time, not stretched by other
+    /// work on the machine.
+    cpu_seconds: f64,
     peak_rss: u64,
 }
 
@@ -618,6 +621,10 @@ fn run_measured(args: &[&str], dir: &Path, limit: u64, timeout: Duration) -> Mea
             stderr: std::fs::read_to_string(err).unwrap(),
         },
         seconds,
+        cpu_seconds: [usage.ru_utime, usage.ru_stime]
+            .iter()
+            .map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6)
+            .sum(),
         peak_rss: usage.ru_maxrss as u64 * 1024,
     }
 }
@@ -795,4 +802,85 @@ fn implausible_sizes_are_one_error_line() {
             run.assert_error("implausible");
         }
     }
+}
+
+/// A generated snapshot of `root → global ─.list→ ListNode ─.next→ … ` with
+/// `len` list nodes (the shape of a real one, ids and sizes included),
+/// written as it is generated.
+fn chain_snapshot(len: usize, path: &Path) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write!(
+        f,
+        r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count","trace_node_id","detachedness"],
+"node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number","number"],
+"edge_fields":["type","name_or_index","to_node"],
+"edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
+"node_count":{},"edge_count":{}}},
+"nodes":[9,0,1,0,1,0,0,
+3,2,3,40,1,0,0"#,
+        len + 2,
+        len + 1
+    )
+    .unwrap();
+    for i in 0..len {
+        let edges = usize::from(i + 1 < len);
+        write!(f, ",\n3,1,{},32,{edges},0,0", 2 * i + 5).unwrap();
+    }
+    write!(f, "],\n\"edges\":[1,0,7,\n2,4,14").unwrap();
+    for i in 0..len.saturating_sub(1) {
+        write!(f, ",\n2,3,{}", (i + 3) * 7).unwrap();
+    }
+    f.write_all(b"],\n\"strings\":[\"\",\"ListNode\",\"global\",\"next\",\"list\"]}\n")
+        .unwrap();
+    f.flush().unwrap();
+}
+
+/// `heap retainers` on chains of 10^3 … 10^6 list nodes: memory within 4×
+/// the file (above what the program takes for the smallest), CPU time per
+/// node flat (a quadratic cost is 100× per node from 10^4 to 10^6).
+#[test]
+fn chains_cost_linear_time_and_memory() {
+    let dir = scratch_dir();
+    let mut runs = Vec::new();
+    for len in [1_000, 10_000, 100_000, 1_000_000] {
+        let file = dir.path().join(format!("chain-{len}.heapsnapshot"));
+        chain_snapshot(len, &file);
+        let size = std::fs::metadata(&file).unwrap().len();
+        let f = file.to_str().unwrap();
+        let m = run_measured(
+            &["heap", "retainers", f, "--class", "ListNode", "--json"],
+            dir.path(),
+            4 << 30,
+            Duration::from_secs(120),
+        );
+        m.run.assert_success();
+        let r: Value = serde_json::from_str(&m.run.stdout).unwrap();
+        assert_eq!(r["objects"], len as u64);
+        assert_eq!(r["paths"][0]["steps"].as_array().unwrap().len(), 3);
+        eprintln!(
+            "chain of {len}: {size} bytes, {:.3} s CPU, peak RSS {} KB",
+            m.cpu_seconds,
+            m.peak_rss >> 10
+        );
+        runs.push((len, size, m.cpu_seconds, m.peak_rss));
+        std::fs::remove_file(&file).unwrap();
+    }
+    // What the program takes whatever the file, plus the parser's batches of
+    // numbers in flight (a few MB once the file fills them).
+    let base_rss = runs[0].3 + (4 << 20);
+    for &(len, size, _, rss) in &runs {
+        assert!(
+            rss <= base_rss + 4 * size,
+            "chain of {len}: peak RSS {} KB for a {} KB file",
+            rss >> 10,
+            size >> 10
+        );
+    }
+    let per_node = |i: usize| runs[i].2 / runs[i].0 as f64;
+    assert!(
+        per_node(3) <= 4.0 * per_node(1).max(per_node(2)),
+        "CPU time per node: {:?}",
+        (0..4).map(per_node).collect::<Vec<_>>()
+    );
 }
