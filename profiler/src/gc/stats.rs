@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 
-use super::{GcEvent, GcKind};
+use std::io::Write;
+
+use super::{human_bytes, megabytes, GcEvent, GcKind};
+use crate::output::Report;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PauseStats {
@@ -85,12 +88,24 @@ pub struct GcSummary {
 }
 
 impl GcSummary {
+    /// The GCs of a trace over the window `(start_ns, end_ns)`, widened to
+    /// every pause in `events`: a GC caught between attaching the probes and
+    /// the window's start still lies within the time the share is taken of.
     pub fn of(
         events: &[GcEvent],
-        duration_s: f64,
+        window_ns: (u64, u64),
         leak_suspicions: usize,
         lost_events: u64,
     ) -> GcSummary {
+        let start = events
+            .iter()
+            .map(|e| e.start_ns)
+            .fold(window_ns.0, u64::min);
+        let end = events
+            .iter()
+            .map(GcEvent::end_ns)
+            .fold(window_ns.1, u64::max);
+        let duration_s = end.saturating_sub(start) as f64 / 1e9;
         let mut all: Vec<u64> = events.iter().map(|e| e.pause_ns).collect();
         let by_kind = GcKind::ALL
             .iter()
@@ -161,9 +176,110 @@ impl HeapTrend {
     }
 }
 
+/// The end-of-run table of `gc`, also printed by `record`.
+impl Report for GcSummary {
+    fn write_text(&self, s: &mut dyn Write) -> std::io::Result<()> {
+        let summary = self;
+        writeln!(
+            s,
+            "GC: {} collections in {:.1} s, paused {:.1} ms ({:.2}% of wall time)",
+            summary.all.count, summary.duration_s, summary.all.total_ms, summary.paused_percent
+        )?;
+        if summary.all.count > 0 {
+            writeln!(
+                s,
+                "  {:<18} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                "kind", "count", "total ms", "mean", "p50", "p99", "max"
+            )?;
+            let mut row = |name: &str, p: &PauseStats| -> std::io::Result<()> {
+                writeln!(
+                    s,
+                    "  {name:<18} {:>6} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                    p.count, p.total_ms, p.mean_ms, p.p50_ms, p.p99_ms, p.max_ms
+                )
+            };
+            for k in &summary.by_kind {
+                row(k.kind.name(), &k.pauses)?;
+            }
+            row("all", &summary.all)?;
+        }
+        if summary.heap_after_full_gc.is_empty() {
+            writeln!(s, "  heap after full GC: no full GC seen")?;
+        }
+        let several = summary.heap_after_full_gc.len() > 1;
+        for t in &summary.heap_after_full_gc {
+            // Over seconds, the noise of heap-after extrapolated to an hour means nothing.
+            let trend = if t.full_gcs >= 5 && t.span_s >= 30.0 {
+                format!(
+                    ", trend {}{}/hour",
+                    if t.slope_per_hour < 0.0 { "" } else { "+" },
+                    human_bytes(t.slope_per_hour)
+                )
+            } else {
+                String::new()
+            };
+            let thread = if several {
+                format!(" (thread {})", t.tid)
+            } else {
+                String::new()
+            };
+            writeln!(
+                s,
+                "  heap after full GC{thread}: {} → {} over {} full GCs (min {}, max {}){trend}",
+                megabytes(t.first_bytes),
+                megabytes(t.last_bytes),
+                t.full_gcs,
+                megabytes(t.min_bytes),
+                megabytes(t.max_bytes),
+            )?;
+        }
+        if summary.leak_suspicions > 0 {
+            writeln!(s, "  leak suspected {} time(s)", summary.leak_suspicions)?;
+        }
+        if summary.invalid_records > 0 {
+            writeln!(
+                s,
+                "  {} GC records failed the layout checks and were left out",
+                summary.invalid_records
+            )?;
+        }
+        if summary.lost_events > 0 {
+            writeln!(
+                s,
+                "  {} probe events lost (buffer full): some GCs are missing",
+                summary.lost_events
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GCs between attach and the first sample of a short recording: the
+    /// paused share is of a window that holds them, never over 100 %.
+    #[test]
+    fn the_window_holds_every_pause() {
+        let gc = |start_ns: u64, pause_ns: u64| GcEvent {
+            tid: 1,
+            start_ns,
+            pause_ns,
+            kind: GcKind::Scavenge,
+            incremental: None,
+            reason: None,
+            heap_before: None,
+            heap_after: None,
+        };
+        let events: Vec<GcEvent> = (0..7)
+            .map(|i| gc(1_000_000 + i * 400_000, 330_000))
+            .collect();
+        // The window opens after the GCs (3.8 ms in) and lasts 76 µs.
+        let s = GcSummary::of(&events, (3_824_000, 3_900_000), 0, 0);
+        assert!(s.paused_percent <= 100.0, "{}", s.paused_percent);
+        assert!((s.duration_s - 0.0029).abs() < 1e-6, "{}", s.duration_s);
+    }
 
     fn gc(kind: GcKind, start_s: f64, pause_ms: f64, after: Option<u64>) -> GcEvent {
         GcEvent {
@@ -202,7 +318,7 @@ mod tests {
             gc(GcKind::MarkCompact, 5.0, 20.0, Some(160)),
             gc(GcKind::MarkCompact, 8.0, 30.0, None),
         ];
-        let s = GcSummary::of(&events, 10.0, 0, 0);
+        let s = GcSummary::of(&events, (0, 10_000_000_000), 0, 0);
         assert_eq!(s.all.count, 6);
         assert!((s.all.total_ms - 66.0).abs() < 1e-9);
         assert!((s.paused_percent - 0.66).abs() < 1e-9);

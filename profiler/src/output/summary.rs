@@ -1,8 +1,9 @@
 //! The terminal summary: totals, threads, and the top functions.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
+use std::io::{self, Write};
 
+use super::Report;
 use crate::profile::{Frame, FrameKind, Profile, StackId};
 
 /// How every writer names a frame: `name url:line` (1-based line) for JS with
@@ -31,6 +32,8 @@ pub struct ThreadStat {
     /// Distinct tids with this name.
     pub threads: usize,
     pub samples: u64,
+    /// Of `samples`, those of off-CPU time (`record --off-cpu`, `--wall`).
+    pub off_cpu: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +52,9 @@ pub struct Summary {
     pub duration_s: f64,
     pub frequency_hz: u64,
     pub samples: u64,
+    /// Of `samples`, those of off-CPU time: one per sampling period a
+    /// thread spent blocked or waiting for a CPU.
+    pub off_cpu_samples: u64,
     pub lost_samples: u64,
     /// Distinct tids sampled.
     pub thread_count: usize,
@@ -61,25 +67,31 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary with the `top_n` busiest threads and functions (0: all).
     pub fn from_profile(profile: &Profile, top_n: usize) -> Summary {
+        let top_n = if top_n == 0 { usize::MAX } else { top_n };
         let total = profile.samples.len() as u64;
         let mut per_stack: HashMap<StackId, u64> = HashMap::new();
-        let mut per_tid: HashMap<u32, u64> = HashMap::new();
+        let mut per_tid: HashMap<u32, (u64, u64)> = HashMap::new();
         for s in &profile.samples {
             *per_stack.entry(s.stack).or_default() += 1;
-            *per_tid.entry(s.tid).or_default() += 1;
+            let counts = per_tid.entry(s.tid).or_default();
+            counts.0 += 1;
+            counts.1 += u64::from(s.off_cpu);
         }
 
         let mut by_name: HashMap<&str, ThreadStat> = HashMap::new();
-        for (&tid, &n) in &per_tid {
+        for (&tid, &(n, off_cpu)) in &per_tid {
             let name = profile.thread_name(tid);
             let t = by_name.entry(name).or_insert_with(|| ThreadStat {
                 name: name.into(),
                 threads: 0,
                 samples: 0,
+                off_cpu: 0,
             });
             t.threads += 1;
             t.samples += n;
+            t.off_cpu += off_cpu;
         }
         let mut threads: Vec<ThreadStat> = by_name.into_values().collect();
         threads.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.name.cmp(&b.name)));
@@ -129,6 +141,7 @@ impl Summary {
             duration_s: profile.duration_ns() as f64 / 1e9,
             frequency_hz: profile.frequency_hz,
             samples: total,
+            off_cpu_samples: profile.samples.iter().filter(|s| s.off_cpu).count() as u64,
             lost_samples: profile.lost_samples,
             thread_count: per_tid.len(),
             threads,
@@ -154,12 +167,7 @@ fn hint(f: &FunctionStat) -> String {
     }
 }
 
-fn table(
-    out: &mut fmt::Formatter<'_>,
-    title: &str,
-    column: &str,
-    rows: &[FunctionStat],
-) -> fmt::Result {
+fn table(out: &mut dyn Write, title: &str, column: &str, rows: &[FunctionStat]) -> io::Result<()> {
     writeln!(out, "\n{title}")?;
     if rows.is_empty() {
         return writeln!(out, "  (no samples)");
@@ -178,21 +186,36 @@ fn table(
     Ok(())
 }
 
-impl fmt::Display for Summary {
-    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Report for Summary {
+    fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "Duration:        {:.1} s", self.duration_s)?;
         writeln!(
             out,
             "Samples:         {} (at {} Hz per CPU)",
             self.samples, self.frequency_hz
         )?;
+        if self.off_cpu_samples > 0 {
+            writeln!(
+                out,
+                "Off-CPU samples: {}, one per {:.1} ms a thread spent blocked or waiting for a CPU",
+                self.off_cpu_samples,
+                1e3 / self.frequency_hz.max(1) as f64
+            )?;
+        }
         writeln!(out, "Lost samples:    {}", self.lost_samples)?;
         let threads: Vec<String> = self
             .threads
             .iter()
-            .map(|t| match t.threads {
-                1 => format!("{} {}", t.name, t.samples),
-                n => format!("{} ×{} {}", t.name, n, t.samples),
+            .map(|t| {
+                let name = match t.threads {
+                    1 => format!("{} {}", t.name, t.samples),
+                    n => format!("{} ×{} {}", t.name, n, t.samples),
+                };
+                if self.off_cpu_samples == 0 {
+                    return name;
+                }
+                let off = 100.0 * t.off_cpu as f64 / t.samples.max(1) as f64;
+                format!("{name}: {:.0} % on CPU, {off:.0} % off", 100.0 - off)
             })
             .collect();
         write!(out, "Threads sampled: {}", self.thread_count)?;
@@ -264,17 +287,20 @@ mod tests {
                 ThreadStat {
                     name: "node".into(),
                     threads: 1,
-                    samples: 6
+                    samples: 6,
+                    off_cpu: 0,
                 },
                 ThreadStat {
                     name: "libuv-worker".into(),
                     threads: 2,
-                    samples: 2
+                    samples: 2,
+                    off_cpu: 0,
                 },
                 ThreadStat {
                     name: "V8 GC".into(),
                     threads: 1,
-                    samples: 1
+                    samples: 1,
+                    off_cpu: 0,
                 },
             ]
         );
@@ -296,6 +322,16 @@ mod tests {
     }
 
     #[test]
+    fn top_zero_lists_everything() {
+        let all = Summary::from_profile(&sample_profile(), 0);
+        assert!(!all.top_self.is_empty());
+        assert_eq!(
+            all.top_self,
+            Summary::from_profile(&sample_profile(), 1000).top_self
+        );
+    }
+
+    #[test]
     fn top_n_truncates() {
         let s = Summary::from_profile(&sample_profile(), 2);
         assert_eq!(s.top_self.len(), 2);
@@ -306,7 +342,7 @@ mod tests {
 
     #[test]
     fn display() {
-        let text = Summary::from_profile(&sample_profile(), 10).to_string();
+        let text = Summary::from_profile(&sample_profile(), 10).to_text();
         assert!(text.contains("Duration:        0.0 s\n"), "{text}");
         assert!(
             text.contains("Samples:         9 (at 99 Hz per CPU)\n"),
@@ -332,7 +368,7 @@ mod tests {
         let s = Summary::from_profile(&p, 5);
         assert_eq!((s.samples, s.thread_count, s.lost_samples), (0, 0, 3));
         assert!(s.top_self.is_empty() && s.top_total.is_empty());
-        let text = s.to_string();
+        let text = s.to_text();
         assert!(text.contains("Duration:        2.3 s\n"), "{text}");
         assert!(text.contains("Threads sampled: 0\n"), "{text}");
         assert_eq!(text.matches("(no samples)").count(), 2);

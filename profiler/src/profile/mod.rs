@@ -1,6 +1,10 @@
 //! The profile model: interned frames and stacks, and per-thread samples with
 //! timestamps. Every writer in `output` reads only this.
 
+mod build;
+
+pub use build::{Pause, ProfileBuilder, GARBAGE_COLLECTOR};
+
 use std::collections::{BTreeMap, HashMap};
 
 /// What kind of code a frame is. JS frames carry their script and position in
@@ -52,8 +56,20 @@ impl Frame {
     }
 }
 
-pub type FrameId = u32;
-pub type StackId = u32;
+/// A frame interned in one [`Profile`]; only the profile makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameId(u32);
+
+/// A stack interned in one [`Profile`]; only the profile makes them, so an
+/// index of another space (a raw sampled stack) cannot pass for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackId(u32);
+
+impl FrameId {
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// A thread of the target that was sampled at least once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +85,9 @@ pub struct Sample {
     pub time_ns: u64,
     pub tid: u32,
     pub stack: StackId,
+    /// The thread was off CPU (blocked or waiting for a CPU): a sample of
+    /// its off-CPU time, one per sampling period it spent there.
+    pub off_cpu: bool,
 }
 
 /// A recorded CPU profile.
@@ -107,7 +126,7 @@ impl Profile {
         if let Some(&id) = self.frame_ids.get(&frame) {
             return id;
         }
-        let id = self.frames.len() as FrameId;
+        let id = FrameId(self.frames.len() as u32);
         self.frames.push(frame.clone());
         self.frame_ids.insert(frame, id);
         id
@@ -118,7 +137,7 @@ impl Profile {
         if let Some(&id) = self.stack_ids.get(&frames) {
             return id;
         }
-        let id = self.stacks.len() as StackId;
+        let id = StackId(self.stacks.len() as u32);
         self.stacks.push(frames.clone());
         self.stack_ids.insert(frames, id);
         id
@@ -126,6 +145,21 @@ impl Profile {
 
     /// Records one sample; `thread_name` updates the thread's name (threads rename themselves).
     pub fn add_sample(&mut self, time_ns: u64, tid: u32, thread_name: &str, stack: StackId) {
+        self.add(time_ns, tid, thread_name, stack, false);
+    }
+
+    /// Records one sampling period the thread spent off CPU in `stack`.
+    pub fn add_off_cpu_sample(
+        &mut self,
+        time_ns: u64,
+        tid: u32,
+        thread_name: &str,
+        stack: StackId,
+    ) {
+        self.add(time_ns, tid, thread_name, stack, true);
+    }
+
+    fn add(&mut self, time_ns: u64, tid: u32, thread_name: &str, stack: StackId, off_cpu: bool) {
         let thread = self.threads.entry(tid).or_insert_with(|| ThreadInfo {
             tid,
             name: String::new(),
@@ -139,11 +173,12 @@ impl Profile {
             time_ns,
             tid,
             stack,
+            off_cpu,
         });
     }
 
     pub fn frame(&self, id: FrameId) -> &Frame {
-        &self.frames[id as usize]
+        &self.frames[id.index()]
     }
 
     pub fn frames(&self) -> &[Frame] {
@@ -152,7 +187,7 @@ impl Profile {
 
     /// The frames of a stack, outermost first.
     pub fn stack(&self, id: StackId) -> &[FrameId] {
-        &self.stacks[id as usize]
+        &self.stacks[id.0 as usize]
     }
 
     pub fn thread_name(&self, tid: u32) -> &str {
@@ -160,6 +195,16 @@ impl Profile {
             .get(&tid)
             .map(|t| t.name.as_str())
             .unwrap_or("")
+    }
+
+    /// The sampling period: what one sample stands for, nanoseconds.
+    pub fn period_ns(&self) -> u64 {
+        1_000_000_000 / self.frequency_hz.max(1)
+    }
+
+    /// Whether any sample is of off-CPU time.
+    pub fn has_off_cpu(&self) -> bool {
+        self.samples.iter().any(|s| s.off_cpu)
     }
 
     /// Wall-clock span of the recording in nanoseconds.

@@ -3,16 +3,11 @@
 //! memory while it still runs (a GC may move or free the SFI later).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nodeprof_common::V8ProbeConfig;
-
 use crate::profile::{Frame, FrameKind};
-use crate::v8::{
-    EmbeddedBlob, JsFunctionInfo, JsResolver, LayoutError, LayoutReport, Lookup, ProcessMemory,
-    V8Layout,
-};
+use crate::target::V8Runtime;
+use crate::v8::{EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, ProcessMemory, V8Layout};
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
 /// labelled `[unknown JS]` rather than growing memory without bound.
@@ -24,9 +19,7 @@ const MAX_PENDING: usize = 4096;
 
 /// What nodeprof found out about a target's V8.
 pub struct JsNaming {
-    pub exe: PathBuf,
-    pub layout: Arc<V8Layout>,
-    pub report: LayoutReport,
+    layout: Arc<V8Layout>,
     resolver: JsResolver<ProcessMemory>,
     /// (sfi, fingerprint) → index into `functions`, or None when unresolvable.
     resolved: HashMap<(u64, u64), Option<u32>>,
@@ -38,24 +31,16 @@ pub struct JsNaming {
 }
 
 impl JsNaming {
-    /// Reads the V8 layout from the target's executable.
-    pub fn load(pid: u32, exe: &Path) -> Result<JsNaming, LayoutError> {
-        let (layout, report) = V8Layout::from_binary(exe)?;
-        let layout = Arc::new(layout);
-        Ok(JsNaming {
-            exe: exe.to_path_buf(),
-            resolver: JsResolver::new(ProcessMemory::new(pid), layout.clone()),
-            layout,
-            report,
+    /// Names the JS functions of `pid`, which runs this V8.
+    pub fn new(pid: u32, v8: &V8Runtime) -> JsNaming {
+        JsNaming {
+            resolver: JsResolver::new(ProcessMemory::new(pid), v8.layout.clone()),
+            layout: v8.layout.clone(),
             resolved: HashMap::new(),
             functions: Vec::new(),
             function_ids: HashMap::new(),
             pending: Vec::new(),
-        })
-    }
-
-    pub fn probe_config(&self) -> V8ProbeConfig {
-        self.layout.probe_config()
+        }
     }
 
     pub fn embedded_blob(&self) -> Option<EmbeddedBlob> {

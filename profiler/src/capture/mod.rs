@@ -1,5 +1,8 @@
-//! What every tracing command (`record`, `gc`) shares: when and why it
-//! stops, and the clock its events are on.
+//! Evidence taken from a live process: [`cpu`] samples it into a
+//! [`cpu::Capture`]. Every capture shares when and why it stops
+//! ([`Stopper`], [`StopReason`]).
+
+pub mod cpu;
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,8 @@ pub enum StopReason {
     DurationElapsed,
     Interrupted,
     Terminated,
+    /// SIGHUP: the terminal went away (an SSH session dropped).
+    HungUp,
     TargetExited,
     /// The reader of nodeprof's output went away (`nodeprof gc | head`).
     OutputClosed,
@@ -24,17 +29,19 @@ impl StopReason {
             StopReason::DurationElapsed => "duration elapsed",
             StopReason::Interrupted => "interrupted",
             StopReason::Terminated => "terminated",
+            StopReason::HungUp => "hung up",
             StopReason::TargetExited => "target exited",
             StopReason::OutputClosed => "output closed",
         }
     }
 }
 
-/// The stop conditions of a session: Ctrl-C, SIGTERM, the duration, the
-/// target's exit.
+/// The stop conditions of a session: Ctrl-C, SIGTERM, SIGHUP, the duration,
+/// the target's exit.
 pub struct Stopper {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
     started: Instant,
     duration: Option<Duration>,
 }
@@ -45,16 +52,19 @@ impl Stopper {
         Ok(Stopper {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
             started: Instant::now(),
             duration,
         })
     }
 
-    /// Resolves when SIGINT or SIGTERM arrives.
+    /// Resolves when SIGINT, SIGTERM or SIGHUP arrives: each ends the
+    /// session with everything taken so far written.
     pub async fn signalled(&mut self) -> StopReason {
         tokio::select! {
             _ = self.interrupt.recv() => StopReason::Interrupted,
             _ = self.terminate.recv() => StopReason::Terminated,
+            _ = self.hangup.recv() => StopReason::HungUp,
         }
     }
 
@@ -66,16 +76,4 @@ impl Stopper {
         // A launched child that exited stays a zombie until reaped: not alive.
         (!target.is_alive()).then_some(StopReason::TargetExited)
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of V8's
-/// `TimeTicks`, so samples, GC pauses and recording bounds share one time base.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

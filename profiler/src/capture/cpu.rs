@@ -1,0 +1,498 @@
+//! A CPU capture of a live process: the sampler on every CPU, filtered in the
+//! kernel to the target's threads, drained while the target runs (JS
+//! functions are named then, while their V8 objects are valid), until a stop.
+//! [`Capture::profile`] turns what was taken into a [`Profile`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+
+use super::{StopReason, Stopper};
+use crate::clock::monotonic_ns;
+use crate::collect::{Collection, Collector, ThreadEventCollector};
+use crate::eventloop::{self, ThreadLoop};
+use crate::gc::{GcEvent, GcProbes, GcSummary};
+use crate::probe::{Probe, ProbeError};
+use crate::profile::{Pause, Profile, ProfileBuilder};
+use crate::symbolize::Symbolizer;
+use crate::target::{Discovery, Launched, Runtime, Target};
+use nodeprof_common::{ThreadEvent, EVENT_SWITCH_IN};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Target(#[from] crate::target::TargetError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot {action}: {source}")]
+    Io {
+        action: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Which time of the target's threads a profile shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// Time on CPU (the `cpu-clock` samples).
+    #[default]
+    Cpu,
+    /// Time off CPU (blocked, or waiting for a CPU), by the stack the thread left in.
+    OffCpu,
+    /// Both: each thread's samples add up to the wall-clock time.
+    Wall,
+}
+
+impl Clock {
+    fn on_cpu(self) -> bool {
+        self != Clock::OffCpu
+    }
+
+    fn off_cpu(self) -> bool {
+        self != Clock::Cpu
+    }
+}
+
+/// How to sample.
+#[derive(Debug, Clone)]
+pub struct CpuOptions {
+    pub frequency_hz: u64,
+    pub clock: Clock,
+    /// Stop after this long; `None`: until a signal or the target's exit.
+    pub duration: Option<Duration>,
+    /// No progress line.
+    pub quiet: bool,
+    /// Trace GC pauses (uprobes in V8) besides sampling.
+    pub trace_gc: bool,
+}
+
+/// What one sampling run took in, ready to become a profile.
+pub struct Capture {
+    pub pid: u32,
+    pub frequency_hz: u64,
+    /// Sampling start and end, CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub collection: Collection,
+    /// Samples the kernel could not hand over (ring buffer full).
+    pub lost: u64,
+    pub stop: StopReason,
+    /// The target's GCs while sampling; `None` when they were not traced.
+    pub gc: Option<GcCapture>,
+    pub clock: Clock,
+    /// Threads back on the CPU, event loops entering and leaving `epoll_wait`.
+    pub thread_events: Vec<ThreadEvent>,
+    /// Whether event-loop turns were traced.
+    pub loop_traced: bool,
+    /// The executable the target ran last (it may have exec'd since the start).
+    pub exe: Option<PathBuf>,
+    /// At the end: whether the main thread was outside `epoll_wait`.
+    loop_main_stuck: Option<bool>,
+    /// Holds what was read of the target while it ran (mappings, JS names).
+    symbolizer: Symbolizer,
+}
+
+/// The GCs seen while sampling, and the probe events lost.
+pub struct GcCapture {
+    pub events: Vec<GcEvent>,
+    pub lost: u64,
+}
+
+impl Capture {
+    /// Symbolizes every sampled stack into a profile; samples in a GC pause
+    /// of their thread sit under `(garbage collector)`.
+    pub fn profile(&mut self) -> Profile {
+        let pauses: Vec<Pause> = self
+            .gc
+            .iter()
+            .flat_map(|gc| &gc.events)
+            .map(|e| Pause {
+                tid: e.tid,
+                start_ns: e.start_ns,
+                end_ns: e.end_ns(),
+            })
+            .collect();
+        let mut builder = ProfileBuilder::new(self.pid, self.frequency_hz, self.start_ns, &pauses);
+        let collection = &self.collection;
+        self.symbolizer
+            .symbolize(collection, |frames| builder.add_stack(frames));
+        // An off-CPU stack's interval ends when its thread is back on CPU,
+        // or at the end for a thread still off CPU then.
+        let returns: std::collections::HashMap<(u32, u64), u64> = self
+            .thread_events
+            .iter()
+            .filter(|e| e.kind == EVENT_SWITCH_IN)
+            .map(|e| ((e.tid, e.start_ns), e.time_ns))
+            .collect();
+        // Where a return was lost, the thread's next record proves it ran again.
+        let mut record_times: std::collections::HashMap<u32, Vec<u64>> =
+            std::collections::HashMap::new();
+        for sample in &collection.samples {
+            record_times
+                .entry(sample.tid)
+                .or_default()
+                .push(sample.time_ns);
+        }
+        for times in record_times.values_mut() {
+            times.sort_unstable();
+        }
+        let next_record = |tid: u32, after: u64| -> Option<u64> {
+            let times = record_times.get(&tid)?;
+            times.get(times.partition_point(|&t| t <= after)).copied()
+        };
+        for sample in &collection.samples {
+            let name = &collection.thread_names[sample.thread_name as usize];
+            let stack = sample.stack as usize;
+            if !sample.off_cpu {
+                if self.clock.on_cpu() {
+                    builder.add_sample(sample.time_ns, sample.tid, name, stack);
+                }
+            } else if self.clock.off_cpu() {
+                let start = sample.time_ns.max(self.start_ns);
+                let end = returns
+                    .get(&(sample.tid, sample.time_ns))
+                    .copied()
+                    .or_else(|| next_record(sample.tid, sample.time_ns))
+                    .unwrap_or(self.end_ns)
+                    .min(self.end_ns);
+                builder.add_off_cpu(start, end, sample.tid, name, stack);
+            }
+        }
+        builder.finish(self.end_ns, self.lost)
+    }
+
+    /// The event loops' turns, when they were traced. The target's main
+    /// thread, if it never entered or left `epoll_wait` but is outside it
+    /// now, spent the whole capture in one turn.
+    pub fn loops(&self) -> Option<Vec<ThreadLoop>> {
+        if !self.loop_traced {
+            return None;
+        }
+        let mut loops = eventloop::turns(&self.thread_events, self.start_ns, self.end_ns);
+        if !loops.iter().any(|l| l.tid == self.pid)
+            && self.stop != StopReason::TargetExited
+            && self.loop_main_stuck == Some(true)
+        {
+            loops.push(ThreadLoop {
+                tid: self.pid,
+                turns: vec![eventloop::Turn {
+                    start_ns: self.start_ns,
+                    end_ns: self.end_ns,
+                    ongoing: true,
+                }],
+                utilization: 1.0,
+            });
+        }
+        Some(loops)
+    }
+
+    /// The GC table of the capture, when GCs were traced.
+    pub fn gc_summary(&self) -> Option<GcSummary> {
+        self.gc
+            .as_ref()
+            .map(|gc| GcSummary::of(&gc.events, (self.start_ns, self.end_ns), 0, gc.lost))
+    }
+}
+
+/// Samples `target` until the duration, a signal or its exit. A `launched`
+/// target is released (it execs its command) once the sampler is attached.
+pub fn capture(
+    options: &CpuOptions,
+    target: &Target,
+    launched: Option<&mut Launched>,
+) -> Result<Capture, CaptureError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CaptureError::Io {
+            action: "start the event loop",
+            source,
+        })?;
+    runtime.block_on(run(options, target, launched))
+}
+
+async fn run(
+    options: &CpuOptions,
+    target: &Target,
+    launched: Option<&mut Launched>,
+) -> Result<Capture, CaptureError> {
+    let pid = target.pid;
+    let mut probe = Probe::load()?;
+    probe.add_target(pid)?;
+    let mut symbolizer = Symbolizer::new(target);
+    let mut runtime = Runtime::new(pid);
+    let mut gc = None;
+    let mut exe = None;
+    if launched.is_none() {
+        // Before sampling starts, so that the first samples name JS frames too.
+        // Node or not is told by the binary's contents (V8's layout), not
+        // its name: a renamed or deleted node binary is still node.
+        let is_v8 = match runtime.poll() {
+            Some(found) => {
+                exe = Some((found.exe.clone(), found.v8.is_ok()));
+                adopt(&found, &mut probe, &mut symbolizer, pid)?
+            }
+            None => false,
+        };
+        if !is_v8 {
+            tracing::warn!(
+                "process {pid} ({}) does not look like Node.js (no V8 in its executable): \
+                 profiling native code only",
+                target.exe.display()
+            );
+        }
+        symbolizer.refresh();
+        if options.trace_gc {
+            gc = trace_gc(&mut probe, pid, &crate::gc::probes::exe_path(pid), is_v8);
+        }
+    }
+    probe.start_sampling(options.frequency_hz)?;
+    if options.clock.off_cpu() {
+        probe.start_off_cpu()?;
+    }
+    let loop_traced = match probe.start_loop_tracing() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("event-loop turns not traced: {e}");
+            false
+        }
+    };
+    let mut thread_events = Vec::new();
+    let mut thread_collector = ThreadEventCollector::new(
+        probe
+            .take_thread_events()
+            .expect("thread event buffer is taken once"),
+    );
+    let ring = probe.take_samples().expect("ring buffer is taken once");
+    // SAFETY: the collector owns the ring buffer map, whose fd stays open and
+    // unchanged for the collector's life.
+    let mut collector = unsafe {
+        AsyncFd::register_with_interest(Collector::new(ring), tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| CaptureError::Io {
+        action: "watch the sample buffer",
+        source: e.into(),
+    })?;
+    if let Some(child) = launched {
+        if let Some(found) = runtime.preload(&child.program) {
+            exe = Some((found.exe.clone(), found.v8.is_ok()));
+            if adopt(&found, &mut probe, &mut symbolizer, pid)? && options.trace_gc {
+                // A node program: its GCs too, probed in the file it is about to exec.
+                gc = trace_gc(&mut probe, pid, &child.program, true);
+            }
+        }
+        child.release()?;
+    }
+    let start_ns = monotonic_ns();
+    let mut collection = Collection::default();
+
+    let progress = progress_bar(options.quiet, pid);
+    let mut stopper = Stopper::new(options.duration).map_err(|source| CaptureError::Io {
+        action: "install the signal handlers",
+        source,
+    })?;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut intake = Intake {
+        collection: &mut collection,
+        symbolizer: &mut symbolizer,
+        runtime: &mut runtime,
+        pid,
+        gc,
+        gc_events: Vec::new(),
+        trace_gc: options.trace_gc,
+        exe,
+    };
+    let stop = loop {
+        tokio::select! {
+            guard = collector.readable_mut() => {
+                let Ok(mut guard) = guard else { break StopReason::TargetExited };
+                intake.absorb(guard.get_inner_mut(), &mut probe)?;
+                guard.clear_ready();
+            }
+            reason = stopper.signalled() => break reason,
+            _ = tick.tick() => {
+                // The sampler wakes us only when its buffer fills: drain on the tick.
+                intake.absorb(collector.get_mut(), &mut probe)?;
+                intake.drain_gc();
+                thread_collector.drain(|e| if e.tgid == pid { thread_events.push(e) });
+                progress.set_message(format!("{} samples", intake.collection.samples.len()));
+                if let Some(reason) = stopper.due(target) {
+                    break reason;
+                }
+            }
+        }
+    };
+    let end_ns = monotonic_ns();
+    // Whatever the kernel wrote before the stop is still in the ring buffer
+    // (JS frames of a target that exited can no longer be named).
+    intake.absorb(collector.get_mut(), &mut probe)?;
+    thread_collector.drain(|e| {
+        if e.tgid == pid {
+            thread_events.push(e)
+        }
+    });
+    let loop_main_stuck = eventloop::stuck_in_turn(pid, pid);
+    let lost = probe.lost_samples();
+    intake.drain_gc();
+    let exe = intake.exe.take().map(|(exe, _)| exe);
+    let gc = intake.gc.is_some().then(|| GcCapture {
+        events: std::mem::take(&mut intake.gc_events),
+        lost: probe.lost_calls(),
+    });
+    drop(intake);
+    // Detach now: symbolizing and writing need no sampling.
+    drop(collector);
+    drop(thread_collector);
+    drop(probe);
+    progress.finish_and_clear();
+    Ok(Capture {
+        pid,
+        frequency_hz: options.frequency_hz,
+        start_ns,
+        end_ns,
+        collection,
+        lost,
+        stop,
+        gc,
+        clock: options.clock,
+        thread_events,
+        loop_traced,
+        loop_main_stuck,
+        exe,
+        symbolizer,
+    })
+}
+
+/// Takes a newly found executable into use: the sampler gets its V8 layout,
+/// the symbolizer its names. Returns whether it runs V8.
+fn adopt(
+    found: &Discovery,
+    probe: &mut Probe,
+    symbolizer: &mut Symbolizer,
+    pid: u32,
+) -> Result<bool, ProbeError> {
+    symbolizer.use_executable(found);
+    match &found.v8 {
+        Ok(v8) => {
+            probe.set_v8_config(pid, v8.layout.probe_config())?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+/// What the sampling loop updates on each drain.
+struct Intake<'a> {
+    collection: &'a mut Collection,
+    symbolizer: &'a mut Symbolizer,
+    runtime: &'a mut Runtime,
+    pid: u32,
+    gc: Option<GcProbes>,
+    gc_events: Vec<GcEvent>,
+    trace_gc: bool,
+    /// The executable the target runs, and whether it has V8.
+    exe: Option<(PathBuf, bool)>,
+}
+
+impl Intake<'_> {
+    /// Takes in what the sampler wrote and names JS functions while the
+    /// target still runs; an exec'd executable is found first.
+    fn absorb(&mut self, collector: &mut Collector, probe: &mut Probe) -> Result<(), ProbeError> {
+        if let Some(found) = self.runtime.poll() {
+            let is_v8 = adopt(&found, probe, self.symbolizer, self.pid)?;
+            self.exec(&found.exe, is_v8, probe);
+        }
+        let before = self.collection.user_frames.len();
+        collector.drain(self.collection);
+        self.symbolizer
+            .observe(&self.collection.user_frames[before..]);
+        Ok(())
+    }
+
+    fn drain_gc(&mut self) {
+        if let Some(gc) = &mut self.gc {
+            self.gc_events.extend(gc.drain(self.pid));
+        }
+    }
+
+    /// The target exec'd `exe`: the GC probes move to it (those in the old
+    /// image are gone with it), and the user is told when it replaced a
+    /// node (a launched command's wrapper script exec'ing node is expected).
+    fn exec(&mut self, exe: &Path, is_v8: bool, probe: &mut Probe) {
+        let was_v8 = self.exe.as_ref().is_some_and(|(_, v8)| *v8);
+        self.exe = Some((exe.to_path_buf(), is_v8));
+        let binary = crate::gc::probes::exe_path(self.pid);
+        let gc = match (self.gc.as_mut(), is_v8 && self.trace_gc) {
+            (Some(gc), true) => match gc.reattach(probe, self.pid, &binary) {
+                Ok(done) => {
+                    self.gc_events.extend(done);
+                    "GC tracing follows it"
+                }
+                Err(e) => {
+                    self.gc = None;
+                    tracing::warn!("GC tracing stopped: {e}");
+                    "GC tracing stopped"
+                }
+            },
+            (Some(gc), false) => {
+                self.gc_events.extend(gc.drain(self.pid));
+                probe.detach_calls();
+                "no V8 in it: GC tracing stopped"
+            }
+            (None, true) => {
+                self.gc = trace_gc(probe, self.pid, &binary, true);
+                if self.gc.is_some() {
+                    "GC tracing starts"
+                } else {
+                    "GC not traced"
+                }
+            }
+            (None, false) => "",
+        };
+        if was_v8 {
+            tracing::warn!(
+                "process {} exec'd {}: samples from now on are of the new program; {gc}",
+                self.pid,
+                exe.display()
+            );
+        }
+    }
+}
+
+/// Attaches the GC probes, or says why GC pauses will not be in the profile
+/// (a warning for a node target, where they were expected).
+fn trace_gc(probe: &mut Probe, pid: u32, binary: &Path, expected: bool) -> Option<GcProbes> {
+    match GcProbes::attach_binary(probe, pid, binary) {
+        Ok(gc) => {
+            for missing in &gc.points.missing {
+                tracing::warn!("GC tracing: {missing}");
+            }
+            Some(gc)
+        }
+        Err(e) if expected => {
+            tracing::warn!("GC pauses not traced: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("GC pauses not traced: {e}");
+            None
+        }
+    }
+}
+
+fn progress_bar(quiet: bool, pid: u32) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} recording pid {prefix} for {elapsed}: {msg} (Ctrl-C to stop)",
+        )
+        .expect("valid template"),
+    );
+    bar.set_prefix(pid.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
