@@ -591,6 +591,8 @@ fn run_measured(args: &[&str], dir: &Path, limit: u64, timeout: Duration) -> Mea
         });
     }
     let start = std::time::Instant::now();
+    // Reaped by wait4 below, which also gives the child's own rusage.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn nodeprof");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
