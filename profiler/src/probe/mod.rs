@@ -18,10 +18,10 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope
 use aya::programs::{Iter, TracePoint, UProbe};
 use aya::Ebpf;
 use nodeprof_common::{
-    CallReads, SwitchConfig, TaskRecord, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP,
+    CallReads, OffCpu, SwitchConfig, TaskRecord, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP,
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
-    LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM, TARGETS_MAP,
-    TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_MAP, V8_CONFIGS_MAP,
+    LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
+    TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_MAP, V8_CONFIGS_MAP,
 };
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
@@ -340,6 +340,14 @@ impl Probe {
             }
         }
         Ok(())
+    }
+
+    /// When thread `tid` of a target left the CPU, while it is still off
+    /// it (`sched_switch` tracing only).
+    pub fn off_cpu_since(&self, tid: u32) -> Option<u64> {
+        let map = self.ebpf.map(OFF_CPU_MAP)?;
+        let off: HashMap<&MapData, u32, OffCpu> = HashMap::try_from(map).ok()?;
+        off.get(&tid, 0).ok().map(|o| o.start_ns)
     }
 
     /// The ring buffer of switch-ins and event-loop events (taken once).

@@ -240,23 +240,7 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
             continue;
         };
         let mut record = empty_record(pid, thread);
-        let kernel = &r.kernel_stack[..(r.kernel_frames as usize).min(MAX_KERNEL_FRAMES)];
-        record.kernel_stack[..kernel.len()].copy_from_slice(kernel);
-        record.kernel_frames = kernel.len() as u32;
-        // Kernel threads and exiting threads have no user registers.
-        if r.cs & 3 == 3 && r.ip != 0 {
-            let frames = unwinder.walk(&mem, r.ip, r.sp, r.bp);
-            for (slot, f) in record.user_stack.iter_mut().zip(&frames) {
-                *slot = match &layout {
-                    Some(layout) => crate::v8::walk::user_frame(&mem, layout, f.pc, f.bp),
-                    None => UserFrame {
-                        pc: f.pc,
-                        ..Default::default()
-                    },
-                };
-            }
-            record.user_frames = frames.len().min(MAX_USER_FRAMES) as u32;
-        }
+        walk_registers(&mut record, r, &unwinder, &mem, layout.as_deref());
         collection.push(&record);
         walked.insert(thread.tid, collection.samples.len() - 1);
     }
@@ -378,7 +362,39 @@ fn js_leaders(
     out
 }
 
-fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
+/// Fills `record` with the stacks of a thread off CPU: its kernel stack,
+/// and its user stack walked from the registers it entered the kernel with
+/// (`.eh_frame` where there is no frame pointer, V8's frames recognised as
+/// the sampler does). The thread must stay off CPU while this runs.
+pub fn walk_registers(
+    record: &mut SampleRecord,
+    r: &TaskRecord,
+    unwinder: &unwind::Unwinder,
+    mem: &ProcessMemory,
+    layout: Option<&crate::v8::V8Layout>,
+) {
+    let kernel = &r.kernel_stack[..(r.kernel_frames as usize).min(MAX_KERNEL_FRAMES)];
+    record.kernel_stack[..kernel.len()].copy_from_slice(kernel);
+    record.kernel_frames = kernel.len() as u32;
+    record.user_frames = 0;
+    // Kernel threads and exiting threads have no user registers.
+    if r.cs & 3 == 3 && r.ip != 0 {
+        let frames = unwinder.walk(mem, r.ip, r.sp, r.bp);
+        for (slot, f) in record.user_stack.iter_mut().zip(&frames) {
+            *slot = match layout {
+                Some(layout) => crate::v8::walk::user_frame(mem, layout, f.pc, f.bp),
+                None => UserFrame {
+                    pc: f.pc,
+                    ..Default::default()
+                },
+            };
+        }
+        record.user_frames = frames.len().min(MAX_USER_FRAMES) as u32;
+    }
+}
+
+/// A sampler-shaped record of a thread, off CPU, stacks empty.
+pub fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
     let mut comm = [0u8; nodeprof_common::COMM_LEN];
     let name = thread.name.as_bytes();
     let n = name.len().min(comm.len() - 1);
