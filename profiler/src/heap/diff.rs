@@ -3,6 +3,7 @@
 //! the two snapshots are merged: ids only in the current snapshot are new,
 //! ids only in the base one were deleted.
 
+use crate::output::Report;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -80,6 +81,9 @@ pub struct Diff {
     pub current_objects: u64,
     /// Classes that changed, by size delta (largest growth first).
     pub classes: Vec<ClassDiff>,
+    /// Classes the text lists (0: all).
+    #[serde(skip)]
+    pub shown: usize,
 }
 
 /// Per-class result of merging two sorted id lists.
@@ -221,6 +225,13 @@ pub fn compare(base: &Objects, current: &Objects) -> Diff {
         base_objects: base.entries.len() as u64,
         current_objects: current.entries.len() as u64,
         classes,
+        shown: 0,
+    }
+}
+
+impl Report for Diff {
+    fn write_text(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        w.write_all(render(self, self.shown).as_bytes())
     }
 }
 
@@ -234,7 +245,7 @@ fn headline(c: &ClassDiff) -> String {
 }
 
 /// The comparison as text: the biggest growths first, as sentences, then the table.
-pub fn render(d: &Diff, top: usize) -> String {
+fn render(d: &Diff, top: usize) -> String {
     let mut out = String::new();
     let growing: Vec<&ClassDiff> = d
         .classes

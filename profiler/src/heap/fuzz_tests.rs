@@ -10,6 +10,7 @@ use super::graph::{Graph, Rules, NO_DISTANCE};
 use super::parse::read_bytes;
 use super::retainers::{self, Target};
 use super::snapshot::ROOT;
+use crate::output::Report;
 
 /// xorshift64: the same graphs on every run.
 struct Rand(u64);
@@ -278,8 +279,7 @@ fn damaged_files_are_errors_or_analyse() {
             };
             let g = Graph::build(&s, Rules::Devtools);
             for class in &s.class_names {
-                let _ =
-                    retainers::find(&s, &g, Target::Class(class), 3).map(|r| retainers::render(&r));
+                let _ = retainers::find(&s, &g, Target::Class(class), 3).map(|r| r.to_text());
             }
         });
         assert!(

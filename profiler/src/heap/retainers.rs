@@ -5,6 +5,7 @@
 //! are grouped, and one representative path is shown per group, the groups
 //! that retain the most first.
 
+use crate::output::Report;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -305,7 +306,13 @@ pub fn chain(steps: &[Step]) -> String {
     out
 }
 
-pub fn render(r: &Retainers) -> String {
+impl Report for Retainers {
+    fn write_text(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        w.write_all(render(self).as_bytes())
+    }
+}
+
+fn render(r: &Retainers) -> String {
     let mut out = String::new();
     let reachable = r.objects - r.unreachable;
     let _ = writeln!(
