@@ -138,7 +138,7 @@ struct RecordArgs {
     /// Formats to write (comma separated).
     #[arg(long, value_parser = format_parser(), value_delimiter = ',', default_value = "cpuprofile,folded,svg")]
     format: Vec<Format>,
-    /// Functions listed in the summary.
+    /// Functions listed in the summary (0: all).
     #[arg(long, default_value_t = 15)]
     top: usize,
     /// No progress line.
@@ -162,6 +162,10 @@ struct RecordArgs {
     /// Event-loop turns longer than this are listed with what ran in them.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     blocked_ms: u64,
+    /// A launched command keeps running when the recording ends (by default
+    /// it gets SIGTERM, as Ctrl-C in its terminal would end it).
+    #[arg(long, requires = "command")]
+    keep_running: bool,
     /// Command to launch and profile from its first instruction.
     #[arg(last = true)]
     command: Vec<String>,
@@ -211,7 +215,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         return Err("duration must be positive".into());
     }
-    humantime::parse_duration(text).map_err(|e| e.to_string())
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("duration must be positive".into()),
+        result => result.map_err(|e| e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -318,6 +325,7 @@ impl RecordArgs {
             formats: self.format,
             top: self.top,
             blocked: Duration::from_millis(self.blocked_ms),
+            keep_running: self.keep_running,
         }
     }
 }

@@ -33,8 +33,6 @@ pub use threads::{ThreadInfo, ThreadState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StacksError {
-    #[error("pid {tid} is a thread of process {tgid}: dump process {tgid}")]
-    Thread { tid: u32, tgid: u32 },
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error(transparent)]
@@ -104,16 +102,13 @@ pub struct Stacks {
     pub capture_time: Duration,
 }
 
-/// Checks that `pid` is a process (not one of its threads) and that we may
-/// look inside it.
+/// Checks that `pid` is a process nodeprof can dump (not a thread id, a
+/// zombie or a kernel thread: `Target::inspect` names each) and that we may
+/// load the probe and read its memory.
 pub fn check_target(pid: u32) -> Result<Target, StacksError> {
-    match threads::tgid_of(pid) {
-        Some(tgid) if tgid != pid => return Err(StacksError::Thread { tid: pid, tgid }),
-        _ => {}
-    }
-    // Before reading /proc/PID/exe, which fails for others' processes with a less useful message.
-    probe::check_permissions()?;
-    Ok(Target::inspect(pid)?)
+    let target = Target::inspect(pid)?;
+    probe::check_permissions(probe::SAMPLING)?;
+    Ok(target)
 }
 
 /// Takes the stack of every thread of `pid`.
