@@ -106,9 +106,10 @@ pub struct Stacks {
 /// zombie or a kernel thread: `Target::inspect` names each) and that we may
 /// load the probe and read its memory.
 pub fn check_target(pid: u32) -> Result<Target, StacksError> {
-    let target = Target::inspect(pid)?;
+    // Before reading /proc/PID/exe, which fails for others' processes with a less useful message.
     probe::check_permissions(probe::SAMPLING)?;
-    Ok(target)
+    // A thread id is named as such there.
+    Ok(Target::inspect(pid)?)
 }
 
 /// Takes the stack of every thread of `pid`.
