@@ -26,8 +26,9 @@ pub struct DumpOptions {
 pub enum DumpError {
     #[error(transparent)]
     Stacks(#[from] StacksError),
+    /// A reader that went away (`| head`) is told apart by main through the source.
     #[error("cannot write the dump: {0}")]
-    Write(std::io::Error),
+    Write(#[source] std::io::Error),
 }
 
 /// Takes every thread's stack and writes the dump to `out`.

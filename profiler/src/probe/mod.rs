@@ -100,7 +100,7 @@ pub struct Probe {
     thread_events: Option<RingBuf<MapData>>,
     /// The sampler's perf-event attachments, one per CPU.
     sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
-    /// The kernel's BTF, when it has one.
+    /// The kernel's BTF, kept for the task iterator of a snapshot.
     btf: Option<aya::Btf>,
 }
 
@@ -175,7 +175,8 @@ impl Probe {
             call_reads,
             call_links: Vec::new(),
             sampler_links: Vec::new(),
-            btf,
+            // A recording does not need it again: not kept for hours.
+            btf: btf.filter(|_| rings == RingSizes::Snapshot),
         })
     }
 
@@ -389,9 +390,13 @@ impl Probe {
     /// Loads the task iterator (kernel 5.8+ with BTF; the per-thread filter
     /// [`Probe::read_task`] uses needs 6.1+).
     pub fn load_task_iterator(&mut self) -> Result<(), ProbeError> {
-        let btf = self.btf.as_ref().ok_or_else(|| {
-            ProbeError::NoKernelSupport("no BTF in /sys/kernel/btf/vmlinux".into())
-        })?;
+        if self.btf.is_none() {
+            self.btf = Some(
+                aya::Btf::from_sys_fs()
+                    .map_err(|e| ProbeError::classify("read the kernel's BTF", &e))?,
+            );
+        }
+        let btf = self.btf.as_ref().expect("set above");
         let program: &mut Iter = program_mut(&mut self.ebpf, TASKS_PROGRAM)?;
         program
             .load(TASKS_ITER_TARGET, btf)

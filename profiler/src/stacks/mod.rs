@@ -102,8 +102,9 @@ pub struct Stacks {
     pub capture_time: Duration,
 }
 
-/// Checks that `pid` is a process (not one of its threads) and that we may
-/// look inside it.
+/// Checks that `pid` is a process nodeprof can dump (not a thread id, a
+/// zombie or a kernel thread: `Target::inspect` names each) and that we may
+/// load the probe and read its memory.
 pub fn check_target(pid: u32) -> Result<Target, StacksError> {
     // Before reading /proc/PID/exe, which fails for others' processes with a less useful message.
     probe::check_permissions(probe::SAMPLING)?;

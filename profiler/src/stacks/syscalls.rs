@@ -131,7 +131,8 @@ pub fn decode<M: Memory + ?Sized>(pid: u32, nr: i64, args: [u64; 6], mem: &M) ->
             Arg::Path => {
                 parts.push(read_c_string(mem, value).unwrap_or_else(|| format!("{value:#x}")))
             }
-            Arg::Int => parts.push((value as i64).to_string()),
+            // These are C `int`s: a timeout of -1 arrives as 0xffffffff.
+            Arg::Int => parts.push((value as u32 as i32).to_string()),
             Arg::Futex => {
                 parts.push(format!("{value:#x} {}", futex_op(args[1])));
             }
@@ -198,7 +199,7 @@ mod tests {
         assert!(read.detail.ends_with("/status"), "{}", read.detail);
         let futex = decode(me, 202, [0x1000, 0x80, 0, 0, 0, 0], &mem);
         assert_eq!(futex.detail, "0x1000 FUTEX_WAIT");
-        let epoll = decode(me, 281, [99999, 0, 1024, -1i64 as u64, 0, 0], &mem);
+        let epoll = decode(me, 281, [99999, 0, 1024, 0xffff_ffff, 0, 0], &mem);
         assert_eq!(epoll.detail, "fd 99999, maxevents 1024, timeout -1 ms");
         assert!(epoll.is_event_loop_wait());
         assert_eq!(decode(me, 9999, [0; 6], &mem).name, "syscall_9999");
