@@ -130,10 +130,21 @@ impl Symbolizer {
         if (uncovered || self.last_refresh.is_none()) && due {
             self.refresh();
         }
+        // JS frames in JIT code (anonymous memory) may run inlined functions.
+        let in_jit: Vec<bool> = new_frames
+            .iter()
+            .map(|f| f.sfi != 0 && self.mapping(f.pc).is_none_or(|(m, _)| m.path.is_empty()))
+            .collect();
         if let Some(js) = self.js.as_mut() {
             js.retry_pending();
-            for frame in new_frames.iter().filter(|f| f.sfi != 0) {
+            for (frame, jit) in new_frames.iter().zip(in_jit) {
+                if frame.sfi == 0 {
+                    continue;
+                }
                 js.observe(frame.sfi, frame.sfi_fingerprint);
+                if jit {
+                    js.observe_inlining(frame);
+                }
             }
         }
     }
@@ -244,25 +255,37 @@ impl Symbolizer {
             && blob.contains_file_offset(pc - mapping.start + mapping.offset)
     }
 
-    /// A user frame as a reader wants it: the JS function V8 runs there, a
-    /// labelled V8 frame, or the native symbol. `None` hides the frame (a JS
-    /// builtin such as `forEach`, folded into its caller as DevTools does).
-    fn user_frame(&self, frame: &UserFrame, native: &Frame) -> Option<Frame> {
+    /// A user frame as a reader wants it, outermost first: the JS function
+    /// V8 runs there and the functions inlined into it, a labelled V8 frame,
+    /// or the native symbol. No frame for a JS builtin such as `forEach`
+    /// (folded into its caller as DevTools does).
+    ///
+    /// Only a frame that called out of its code (`leaf` false) gets its
+    /// inlined functions, as in V8's own profiler: the frame the sampled pc
+    /// is in is charged to its outermost function (`node --cpu-prof` does
+    /// the same: TickSample's pc entry is pushed without its inline stack).
+    fn user_frame(&self, frame: &UserFrame, native: &Frame, leaf: bool) -> Vec<Frame> {
         let Some(js) = self.js.as_ref() else {
-            return Some(native.clone());
+            return vec![native.clone()];
         };
         if !self.is_v8_code(frame.pc) {
-            return Some(native.clone());
+            return vec![native.clone()];
         }
         if frame.sfi != 0 {
-            return js.frame(frame.sfi, frame.sfi_fingerprint);
+            if leaf {
+                return js
+                    .frame(frame.sfi, frame.sfi_fingerprint)
+                    .into_iter()
+                    .collect();
+            }
+            return js.frames(frame);
         }
         if native.kind == FrameKind::Unknown {
             if let Some(name) = js.frame_type_name(frame.frame_marker) {
-                return Some(Frame::new(FrameKind::Jit, format!("[V8 {name}]"), ""));
+                return vec![Frame::new(FrameKind::Jit, format!("[V8 {name}]"), "")];
             }
         }
-        Some(native.clone())
+        vec![native.clone()]
     }
 
     fn read_perf_map(&mut self) -> PerfMap {
@@ -391,8 +414,9 @@ impl Symbolizer {
             let mut frames: Vec<Frame> = user
                 .iter()
                 .zip(collection.user_frames_of(stack).collect::<Vec<_>>())
+                .enumerate()
                 .rev()
-                .filter_map(|(a, frame)| self.user_frame(frame, &user_frames[a]))
+                .flat_map(|(i, (a, frame))| self.user_frame(frame, &user_frames[a], i == 0))
                 .chain(kernel.iter().rev().map(|a| kernel_frames[a].clone()))
                 .collect();
             gc::mark_garbage_collection(&mut frames);

@@ -8,6 +8,8 @@
 //! - [`strings`]: V8 strings of every representation, bounded.
 //! - [`function`]: SharedFunctionInfo → name, script URL, script id, line and
 //!   column (what a `.cpuprofile` callFrame holds), cached.
+//! - [`code`]: pc in optimized code → the functions inlined there, cached
+//!   per code object.
 //!
 //! Use: `V8Layout::from_binary("/proc/PID/exe")` (for a shared-library
 //! build, the `libnode.so` mapping instead), `layout.probe_config()` into the
@@ -20,6 +22,7 @@
 //! which `node --cpu-prof` does not show as its own frame.
 
 mod cache;
+pub mod code;
 pub mod elf;
 pub mod function;
 mod heap;
@@ -29,12 +32,14 @@ pub(crate) mod live_tests;
 pub mod memory;
 pub mod strings;
 
+pub use code::{CodeFinder, CodeStats};
 pub use function::{
     frame_function, path_to_file_url, script_url, FrameFunction, JsFunctionInfo, JsResolver,
     Lookup, ResolverLimits, ResolverStats,
 };
 pub use layout::{
-    EmbeddedBlob, FieldReport, FieldSource, LayoutError, LayoutReport, V8Layout, V8Version,
+    CodeLayout, EmbeddedBlob, FieldReport, FieldSource, LayoutError, LayoutReport, V8Layout,
+    V8Version,
 };
 pub use memory::{Memory, MemoryError, MemoryExt, ProcessMemory, MAX_READ};
 pub use strings::{Chunk, LineEnds, StringError, StringReader};
