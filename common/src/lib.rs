@@ -50,6 +50,11 @@ pub struct SampleRecord {
     /// Number of valid entries in `user_stack`.
     pub user_frames: u32,
     pub _pad: u32,
+    /// The word at the user stack pointer when the first frame of the walk
+    /// is a JS frame, else 0: the return address into JS code when the
+    /// interrupted function is a leaf without a frame of its own (V8's
+    /// `ieee754::sin`…), whose caller the frame-pointer walk cannot see.
+    pub user_tos: u64,
     /// Thread name (`comm`), NUL padded.
     pub comm: [u8; COMM_LEN],
     /// Kernel instruction pointers, innermost first.

@@ -72,8 +72,17 @@ pub fn nodeprof_sample(ctx: PerfEventContext) -> u32 {
             0
         };
         let config = V8_CONFIGS.get(&tgid);
+        (*record).user_tos = 0;
         (*record).user_frames = match user_regs(&ctx) {
-            Some((pc, fp)) => walk_user_stack(pc, fp, config, &mut (*record).user_stack),
+            Some((pc, fp, sp)) => {
+                let n = walk_user_stack(pc, fp, config, &mut (*record).user_stack);
+                // One read, only when fp is a JS frame's: the interrupted
+                // code may be a frameless leaf called from it.
+                if n > 0 && (*record).user_stack[0].sfi != 0 {
+                    (*record).user_tos = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+                }
+                n
+            }
             None => 0,
         };
     }
@@ -86,14 +95,14 @@ pub fn nodeprof_sample(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// The user-mode pc and frame pointer of the interrupted thread: the
+/// The user-mode pc, frame and stack pointer of the interrupted thread: the
 /// interrupt's registers when it hit user code, else those the kernel
 /// saved on entry (a syscall or fault in progress).
-fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64)> {
+fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     // SAFETY: ctx points to the kernel's bpf_perf_event_data.
     let regs = unsafe { &(*ctx.ctx).regs };
     if regs.cs & 3 == 3 {
-        return Some((regs.rip, regs.rbp));
+        return Some((regs.rip, regs.rbp, regs.rsp));
     }
     // SAFETY: helpers on the current task; the pt_regs are copied with a checked read.
     unsafe {
@@ -102,7 +111,7 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64)> {
             return None;
         }
         let regs: pt_regs = bpf_probe_read_kernel(saved).ok()?;
-        (regs.rip != 0).then_some((regs.rip, regs.rbp))
+        (regs.rip != 0).then_some((regs.rip, regs.rbp, regs.rsp))
     }
 }
 

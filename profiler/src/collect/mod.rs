@@ -43,9 +43,24 @@ pub struct Collection {
 
 impl Collection {
     pub fn push(&mut self, record: &SampleRecord) {
-        let user = record
-            .user_stack()
+        let walked = record.user_stack();
+        // The sampler's word at the stack pointer, as a possible frame of
+        // the JS function whose fp the walk started from (see
+        // TOS_FRAME_MARKER); the symbolizer keeps it only when the sampled
+        // pc is outside V8 code.
+        let tos = walked
+            .first()
+            .filter(|f| f.sfi != 0 && record.user_tos != 0)
+            .map(|f| UserFrame {
+                pc: record.user_tos,
+                frame_marker: TOS_FRAME_MARKER,
+                ..*f
+            });
+        let user = walked
             .iter()
+            .take(1)
+            .chain(tos.as_ref())
+            .chain(walked.iter().skip(1))
             .map(|frame| {
                 let frame = normalize_frame(frame);
                 *self.user_frame_ids.entry(frame).or_insert_with(|| {
@@ -156,10 +171,20 @@ impl CallCollector {
 /// Largest V8 frame-type marker (`type << 1`); V8 has about 40 frame types.
 const MAX_FRAME_MARKER: u64 = 256;
 
+/// `frame_marker` of the frame made from the word at the stack pointer
+/// (`SampleRecord::user_tos`): a return address into the JS function whose
+/// frame the walk started from, when the sampled code is a frameless leaf.
+/// V8's sampler looks there too (TickSample's `tos`). Never a real marker:
+/// those are small even numbers, and other words normalize to `u64::MAX`.
+pub const TOS_FRAME_MARKER: u64 = u64::MAX - 1;
+
 /// Keeps only what symbolization needs of a frame, so that identical stacks
 /// compare equal: the `[fp-8]` word matters only as a typed-frame marker, while
 /// Context pointers and C++ garbage would make every stack unique.
 fn normalize_frame(frame: &UserFrame) -> UserFrame {
+    if frame.frame_marker == TOS_FRAME_MARKER {
+        return *frame;
+    }
     let is_marker = frame.frame_marker & 1 == 0 && frame.frame_marker < MAX_FRAME_MARKER;
     UserFrame {
         frame_marker: if is_marker {
@@ -205,6 +230,7 @@ mod tests {
             kernel_frames: 0,
             user_frames: user.len() as u32,
             _pad: 0,
+            user_tos: 0,
             comm: [0; 16],
             kernel_stack: [0; MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); MAX_USER_FRAMES],
@@ -212,6 +238,32 @@ mod tests {
         r.comm[..comm.len()].copy_from_slice(comm);
         r.user_stack[..user.len()].copy_from_slice(&pcs(user));
         r
+    }
+
+    #[test]
+    fn the_stack_top_word_follows_a_js_leaf_frame() {
+        let mut c = Collection::default();
+        let mut r = record(1, b"node", &[1, 2, 3]);
+        r.user_tos = 0x77;
+        // Frame 0 is no JS frame: the word is not used.
+        c.push(&r);
+        r.user_stack[0].sfi = 0x51;
+        c.push(&r);
+        let walked = |i: usize| -> Vec<(u64, u64, u64)> {
+            c.user_frames_of(c.stack(c.samples[i].stack))
+                .map(|f| (f.pc, f.sfi, f.frame_marker))
+                .collect()
+        };
+        assert_eq!(walked(0).len(), 3);
+        assert_eq!(
+            walked(1),
+            [
+                (1, 0x51, u64::MAX),
+                (0x77, 0x51, TOS_FRAME_MARKER),
+                (2, 0, u64::MAX),
+                (3, 0, u64::MAX)
+            ]
+        );
     }
 
     #[test]

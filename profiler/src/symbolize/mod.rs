@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use blazesym::symbolize::{self, source, Input};
 use nodeprof_common::{UserFrame, V8ProbeConfig};
 
-use crate::collect::{Collection, RawStack};
+use crate::collect::{Collection, RawStack, TOS_FRAME_MARKER};
 use crate::profile::{Frame, FrameKind};
 use crate::target::{read_maps, Mapping, Target};
 
@@ -131,9 +131,18 @@ impl Symbolizer {
             self.refresh();
         }
         // JS frames in JIT code (anonymous memory) may run inlined functions.
+        // A frame from the word at the stack pointer may be no code at all.
         let in_jit: Vec<bool> = new_frames
             .iter()
-            .map(|f| f.sfi != 0 && self.mapping(f.pc).is_none_or(|(m, _)| m.path.is_empty()))
+            .map(|f| {
+                let mapping = self.mapping(f.pc);
+                f.sfi != 0
+                    && if f.frame_marker == TOS_FRAME_MARKER {
+                        mapping.is_some_and(|(m, _)| m.path.is_empty())
+                    } else {
+                        mapping.is_none_or(|(m, _)| m.path.is_empty())
+                    }
+            })
             .collect();
         if let Some(js) = self.js.as_mut() {
             js.retry_pending();
@@ -239,8 +248,14 @@ impl Symbolizer {
     fn is_v8_code(&self, pc: u64) -> bool {
         // Code no snapshot saw: JIT memory V8 mapped after the last one (the
         // executable and libraries are always in it).
+        self.mapping(pc).is_none() || self.is_mapped_v8_code(pc)
+    }
+
+    /// [`Symbolizer::is_v8_code`] among the mappings seen: a word from the
+    /// stack (see [`TOS_FRAME_MARKER`]) may point anywhere.
+    fn is_mapped_v8_code(&self, pc: u64) -> bool {
         let Some((mapping, _)) = self.mapping(pc) else {
-            return true;
+            return false;
         };
         if mapping.path.is_empty() {
             return true;
@@ -411,9 +426,21 @@ impl Symbolizer {
         for stack in stacks {
             let user = lookup(&user_pcs(stack));
             let kernel = lookup(&stack.kernel);
-            let mut frames: Vec<Frame> = user
+            let walked: Vec<&UserFrame> = collection.user_frames_of(stack).collect();
+            // The frame from the stack top counts only when the sampled pc
+            // is outside V8 code, in a leaf that made no frame, and the word
+            // there is V8 code.
+            let leaf_in_v8 = walked.first().is_some_and(|f| self.is_v8_code(f.pc));
+            let kept: Vec<(&u64, &UserFrame)> = user
                 .iter()
-                .zip(collection.user_frames_of(stack).collect::<Vec<_>>())
+                .zip(walked)
+                .filter(|(_, f)| {
+                    f.frame_marker != TOS_FRAME_MARKER
+                        || (!leaf_in_v8 && self.is_mapped_v8_code(f.pc))
+                })
+                .collect();
+            let mut frames: Vec<Frame> = kept
+                .into_iter()
                 .enumerate()
                 .rev()
                 .flat_map(|(i, (a, frame))| self.user_frame(frame, &user_frames[a], i == 0))
@@ -460,6 +487,7 @@ mod tests {
             kernel_frames: 0,
             user_frames: 2,
             _pad: 0,
+            user_tos: 0,
             comm: [0; 16],
             kernel_stack: [0; nodeprof_common::MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); nodeprof_common::MAX_USER_FRAMES],
