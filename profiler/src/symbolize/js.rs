@@ -178,6 +178,12 @@ impl JsNaming {
         frames
     }
 
+    /// Whether the frame the sampled pc is in gets its inlined functions
+    /// too: as `node --cpu-prof` of the same V8 does.
+    pub fn leaf_inlining(&self) -> bool {
+        self.layout.code.as_ref().is_some_and(|c| c.leaf_inlining)
+    }
+
     /// A label for a typed V8 frame (entry, exit, stub…) from its marker.
     pub fn frame_type_name(&self, marker: u64) -> Option<&str> {
         self.layout.frame_type_name(marker)

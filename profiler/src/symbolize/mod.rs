@@ -275,10 +275,11 @@ impl Symbolizer {
     /// or the native symbol. No frame for a JS builtin such as `forEach`
     /// (folded into its caller as DevTools does).
     ///
-    /// Only a frame that called out of its code (`leaf` false) gets its
-    /// inlined functions, as in V8's own profiler: the frame the sampled pc
-    /// is in is charged to its outermost function (`node --cpu-prof` does
-    /// the same: TickSample's pc entry is pushed without its inline stack).
+    /// A frame that called out of its code (`leaf` false) gets its inlined
+    /// functions; the frame the sampled pc is in only where V8's own
+    /// profiler does it too (V8 14): before, `node --cpu-prof` charges it to
+    /// the outermost function (the sampled pc's entry is pushed without its
+    /// inline stack), and nodeprof's figures agree with it.
     fn user_frame(&self, frame: &UserFrame, native: &Frame, leaf: bool) -> Vec<Frame> {
         let Some(js) = self.js.as_ref() else {
             return vec![native.clone()];
@@ -287,7 +288,7 @@ impl Symbolizer {
             return vec![native.clone()];
         }
         if frame.sfi != 0 {
-            if leaf {
+            if leaf && !js.leaf_inlining() {
                 return js
                     .frame(frame.sfi, frame.sfi_fingerprint)
                     .into_iter()

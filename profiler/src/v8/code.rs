@@ -151,9 +151,19 @@ impl CodeFinder {
             return Vec::new();
         };
         if code.sfi != sfi {
+            tracing::trace!(pc, sfi, code_sfi = code.sfi, "code of another function");
             return Vec::new();
         }
-        code.inlined_at(pc).unwrap_or_default()
+        let inlined = code.inlined_at(pc).unwrap_or_default();
+        tracing::trace!(
+            pc,
+            offset = pc - code.instruction_start,
+            size = code.instruction_size,
+            positions = ?code.positions.iter().map(|&(o, p)| (o, inlining_id(p))).collect::<Vec<_>>(),
+            ?inlined,
+            "inlining"
+        );
+        inlined
     }
 
     /// The code object whose instructions contain `pc`, if V8 made it.
@@ -359,11 +369,20 @@ fn decode<M: Memory + ?Sized>(
         info.sfi = tables.sfi;
         info.inlining = tables.inlining;
         info.inlined_sfis = tables.inlined_sfis;
-        info.positions = heap
+        let bytes = heap
             .field(code, cl.code_source_position_table)
             .and_then(|table| byte_array(heap, table))
-            .map(|bytes| decode_positions(&bytes))
             .unwrap_or_default();
+        // The version tells the encoding; offsets past the instructions
+        // mean it was the other one.
+        let fits = |p: &Vec<(u32, u64)>| p.last().is_none_or(|&(o, _)| u64::from(o) <= size);
+        let mut positions = decode_positions(&bytes, cl.statement_bit_in_offset);
+        if !fits(&positions) {
+            positions = decode_positions(&bytes, !cl.statement_bit_in_offset);
+        }
+        if fits(&positions) {
+            info.positions = positions;
+        }
     }
     info
 }
@@ -465,9 +484,10 @@ fn read_vlq(bytes: &[u8], at: &mut usize) -> Option<i64> {
 }
 
 /// V8's source position table (`SourcePositionTableIterator`): per entry a
-/// code offset delta (negative: not a statement) and a position delta, both
-/// from (-1, 0). Stops at the first malformed entry.
-fn decode_positions(bytes: &[u8]) -> Vec<(u32, u64)> {
+/// code offset delta and a position delta, both from (-1, 0). The offset
+/// carries the statement flag: as its sign up to V8 13, in its low bit
+/// from V8 14 (`statement_bit`). Stops at the first malformed entry.
+fn decode_positions(bytes: &[u8], statement_bit: bool) -> Vec<(u32, u64)> {
     let mut out = Vec::new();
     let mut at = 0;
     let mut code_offset: i64 = -1;
@@ -476,7 +496,13 @@ fn decode_positions(bytes: &[u8]) -> Vec<(u32, u64)> {
         let Some(delta) = read_vlq(bytes, &mut at) else {
             break;
         };
-        let delta = if delta >= 0 { delta } else { -(delta + 1) };
+        let delta = if statement_bit {
+            delta >> 1
+        } else if delta >= 0 {
+            delta
+        } else {
+            -(delta + 1)
+        };
         let Some(source) = read_vlq(bytes, &mut at) else {
             break;
         };
@@ -527,6 +553,8 @@ mod tests {
                 deopt_inlining_positions: 7,
                 deopt_shared_function_info: 6,
                 sfi_wrapper_shared: None,
+                statement_bit_in_offset: false,
+                leaf_inlining: false,
             }),
             ..test_layout()
         }
@@ -679,8 +707,18 @@ mod tests {
         assert_eq!(read_vlq(&[0xff; 12], &mut 0), None);
         // Bytes of a real table (node 20, driveInlined): starts at offset 0.
         let table = [0x03, 0xc0, 0x2d, 0x4f, 0x9c, 0x01];
-        let positions = decode_positions(&table);
+        let positions = decode_positions(&table, false);
         assert_eq!(positions[0], (0, 2912));
+        // Node 26 (V8 14): the flag in the offset's low bit; the offsets
+        // `node --print-opt-code` printed for the same table: 0xb, 0x21, 0x38.
+        let table = [0x32, 0x8c, 0x34, 0x5a, 0x9c, 0x01, 0x5e, 0xc4, 0x01];
+        let offsets: Vec<u32> = decode_positions(&table, true).iter().map(|p| p.0).collect();
+        assert_eq!(offsets, [0xb, 0x21, 0x38]);
+        assert_eq!(
+            decode_positions(&table, true)[0].1 >> 1,
+            1667,
+            "script offset + 1"
+        );
         assert_eq!(inlining_id(position(5, Some(3))), Some(3));
         assert_eq!(inlining_id(position(5, None)), None);
     }

@@ -384,6 +384,12 @@ pub struct CodeLayout {
     pub deopt_shared_function_info: u32,
     /// V8 ≥ 13 keeps a SharedFunctionInfoWrapper there: its `shared_info` offset.
     pub sfi_wrapper_shared: Option<u32>,
+    /// Source position tables keep the statement flag in the code offset's
+    /// low bit (V8 14), not in its sign.
+    pub statement_bit_in_offset: bool,
+    /// V8's own profiler also expands the inlined functions of the frame
+    /// the sampled pc is in (V8 14), not only of frames that called out.
+    pub leaf_inlining: bool,
 }
 
 impl V8Layout {
@@ -1247,6 +1253,16 @@ fn code_layout(b: &mut Builder) -> Option<CodeLayout> {
             None,
         ),
     };
+    let statement_bit_in_offset = b.by_version(
+        "source positions: statement flag in the offset's low bit",
+        v.at_least(14, 0, 0),
+        "low bit on V8 14.6 (node 26), sign on V8 10.2–13.6",
+    );
+    let leaf_inlining = b.by_version(
+        "profiler expands inlining at the sampled pc",
+        v.at_least(14, 0, 0),
+        "as node --cpu-prof: yes on V8 14.6 (node 26), no on V8 10.2–13.6",
+    );
     let layout = (|| {
         let baseline = u32_of(baseline?);
         Some(CodeLayout {
@@ -1272,6 +1288,8 @@ fn code_layout(b: &mut Builder) -> Option<CodeLayout> {
                 Some(_) => Some(u32_of(sfi_wrapper_shared?)),
                 None => None,
             },
+            statement_bit_in_offset,
+            leaf_inlining,
         })
     })();
     if layout.is_none() || (v11 && istream_type.is_none()) {
