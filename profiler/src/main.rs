@@ -1,14 +1,18 @@
 //! The `nodeprof` command line. Errors end here as one line, never a backtrace.
 
-use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
-use nodeprof::record::{self, OutputFormat, RecordOptions};
+use nodeprof::cmd::heap::{HeapCommand as Heap, HeapOptions, RetainersOf};
+use nodeprof::cmd::record::{RecordOptions, TargetSpec};
+use nodeprof::cmd::{self, gc::GcOptions};
+use nodeprof::heap::graph::Rules;
+use nodeprof::output::{Format, Report};
+use nodeprof::CpuOptions;
 
 #[derive(Parser)]
 #[command(
@@ -55,8 +59,8 @@ enum HeapCommand {
         #[arg(long, default_value_t = 20)]
         top: usize,
         /// Whose rules decide which edges retain: DevTools' or memlab's.
-        #[arg(long, value_enum, default_value_t = nodeprof::heap::graph::Rules::Devtools)]
-        rules: nodeprof::heap::graph::Rules,
+        #[arg(long, value_parser = rules_parser(), default_value = "devtools")]
+        rules: Rules,
         #[command(flatten)]
         out: HeapOutput,
     },
@@ -84,8 +88,8 @@ enum HeapCommand {
         #[arg(long)]
         id: Option<u64>,
         /// Whose rules decide which edges retain: DevTools' or memlab's.
-        #[arg(long, value_enum, default_value_t = nodeprof::heap::graph::Rules::Devtools)]
-        rules: nodeprof::heap::graph::Rules,
+        #[arg(long, value_parser = rules_parser(), default_value = "devtools")]
+        rules: Rules,
         /// Path shapes shown.
         #[arg(long, default_value_t = 3)]
         paths: usize,
@@ -103,23 +107,6 @@ struct HeapOutput {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
-}
-
-impl HeapOutput {
-    /// The result as JSON, or as the text `render` makes of it.
-    fn print<T: serde::Serialize>(
-        &self,
-        value: &T,
-        render: impl FnOnce(&T) -> String,
-    ) -> anyhow::Result<String> {
-        if self.json {
-            let mut text = serde_json::to_string_pretty(value)?;
-            text.push('\n');
-            Ok(text)
-        } else {
-            Ok(render(value))
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -143,8 +130,8 @@ struct RecordArgs {
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Formats to write (comma separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = OutputFormat::ALL)]
-    format: Vec<OutputFormat>,
+    #[arg(long, value_parser = format_parser(), value_delimiter = ',', default_value = "cpuprofile,folded,svg")]
+    format: Vec<Format>,
     /// Functions listed in the summary.
     #[arg(long, default_value_t = 15)]
     top: usize,
@@ -176,6 +163,17 @@ struct GcArgs {
     /// Consecutive full GCs with a growing heap that raise a leak suspicion.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     leak_after: u32,
+}
+
+/// `--format`'s values: the names of [`Format`], one list for parsing and help.
+fn format_parser() -> impl TypedValueParser<Value = Format> {
+    PossibleValuesParser::new(Format::ALL.map(|f| PossibleValue::new(f.name()).help(f.help())))
+        .map(|name| name.parse::<Format>().expect("a possible value"))
+}
+
+fn rules_parser() -> impl TypedValueParser<Value = Rules> {
+    PossibleValuesParser::new(Rules::ALL.map(|r| r.name()))
+        .map(|name| name.parse::<Rules>().expect("a possible value"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -210,143 +208,175 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Record(args) => record_command(args),
-        Command::Gc(args) => gc_command(args),
-        Command::Info { pid } => {
-            let info = nodeprof::info::inspect(pid)?;
-            print_report(&info.to_string());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Heap(cmd) => heap_command(cmd),
-    }
-}
-
-fn heap_command(cmd: HeapCommand) -> anyhow::Result<ExitCode> {
-    use nodeprof::heap::{self, diff, retainers, summary};
-    let text = match cmd {
-        HeapCommand::Summary {
-            file,
-            top,
-            rules,
-            out,
-        } => {
-            let (snap, graph) = heap::analyse(&file, rules, false, out.quiet)?;
-            let mut result = summary::summarize(&snap, &graph);
-            if out.json && top != 0 {
-                result.classes.truncate(top);
-            }
-            out.print(&result, |r| summary::render(r, top))?
-        }
-        HeapCommand::Diff {
-            base,
-            current,
-            top,
-            out,
-        } => {
-            let base_objects = diff::Objects::of(&heap::load(&base, out.quiet)?);
-            let current_objects = diff::Objects::of(&heap::load(&current, out.quiet)?);
-            let mut result = diff::compare(&base_objects, &current_objects);
-            if out.json && top != 0 {
-                result.classes.truncate(top);
-            }
-            out.print(&result, |r| diff::render(r, top))?
-        }
-        HeapCommand::Retainers {
-            file,
-            class,
-            id,
-            rules,
-            paths,
-            out,
-        } => {
-            let target = match (&class, id) {
-                (Some(name), _) => retainers::Target::Class(name),
-                (None, Some(id)) => retainers::Target::Id(id),
-                (None, None) => anyhow::bail!("give --class NAME or --id ID"),
-            };
-            let (snap, graph) = heap::analyse(&file, rules, true, out.quiet)?;
-            let result = retainers::find(&snap, &graph, target, paths)?;
-            out.print(&result, retainers::render)?
-        }
-    };
-    print_report(&text);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn record_command(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let options = RecordOptions {
-        pid: args.pid,
-        command: args.command,
-        frequency_hz: args.frequency,
-        duration: args.duration,
-        output: args.output,
-        formats: args.format,
-        quiet: args.quiet,
-        top: args.top,
-        trace_gc: !args.no_gc,
-    };
-    let recording = record::record(&options).context("recording failed")?;
-    let why = recording.stop.describe();
-    let mut report = String::new();
-    let _ = writeln!(
-        report,
-        "nodeprof: recorded pid {} ({}), stopped: {why}",
-        recording.target.pid,
-        recording.target.exe.display()
-    );
-    if let Some(status) = recording.child_status {
-        let _ = writeln!(
-            report,
-            "nodeprof: command exited with {}",
-            describe_wait_status(status)
-        );
-    }
-    let _ = write!(report, "{}", recording.summary);
-    if let Some(gc) = &recording.gc {
-        let _ = write!(report, "\n{}", nodeprof::gc::run::summary_text(gc));
-    }
-    for path in &recording.written {
-        let _ = writeln!(report, "wrote {}", path.display());
-    }
-    print_report(&report);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn gc_command(args: GcArgs) -> anyhow::Result<ExitCode> {
-    use nodeprof::gc::run::{self, GcOptions};
-    let options = GcOptions {
-        pid: args.pid,
-        duration: args.duration,
-        json: args.json,
-        leak_threshold: args.leak_after,
-    };
-    let mut stdout = std::io::stdout();
-    let report = run::trace(&options, &mut stdout).context("GC tracing failed")?;
-    if args.json {
-        let line = run::json_line("summary", &report.summary, serde_json::Value::Null);
-        print_report(&format!("{line}\n"));
-    } else {
-        print_report(&format!("\n{}", run::summary_text(&report.summary)));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Prints to stdout; a reader that went away (`| head`) is not an error: the
-/// files are written already.
-fn print_report(text: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
+    match cli.command {
+        Command::Record(args) => {
+            let recording = cmd::record::record(&args.into_options())?;
+            print(&recording, &mut stdout)?;
+        }
+        Command::Gc(args) => {
+            cmd::gc::run(&args.into_options(), &mut stdout)?;
+        }
+        Command::Info { pid } => print(&cmd::info::inspect(pid)?, &mut stdout)?,
+        Command::Heap(command) => cmd::heap::run(&command.into_options(), &mut stdout)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn describe_wait_status(status: i32) -> String {
-    if libc::WIFEXITED(status) {
-        format!("status {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("wait status {status}")
+/// Prints a report on stdout. A reader that went away (`| head`) is not an
+/// error: the files are written already.
+fn print(report: &impl Report, out: &mut dyn Write) -> std::io::Result<()> {
+    match report.write_text(out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result,
+    }
+}
+
+impl RecordArgs {
+    fn into_options(self) -> RecordOptions {
+        let target = match (self.pid, self.command.split_first()) {
+            (_, Some((program, args))) => TargetSpec::Launch {
+                program: program.clone(),
+                args: args.to_vec(),
+            },
+            // clap requires one of -p and the command.
+            (Some(pid), None) => TargetSpec::Pid(pid),
+            (None, None) => unreachable!("clap requires --pid or a command"),
+        };
+        RecordOptions {
+            target,
+            sampling: CpuOptions {
+                frequency_hz: self.frequency,
+                duration: self.duration,
+                quiet: self.quiet,
+                trace_gc: !self.no_gc,
+            },
+            output: self.output,
+            formats: self.format,
+            top: self.top,
+        }
+    }
+}
+
+impl GcArgs {
+    fn into_options(self) -> GcOptions {
+        GcOptions {
+            pid: self.pid,
+            duration: self.duration,
+            json: self.json,
+            leak_threshold: self.leak_after,
+        }
+    }
+}
+
+impl HeapCommand {
+    fn into_options(self) -> HeapOptions {
+        let (command, out) = match self {
+            HeapCommand::Summary {
+                file,
+                top,
+                rules,
+                out,
+            } => (Heap::Summary { file, top, rules }, out),
+            HeapCommand::Diff {
+                base,
+                current,
+                top,
+                out,
+            } => (Heap::Diff { base, current, top }, out),
+            HeapCommand::Retainers {
+                file,
+                class,
+                id,
+                rules,
+                paths,
+                out,
+            } => {
+                let of = match (class, id) {
+                    (Some(name), _) => RetainersOf::Class(name),
+                    (None, Some(id)) => RetainersOf::Id(id),
+                    (None, None) => unreachable!("clap requires --class or --id"),
+                };
+                (
+                    Heap::Retainers {
+                        file,
+                        of,
+                        rules,
+                        paths,
+                    },
+                    out,
+                )
+            }
+        };
+        HeapOptions {
+            command,
+            json: out.json,
+            quiet: out.quiet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn record(args: &[&str]) -> RecordOptions {
+        let cli = Cli::try_parse_from(std::iter::once("nodeprof").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Record(args) => args.into_options(),
+            _ => panic!("not record"),
+        }
+    }
+
+    #[test]
+    fn flags_after_dashdash_belong_to_the_command() {
+        let options = record(&["record", "-F", "49", "--", "node", "-p", "1", "app.js"]);
+        assert_eq!(
+            options.target,
+            TargetSpec::Launch {
+                program: "node".into(),
+                args: vec!["-p".into(), "1".into(), "app.js".into()],
+            }
+        );
+        assert_eq!(options.sampling.frequency_hz, 49);
+    }
+
+    #[test]
+    fn a_pid_or_a_command_but_not_both() {
+        assert_eq!(record(&["record", "-p", "42"]).target, TargetSpec::Pid(42));
+        for args in [&["record"][..], &["record", "-p", "1", "--", "node"]] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("nodeprof").chain(args.iter().copied()))
+                    .is_err(),
+                "{args:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn formats_and_rules_parse_by_name() {
+        let options = record(&["record", "-p", "1", "--format", "svg,cpuprofile"]);
+        assert_eq!(options.formats, [Format::Svg, Format::Cpuprofile]);
+        assert_eq!(record(&["record", "-p", "1"]).formats, Format::ALL);
+        let cli =
+            Cli::try_parse_from(["nodeprof", "heap", "summary", "f", "--rules", "memlab"]).unwrap();
+        let Command::Heap(heap) = cli.command else {
+            panic!("not heap")
+        };
+        assert!(matches!(
+            heap.into_options().command,
+            Heap::Summary {
+                rules: Rules::Memlab,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["nodeprof", "record", "-p", "1", "--format", "pdf"]).is_err());
     }
 }

@@ -425,7 +425,7 @@ fn sigkill_leaves_no_probe() {
             .all(|&id| !bpf_prog_loaded(id))),
         "programs {ids:?} still loaded"
     );
-    assert!(!nodeprof::probe::call_tracer_loaded());
+    assert!(!nodeprof::call_tracer_loaded());
     assert!(target.is_running());
 }
 
@@ -523,8 +523,8 @@ fn record_without_gc_tracing_loads_no_uprobe() {
         dir.path(),
     );
     nodeprof.wait_sampling(READY_TIMEOUT);
-    assert!(nodeprof::probe::sampler_loaded());
-    assert!(!nodeprof::probe::call_tracer_loaded());
+    assert!(nodeprof::sampler_loaded());
+    assert!(!nodeprof::call_tracer_loaded());
     target.signal(libc::SIGUSR2);
     target.wait_for_line("go", READY_TIMEOUT);
     while target.next_line(RUN_TIMEOUT).is_some() {}

@@ -750,7 +750,7 @@ fn target_exit_ends_the_recording() {
 #[test]
 fn sigkill_leaves_no_sampler_loaded() {
     let _lock = serial();
-    use nodeprof::probe::sampler_loaded;
+    use nodeprof::sampler_loaded;
     assert!(
         wait_until(Duration::from_secs(10), || !sampler_loaded()),
         "a nodeprof sampler is loaded before the test started: another nodeprof is running on this machine"

@@ -101,10 +101,6 @@ impl Collection {
         });
     }
 
-    pub fn stack(&self, id: u32) -> &RawStack {
-        &self.stacks[id as usize]
-    }
-
     /// The user frames of a stack, innermost first.
     pub fn user_frames_of<'a>(
         &'a self,
@@ -250,7 +246,7 @@ mod tests {
         r.user_stack[0].sfi = 0x51;
         c.push(&r);
         let walked = |i: usize| -> Vec<(u64, u64, u64)> {
-            c.user_frames_of(c.stack(c.samples[i].stack))
+            c.user_frames_of(&c.stacks[c.samples[i].stack as usize])
                 .map(|f| (f.pc, f.sfi, f.frame_marker))
                 .collect()
         };
@@ -279,7 +275,7 @@ mod tests {
             vec!["node".to_string(), "worker".to_string()]
         );
         assert_eq!(
-            c.user_frames_of(c.stack(c.samples[0].stack))
+            c.user_frames_of(&c.stacks[c.samples[0].stack as usize])
                 .copied()
                 .collect::<Vec<_>>()
                 .as_slice(),

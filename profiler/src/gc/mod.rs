@@ -7,12 +7,10 @@
 //! - [`probes`]: finds, attaches and drains them for one target.
 //! - [`leak`]: the leak signal over heap-after-full-GC figures.
 //! - [`stats`]: counts, pause statistics, paused share, heap trend.
-//! - [`run`]: the `nodeprof gc` command.
 
 pub mod leak;
 pub mod points;
 pub mod probes;
-pub mod run;
 pub mod stats;
 pub mod tracer;
 
@@ -34,8 +32,11 @@ pub enum GcError {
     Probe(#[from] crate::probe::ProbeError),
     #[error(transparent)]
     Points(#[from] PointsError),
-    #[error("{0}")]
-    Runtime(std::io::Error),
+    #[error("cannot {action}: {source}")]
+    Io {
+        action: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// The collector V8 ran.

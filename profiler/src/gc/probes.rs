@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use super::{GcError, GcEvent, GcPoints, GcTracer};
+use crate::clock::monotonic_ns;
 use crate::collect::CallCollector;
 use crate::probe::{Probe, ProbeError};
-use crate::session::monotonic_ns;
 use crate::target::Target;
 
 /// Probes attached to a target's GC, ready to be drained.

@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 
-use super::{GcEvent, GcKind};
+use std::io::Write;
+
+use super::{human_bytes, megabytes, GcEvent, GcKind};
+use crate::output::Report;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PauseStats {
@@ -158,6 +161,84 @@ impl HeapTrend {
             slope_per_hour: if var_t > 0.0 { cov / var_t } else { 0.0 },
             span_s: (last.0 - first.0) * 3600.0,
         })
+    }
+}
+
+/// The end-of-run table of `gc`, also printed by `record`.
+impl Report for GcSummary {
+    fn write_text(&self, s: &mut dyn Write) -> std::io::Result<()> {
+        let summary = self;
+        writeln!(
+            s,
+            "GC: {} collections in {:.1} s, paused {:.1} ms ({:.2}% of wall time)",
+            summary.all.count, summary.duration_s, summary.all.total_ms, summary.paused_percent
+        )?;
+        if summary.all.count > 0 {
+            writeln!(
+                s,
+                "  {:<18} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                "kind", "count", "total ms", "mean", "p50", "p99", "max"
+            )?;
+            let mut row = |name: &str, p: &PauseStats| -> std::io::Result<()> {
+                writeln!(
+                    s,
+                    "  {name:<18} {:>6} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                    p.count, p.total_ms, p.mean_ms, p.p50_ms, p.p99_ms, p.max_ms
+                )
+            };
+            for k in &summary.by_kind {
+                row(k.kind.name(), &k.pauses)?;
+            }
+            row("all", &summary.all)?;
+        }
+        if summary.heap_after_full_gc.is_empty() {
+            writeln!(s, "  heap after full GC: no full GC seen")?;
+        }
+        let several = summary.heap_after_full_gc.len() > 1;
+        for t in &summary.heap_after_full_gc {
+            // Over seconds, the noise of heap-after extrapolated to an hour means nothing.
+            let trend = if t.full_gcs >= 5 && t.span_s >= 30.0 {
+                format!(
+                    ", trend {}{}/hour",
+                    if t.slope_per_hour < 0.0 { "" } else { "+" },
+                    human_bytes(t.slope_per_hour)
+                )
+            } else {
+                String::new()
+            };
+            let thread = if several {
+                format!(" (thread {})", t.tid)
+            } else {
+                String::new()
+            };
+            writeln!(
+                s,
+                "  heap after full GC{thread}: {} → {} over {} full GCs (min {}, max {}){trend}",
+                megabytes(t.first_bytes),
+                megabytes(t.last_bytes),
+                t.full_gcs,
+                megabytes(t.min_bytes),
+                megabytes(t.max_bytes),
+            )?;
+        }
+        if summary.leak_suspicions > 0 {
+            writeln!(s, "  leak suspected {} time(s)", summary.leak_suspicions)?;
+        }
+        if summary.invalid_records > 0 {
+            writeln!(
+                s,
+                "  {} GC records failed the layout checks and were left out",
+                summary.invalid_records
+            )?;
+        }
+        if summary.lost_events > 0 {
+            writeln!(
+                s,
+                "  {} probe events lost (buffer full): some GCs are missing",
+                summary.lost_events
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -122,7 +122,7 @@ impl Bits {
 
 /// Whose rules decide which edges retain (only the dominator tree and the
 /// retained sizes differ; classes, counts, shallow sizes and distances do not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Rules {
     /// devtools-frontend `HeapSnapshot.ts`: objects reachable from the global
     /// objects (the root's shortcut edges) are the page's; edges from other
@@ -133,6 +133,29 @@ pub enum Rules {
     /// are those reachable from the root's other edges (the GC roots), and
     /// WeakMap table edges retain.
     Memlab,
+}
+
+impl Rules {
+    pub const ALL: [Rules; 2] = [Rules::Devtools, Rules::Memlab];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rules::Devtools => "devtools",
+            Rules::Memlab => "memlab",
+        }
+    }
+}
+
+impl std::str::FromStr for Rules {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Rules, String> {
+        Rules::ALL
+            .into_iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| format!("unknown rules {name:?}"))
+    }
 }
 
 impl Graph {

@@ -51,7 +51,7 @@ pub(crate) fn fold(profile: &Profile, annotate_js: bool) -> Vec<String> {
         }
         for &f in frames {
             key.push(';');
-            key.push_str(&fields[f as usize]);
+            key.push_str(&fields[f.index()]);
         }
         *merged.entry(key).or_default() += n;
     }

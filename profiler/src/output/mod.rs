@@ -2,15 +2,48 @@
 //! for people and tools: `.cpuprofile` JSON, folded stacks, a flame graph SVG
 //! and a terminal summary.
 
-pub mod cpuprofile;
-pub mod flamegraph;
-pub mod folded;
-pub mod summary;
+mod cpuprofile;
+mod files;
+mod flamegraph;
+mod folded;
+mod format;
+mod summary;
 
 pub use cpuprofile::{validate_cpuprofile, write_cpuprofile};
+pub use files::{default_prefix, FileError, OutputFiles};
 pub use flamegraph::write_flamegraph;
 pub use folded::{folded_lines, write_folded};
+pub use format::Format;
 pub use summary::{frame_label, FunctionStat, Summary, ThreadStat};
+
+/// A result shown to a person as text. Commands with `--json` serialize the
+/// same value instead ([`print`]).
+pub trait Report {
+    fn write_text(&self, w: &mut dyn std::io::Write) -> std::io::Result<()>;
+
+    /// The text as a string (tests, and text embedded in other text).
+    fn to_text(&self) -> String {
+        let mut text = Vec::new();
+        self.write_text(&mut text)
+            .expect("writing to memory cannot fail");
+        String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+/// Writes `report` as text or as one JSON document, and flushes.
+pub fn print(
+    report: &(impl Report + serde::Serialize),
+    json: bool,
+    w: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *w, report)?;
+        writeln!(w)?;
+    } else {
+        report.write_text(w)?;
+    }
+    w.flush()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {

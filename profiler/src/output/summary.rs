@@ -1,8 +1,9 @@
 //! The terminal summary: totals, threads, and the top functions.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
+use std::io::{self, Write};
 
+use super::Report;
 use crate::profile::{Frame, FrameKind, Profile, StackId};
 
 /// How every writer names a frame: `name url:line` (1-based line) for JS with
@@ -154,12 +155,7 @@ fn hint(f: &FunctionStat) -> String {
     }
 }
 
-fn table(
-    out: &mut fmt::Formatter<'_>,
-    title: &str,
-    column: &str,
-    rows: &[FunctionStat],
-) -> fmt::Result {
+fn table(out: &mut dyn Write, title: &str, column: &str, rows: &[FunctionStat]) -> io::Result<()> {
     writeln!(out, "\n{title}")?;
     if rows.is_empty() {
         return writeln!(out, "  (no samples)");
@@ -178,8 +174,8 @@ fn table(
     Ok(())
 }
 
-impl fmt::Display for Summary {
-    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Report for Summary {
+    fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "Duration:        {:.1} s", self.duration_s)?;
         writeln!(
             out,
@@ -306,7 +302,7 @@ mod tests {
 
     #[test]
     fn display() {
-        let text = Summary::from_profile(&sample_profile(), 10).to_string();
+        let text = Summary::from_profile(&sample_profile(), 10).to_text();
         assert!(text.contains("Duration:        0.0 s\n"), "{text}");
         assert!(
             text.contains("Samples:         9 (at 99 Hz per CPU)\n"),
@@ -332,7 +328,7 @@ mod tests {
         let s = Summary::from_profile(&p, 5);
         assert_eq!((s.samples, s.thread_count, s.lost_samples), (0, 0, 3));
         assert!(s.top_self.is_empty() && s.top_total.is_empty());
-        let text = s.to_string();
+        let text = s.to_text();
         assert!(text.contains("Duration:        2.3 s\n"), "{text}");
         assert!(text.contains("Threads sampled: 0\n"), "{text}");
         assert_eq!(text.matches("(no samples)").count(), 2);

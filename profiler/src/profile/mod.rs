@@ -1,6 +1,10 @@
 //! The profile model: interned frames and stacks, and per-thread samples with
 //! timestamps. Every writer in `output` reads only this.
 
+mod build;
+
+pub use build::{Pause, ProfileBuilder, GARBAGE_COLLECTOR};
+
 use std::collections::{BTreeMap, HashMap};
 
 /// What kind of code a frame is. JS frames carry their script and position in
@@ -56,8 +60,20 @@ impl Frame {
     }
 }
 
-pub type FrameId = u32;
-pub type StackId = u32;
+/// A frame interned in one [`Profile`]; only the profile makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameId(u32);
+
+/// A stack interned in one [`Profile`]; only the profile makes them, so an
+/// index of another space (a raw sampled stack) cannot pass for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackId(u32);
+
+impl FrameId {
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// A thread of the target that was sampled at least once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +127,7 @@ impl Profile {
         if let Some(&id) = self.frame_ids.get(&frame) {
             return id;
         }
-        let id = self.frames.len() as FrameId;
+        let id = FrameId(self.frames.len() as u32);
         self.frames.push(frame.clone());
         self.frame_ids.insert(frame, id);
         id
@@ -122,7 +138,7 @@ impl Profile {
         if let Some(&id) = self.stack_ids.get(&frames) {
             return id;
         }
-        let id = self.stacks.len() as StackId;
+        let id = StackId(self.stacks.len() as u32);
         self.stacks.push(frames.clone());
         self.stack_ids.insert(frames, id);
         id
@@ -147,7 +163,7 @@ impl Profile {
     }
 
     pub fn frame(&self, id: FrameId) -> &Frame {
-        &self.frames[id as usize]
+        &self.frames[id.index()]
     }
 
     pub fn frames(&self) -> &[Frame] {
@@ -156,7 +172,7 @@ impl Profile {
 
     /// The frames of a stack, outermost first.
     pub fn stack(&self, id: StackId) -> &[FrameId] {
-        &self.stacks[id as usize]
+        &self.stacks[id.0 as usize]
     }
 
     pub fn thread_name(&self, tid: u32) -> &str {

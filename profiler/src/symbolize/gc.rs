@@ -2,7 +2,7 @@
 //! DevTools' name for GC time, placed where GC starts so the JS that
 //! triggered it stays visible above.
 
-use crate::profile::{Frame, FrameKind};
+use crate::profile::{Frame, FrameKind, GARBAGE_COLLECTOR};
 
 /// Native functions that start garbage-collection work (node 18–26), on the
 /// JS thread (allocation failure, incremental step) and on V8's helper
@@ -27,8 +27,6 @@ const GC_ENTRY_PREFIXES: &[&str] = &[
     "v8::internal::MemoryReducer::",
     "v8::internal::ArrayBufferSweeper::",
 ];
-
-pub const GARBAGE_COLLECTOR: &str = "(garbage collector)";
 
 pub fn is_gc_entry(frame: &Frame) -> bool {
     frame.kind == FrameKind::Native && GC_ENTRY_PREFIXES.iter().any(|p| frame.name.starts_with(p))

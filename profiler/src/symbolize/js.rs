@@ -4,15 +4,15 @@
 //! in optimized code also gets the functions inlined at its pc, read then too.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nodeprof_common::{UserFrame, V8ProbeConfig};
+use nodeprof_common::UserFrame;
 
 use crate::profile::{Frame, FrameKind};
+use crate::target::V8Runtime;
+use crate::v8::memory::MemoryExt;
 use crate::v8::{
-    CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, LayoutError, LayoutReport, Lookup,
-    MemoryExt, ProcessMemory, V8Layout,
+    CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, ProcessMemory, V8Layout,
 };
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
@@ -30,9 +30,7 @@ type FrameKey = (u64, u64, u64);
 
 /// What nodeprof found out about a target's V8.
 pub struct JsNaming {
-    pub exe: PathBuf,
-    pub layout: Arc<V8Layout>,
-    pub report: LayoutReport,
+    layout: Arc<V8Layout>,
     resolver: JsResolver<ProcessMemory>,
     /// (sfi, fingerprint) → index into `functions`, or None when unresolvable.
     resolved: HashMap<(u64, u64), Option<u32>>,
@@ -50,15 +48,11 @@ pub struct JsNaming {
 }
 
 impl JsNaming {
-    /// Reads the V8 layout from the target's executable.
-    pub fn load(pid: u32, exe: &Path) -> Result<JsNaming, LayoutError> {
-        let (layout, report) = V8Layout::from_binary(exe)?;
-        let layout = Arc::new(layout);
-        Ok(JsNaming {
-            exe: exe.to_path_buf(),
-            resolver: JsResolver::new(ProcessMemory::new(pid), layout.clone()),
-            layout,
-            report,
+    /// Names the JS functions of `pid`, which runs this V8.
+    pub fn new(pid: u32, v8: &V8Runtime) -> JsNaming {
+        JsNaming {
+            resolver: JsResolver::new(ProcessMemory::new(pid), v8.layout.clone()),
+            layout: v8.layout.clone(),
             resolved: HashMap::new(),
             functions: Vec::new(),
             function_ids: HashMap::new(),
@@ -66,11 +60,7 @@ impl JsNaming {
             code: CodeFinder::new(),
             inlined: HashMap::new(),
             inlining_seen: Default::default(),
-        })
-    }
-
-    pub fn probe_config(&self) -> V8ProbeConfig {
-        self.layout.probe_config()
+        }
     }
 
     pub fn embedded_blob(&self) -> Option<EmbeddedBlob> {

@@ -10,7 +10,6 @@ mod gc;
 mod js;
 mod perf_map;
 
-pub use gc::GARBAGE_COLLECTOR;
 pub use js::JsNaming;
 pub use perf_map::PerfMap;
 
@@ -18,15 +17,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blazesym::symbolize::{self, source, Input};
-use nodeprof_common::{UserFrame, V8ProbeConfig};
+use nodeprof_common::UserFrame;
 
 use crate::collect::{Collection, RawStack, TOS_FRAME_MARKER};
 use crate::profile::{Frame, FrameKind};
-use crate::target::{read_maps, Mapping, Target};
+use crate::target::{read_maps, Discovery, Mapping, Target};
 
 /// Re-reading `/proc/PID/maps` at most this often while new code appears.
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
@@ -46,11 +44,9 @@ pub struct Symbolizer {
     module_ids: HashMap<String, usize>,
     perf_map_file: Option<File>,
     last_refresh: Option<Instant>,
-    /// The target's executable as it sees it, and whether its V8 layout was tried.
+    /// The target's executable as it sees it.
     exe: Option<String>,
     js: Option<JsNaming>,
-    /// A V8 layout the sampler has not been given yet.
-    pending_probe_config: Option<V8ProbeConfig>,
 }
 
 impl Symbolizer {
@@ -65,57 +61,20 @@ impl Symbolizer {
             last_refresh: None,
             exe: None,
             js: None,
-            pending_probe_config: None,
         }
     }
 
-    /// The V8 layout found for the target, once: the sampler needs it to
-    /// recognise JS frames.
-    pub fn take_probe_config(&mut self) -> Option<V8ProbeConfig> {
-        self.pending_probe_config.take()
-    }
-
-    pub fn js_naming(&self) -> Option<&JsNaming> {
-        self.js.as_ref()
-    }
-
-    /// Launch mode: loads the V8 layout of the program about to be exec'd, so
-    /// the sampler names JS frames from the first instruction. If the exec'd
-    /// image turns out different (a wrapper script), the next refresh reloads.
-    pub fn preload_executable(&mut self, program: &Path) {
-        let Ok(program) = std::fs::canonicalize(program) else {
-            return;
-        };
-        self.exe = Some(program.to_string_lossy().into_owned());
-        if let Ok(js) = JsNaming::load(self.pid, &program) {
-            self.pending_probe_config = Some(js.probe_config());
-            self.js = Some(js);
-        }
-    }
-
-    /// Loads the V8 layout of the target's executable when it changed (first
-    /// look, or the launched command exec'd).
-    fn check_executable(&mut self) {
-        let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) else {
-            return;
-        };
-        // A launched command before its exec is still a copy of nodeprof.
-        if std::env::current_exe().is_ok_and(|me| me == exe) {
-            return;
-        }
-        let exe = exe.to_string_lossy().into_owned();
-        if self.exe.as_deref() == Some(exe.as_str()) {
-            return;
-        }
-        self.exe = Some(exe.clone());
-        self.js = None;
-        match JsNaming::load(self.pid, Path::new(&format!("/proc/{}/exe", self.pid))) {
-            Ok(js) => {
-                self.pending_probe_config = Some(js.probe_config());
-                self.js = Some(js);
+    /// The executable the target runs now, and its V8 when it has one (found
+    /// by [`crate::target::Runtime`] at the start and after an exec).
+    pub fn use_executable(&mut self, found: &Discovery) {
+        self.exe = Some(found.exe.to_string_lossy().into_owned());
+        self.js = match &found.v8 {
+            Ok(v8) => Some(JsNaming::new(self.pid, v8)),
+            Err(e) => {
+                tracing::debug!("no V8 layout in {}: {e}", found.exe.display());
+                None
             }
-            Err(e) => tracing::debug!("no V8 layout in {exe}: {e}"),
-        }
+        };
     }
 
     /// Called while the target runs with the user frames first seen since the
@@ -161,7 +120,6 @@ impl Symbolizer {
     /// Snapshots the target's executable mappings and opens what they map.
     pub fn refresh(&mut self) {
         self.last_refresh = Some(Instant::now());
-        self.check_executable();
         let Ok(maps) = read_maps(self.pid) else {
             return;
         };

@@ -30,10 +30,6 @@ impl PerfMap {
         PerfMap { entries }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn lookup(&self, addr: u64) -> Option<&str> {
         let i = self.entries.partition_point(|e| e.0 <= addr);
         let (start, end, name) = self.entries.get(i.checked_sub(1)?)?;

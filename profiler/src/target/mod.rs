@@ -1,12 +1,14 @@
 //! The target process: who it is (exe, node or not, namespaces), where its code
-//! is mapped, and how to launch one paused so profiling starts at its first
-//! instruction.
+//! is mapped, which V8 it runs, and how to launch one paused so profiling
+//! starts at its first instruction.
 
 mod launch;
 mod maps;
+mod runtime;
 
 pub use launch::Launched;
 pub use maps::{read_maps, Mapping};
+pub use runtime::{discover, Discovery, Runtime, V8Runtime};
 
 use std::fs;
 use std::path::PathBuf;

@@ -811,7 +811,7 @@ mod tests {
     }
 
     impl Memory for MovingSource<'_> {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), crate::v8::MemoryError> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), crate::v8::memory::MemoryError> {
             self.inner.read(addr, buf)?;
             if addr == self.source_slot && buf.len() == 8 {
                 let n = self.reads.get() + 1;

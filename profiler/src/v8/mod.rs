@@ -32,14 +32,7 @@ pub(crate) mod live_tests;
 pub mod memory;
 pub mod strings;
 
-pub use code::{CodeFinder, CodeStats};
-pub use function::{
-    frame_function, path_to_file_url, script_url, FrameFunction, JsFunctionInfo, JsResolver,
-    Lookup, ResolverLimits, ResolverStats,
-};
-pub use layout::{
-    CodeLayout, EmbeddedBlob, FieldReport, FieldSource, LayoutError, LayoutReport, V8Layout,
-    V8Version,
-};
-pub use memory::{Memory, MemoryError, MemoryExt, ProcessMemory, MAX_READ};
-pub use strings::{Chunk, LineEnds, StringError, StringReader};
+pub use code::CodeFinder;
+pub use function::{JsFunctionInfo, JsResolver, Lookup};
+pub use layout::{EmbeddedBlob, LayoutError, LayoutReport, V8Layout, V8Version};
+pub use memory::ProcessMemory;

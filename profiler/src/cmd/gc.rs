@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::GcError;
-use super::{human_bytes, megabytes, GcEvent, GcProbes, GcSummary, LeakDetector, LeakSuspicion};
+use crate::capture::{StopReason, Stopper};
+use crate::clock::monotonic_ns;
+use crate::gc::{
+    human_bytes, leak, megabytes, GcError, GcEvent, GcProbes, GcSummary, LeakDetector,
+    LeakSuspicion,
+};
+use crate::output::Report;
 use crate::probe::{self, Probe};
-use crate::session::{monotonic_ns, StopReason, Stopper};
 use crate::target::Target;
 
 #[derive(Debug, Clone)]
@@ -30,15 +34,41 @@ pub struct GcReport {
     pub stop: StopReason,
 }
 
-/// Traces GCs until the duration, Ctrl-C, SIGTERM or the target's exit,
-/// writing each GC and leak suspicion to `out` as it happens.
+/// `nodeprof gc`: traces GCs until the duration, Ctrl-C, SIGTERM or the
+/// target's exit, writing each GC and leak suspicion to `out` as it happens,
+/// then the summary.
+pub fn run(options: &GcOptions, out: &mut dyn Write) -> Result<GcReport, GcError> {
+    let report = trace(options, out)?;
+    let written = if options.json {
+        writeln!(
+            out,
+            "{}",
+            json_line("summary", &report.summary, serde_json::Value::Null)
+        )
+    } else {
+        writeln!(out).and_then(|()| report.summary.write_text(out))
+    };
+    // A reader that went away (`| head`) ended the trace already.
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(GcError::Io {
+            action: "write the summary",
+            source: e,
+        }),
+        _ => Ok(report),
+    }
+}
+
+/// Traces GCs, writing each GC and leak suspicion to `out` as it happens.
 pub fn trace(options: &GcOptions, out: &mut dyn Write) -> Result<GcReport, GcError> {
     probe::check_permissions()?;
     let target = Target::inspect(options.pid)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(GcError::Runtime)?;
+        .map_err(|source| GcError::Io {
+            action: "start the event loop",
+            source,
+        })?;
     runtime.block_on(trace_async(options, &target, out))
 }
 
@@ -75,17 +105,17 @@ async fn trace_async(
     let mut detectors: HashMap<u32, LeakDetector> = HashMap::new();
     let mut events = Vec::new();
     let mut leaks = Vec::new();
-    let mut stopper = Stopper::new(options.duration).map_err(GcError::Runtime)?;
+    let mut stopper = Stopper::new(options.duration).map_err(|source| GcError::Io {
+        action: "install the signal handlers",
+        source,
+    })?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut warned_invalid = false;
     let mut absorb = |probes: &mut GcProbes, out: &mut dyn Write| -> std::io::Result<()> {
         for gc in probes.drain(target.pid) {
             print_event(out, options.json, start_ns, target.pid, &gc)?;
             let detector = detectors.entry(gc.tid).or_insert_with(|| {
-                LeakDetector::new(
-                    options.leak_threshold,
-                    super::leak::DEFAULT_NOISE_FLOOR_BYTES,
-                )
+                LeakDetector::new(options.leak_threshold, leak::DEFAULT_NOISE_FLOOR_BYTES)
             });
             if let Some(leak) = detector.observe(&gc) {
                 print_leak(out, options.json, start_ns, target.pid, &leak)?;
@@ -226,81 +256,4 @@ pub fn leak_line(time_s: f64, leak: &LeakSuspicion) -> String {
         human_bytes(leak.growth_bytes as f64),
         human_bytes(leak.rate_per_hour.max(0.0)),
     )
-}
-
-/// The end-of-run table, also printed by `record`.
-pub fn summary_text(summary: &GcSummary) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "GC: {} collections in {:.1} s, paused {:.1} ms ({:.2}% of wall time)",
-        summary.all.count, summary.duration_s, summary.all.total_ms, summary.paused_percent
-    );
-    if summary.all.count > 0 {
-        let _ = writeln!(
-            s,
-            "  {:<18} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9}",
-            "kind", "count", "total ms", "mean", "p50", "p99", "max"
-        );
-        let mut row = |name: &str, p: &super::stats::PauseStats| {
-            let _ = writeln!(
-                s,
-                "  {name:<18} {:>6} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-                p.count, p.total_ms, p.mean_ms, p.p50_ms, p.p99_ms, p.max_ms
-            );
-        };
-        for k in &summary.by_kind {
-            row(k.kind.name(), &k.pauses);
-        }
-        row("all", &summary.all);
-    }
-    if summary.heap_after_full_gc.is_empty() {
-        let _ = writeln!(s, "  heap after full GC: no full GC seen");
-    }
-    let several = summary.heap_after_full_gc.len() > 1;
-    for t in &summary.heap_after_full_gc {
-        // Over seconds, the noise of heap-after extrapolated to an hour means nothing.
-        let trend = if t.full_gcs >= 5 && t.span_s >= 30.0 {
-            format!(
-                ", trend {}{}/hour",
-                if t.slope_per_hour < 0.0 { "" } else { "+" },
-                human_bytes(t.slope_per_hour)
-            )
-        } else {
-            String::new()
-        };
-        let thread = if several {
-            format!(" (thread {})", t.tid)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            s,
-            "  heap after full GC{thread}: {} → {} over {} full GCs (min {}, max {}){trend}",
-            megabytes(t.first_bytes),
-            megabytes(t.last_bytes),
-            t.full_gcs,
-            megabytes(t.min_bytes),
-            megabytes(t.max_bytes),
-        );
-    }
-    if summary.leak_suspicions > 0 {
-        let _ = writeln!(s, "  leak suspected {} time(s)", summary.leak_suspicions);
-    }
-    if summary.invalid_records > 0 {
-        let _ = writeln!(
-            s,
-            "  {} GC records failed the layout checks and were left out",
-            summary.invalid_records
-        );
-    }
-    if summary.lost_events > 0 {
-        let _ = writeln!(
-            s,
-            "  {} probe events lost (buffer full): some GCs are missing",
-            summary.lost_events
-        );
-    }
-    s
 }

@@ -1,13 +1,14 @@
 //! `nodeprof info -p PID`: what nodeprof finds in a target, the first thing
 //! to run when a profile looks wrong.
 
-use std::fmt;
+use std::io::{self, Write};
 use std::path::Path;
 
 use crate::gc::points::Plan;
 use crate::gc::GcPoints;
-use crate::target::{Target, TargetError};
-use crate::v8::{LayoutReport, V8Layout};
+use crate::output::Report;
+use crate::target::{discover, Target, TargetError};
+use crate::v8::LayoutReport;
 
 pub struct TargetInfo {
     pub target: Target,
@@ -20,11 +21,12 @@ pub struct TargetInfo {
     pub gc: Result<GcPoints, String>,
 }
 
+/// `nodeprof info`: what nodeprof finds in process `pid`.
 pub fn inspect(pid: u32) -> Result<TargetInfo, TargetError> {
     let target = Target::inspect(pid)?;
     let exe = format!("/proc/{pid}/exe");
-    let layout = match V8Layout::from_binary(Path::new(&exe)) {
-        Ok((_, report)) => Ok(report),
+    let layout = match discover(Path::new(&exe)) {
+        Ok(v8) => Ok(v8.report),
         Err(e) => match e.report() {
             Some(report) => Ok(report.clone()),
             None => Err(e.to_string()),
@@ -91,8 +93,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-impl fmt::Display for TargetInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Report for TargetInfo {
+    fn write_text(&self, f: &mut dyn Write) -> io::Result<()> {
         let t = &self.target;
         writeln!(
             f,

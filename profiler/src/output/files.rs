@@ -1,4 +1,4 @@
-//! Output files of a recording. They are created before sampling starts, so
+//! Output files of a profile. They are created before sampling starts, so
 //! a bad path fails at once rather than after minutes of recording; never
 //! overwritten; never reached through a symlink.
 
@@ -7,34 +7,8 @@ use std::io::BufWriter;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::output::{self, OutputError};
+use super::{Format, OutputError};
 use crate::profile::Profile;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Chrome DevTools / VS Code / speedscope profile.
-    Cpuprofile,
-    /// Folded stacks (`frame;frame count`), input of flamegraph tools.
-    Folded,
-    /// Flame graph SVG.
-    Svg,
-}
-
-impl OutputFormat {
-    pub const ALL: [OutputFormat; 3] = [
-        OutputFormat::Cpuprofile,
-        OutputFormat::Folded,
-        OutputFormat::Svg,
-    ];
-
-    fn extension(self) -> &'static str {
-        match self {
-            OutputFormat::Cpuprofile => "cpuprofile",
-            OutputFormat::Folded => "folded",
-            OutputFormat::Svg => "svg",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -48,11 +22,11 @@ pub enum FileError {
 }
 
 pub struct OutputFiles {
-    files: Vec<(OutputFormat, PathBuf, File)>,
+    files: Vec<(Format, PathBuf, File)>,
 }
 
 impl OutputFiles {
-    pub fn create(prefix: &Path, formats: &[OutputFormat]) -> Result<OutputFiles, FileError> {
+    pub fn create(prefix: &Path, formats: &[Format]) -> Result<OutputFiles, FileError> {
         let mut created = OutputFiles { files: Vec::new() };
         for &format in formats {
             let mut path = prefix.as_os_str().to_owned();
@@ -79,12 +53,7 @@ impl OutputFiles {
         let mut written = Vec::new();
         for (format, path, file) in self.files {
             let mut w = BufWriter::new(file);
-            let result = match format {
-                OutputFormat::Cpuprofile => output::write_cpuprofile(profile, &mut w),
-                OutputFormat::Folded => output::write_folded(profile, &mut w),
-                OutputFormat::Svg => output::write_flamegraph(profile, title, &mut w),
-            };
-            let result = result.and_then(|()| {
+            let result = format.write(profile, title, &mut w).and_then(|()| {
                 w.into_inner()
                     .map(drop)
                     .map_err(|e| OutputError::Io(e.into_error()))
@@ -142,9 +111,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let prefix = dir.path().join("p");
         std::fs::write(dir.path().join("p.folded"), "keep").unwrap();
-        let err = OutputFiles::create(&prefix, &OutputFormat::ALL)
-            .err()
-            .unwrap();
+        let err = OutputFiles::create(&prefix, &Format::ALL).err().unwrap();
         assert!(matches!(err, FileError::Exists(_)), "{err}");
         // The file created before the failure is cleaned up; the existing one is untouched.
         assert!(!dir.path().join("p.cpuprofile").exists());
@@ -155,13 +122,13 @@ mod tests {
 
         let target = dir.path().join("elsewhere");
         std::os::unix::fs::symlink(&target, dir.path().join("q.svg")).unwrap();
-        assert!(OutputFiles::create(&dir.path().join("q"), &[OutputFormat::Svg]).is_err());
+        assert!(OutputFiles::create(&dir.path().join("q"), &[Format::Svg]).is_err());
         assert!(!target.exists());
     }
 
     #[test]
     fn unwritable_directory_is_an_error() {
-        let err = OutputFiles::create(Path::new("/nonexistent-dir/x"), &[OutputFormat::Svg])
+        let err = OutputFiles::create(Path::new("/nonexistent-dir/x"), &[Format::Svg])
             .err()
             .unwrap();
         assert!(matches!(err, FileError::Create { .. }), "{err}");

@@ -1,5 +1,8 @@
-//! What every tracing command (`record`, `gc`) shares: when and why it
-//! stops, and the clock its events are on.
+//! Evidence taken from a live process: [`cpu`] samples it into a
+//! [`cpu::Capture`]. Every capture shares when and why it stops
+//! ([`Stopper`], [`StopReason`]).
+
+pub mod cpu;
 
 use std::time::{Duration, Instant};
 
@@ -66,16 +69,4 @@ impl Stopper {
         // A launched child that exited stays a zombie until reaped: not alive.
         (!target.is_alive()).then_some(StopReason::TargetExited)
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of V8's
-/// `TimeTicks`, so samples, GC pauses and recording bounds share one time base.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
