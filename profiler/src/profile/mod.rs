@@ -2,6 +2,7 @@
 //! timestamps. Every writer in `output` reads only this.
 
 mod build;
+mod threads;
 
 pub use build::{Pause, ProfileBuilder, GARBAGE_COLLECTOR};
 

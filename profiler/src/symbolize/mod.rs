@@ -28,6 +28,8 @@ use crate::target::{read_maps, Discovery, Mapping, Target};
 
 /// Re-reading `/proc/PID/maps` at most this often while new code appears.
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+/// JS frames waiting for a snapshot that covers their code, at most.
+const MAX_INLINING_LATER: usize = 4096;
 
 struct Module {
     /// Path as the target sees it.
@@ -47,6 +49,9 @@ pub struct Symbolizer {
     /// The target's executable as it sees it.
     exe: Option<String>,
     js: Option<JsNaming>,
+    /// JS frames in code mapped after the last snapshot: their inlining is
+    /// looked up after the next one.
+    inlining_later: Vec<UserFrame>,
 }
 
 impl Symbolizer {
@@ -61,6 +66,7 @@ impl Symbolizer {
             last_refresh: None,
             exe: None,
             js: None,
+            inlining_later: Vec::new(),
         }
     }
 
@@ -86,33 +92,42 @@ impl Symbolizer {
         let due = self
             .last_refresh
             .is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL);
-        if (uncovered || self.last_refresh.is_none()) && due {
+        let refreshed = (uncovered || self.last_refresh.is_none()) && due;
+        if refreshed {
             self.refresh();
         }
         // JS frames in JIT code (anonymous memory) may run inlined functions.
-        // A frame from the word at the stack pointer may be no code at all.
-        let in_jit: Vec<bool> = new_frames
+        // A frame in code no snapshot covers yet waits for the next one (its
+        // code is looked for only where V8's code is); the word from the
+        // stack top may be no code at all.
+        let waiting = if refreshed {
+            std::mem::take(&mut self.inlining_later)
+        } else {
+            Vec::new()
+        };
+        let mut in_jit = Vec::new();
+        for f in waiting
             .iter()
-            .map(|f| {
-                let mapping = self.mapping(f.pc);
-                f.sfi != 0
-                    && if f.frame_marker == TOS_FRAME_MARKER {
-                        mapping.is_some_and(|(m, _)| m.path.is_empty())
-                    } else {
-                        mapping.is_none_or(|(m, _)| m.path.is_empty())
-                    }
-            })
-            .collect();
+            .chain(new_frames.iter().filter(|f| f.sfi != 0))
+        {
+            match self.mapping(f.pc) {
+                Some((m, _)) if m.path.is_empty() => in_jit.push(*f),
+                None if !refreshed
+                    && f.frame_marker != TOS_FRAME_MARKER
+                    && self.inlining_later.len() < MAX_INLINING_LATER =>
+                {
+                    self.inlining_later.push(*f)
+                }
+                _ => {}
+            }
+        }
         if let Some(js) = self.js.as_mut() {
             js.retry_pending();
-            for (frame, jit) in new_frames.iter().zip(in_jit) {
-                if frame.sfi == 0 {
-                    continue;
-                }
+            for frame in new_frames.iter().filter(|f| f.sfi != 0) {
                 js.observe(frame.sfi, frame.sfi_fingerprint);
-                if jit {
-                    js.observe_inlining(frame);
-                }
+            }
+            for frame in &in_jit {
+                js.observe_inlining(frame);
             }
         }
     }

@@ -28,7 +28,14 @@ use super::layout::{CodeLayout, V8Layout};
 use super::memory::{Memory, MemoryExt, MAX_READ};
 
 /// How far back from a pc the scan looks for the start of its code object.
-const MAX_SCAN_BACK: u64 = 4 << 20;
+const MAX_SCAN_BACK: u64 = 1 << 20;
+/// Instructions start on this boundary (V8's kCodeAlignment is 64 on x64 in
+/// V8 10–14; 32 keeps a margin): only words at that distance before an
+/// aligned address can start a container.
+const CODE_ALIGNMENT: u64 = 32;
+/// Words whose map is read to find the container map, per scan at most;
+/// once it is known, a scan compares words with it and reads nothing more.
+const MAX_MAP_CHECKS: u32 = 64;
 /// Bytes read per step of the scan (one page: JIT memory has holes).
 const SCAN_STEP: u64 = 4096;
 /// Largest instruction area believed (V8 caps code objects far below).
@@ -211,11 +218,12 @@ impl CodeFinder {
         let mut hi = pc & !7;
         let lowest = pc.saturating_sub(MAX_SCAN_BACK);
         let mut page = vec![0u64; (SCAN_STEP / 8) as usize];
+        let mut map_checks = 0;
         while hi > lowest {
             let lo = ((hi - 1) & !(SCAN_STEP - 1)).max(lowest & !7);
             let n = ((hi - lo) / 8) as usize;
             if heap.mem.read_u64s(lo, &mut page[..n]).is_ok() {
-                if let Some(done) = self.scan_words(heap, cl, pc, lo, &page[..n]) {
+                if let Some(done) = self.scan_words(heap, cl, pc, lo, &page[..n], &mut map_checks) {
                     return done;
                 }
                 hi = lo;
@@ -228,7 +236,9 @@ impl CodeFinder {
                 let sub_lo = sub_hi.saturating_sub(64).max(lo);
                 let m = ((sub_hi - sub_lo) / 8) as usize;
                 heap.mem.read_u64s(sub_lo, &mut page[..m]).ok()?;
-                if let Some(done) = self.scan_words(heap, cl, pc, sub_lo, &page[..m]) {
+                if let Some(done) =
+                    self.scan_words(heap, cl, pc, sub_lo, &page[..m], &mut map_checks)
+                {
                     return done;
                 }
                 sub_hi = sub_lo;
@@ -247,17 +257,25 @@ impl CodeFinder {
         pc: u64,
         lo: u64,
         words: &[u64],
+        map_checks: &mut u32,
     ) -> Option<Option<Arc<CodeInfo>>> {
         let layout = heap.layout;
+        let header = u64::from(cl.container_instructions);
         for (i, &word) in words.iter().enumerate().rev() {
-            if !layout.is_heap_object(word) {
+            let container = lo + 8 * i as u64;
+            if !layout.is_heap_object(word)
+                || !container
+                    .wrapping_add(header)
+                    .is_multiple_of(CODE_ALIGNMENT)
+            {
                 continue;
             }
             let known = self.maps.contains(&word);
             if !known {
-                if self.not_maps.contains(&word) {
+                if self.not_maps.contains(&word) || *map_checks >= MAX_MAP_CHECKS {
                     continue;
                 }
+                *map_checks += 1;
                 let ty = heap.mem.read_u16(
                     layout
                         .untag(word)
@@ -271,7 +289,6 @@ impl CodeFinder {
                     continue;
                 }
             }
-            let container = lo + 8 * i as u64;
             let Some((code, start, size)) = check_container(heap, cl, container) else {
                 continue;
             };
@@ -615,8 +632,9 @@ mod tests {
         );
         // The container: map, code, then 64 bytes of instructions at +16,
         // in one region (the scan reads memory below the pc in one piece).
-        let region = h.raw(&[0u8; 256]);
-        let istream = region + 64 + 1;
+        let region = h.raw(&[0u8; 320]);
+        // Instructions on a CODE_ALIGNMENT boundary, as V8 places them.
+        let istream = (region + 64 + 16).next_multiple_of(CODE_ALIGNMENT) - 16 + 1;
         let start = istream - 1 + 16;
         let code = h.object_words(
             CODE,

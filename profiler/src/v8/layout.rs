@@ -1230,11 +1230,15 @@ fn code_layout(b: &mut Builder) -> Option<CodeLayout> {
             (7, "7 on V8 10.2–12.4")
         }),
     );
-    let wrapped = b.opt(
-        "DeoptimizationData wrapped SFI index",
-        &[Exact("DeoptimizationDataWrappedSharedFunctionInfoIndex")],
-        None,
-    );
+    let wrapped = if v13 {
+        b.opt(
+            "DeoptimizationData wrapped SFI index",
+            &[Exact("DeoptimizationDataWrappedSharedFunctionInfoIndex")],
+            None,
+        )
+    } else {
+        None
+    };
     let (deopt_shared_function_info, sfi_wrapper_shared) = match wrapped {
         Some(index) => (
             Some(index),
