@@ -22,6 +22,64 @@ pub const V8_CONFIGS_MAP: &str = "V8_CONFIGS";
 /// Name of the perf_event sampler program.
 pub const SAMPLER_PROGRAM: &str = "nodeprof_sample";
 
+/// Name of the `sched_switch` tracepoint program (off-CPU time).
+pub const SWITCH_PROGRAM: &str = "nodeprof_switch";
+/// Names of the tracepoint programs on `epoll_wait` entry and exit (event-loop turns).
+pub const LOOP_ENTER_PROGRAM: &str = "nodeprof_loop_enter";
+pub const LOOP_EXIT_PROGRAM: &str = "nodeprof_loop_exit";
+/// Name of the ring buffer of [`ThreadEvent`]s.
+pub const THREAD_EVENTS_MAP: &str = "THREAD_EVENTS";
+/// Name of the hash map of target threads off CPU (key: tid, value: [`OffCpu`]).
+pub const OFF_CPU_MAP: &str = "OFF_CPU";
+/// Name of the array holding the [`SwitchConfig`] (one entry).
+pub const SWITCH_CONFIG_MAP: &str = "SWITCH_CONFIG";
+
+/// [`SampleRecord::kind`] of a sample taken by the `cpu-clock` timer: the thread ran.
+pub const SAMPLE_ON_CPU: u16 = 0;
+/// [`SampleRecord::kind`] of a stack taken as the thread left the CPU
+/// (`sched_switch`); its time is the start of its off-CPU interval.
+pub const SAMPLE_OFF_CPU: u16 = 1;
+
+/// Where `sched_switch`'s fields are (from its tracefs `format`), and whether
+/// off-CPU stacks are wanted.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct SwitchConfig {
+    pub prev_state_offset: u32,
+    pub next_pid_offset: u32,
+}
+
+/// A target thread that left the CPU, until it comes back.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct OffCpu {
+    pub start_ns: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// [`ThreadEvent::kind`]: a target thread came back on CPU after [`OffCpu::start_ns`].
+pub const EVENT_SWITCH_IN: u32 = 1;
+/// [`ThreadEvent::kind`]: a thread entered `epoll_wait` (its event-loop turn ended).
+pub const EVENT_LOOP_ENTER: u32 = 2;
+/// [`ThreadEvent::kind`]: a thread returned from `epoll_wait` (a turn starts).
+pub const EVENT_LOOP_EXIT: u32 = 3;
+
+/// A small per-thread event: a switch back onto the CPU, or an event-loop
+/// thread entering or leaving `epoll_wait`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ThreadEvent {
+    /// `bpf_ktime_get_ns()` of the event.
+    pub time_ns: u64,
+    /// For [`EVENT_SWITCH_IN`]: when the thread left the CPU; else 0.
+    pub start_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
 /// Name of the ring buffer that carries [`CallEvent`]s of the GC uprobes.
 pub const CALLS_MAP: &str = "CALLS";
 /// Name of the per-CPU array counting call events dropped because `CALLS` was full.
@@ -49,7 +107,11 @@ pub struct SampleRecord {
     pub kernel_frames: u32,
     /// Number of valid entries in `user_stack`.
     pub user_frames: u32,
-    pub _pad: u32,
+    /// [`SAMPLE_ON_CPU`] or [`SAMPLE_OFF_CPU`].
+    pub kind: u16,
+    /// For an off-CPU stack: the task state it left in (`sched_switch`'s
+    /// `prev_state`: 0 preempted, 1 sleeping, 2 uninterruptible…).
+    pub state: u16,
     /// The word at the user stack pointer when the first frame of the walk
     /// is a JS frame, else 0: the return address into JS code when the
     /// interrupted function is a leaf without a frame of its own (V8's
@@ -169,3 +231,9 @@ unsafe impl aya::Pod for V8ProbeConfig {}
 unsafe impl aya::Pod for CallEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CallReads {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SwitchConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for OffCpu {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ThreadEvent {}

@@ -7,6 +7,11 @@
 //!
 //! `nodeprof_call` / `nodeprof_return` (calls.rs) are uprobes on V8's GC
 //! functions, attached to one process each.
+//!
+//! `nodeprof_switch` (threads.rs) runs on `sched_switch`: the stack a target
+//! thread leaves the CPU with, and when it returns (off-CPU time).
+//! `nodeprof_loop_enter` / `nodeprof_loop_exit` run on `epoll_wait`'s entry
+//! and exit tracepoints: the turns of each event loop.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -14,6 +19,8 @@
 mod calls;
 #[cfg(target_arch = "bpf")]
 mod sampler;
+#[cfg(target_arch = "bpf")]
+mod threads;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

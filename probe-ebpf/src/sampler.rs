@@ -12,7 +12,10 @@ use aya_ebpf::{
     programs::PerfEventContext,
     EbpfContext,
 };
-use nodeprof_common::{SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
+use nodeprof_common::{
+    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, SAMPLE_OFF_CPU,
+    SAMPLE_ON_CPU,
+};
 
 /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
 /// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
@@ -38,30 +41,83 @@ const MAX_FRAME_SIZE: u64 = 8 << 20;
 #[perf_event]
 pub fn nodeprof_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: lookup of a plain u32 key; the value is not used.
-    if unsafe { TARGETS.get(&tgid) }.is_none() {
+    if !is_target((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some(mut entry) = SAMPLES.reserve::<SampleRecord>(0) else {
+    let Some(mut entry) = reserve_sample() else {
+        return 0;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to reserved ring buffer memory of the right size.
+    unsafe {
+        fill_record(
+            ctx.as_ptr(),
+            record,
+            pid_tgid,
+            SAMPLE_ON_CPU,
+            0,
+            user_regs(&ctx),
+        )
+    };
+    submit_sample(entry);
+    0
+}
+
+/// Submits a reserved record, waking user space only past [`WAKEUP_BYTES`].
+pub(crate) fn submit_sample(entry: aya_ebpf::maps::ring_buf::RingBufEntry<SampleRecord>) {
+    let wakeup = if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
+}
+
+/// Reserves a sample record, counting it lost when the buffer is full.
+pub(crate) fn reserve_sample() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<SampleRecord>> {
+    let entry = SAMPLES.reserve::<SampleRecord>(0);
+    if entry.is_none() {
         if let Some(lost) = LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
             unsafe { *lost += 1 };
         }
-        return 0;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to reserved ring buffer memory of the right size;
-    // every field read later is written before submit.
+    }
+    entry
+}
+
+/// Whether the current thread belongs to a target process.
+pub(crate) fn is_target(tgid: u32) -> bool {
+    // SAFETY: lookup of a plain u32 key; the value is not used.
+    unsafe { TARGETS.get(&tgid) }.is_some()
+}
+
+/// Fills a sample of the current thread: time, ids, name, the kernel stack
+/// at `ctx` and the user stack walked from `regs` (pc, fp, sp).
+///
+/// # Safety
+/// `record` points to writable memory of a `SampleRecord`; `ctx` is the
+/// program's context.
+#[inline(always)]
+pub(crate) unsafe fn fill_record(
+    ctx: *mut core::ffi::c_void,
+    record: *mut SampleRecord,
+    pid_tgid: u64,
+    kind: u16,
+    state: u16,
+    regs: Option<(u64, u64, u64)>,
+) {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the caller's contract; every field read later is written here.
     unsafe {
         (*record).time_ns = bpf_ktime_get_ns();
         (*record).tgid = tgid;
         (*record).tid = pid_tgid as u32;
         (*record).cpu = bpf_get_smp_processor_id();
-        (*record)._pad = 0;
+        (*record).kind = kind;
+        (*record).state = state;
         (*record).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         let kernel_bytes = bpf_get_stack(
-            ctx.as_ptr(),
+            ctx,
             (*record).kernel_stack.as_mut_ptr().cast(),
             (MAX_KERNEL_FRAMES * 8) as u32,
             0,
@@ -73,8 +129,15 @@ pub fn nodeprof_sample(ctx: PerfEventContext) -> u32 {
         };
         let config = V8_CONFIGS.get(&tgid);
         (*record).user_tos = 0;
-        (*record).user_frames = match user_regs(&ctx) {
+        (*record).user_frames = match regs {
             Some((pc, fp, sp)) => {
+                // A thread leaving the CPU mostly sits in a libc syscall
+                // wrapper without a frame pointer; a sampled one rarely.
+                let fp = if kind == SAMPLE_OFF_CPU {
+                    walk_start(fp, sp)
+                } else {
+                    fp
+                };
                 let n = walk_user_stack(pc, fp, config, &mut (*record).user_stack);
                 // One read, only when fp is a JS frame's: the interrupted
                 // code may be a frameless leaf called from it.
@@ -86,24 +149,10 @@ pub fn nodeprof_sample(ctx: PerfEventContext) -> u32 {
             None => 0,
         };
     }
-    let wakeup = if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(wakeup as u64);
-    0
 }
 
-/// The user-mode pc, frame and stack pointer of the interrupted thread: the
-/// interrupt's registers when it hit user code, else those the kernel
-/// saved on entry (a syscall or fault in progress).
-fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
-    // SAFETY: ctx points to the kernel's bpf_perf_event_data.
-    let regs = unsafe { &(*ctx.ctx).regs };
-    if regs.cs & 3 == 3 {
-        return Some((regs.rip, regs.rbp, regs.rsp));
-    }
+/// The user registers the kernel saved when the current thread entered it.
+pub(crate) fn saved_user_regs() -> Option<(u64, u64, u64)> {
     // SAFETY: helpers on the current task; the pt_regs are copied with a checked read.
     unsafe {
         let saved = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
@@ -113,6 +162,72 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
         let regs: pt_regs = bpf_probe_read_kernel(saved).ok()?;
         (regs.rip != 0).then_some((regs.rip, regs.rbp, regs.rsp))
     }
+}
+
+/// The user-mode pc and frame pointer of the interrupted thread: the
+/// interrupt's registers when it hit user code, else those the kernel
+/// saved on entry (a syscall or fault in progress).
+fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
+    // SAFETY: ctx points to the kernel's bpf_perf_event_data.
+    let regs = unsafe { &(*ctx.ctx).regs };
+    if regs.cs & 3 == 3 {
+        return Some((regs.rip, regs.rbp, regs.rsp));
+    }
+    saved_user_regs()
+}
+
+/// Words above the stack pointer searched for a frame record when the
+/// frame pointer is not one (a libc leaf that uses rbp as a plain register).
+const SCAN_CHUNKS: usize = 4;
+const CHUNK_WORDS: usize = 8;
+
+/// Largest frame the scan for a frame record accepts: tighter than
+/// [`MAX_FRAME_SIZE`], since stack words that are neither are also scanned.
+const MAX_SCANNED_FRAME: u64 = 64 << 10;
+/// Lowest address code is mapped at (non-PIE executables start at 4 MiB).
+const MIN_CODE_ADDRESS: u64 = 0x40_0000;
+
+/// Whether the 16 bytes at `at` look like a frame record: a saved frame
+/// pointer a little higher up the same stack, then a return address.
+#[inline(always)]
+fn is_frame_record(at: u64, saved_fp: u64, return_address: u64) -> bool {
+    saved_fp > at
+        && saved_fp - at < MAX_SCANNED_FRAME
+        && saved_fp & 7 == 0
+        && return_address >= MIN_CODE_ADDRESS
+        && return_address < 0x0000_8000_0000_0000
+}
+
+/// The frame pointer to start the walk from: `fp` when it points at a frame
+/// record, else the first frame record found just above `sp`. A thread in a
+/// system call usually sits in a libc wrapper built without frame pointers;
+/// the record its caller's prologue pushed is a few words up the stack.
+#[inline(always)]
+fn walk_start(fp: u64, sp: u64) -> u64 {
+    // SAFETY: checked reads of user memory.
+    if let Ok(record) = unsafe { bpf_probe_read_user(fp as *const [u64; 2]) } {
+        if is_frame_record(fp, record[0], record[1]) {
+            return fp;
+        }
+    }
+    if sp == 0 {
+        return fp;
+    }
+    for chunk in 0..SCAN_CHUNKS {
+        let base = sp + (chunk * CHUNK_WORDS * 8) as u64;
+        // One word more than the chunk, so a record across chunks is seen.
+        let Ok(words) = (unsafe { bpf_probe_read_user(base as *const [u64; CHUNK_WORDS + 1]) })
+        else {
+            return fp;
+        };
+        for i in 0..CHUNK_WORDS {
+            let at = base + (i * 8) as u64;
+            if is_frame_record(at, words[i], words[i + 1]) {
+                return at;
+            }
+        }
+    }
+    fp
 }
 
 /// Walks the frame-pointer chain. For each frame records the pc, the word

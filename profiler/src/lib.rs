@@ -15,9 +15,11 @@ pub mod gc;
 pub mod heap;
 pub mod output;
 
+pub(crate) mod caps;
 pub(crate) mod capture;
 pub(crate) mod clock;
 pub(crate) mod collect;
+pub(crate) mod eventloop;
 pub(crate) mod probe;
 pub(crate) mod profile;
 pub(crate) mod symbolize;
@@ -27,7 +29,7 @@ pub(crate) mod target;
 #[allow(dead_code)]
 pub(crate) mod v8;
 
-pub use capture::cpu::CpuOptions;
+pub use capture::cpu::{Clock, CpuOptions};
 pub use probe::{call_tracer_loaded, sampler_loaded};
 
 #[cfg(test)]
@@ -40,6 +42,7 @@ mod layering {
         ("cmd", 3),
         ("capture", 2),
         ("gc", 2),
+        ("eventloop", 2),
         ("heap", 2),
         ("target", 1),
         ("probe", 1),
@@ -49,6 +52,7 @@ mod layering {
         ("output", 1),
         ("v8", 0),
         ("clock", 0),
+        ("caps", 0),
     ];
 
     fn layer(module: &str) -> u8 {

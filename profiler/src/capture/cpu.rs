@@ -3,19 +3,21 @@
 //! functions are named then, while their V8 objects are valid), until a stop.
 //! [`Capture::profile`] turns what was taken into a [`Profile`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
 use super::{StopReason, Stopper};
 use crate::clock::monotonic_ns;
-use crate::collect::{Collection, Collector};
+use crate::collect::{Collection, Collector, ThreadEventCollector};
+use crate::eventloop::{self, ThreadLoop};
 use crate::gc::{GcEvent, GcProbes, GcSummary};
 use crate::probe::{Probe, ProbeError};
 use crate::profile::{Pause, Profile, ProfileBuilder};
 use crate::symbolize::Symbolizer;
 use crate::target::{Discovery, Launched, Runtime, Target};
+use nodeprof_common::{ThreadEvent, EVENT_SWITCH_IN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -30,10 +32,33 @@ pub enum CaptureError {
     },
 }
 
+/// Which time of the target's threads a profile shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// Time on CPU (the `cpu-clock` samples).
+    #[default]
+    Cpu,
+    /// Time off CPU (blocked, or waiting for a CPU), by the stack the thread left in.
+    OffCpu,
+    /// Both: each thread's samples add up to the wall-clock time.
+    Wall,
+}
+
+impl Clock {
+    fn on_cpu(self) -> bool {
+        self != Clock::OffCpu
+    }
+
+    fn off_cpu(self) -> bool {
+        self != Clock::Cpu
+    }
+}
+
 /// How to sample.
 #[derive(Debug, Clone)]
 pub struct CpuOptions {
     pub frequency_hz: u64,
+    pub clock: Clock,
     /// Stop after this long; `None`: until a signal or the target's exit.
     pub duration: Option<Duration>,
     /// No progress line.
@@ -55,6 +80,15 @@ pub struct Capture {
     pub stop: StopReason,
     /// The target's GCs while sampling; `None` when they were not traced.
     pub gc: Option<GcCapture>,
+    pub clock: Clock,
+    /// Threads back on the CPU, event loops entering and leaving `epoll_wait`.
+    pub thread_events: Vec<ThreadEvent>,
+    /// Whether event-loop turns were traced.
+    pub loop_traced: bool,
+    /// The executable the target ran last (it may have exec'd since the start).
+    pub exe: Option<PathBuf>,
+    /// At the end: whether the main thread was outside `epoll_wait`.
+    loop_main_stuck: Option<bool>,
     /// Holds what was read of the target while it ran (mappings, JS names).
     symbolizer: Symbolizer,
 }
@@ -83,19 +117,81 @@ impl Capture {
         let collection = &self.collection;
         self.symbolizer
             .symbolize(collection, |frames| builder.add_stack(frames));
+        // An off-CPU stack's interval ends when its thread is back on CPU,
+        // or at the end for a thread still off CPU then.
+        let returns: std::collections::HashMap<(u32, u64), u64> = self
+            .thread_events
+            .iter()
+            .filter(|e| e.kind == EVENT_SWITCH_IN)
+            .map(|e| ((e.tid, e.start_ns), e.time_ns))
+            .collect();
+        // Where a return was lost, the thread's next record proves it ran again.
+        let mut record_times: std::collections::HashMap<u32, Vec<u64>> =
+            std::collections::HashMap::new();
+        for sample in &collection.samples {
+            record_times
+                .entry(sample.tid)
+                .or_default()
+                .push(sample.time_ns);
+        }
+        for times in record_times.values_mut() {
+            times.sort_unstable();
+        }
+        let next_record = |tid: u32, after: u64| -> Option<u64> {
+            let times = record_times.get(&tid)?;
+            times.get(times.partition_point(|&t| t <= after)).copied()
+        };
         for sample in &collection.samples {
             let name = &collection.thread_names[sample.thread_name as usize];
-            builder.add_sample(sample.time_ns, sample.tid, name, sample.stack as usize);
+            let stack = sample.stack as usize;
+            if !sample.off_cpu {
+                if self.clock.on_cpu() {
+                    builder.add_sample(sample.time_ns, sample.tid, name, stack);
+                }
+            } else if self.clock.off_cpu() {
+                let start = sample.time_ns.max(self.start_ns);
+                let end = returns
+                    .get(&(sample.tid, sample.time_ns))
+                    .copied()
+                    .or_else(|| next_record(sample.tid, sample.time_ns))
+                    .unwrap_or(self.end_ns)
+                    .min(self.end_ns);
+                builder.add_off_cpu(start, end, sample.tid, name, stack);
+            }
         }
         builder.finish(self.end_ns, self.lost)
     }
 
+    /// The event loops' turns, when they were traced. The target's main
+    /// thread, if it never entered or left `epoll_wait` but is outside it
+    /// now, spent the whole capture in one turn.
+    pub fn loops(&self) -> Option<Vec<ThreadLoop>> {
+        if !self.loop_traced {
+            return None;
+        }
+        let mut loops = eventloop::turns(&self.thread_events, self.start_ns, self.end_ns);
+        if !loops.iter().any(|l| l.tid == self.pid)
+            && self.stop != StopReason::TargetExited
+            && self.loop_main_stuck == Some(true)
+        {
+            loops.push(ThreadLoop {
+                tid: self.pid,
+                turns: vec![eventloop::Turn {
+                    start_ns: self.start_ns,
+                    end_ns: self.end_ns,
+                    ongoing: true,
+                }],
+                utilization: 1.0,
+            });
+        }
+        Some(loops)
+    }
+
     /// The GC table of the capture, when GCs were traced.
     pub fn gc_summary(&self) -> Option<GcSummary> {
-        self.gc.as_ref().map(|gc| {
-            let duration_s = self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-            GcSummary::of(&gc.events, duration_s, 0, gc.lost)
-        })
+        self.gc
+            .as_ref()
+            .map(|gc| GcSummary::of(&gc.events, (self.start_ns, self.end_ns), 0, gc.lost))
     }
 }
 
@@ -127,23 +223,47 @@ async fn run(
     let mut symbolizer = Symbolizer::new(target);
     let mut runtime = Runtime::new(pid);
     let mut gc = None;
+    let mut exe = None;
     if launched.is_none() {
         // Before sampling starts, so that the first samples name JS frames too.
-        if let Some(found) = runtime.poll() {
-            adopt(&found, &mut probe, &mut symbolizer, pid)?;
+        // Node or not is told by the binary's contents (V8's layout), not
+        // its name: a renamed or deleted node binary is still node.
+        let is_v8 = match runtime.poll() {
+            Some(found) => {
+                exe = Some((found.exe.clone(), found.v8.is_ok()));
+                adopt(&found, &mut probe, &mut symbolizer, pid)?
+            }
+            None => false,
+        };
+        if !is_v8 {
+            tracing::warn!(
+                "process {pid} ({}) does not look like Node.js (no V8 in its executable): \
+                 profiling native code only",
+                target.exe.display()
+            );
         }
         symbolizer.refresh();
         if options.trace_gc {
-            // Any binary with V8's GC functions, whatever its name.
-            gc = trace_gc(
-                &mut probe,
-                pid,
-                &crate::gc::probes::exe_path(pid),
-                target.is_node(),
-            );
+            gc = trace_gc(&mut probe, pid, &crate::gc::probes::exe_path(pid), is_v8);
         }
     }
     probe.start_sampling(options.frequency_hz)?;
+    if options.clock.off_cpu() {
+        probe.start_off_cpu()?;
+    }
+    let loop_traced = match probe.start_loop_tracing() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("event-loop turns not traced: {e}");
+            false
+        }
+    };
+    let mut thread_events = Vec::new();
+    let mut thread_collector = ThreadEventCollector::new(
+        probe
+            .take_thread_events()
+            .expect("thread event buffer is taken once"),
+    );
     let ring = probe.take_samples().expect("ring buffer is taken once");
     // SAFETY: the collector owns the ring buffer map, whose fd stays open and
     // unchanged for the collector's life.
@@ -156,6 +276,7 @@ async fn run(
     })?;
     if let Some(child) = launched {
         if let Some(found) = runtime.preload(&child.program) {
+            exe = Some((found.exe.clone(), found.v8.is_ok()));
             if adopt(&found, &mut probe, &mut symbolizer, pid)? && options.trace_gc {
                 // A node program: its GCs too, probed in the file it is about to exec.
                 gc = trace_gc(&mut probe, pid, &child.program, true);
@@ -163,7 +284,6 @@ async fn run(
         }
         child.release()?;
     }
-    let mut gc_events = Vec::new();
     let start_ns = monotonic_ns();
     let mut collection = Collection::default();
 
@@ -178,6 +298,10 @@ async fn run(
         symbolizer: &mut symbolizer,
         runtime: &mut runtime,
         pid,
+        gc,
+        gc_events: Vec::new(),
+        trace_gc: options.trace_gc,
+        exe,
     };
     let stop = loop {
         tokio::select! {
@@ -190,9 +314,8 @@ async fn run(
             _ = tick.tick() => {
                 // The sampler wakes us only when its buffer fills: drain on the tick.
                 intake.absorb(collector.get_mut(), &mut probe)?;
-                if let Some(gc) = &mut gc {
-                    gc_events.extend(gc.drain(pid));
-                }
+                intake.drain_gc();
+                thread_collector.drain(|e| if e.tgid == pid { thread_events.push(e) });
                 progress.set_message(format!("{} samples", intake.collection.samples.len()));
                 if let Some(reason) = stopper.due(target) {
                     break reason;
@@ -204,16 +327,23 @@ async fn run(
     // Whatever the kernel wrote before the stop is still in the ring buffer
     // (JS frames of a target that exited can no longer be named).
     intake.absorb(collector.get_mut(), &mut probe)?;
-    let lost = probe.lost_samples();
-    let gc = gc.map(|mut gc| {
-        gc_events.extend(gc.drain(pid));
-        GcCapture {
-            events: gc_events,
-            lost: probe.lost_calls(),
+    thread_collector.drain(|e| {
+        if e.tgid == pid {
+            thread_events.push(e)
         }
     });
+    let loop_main_stuck = eventloop::stuck_in_turn(pid, pid);
+    let lost = probe.lost_samples();
+    intake.drain_gc();
+    let exe = intake.exe.take().map(|(exe, _)| exe);
+    let gc = intake.gc.is_some().then(|| GcCapture {
+        events: std::mem::take(&mut intake.gc_events),
+        lost: probe.lost_calls(),
+    });
+    drop(intake);
     // Detach now: symbolizing and writing need no sampling.
     drop(collector);
+    drop(thread_collector);
     drop(probe);
     progress.finish_and_clear();
     Ok(Capture {
@@ -225,6 +355,11 @@ async fn run(
         lost,
         stop,
         gc,
+        clock: options.clock,
+        thread_events,
+        loop_traced,
+        loop_main_stuck,
+        exe,
         symbolizer,
     })
 }
@@ -253,6 +388,11 @@ struct Intake<'a> {
     symbolizer: &'a mut Symbolizer,
     runtime: &'a mut Runtime,
     pid: u32,
+    gc: Option<GcProbes>,
+    gc_events: Vec<GcEvent>,
+    trace_gc: bool,
+    /// The executable the target runs, and whether it has V8.
+    exe: Option<(PathBuf, bool)>,
 }
 
 impl Intake<'_> {
@@ -260,13 +400,63 @@ impl Intake<'_> {
     /// target still runs; an exec'd executable is found first.
     fn absorb(&mut self, collector: &mut Collector, probe: &mut Probe) -> Result<(), ProbeError> {
         if let Some(found) = self.runtime.poll() {
-            adopt(&found, probe, self.symbolizer, self.pid)?;
+            let is_v8 = adopt(&found, probe, self.symbolizer, self.pid)?;
+            self.exec(&found.exe, is_v8, probe);
         }
         let before = self.collection.user_frames.len();
         collector.drain(self.collection);
         self.symbolizer
             .observe(&self.collection.user_frames[before..]);
         Ok(())
+    }
+
+    fn drain_gc(&mut self) {
+        if let Some(gc) = &mut self.gc {
+            self.gc_events.extend(gc.drain(self.pid));
+        }
+    }
+
+    /// The target exec'd `exe`: the GC probes move to it (those in the old
+    /// image are gone with it), and the user is told when it replaced a
+    /// node (a launched command's wrapper script exec'ing node is expected).
+    fn exec(&mut self, exe: &Path, is_v8: bool, probe: &mut Probe) {
+        let was_v8 = self.exe.as_ref().is_some_and(|(_, v8)| *v8);
+        self.exe = Some((exe.to_path_buf(), is_v8));
+        let binary = crate::gc::probes::exe_path(self.pid);
+        let gc = match (self.gc.as_mut(), is_v8 && self.trace_gc) {
+            (Some(gc), true) => match gc.reattach(probe, self.pid, &binary) {
+                Ok(done) => {
+                    self.gc_events.extend(done);
+                    "GC tracing follows it"
+                }
+                Err(e) => {
+                    self.gc = None;
+                    tracing::warn!("GC tracing stopped: {e}");
+                    "GC tracing stopped"
+                }
+            },
+            (Some(gc), false) => {
+                self.gc_events.extend(gc.drain(self.pid));
+                probe.detach_calls();
+                "no V8 in it: GC tracing stopped"
+            }
+            (None, true) => {
+                self.gc = trace_gc(probe, self.pid, &binary, true);
+                if self.gc.is_some() {
+                    "GC tracing starts"
+                } else {
+                    "GC not traced"
+                }
+            }
+            (None, false) => "",
+        };
+        if was_v8 {
+            tracing::warn!(
+                "process {} exec'd {}: samples from now on are of the new program; {gc}",
+                self.pid,
+                exe.display()
+            );
+        }
     }
 }
 

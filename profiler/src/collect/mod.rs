@@ -2,13 +2,14 @@
 //! kernel and user stacks as addresses. Identical frames and stacks are stored
 //! once, so a long recording grows by a few bytes per sample.
 //!
-//! [`CallCollector`] drains the call tracer's ring buffer (GC uprobes) the same way.
+//! [`EventCollector`] drains the small fixed-size events of the other ring
+//! buffers (GC uprobes' calls, threads leaving the CPU, event-loop turns).
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use aya::maps::{MapData, RingBuf};
-use nodeprof_common::{CallEvent, SampleRecord, UserFrame};
+use nodeprof_common::{CallEvent, SampleRecord, ThreadEvent, UserFrame, SAMPLE_OFF_CPU};
 
 /// A stack as the kernel saw it, innermost first: kernel addresses, and user
 /// frames as indices into [`Collection::user_frames`].
@@ -26,6 +27,8 @@ pub struct RawSample {
     pub stack: u32,
     /// Index into [`Collection::thread_names`].
     pub thread_name: u32,
+    /// Taken as the thread left the CPU: `time_ns` starts its off-CPU time.
+    pub off_cpu: bool,
 }
 
 /// Everything collected so far.
@@ -98,6 +101,7 @@ impl Collection {
             tid: record.tid,
             stack,
             thread_name,
+            off_cpu: record.kind == SAMPLE_OFF_CPU,
         });
     }
 
@@ -140,22 +144,30 @@ impl std::os::fd::AsRawFd for Collector {
     }
 }
 
-/// Reads call events (function entries and returns of the target) in the
-/// order the kernel wrote them.
-pub struct CallCollector {
+/// Reads fixed-size events in the order the kernel wrote them.
+pub struct EventCollector<T> {
     ring: RingBuf<MapData>,
+    _event: std::marker::PhantomData<T>,
 }
 
-impl CallCollector {
+/// Function entries and returns of the target (GC uprobes).
+pub type CallCollector = EventCollector<CallEvent>;
+/// Threads back on the CPU, event loops entering and leaving `epoll_wait`.
+pub type ThreadEventCollector = EventCollector<ThreadEvent>;
+
+impl<T: aya::Pod> EventCollector<T> {
     pub fn new(ring: RingBuf<MapData>) -> Self {
-        CallCollector { ring }
+        EventCollector {
+            ring,
+            _event: std::marker::PhantomData,
+        }
     }
 
     /// Hands every pending event to `sink`; returns how many.
-    pub fn drain(&mut self, mut sink: impl FnMut(CallEvent)) -> usize {
+    pub fn drain(&mut self, mut sink: impl FnMut(T)) -> usize {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            if let Some(event) = read_pod::<CallEvent>(&item) {
+            if let Some(event) = read_pod::<T>(&item) {
                 sink(event);
                 n += 1;
             }
@@ -225,7 +237,8 @@ mod tests {
             cpu: 0,
             kernel_frames: 0,
             user_frames: user.len() as u32,
-            _pad: 0,
+            kind: 0,
+            state: 0,
             user_tos: 0,
             comm: [0; 16],
             kernel_stack: [0; MAX_KERNEL_FRAMES],

@@ -32,6 +32,8 @@ pub struct ThreadStat {
     /// Distinct tids with this name.
     pub threads: usize,
     pub samples: u64,
+    /// Of `samples`, those of off-CPU time (`record --off-cpu`, `--wall`).
+    pub off_cpu: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +52,9 @@ pub struct Summary {
     pub duration_s: f64,
     pub frequency_hz: u64,
     pub samples: u64,
+    /// Of `samples`, those of off-CPU time: one per sampling period a
+    /// thread spent blocked or waiting for a CPU.
+    pub off_cpu_samples: u64,
     pub lost_samples: u64,
     /// Distinct tids sampled.
     pub thread_count: usize,
@@ -62,25 +67,31 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary with the `top_n` busiest threads and functions (0: all).
     pub fn from_profile(profile: &Profile, top_n: usize) -> Summary {
+        let top_n = if top_n == 0 { usize::MAX } else { top_n };
         let total = profile.samples.len() as u64;
         let mut per_stack: HashMap<StackId, u64> = HashMap::new();
-        let mut per_tid: HashMap<u32, u64> = HashMap::new();
+        let mut per_tid: HashMap<u32, (u64, u64)> = HashMap::new();
         for s in &profile.samples {
             *per_stack.entry(s.stack).or_default() += 1;
-            *per_tid.entry(s.tid).or_default() += 1;
+            let counts = per_tid.entry(s.tid).or_default();
+            counts.0 += 1;
+            counts.1 += u64::from(s.off_cpu);
         }
 
         let mut by_name: HashMap<&str, ThreadStat> = HashMap::new();
-        for (&tid, &n) in &per_tid {
+        for (&tid, &(n, off_cpu)) in &per_tid {
             let name = profile.thread_name(tid);
             let t = by_name.entry(name).or_insert_with(|| ThreadStat {
                 name: name.into(),
                 threads: 0,
                 samples: 0,
+                off_cpu: 0,
             });
             t.threads += 1;
             t.samples += n;
+            t.off_cpu += off_cpu;
         }
         let mut threads: Vec<ThreadStat> = by_name.into_values().collect();
         threads.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| a.name.cmp(&b.name)));
@@ -130,6 +141,7 @@ impl Summary {
             duration_s: profile.duration_ns() as f64 / 1e9,
             frequency_hz: profile.frequency_hz,
             samples: total,
+            off_cpu_samples: profile.samples.iter().filter(|s| s.off_cpu).count() as u64,
             lost_samples: profile.lost_samples,
             thread_count: per_tid.len(),
             threads,
@@ -182,13 +194,28 @@ impl Report for Summary {
             "Samples:         {} (at {} Hz per CPU)",
             self.samples, self.frequency_hz
         )?;
+        if self.off_cpu_samples > 0 {
+            writeln!(
+                out,
+                "Off-CPU samples: {}, one per {:.1} ms a thread spent blocked or waiting for a CPU",
+                self.off_cpu_samples,
+                1e3 / self.frequency_hz.max(1) as f64
+            )?;
+        }
         writeln!(out, "Lost samples:    {}", self.lost_samples)?;
         let threads: Vec<String> = self
             .threads
             .iter()
-            .map(|t| match t.threads {
-                1 => format!("{} {}", t.name, t.samples),
-                n => format!("{} ×{} {}", t.name, n, t.samples),
+            .map(|t| {
+                let name = match t.threads {
+                    1 => format!("{} {}", t.name, t.samples),
+                    n => format!("{} ×{} {}", t.name, n, t.samples),
+                };
+                if self.off_cpu_samples == 0 {
+                    return name;
+                }
+                let off = 100.0 * t.off_cpu as f64 / t.samples.max(1) as f64;
+                format!("{name}: {:.0} % on CPU, {off:.0} % off", 100.0 - off)
             })
             .collect();
         write!(out, "Threads sampled: {}", self.thread_count)?;
@@ -260,17 +287,20 @@ mod tests {
                 ThreadStat {
                     name: "node".into(),
                     threads: 1,
-                    samples: 6
+                    samples: 6,
+                    off_cpu: 0,
                 },
                 ThreadStat {
                     name: "libuv-worker".into(),
                     threads: 2,
-                    samples: 2
+                    samples: 2,
+                    off_cpu: 0,
                 },
                 ThreadStat {
                     name: "V8 GC".into(),
                     threads: 1,
-                    samples: 1
+                    samples: 1,
+                    off_cpu: 0,
                 },
             ]
         );
@@ -289,6 +319,16 @@ mod tests {
         assert!(s.top_total.iter().all(|f| f.percent <= 100.0));
         let self_sum: u64 = s.top_self.iter().map(|f| f.samples).sum();
         assert_eq!(self_sum, 9);
+    }
+
+    #[test]
+    fn top_zero_lists_everything() {
+        let all = Summary::from_profile(&sample_profile(), 0);
+        assert!(!all.top_self.is_empty());
+        assert_eq!(
+            all.top_self,
+            Summary::from_profile(&sample_profile(), 1000).top_self
+        );
     }
 
     #[test]

@@ -5,29 +5,31 @@
 //! Every attachment is a file descriptor of this process: however nodeprof
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
 
+use aya::maps::Array;
+
+use crate::caps;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-use aya::programs::UProbe;
+use aya::programs::{TracePoint, UProbe};
 use aya::Ebpf;
 use nodeprof_common::{
-    CallReads, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP, CALL_ENTRY_PROGRAM, CALL_READS_MAP,
-    CALL_RETURN_PROGRAM, LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, TARGETS_MAP, V8_CONFIGS_MAP,
+    CallReads, SwitchConfig, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP, CALL_ENTRY_PROGRAM,
+    CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM, LOST_MAP,
+    SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM, TARGETS_MAP,
+    THREAD_EVENTS_MAP, V8_CONFIGS_MAP,
 };
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
 
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
-        "permission denied: nodeprof needs root. Run it with sudo, or grant the capabilities: \
-         sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(which nodeprof)"
+        "permission denied: nodeprof needs root. Run it with sudo, or grant the capabilities: {}",
+        caps::SETCAP
     )]
     NotPermitted,
     #[error("this kernel has no usable BPF support ({0}); nodeprof needs Linux 5.8+ with CONFIG_BPF_SYSCALL")]
@@ -60,26 +62,26 @@ impl ProbeError {
     }
 }
 
-/// Checks up front that this process may use BPF and perf events, so the user
-/// gets one clear line instead of a kernel error.
-pub fn check_permissions() -> Result<(), ProbeError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_BPF) && has(CAP_PERFMON) {
+/// Checks up front that this process holds `needed` (see [`crate::caps`]),
+/// so the user gets one clear line instead of a kernel error.
+pub fn check_permissions(needed: &[u32]) -> Result<(), ProbeError> {
+    if caps::has_all(needed) {
         Ok(())
     } else {
         Err(ProbeError::NotPermitted)
     }
 }
+
+/// What sampling needs: loading programs, perf events of every process,
+/// reading the target.
+pub const SAMPLING: &[u32] = &[caps::CAP_BPF, caps::CAP_PERFMON, caps::CAP_SYS_PTRACE];
+/// What uprobes need besides.
+pub const UPROBES: &[u32] = &[
+    caps::CAP_BPF,
+    caps::CAP_PERFMON,
+    caps::CAP_SYS_PTRACE,
+    caps::CAP_SYS_ADMIN,
+];
 
 /// The loaded programs and their maps.
 pub struct Probe {
@@ -93,6 +95,7 @@ pub struct Probe {
     call_reads: HashMap<MapData, u64, CallReads>,
     /// Attached uprobes: (program name, link).
     call_links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
+    thread_events: Option<RingBuf<MapData>>,
 }
 
 /// A function of the target to trace, by file offset in its ELF binary, at
@@ -109,7 +112,7 @@ pub struct CallSite {
 
 impl Probe {
     pub fn load() -> Result<Probe, ProbeError> {
-        check_permissions()?;
+        check_permissions(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
         {
@@ -126,7 +129,9 @@ impl Probe {
         let calls_lost = take_map(&mut ebpf, CALLS_LOST_MAP)?;
         let calls = take_map(&mut ebpf, CALLS_MAP)?;
         let call_reads = take_map(&mut ebpf, CALL_READS_MAP)?;
+        let thread_events = take_map(&mut ebpf, THREAD_EVENTS_MAP)?;
         Ok(Probe {
+            thread_events: Some(thread_events),
             ebpf,
             targets,
             v8_configs,
@@ -216,6 +221,76 @@ impl Probe {
         Ok(())
     }
 
+    /// Attaches `sched_switch`: every target thread's stack when it leaves
+    /// the CPU, and when it comes back, as [`nodeprof_common::ThreadEvent`]s.
+    pub fn start_off_cpu(&mut self) -> Result<(), ProbeError> {
+        let tracefs = tracefs()?;
+        let format = std::fs::read_to_string(tracefs.join("events/sched/sched_switch/format"))
+            .map_err(|e| ProbeError::classify("read the sched_switch tracepoint's format", &e))?;
+        let config = switch_config(&format).ok_or_else(|| ProbeError::Kernel {
+            action: "trace context switches",
+            detail: "sched_switch has no prev_state or next_pid field".into(),
+        })?;
+        let mut configs: Array<_, SwitchConfig> =
+            Array::try_from(self.ebpf.map_mut(SWITCH_CONFIG_MAP).ok_or_else(|| {
+                ProbeError::Kernel {
+                    action: "open the eBPF maps",
+                    detail: format!("map {SWITCH_CONFIG_MAP} missing"),
+                }
+            })?)
+            .map_err(|e| ProbeError::classify("open the eBPF maps", &e))?;
+        configs
+            .set(0, config, 0)
+            .map_err(|e| ProbeError::classify("configure the context-switch tracer", &e))?;
+        let program: &mut TracePoint = program_mut(&mut self.ebpf, SWITCH_PROGRAM)?;
+        program
+            .load()
+            .map_err(|e| ProbeError::classify("load the context-switch tracer", &e))?;
+        program
+            .attach("sched", "sched_switch")
+            .map_err(|e| ProbeError::classify("attach to sched_switch", &e))?;
+        Ok(())
+    }
+
+    /// Attaches to the entry and exit of `epoll_wait` (and its `pwait`
+    /// variants): the turns of every event loop of the targets.
+    pub fn start_loop_tracing(&mut self) -> Result<(), ProbeError> {
+        let tracefs = tracefs()?;
+        for (name, prefix) in [
+            (LOOP_ENTER_PROGRAM, "sys_enter_"),
+            (LOOP_EXIT_PROGRAM, "sys_exit_"),
+        ] {
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            program
+                .load()
+                .map_err(|e| ProbeError::classify("load the event-loop tracer", &e))?;
+            let mut attached = 0;
+            for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
+                let event = format!("{prefix}{call}");
+                // epoll_pwait2 is Linux 5.11+: trace what this kernel has.
+                if !tracefs.join("events/syscalls").join(&event).exists() {
+                    continue;
+                }
+                program
+                    .attach("syscalls", &event)
+                    .map_err(|e| ProbeError::classify("attach to epoll_wait", &e))?;
+                attached += 1;
+            }
+            if attached == 0 {
+                return Err(ProbeError::Kernel {
+                    action: "trace event loops",
+                    detail: "this kernel has no syscalls:sys_enter_epoll_wait tracepoint (CONFIG_FTRACE_SYSCALLS)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The ring buffer of switch-ins and event-loop events (taken once).
+    pub fn take_thread_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.thread_events.take()
+    }
+
     /// Removes every uprobe attached by [`Probe::attach_call`].
     pub fn detach_calls(&mut self) {
         for (name, link) in self.call_links.drain(..) {
@@ -244,6 +319,69 @@ impl Probe {
     pub fn lost_samples(&self) -> u64 {
         sum_per_cpu(&self.lost)
     }
+}
+
+/// Where tracefs is mounted; mounts it at its usual place when it is not
+/// (some hosts mount neither tracefs nor debugfs by default).
+fn tracefs() -> Result<std::path::PathBuf, ProbeError> {
+    let usual = std::path::Path::new("/sys/kernel/tracing");
+    for dir in [usual, std::path::Path::new("/sys/kernel/debug/tracing")] {
+        if dir.join("events").is_dir() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    // Mounted, but its directory (mode 0700) is closed to us.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+    {
+        return Err(ProbeError::NotPermitted);
+    }
+    let source = std::ffi::CString::new("nodev").expect("no NUL");
+    let target = std::ffi::CString::new("/sys/kernel/tracing").expect("no NUL");
+    let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 || !usual.join("events").is_dir() {
+        return Err(ProbeError::classify(
+            "mount tracefs at /sys/kernel/tracing",
+            &std::io::Error::last_os_error(),
+        ));
+    }
+    tracing::debug!("mounted tracefs at /sys/kernel/tracing");
+    Ok(usual.to_path_buf())
+}
+
+/// The offsets of `prev_state` and `next_pid` in a `sched_switch` record,
+/// from the tracepoint's `format` file.
+fn switch_config(format: &str) -> Option<SwitchConfig> {
+    let offset = |field: &str| -> Option<u32> {
+        format.lines().find_map(|line| {
+            let (decl, rest) = line.trim().strip_prefix("field:")?.split_once(';')?;
+            if decl.split_whitespace().last()? != field {
+                return None;
+            }
+            rest.trim()
+                .strip_prefix("offset:")?
+                .split(';')
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    Some(SwitchConfig {
+        prev_state_offset: offset("prev_state")?,
+        next_pid_offset: offset("next_pid")?,
+    })
 }
 
 fn sum_per_cpu(counter: &PerCpuArray<MapData, u64>) -> u64 {
@@ -301,6 +439,19 @@ fn program_loaded(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_sched_switch_format() {
+        let format = "name: sched_switch\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;\n\tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;\n";
+        assert_eq!(
+            switch_config(format),
+            Some(SwitchConfig {
+                prev_state_offset: 32,
+                next_pid_offset: 56
+            })
+        );
+        assert_eq!(switch_config("field:int x;\toffset:8;"), None);
+    }
 
     #[test]
     fn classifies_permission_and_missing_syscall() {

@@ -20,6 +20,8 @@ pub struct Pause {
 /// then the samples.
 pub struct ProfileBuilder {
     profile: Profile,
+    /// Per thread, off-CPU time not yet a whole sampling period.
+    off_cpu_carry: HashMap<u32, u64>,
     /// The profile's id of each stack added, by the caller's index.
     stacks: Vec<StackId>,
     pauses: GcPauses,
@@ -30,6 +32,7 @@ impl ProfileBuilder {
     pub fn new(pid: u32, frequency_hz: u64, start_ns: u64, pauses: &[Pause]) -> ProfileBuilder {
         ProfileBuilder {
             profile: Profile::new(pid, frequency_hz, start_ns),
+            off_cpu_carry: HashMap::new(),
             stacks: Vec::new(),
             pauses: GcPauses::new(pauses),
             in_gc_variant: HashMap::new(),
@@ -49,7 +52,39 @@ impl ProfileBuilder {
 
     /// Adds a sample of the `stack`-th stack added.
     pub fn add_sample(&mut self, time_ns: u64, tid: u32, thread_name: &str, stack: usize) {
-        let mut stack = self.stacks[stack];
+        let stack = self.in_pause(tid, time_ns, self.stacks[stack]);
+        self.profile.add_sample(time_ns, tid, thread_name, stack);
+    }
+
+    /// Adds the time a thread spent off CPU from `start_ns` to `end_ns` in
+    /// the `stack`-th stack, as one sample per sampling period (the unit of
+    /// on-CPU samples, so a thread's samples add up to its wall time). What
+    /// is less than a period carries over to the thread's next interval.
+    pub fn add_off_cpu(
+        &mut self,
+        start_ns: u64,
+        end_ns: u64,
+        tid: u32,
+        thread_name: &str,
+        stack: usize,
+    ) {
+        let period = self.profile.period_ns();
+        let carry = self.off_cpu_carry.entry(tid).or_default();
+        let total = *carry + end_ns.saturating_sub(start_ns);
+        let count = total / period;
+        *carry = total % period;
+        let stack = self.stacks[stack];
+        for i in 0..count {
+            // Spread over the interval, so a timeline shows when the thread waited.
+            let time_ns = (start_ns + i * period).min(end_ns);
+            self.profile
+                .add_off_cpu_sample(time_ns, tid, thread_name, stack);
+        }
+    }
+
+    /// The stack, or its `(garbage collector)` variant for a sample in a GC
+    /// pause of its thread.
+    fn in_pause(&mut self, tid: u32, time_ns: u64, mut stack: StackId) -> StackId {
         // A sample in a GC pause of its thread sits under (garbage collector),
         // even where its stack shows no GC function (a pause's edges, code
         // V8 runs for the GC without a frame pointer).
@@ -67,7 +102,7 @@ impl ProfileBuilder {
                 }
             });
         }
-        self.profile.add_sample(time_ns, tid, thread_name, stack);
+        stack
     }
 
     /// The profile of a recording that ended at `end_ns` and lost `lost` samples.
@@ -158,5 +193,28 @@ mod tests {
         assert_eq!(names(1), ["main", GARBAGE_COLLECTOR]);
         assert_eq!(names(2), ["main"], "another thread's pause");
         assert_eq!((p.end_ns, p.lost_samples), (1000, 3));
+    }
+
+    #[test]
+    fn off_cpu_time_becomes_samples_of_one_period() {
+        // 100 Hz: 10 ms per sample.
+        let mut b = ProfileBuilder::new(7, 100, 0, &[]);
+        b.add_stack(vec![Frame::new(FrameKind::Native, "read", "libc")]);
+        b.add_off_cpu(0, 35_000_000, 7, "node", 0);
+        // 5 ms here and 5 ms carried make one more period.
+        b.add_off_cpu(50_000_000, 55_000_000, 7, "node", 0);
+        b.add_off_cpu(0, 9_000_000, 8, "worker", 0);
+        b.add_sample(60_000_000, 7, "node", 0);
+        let p = b.finish(100_000_000, 0);
+        let off = |tid: u32| {
+            p.samples
+                .iter()
+                .filter(|s| s.tid == tid && s.off_cpu)
+                .count()
+        };
+        assert_eq!(off(7), 4);
+        assert_eq!(off(8), 0, "9 ms is less than a period");
+        assert_eq!(p.samples.iter().filter(|s| !s.off_cpu).count(), 1);
+        assert!(p.samples.iter().all(|s| s.time_ns <= 60_000_000));
     }
 }

@@ -90,6 +90,9 @@ pub struct Sample {
     pub time_ns: u64,
     pub tid: u32,
     pub stack: StackId,
+    /// The thread was off CPU (blocked or waiting for a CPU): a sample of
+    /// its off-CPU time, one per sampling period it spent there.
+    pub off_cpu: bool,
 }
 
 /// A recorded CPU profile.
@@ -147,6 +150,21 @@ impl Profile {
 
     /// Records one sample; `thread_name` updates the thread's name (threads rename themselves).
     pub fn add_sample(&mut self, time_ns: u64, tid: u32, thread_name: &str, stack: StackId) {
+        self.add(time_ns, tid, thread_name, stack, false);
+    }
+
+    /// Records one sampling period the thread spent off CPU in `stack`.
+    pub fn add_off_cpu_sample(
+        &mut self,
+        time_ns: u64,
+        tid: u32,
+        thread_name: &str,
+        stack: StackId,
+    ) {
+        self.add(time_ns, tid, thread_name, stack, true);
+    }
+
+    fn add(&mut self, time_ns: u64, tid: u32, thread_name: &str, stack: StackId, off_cpu: bool) {
         let thread = self.threads.entry(tid).or_insert_with(|| ThreadInfo {
             tid,
             name: String::new(),
@@ -160,6 +178,7 @@ impl Profile {
             time_ns,
             tid,
             stack,
+            off_cpu,
         });
     }
 
@@ -181,6 +200,16 @@ impl Profile {
             .get(&tid)
             .map(|t| t.name.as_str())
             .unwrap_or("")
+    }
+
+    /// The sampling period: what one sample stands for, nanoseconds.
+    pub fn period_ns(&self) -> u64 {
+        1_000_000_000 / self.frequency_hz.max(1)
+    }
+
+    /// Whether any sample is of off-CPU time.
+    pub fn has_off_cpu(&self) -> bool {
+        self.samples.iter().any(|s| s.off_cpu)
     }
 
     /// Wall-clock span of the recording in nanoseconds.

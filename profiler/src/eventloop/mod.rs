@@ -1,0 +1,375 @@
+//! Event-loop turns, measured from outside: a thread running an event loop
+//! (node's main thread, each Worker's) waits in `epoll_wait` between turns,
+//! so a turn is the time from one return of `epoll_wait` to the next call.
+//! Tracepoints on that syscall give every turn's bounds without a uprobe
+//! trap; the samples of the same interval say what ran. `record` reports it,
+//! and `watch` thresholds use it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+use std::time::Duration;
+
+use nodeprof_common::{ThreadEvent, EVENT_LOOP_ENTER, EVENT_LOOP_EXIT};
+use serde::Serialize;
+
+use crate::output::{frame_label, Report};
+use crate::profile::{FrameKind, Profile};
+
+/// One turn of an event loop, CLOCK_MONOTONIC ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Turn {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Still running when the window ended (the loop may be stuck in it).
+    pub ongoing: bool,
+}
+
+impl Turn {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+/// The turns of one thread's event loop within a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThreadLoop {
+    pub tid: u32,
+    pub turns: Vec<Turn>,
+    /// Share of the window spent in turns (not waiting in `epoll_wait`), 0–1.
+    pub utilization: f64,
+}
+
+/// Cuts each thread's `epoll_wait` entries and exits into turns within the
+/// window `[start_ns, end_ns]`. A thread with no event in the window is not
+/// listed: it either waited or ran the whole time, which the events cannot
+/// tell apart (see [`stuck_in_turn`]).
+pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLoop> {
+    let mut by_tid: BTreeMap<u32, Vec<&ThreadEvent>> = BTreeMap::new();
+    for e in events {
+        if (e.kind == EVENT_LOOP_ENTER || e.kind == EVENT_LOOP_EXIT)
+            && (start_ns..=end_ns).contains(&e.time_ns)
+        {
+            by_tid.entry(e.tid).or_default().push(e);
+        }
+    }
+    let window = end_ns.saturating_sub(start_ns).max(1);
+    by_tid
+        .into_iter()
+        .map(|(tid, mut events)| {
+            events.sort_by_key(|e| e.time_ns);
+            let mut turns = Vec::new();
+            // Before the first event the thread was in a turn if that event
+            // is an entry into epoll_wait.
+            let mut turn_start = (events[0].kind == EVENT_LOOP_ENTER).then_some(start_ns);
+            for e in events {
+                match e.kind {
+                    EVENT_LOOP_EXIT => turn_start = Some(e.time_ns),
+                    _ => {
+                        if let Some(start) = turn_start.take() {
+                            turns.push(Turn {
+                                start_ns: start,
+                                end_ns: e.time_ns,
+                                ongoing: false,
+                            });
+                        }
+                    }
+                }
+            }
+            if let Some(start) = turn_start {
+                turns.push(Turn {
+                    start_ns: start,
+                    end_ns,
+                    ongoing: true,
+                });
+            }
+            let busy: u64 = turns.iter().map(Turn::duration_ns).sum();
+            ThreadLoop {
+                tid,
+                turns,
+                utilization: busy as f64 / window as f64,
+            }
+        })
+        .collect()
+}
+
+/// Whether a thread is outside `epoll_wait` now, by the system call it is
+/// in (`/proc/PID/task/TID/syscall`): for an event-loop thread with no turn
+/// boundary in a window, that means one turn spanned it.
+pub fn stuck_in_turn(pid: u32, tid: u32) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let first = text.split_whitespace().next()?;
+    // "running" when on CPU: not waiting.
+    let Ok(nr) = first.parse::<i64>() else {
+        return Some(true);
+    };
+    // x86-64: epoll_wait, epoll_pwait, epoll_pwait2.
+    Some(!matches!(nr, 232 | 281 | 441))
+}
+
+/// A turn longer than the threshold and what ran in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LongTurn {
+    /// Seconds from the start of the recording.
+    pub at_s: f64,
+    pub duration_ms: f64,
+    pub ongoing: bool,
+    /// The JS functions most of the turn's samples were in, outermost first
+    /// (`handleRequest → JSON.parse`); empty when no sample fell in it.
+    pub running: String,
+    /// Of the turn's samples, how many were off CPU (blocked).
+    pub off_cpu_samples: usize,
+    pub samples: usize,
+}
+
+/// One event loop's figures for the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoopSummary {
+    pub tid: u32,
+    pub thread: String,
+    pub turns: usize,
+    pub utilization: f64,
+    pub threshold_ms: f64,
+    /// Turns over the threshold, longest first.
+    pub long_turns: Vec<LongTurn>,
+}
+
+/// Every event loop of a recording.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoopReport {
+    pub loops: Vec<LoopSummary>,
+}
+
+impl LoopReport {
+    /// Puts names on the turns of `loops` over `threshold` from the samples
+    /// of `profile` taken in them.
+    pub fn of(loops: &[ThreadLoop], profile: &Profile, threshold: Duration) -> LoopReport {
+        let threshold_ns = threshold.as_nanos() as u64;
+        let mut samples_by_tid: HashMap<u32, Vec<&crate::profile::Sample>> = HashMap::new();
+        for s in &profile.samples {
+            samples_by_tid.entry(s.tid).or_default().push(s);
+        }
+        for samples in samples_by_tid.values_mut() {
+            samples.sort_by_key(|s| s.time_ns);
+        }
+        let loops = loops
+            .iter()
+            .map(|l| {
+                let samples = samples_by_tid.get(&l.tid).map_or(&[][..], Vec::as_slice);
+                let mut long_turns: Vec<LongTurn> = l
+                    .turns
+                    .iter()
+                    .filter(|t| t.duration_ns() > threshold_ns)
+                    .map(|t| long_turn(t, samples, profile))
+                    .collect();
+                long_turns.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
+                LoopSummary {
+                    tid: l.tid,
+                    thread: thread_label(profile, l.tid),
+                    turns: l.turns.len(),
+                    utilization: l.utilization,
+                    threshold_ms: threshold.as_secs_f64() * 1e3,
+                    long_turns,
+                }
+            })
+            .collect();
+        LoopReport { loops }
+    }
+}
+
+fn thread_label(profile: &Profile, tid: u32) -> String {
+    if tid == profile.pid {
+        "main thread".into()
+    } else {
+        format!("thread {tid} ({})", profile.thread_name(tid))
+    }
+}
+
+fn long_turn(turn: &Turn, samples: &[&crate::profile::Sample], profile: &Profile) -> LongTurn {
+    let from = samples.partition_point(|s| s.time_ns < turn.start_ns);
+    let to = samples.partition_point(|s| s.time_ns <= turn.end_ns);
+    let inside = &samples[from..to];
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for s in inside {
+        *counts.entry(js_path(profile, s.stack)).or_default() += 1;
+    }
+    let running = counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .map(|(path, _)| path)
+        .unwrap_or_default();
+    LongTurn {
+        at_s: turn.start_ns.saturating_sub(profile.start_ns) as f64 / 1e9,
+        duration_ms: turn.duration_ns() as f64 / 1e6,
+        ongoing: turn.ongoing,
+        running,
+        off_cpu_samples: inside.iter().filter(|s| s.off_cpu).count(),
+        samples: inside.len(),
+    }
+}
+
+/// The innermost two JS functions of a stack, `caller → callee`, or the
+/// innermost frame when it has no JS.
+fn js_path(profile: &Profile, stack: crate::profile::StackId) -> String {
+    let frames = profile.stack(stack);
+    let js: Vec<&str> = frames
+        .iter()
+        .map(|&f| profile.frame(f))
+        .filter(|f| f.kind == FrameKind::Js)
+        .map(|f| f.name.as_str())
+        .collect();
+    match js.len() {
+        0 => frames
+            .last()
+            .map(|&f| frame_label(profile.frame(f)))
+            .unwrap_or_default(),
+        1 => js[0].to_string(),
+        n => format!("{} → {}", js[n - 2], js[n - 1]),
+    }
+}
+
+impl Report for LoopReport {
+    fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for l in &self.loops {
+            write!(
+                out,
+                "event loop ({}): {:.0} % busy, {} turns",
+                l.thread,
+                l.utilization * 100.0,
+                l.turns
+            )?;
+            let Some(longest) = l.long_turns.first() else {
+                writeln!(out, "; none over {:.0} ms", l.threshold_ms)?;
+                continue;
+            };
+            writeln!(
+                out,
+                "; {} over {:.0} ms, longest {}{}",
+                l.long_turns.len(),
+                l.threshold_ms,
+                duration_text(longest.duration_ms),
+                blame(longest)
+            )?;
+            for t in &l.long_turns {
+                writeln!(
+                    out,
+                    "  {:>8.3}s  {:>9}{}",
+                    t.at_s,
+                    duration_text(t.duration_ms),
+                    blame(t)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn duration_text(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+fn blame(t: &LongTurn) -> String {
+    let mut text = String::new();
+    if !t.running.is_empty() {
+        text.push_str(" in ");
+        text.push_str(&t.running);
+    }
+    if t.samples > 0 && t.off_cpu_samples * 2 > t.samples {
+        text.push_str(" (blocked off CPU)");
+    } else if t.samples == 0 {
+        text.push_str(" (no sample: off CPU? `record --wall` shows where)");
+    }
+    if t.ongoing {
+        text.push_str(" (still running at the end)");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(tid: u32, time_ns: u64, kind: u32) -> ThreadEvent {
+        ThreadEvent {
+            time_ns,
+            start_ns: 0,
+            tgid: 1,
+            tid,
+            kind,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn turns_run_from_an_exit_to_the_next_entry() {
+        let events = [
+            event(1, 100, EVENT_LOOP_ENTER), // a turn ran since the start
+            event(1, 300, EVENT_LOOP_EXIT),
+            event(1, 500, EVENT_LOOP_ENTER),
+            event(1, 900, EVENT_LOOP_EXIT), // still in a turn at the end
+            event(2, 200, EVENT_LOOP_EXIT),
+            event(2, 250, EVENT_LOOP_ENTER),
+            event(2, 5000, EVENT_LOOP_EXIT), // outside the window
+        ];
+        let loops = turns(&events, 0, 1000);
+        assert_eq!(loops.len(), 2);
+        let spans: Vec<(u64, u64, bool)> = loops[0]
+            .turns
+            .iter()
+            .map(|t| (t.start_ns, t.end_ns, t.ongoing))
+            .collect();
+        assert_eq!(
+            spans,
+            [(0, 100, false), (300, 500, false), (900, 1000, true)]
+        );
+        assert!((loops[0].utilization - 0.4).abs() < 1e-9);
+        assert_eq!(loops[1].turns.len(), 1);
+        assert!((loops[1].utilization - 0.05).abs() < 1e-9);
+    }
+
+    #[test]
+    fn long_turns_name_what_ran() {
+        use crate::profile::{Frame, ProfileBuilder};
+        let js = |name: &str| Frame {
+            line: Some(1),
+            column: Some(0),
+            ..Frame::new(FrameKind::Js, name, "file:///app.js")
+        };
+        let mut b = ProfileBuilder::new(1, 100, 0, &[]);
+        b.add_stack(vec![js("main"), js("handleRequest"), js("parse")]);
+        b.add_stack(vec![js("main"), js("idle")]);
+        for i in 0..30 {
+            b.add_sample(1_000_000_000 + i * 10_000_000, 1, "node", 0);
+        }
+        b.add_sample(1_200_000_000, 1, "node", 1);
+        let profile = b.finish(3_000_000_000, 0);
+        let loops = turns(
+            &[
+                event(1, 1_000_000_000, EVENT_LOOP_EXIT),
+                event(1, 1_310_000_000, EVENT_LOOP_ENTER),
+                event(1, 2_000_000_000, EVENT_LOOP_EXIT),
+                event(1, 2_050_000_000, EVENT_LOOP_ENTER),
+            ],
+            0,
+            3_000_000_000,
+        );
+        let report = LoopReport::of(&loops, &profile, Duration::from_millis(100));
+        let l = &report.loops[0];
+        assert_eq!(
+            l.long_turns.len(),
+            1,
+            "the 50 ms turn is under the threshold"
+        );
+        let t = &l.long_turns[0];
+        assert!((t.duration_ms - 310.0).abs() < 1e-6);
+        assert_eq!(t.running, "handleRequest → parse");
+        let text = report.to_text();
+        assert!(
+            text.contains("1 over 100 ms, longest 310 ms in handleRequest → parse"),
+            "{text}"
+        );
+    }
+}

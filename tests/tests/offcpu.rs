@@ -1,0 +1,203 @@
+//! `record --off-cpu` / `--wall` and the event-loop report, against real
+//! node processes (as root).
+
+use std::time::Duration;
+
+use nodeprof_tests::*;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+const READY: Duration = Duration::from_secs(20);
+
+/// Samples of `thread` whose stack has a frame containing any of `needles`.
+fn samples_with(out: &Outputs, thread: &str, needles: &[&str]) -> u64 {
+    out.folded
+        .iter()
+        .filter(|s| s.thread == thread)
+        .filter(|s| {
+            s.frames
+                .iter()
+                .any(|f| needles.iter().any(|n| f.contains(n)))
+        })
+        .map(|s| s.count)
+        .sum()
+}
+
+fn thread_samples(out: &Outputs, thread: &str) -> u64 {
+    out.folded
+        .iter()
+        .filter(|s| s.thread == thread)
+        .map(|s| s.count)
+        .sum()
+}
+
+/// The main thread alternates 50 ms of CPU with 150 ms in `readFileSync` on
+/// a FIFO. With `--wall` its samples add up to the wall-clock time, and the
+/// time blocked opening the FIFO is three quarters of it.
+#[test]
+fn wall_time_of_a_thread_that_blocks_adds_up() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let node = node_major(24);
+    let target = Proc::node(
+        &node,
+        &[],
+        "offcpu/alternate.js",
+        &[dir.path().to_str().unwrap()],
+        dir.path(),
+    );
+    target.wait_for_line("ready", READY);
+    let prefix = dir.path().join("wall");
+    let run = run_nodeprof(
+        &record_args(target.pid, &prefix, &["-d", "4", "--wall"]),
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    let out = Outputs::load(&prefix);
+    let main = thread_samples(&out, "MainThread") as f64;
+    let expected = 4.0 * 99.0;
+    assert!(
+        (main - expected).abs() <= expected * 0.1,
+        "main thread: {main} samples in 4 s at 99 Hz (wall time adds up to ~{expected})\n{}",
+        out.folded_excerpt()
+    );
+    // Blocked in open(2) of the FIFO until the worker opens it for writing.
+    let blocked = samples_with(&out, "MainThread", &["fifo_open", "wait_for_partner"]) as f64;
+    let share = blocked / main;
+    assert!(
+        (share - 0.75).abs() <= 0.05,
+        "blocked share {share:.3} (expected 0.75 ± 0.05)\n{}",
+        out.folded_excerpt()
+    );
+    let spinning = samples_with(&out, "MainThread", &["spinFor"]);
+    assert!(
+        spinning > 0,
+        "no sample in spinFor\n{}",
+        out.folded_excerpt()
+    );
+    assert!(
+        run.stdout.contains("Off-CPU samples:") && run.stdout.contains("% on CPU"),
+        "{}",
+        run.stdout
+    );
+    assert!(target.is_running(), "the target died");
+}
+
+/// `--off-cpu` alone: only the time off CPU, none of the spinning.
+#[test]
+fn off_cpu_shows_only_the_waiting() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let node = node_major(24);
+    let target = Proc::node(
+        &node,
+        &[],
+        "offcpu/alternate.js",
+        &[dir.path().to_str().unwrap()],
+        dir.path(),
+    );
+    target.wait_for_line("ready", READY);
+    let prefix = dir.path().join("off");
+    let run = run_nodeprof(
+        &record_args(target.pid, &prefix, &["-d", "3", "--off-cpu"]),
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    let out = Outputs::load(&prefix);
+    let main = thread_samples(&out, "MainThread") as f64;
+    let blocked = samples_with(&out, "MainThread", &["fifo_open", "wait_for_partner"]) as f64;
+    // 75 % of 3 s blocked, plus whatever time the spinning waited for a CPU.
+    assert!(
+        blocked >= 0.7 * 3.0 * 99.0 && main <= 3.0 * 99.0 * 1.05,
+        "{blocked} blocked of {main} off-CPU samples\n{}",
+        out.folded_excerpt()
+    );
+    // Every sample is off CPU: its stack ends in the scheduler.
+    for s in out.folded.iter().filter(|s| s.thread == "MainThread") {
+        assert!(
+            s.frames.iter().any(|f| f.starts_with("__schedule")),
+            "an on-CPU stack in --off-cpu: {:?}",
+            s.frames
+        );
+    }
+}
+
+fn record_loop(fixture_arg: &str) -> (Run, f64) {
+    let dir = scratch_dir();
+    let node = node_major(22);
+    let target = Proc::node(&node, &[], "offcpu/loop.js", &[fixture_arg], dir.path());
+    target.wait_for_line("ready", READY);
+    let prefix = dir.path().join("loop");
+    let start = monotonic_us();
+    let run = run_nodeprof(
+        &record_args(target.pid, &prefix, &["-d", "3.5"]),
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    let seconds = (monotonic_us() - start) as f64 / 1e6;
+    run.assert_success();
+    assert!(target.is_running());
+    (run, seconds)
+}
+
+/// Once a second a timer spins 300 ms: each such turn is found, measured
+/// within 10 %, and named.
+#[test]
+fn event_loop_turns_that_block_are_found_and_named() {
+    let _serial = serial();
+    let (run, _) = record_loop("blocking");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("event loop (main thread)"))
+        .unwrap_or_else(|| panic!("no event-loop line:\n{}", run.stdout));
+    let turns: Vec<f64> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("event loop (main thread)"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let ms = l.split_whitespace().nth(1).unwrap();
+            assert!(l.contains("in blockTheLoop"), "turn not named: {l}");
+            ms.parse::<f64>().unwrap()
+        })
+        .collect();
+    // 3.5 s holds three or four of the once-a-second turns; one cut by the
+    // window's edges may be shorter than the threshold or partial.
+    assert!(
+        (3..=4).contains(&turns.len()),
+        "{} long turns:\n{}",
+        turns.len(),
+        run.stdout
+    );
+    let whole: Vec<f64> = turns.iter().copied().filter(|&ms| ms > 250.0).collect();
+    assert!(whole.len() >= 3, "{turns:?}");
+    for ms in whole {
+        assert!(
+            (ms - 300.0).abs() <= 30.0,
+            "a 300 ms turn measured {ms} ms: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_steady_event_loop_reports_no_long_turn() {
+    let _serial = serial();
+    let (run, _) = record_loop("steady");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("event loop (main thread)"))
+        .unwrap_or_else(|| panic!("no event-loop line:\n{}", run.stdout));
+    assert!(line.contains("none over 100 ms"), "{line}");
+    // 10 ms timers: about 350 turns in 3.5 s.
+    let turns: u64 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no turn count: {line}"));
+    assert!(turns >= 200, "{line}");
+}
