@@ -404,6 +404,8 @@ impl Intake<'_> {
             self.exec(&found.exe, is_v8, probe);
         }
         let before = self.collection.user_frames.len();
+        self.collection
+            .set_v8_code(self.symbolizer.v8_code_ranges());
         collector.drain(self.collection);
         self.symbolizer
             .observe(&self.collection.user_frames[before..]);

@@ -42,6 +42,11 @@ pub struct Collection {
     user_frame_ids: HashMap<UserFrame, u32>,
     pub thread_names: Vec<String>,
     thread_name_ids: HashMap<Vec<u8>, u32>,
+    /// Address ranges of V8's code (JIT and builtins), sorted: the word at
+    /// the stack pointer becomes a frame only when it points there and the
+    /// sampled pc does not (otherwise every sample would carry a different
+    /// data word and no two stacks would be alike).
+    v8_code: Vec<(u64, u64)>,
 }
 
 impl Collection {
@@ -53,7 +58,7 @@ impl Collection {
         // pc is outside V8 code.
         let tos = walked
             .first()
-            .filter(|f| f.sfi != 0 && record.user_tos != 0)
+            .filter(|f| f.sfi != 0 && self.in_v8_code(record.user_tos) && !self.in_v8_code(f.pc))
             .map(|f| UserFrame {
                 pc: record.user_tos,
                 frame_marker: TOS_FRAME_MARKER,
@@ -106,6 +111,18 @@ impl Collection {
     }
 
     /// The user frames of a stack, innermost first.
+    /// Where V8's code is now (see [`Collection::push`]); the symbolizer
+    /// knows it from the target's mappings.
+    pub fn set_v8_code(&mut self, mut ranges: Vec<(u64, u64)>) {
+        ranges.sort_unstable();
+        self.v8_code = ranges;
+    }
+
+    fn in_v8_code(&self, addr: u64) -> bool {
+        let i = self.v8_code.partition_point(|&(start, _)| start <= addr);
+        i > 0 && addr < self.v8_code[i - 1].1
+    }
+
     pub fn user_frames_of<'a>(
         &'a self,
         stack: &'a RawStack,
@@ -252,12 +269,27 @@ mod tests {
     #[test]
     fn the_stack_top_word_follows_a_js_leaf_frame() {
         let mut c = Collection::default();
+        c.set_v8_code(vec![(0x70, 0x80)]);
         let mut r = record(1, b"node", &[1, 2, 3]);
         r.user_tos = 0x77;
         // Frame 0 is no JS frame: the word is not used.
         c.push(&r);
         r.user_stack[0].sfi = 0x51;
         c.push(&r);
+        // A word outside V8's code, or a sampled pc inside it: not used.
+        r.user_tos = 0x99;
+        c.push(&r);
+        r.user_tos = 0x77;
+        r.user_stack[0].pc = 0x71;
+        c.push(&r);
+        let has_word = |i: usize| {
+            c.user_frames_of(&c.stacks[c.samples[i].stack as usize])
+                .any(|f| f.frame_marker == TOS_FRAME_MARKER)
+        };
+        assert_eq!(
+            (0..4).map(has_word).collect::<Vec<_>>(),
+            [false, true, false, false]
+        );
         let walked = |i: usize| -> Vec<(u64, u64, u64)> {
             c.user_frames_of(&c.stacks[c.samples[i].stack as usize])
                 .map(|f| (f.pc, f.sfi, f.frame_marker))

@@ -224,6 +224,32 @@ impl Symbolizer {
         self.mapping(pc).is_none() || self.is_mapped_v8_code(pc)
     }
 
+    /// Address ranges of V8's code among the mappings seen: anonymous
+    /// executable memory (JIT) and the builtins blob in the executable.
+    pub fn v8_code_ranges(&self) -> Vec<(u64, u64)> {
+        let blob = self.js.as_ref().and_then(JsNaming::embedded_blob);
+        let exe = self
+            .exe
+            .as_deref()
+            .map(|e| e.trim_end_matches(" (deleted)"));
+        self.mappings
+            .iter()
+            .filter_map(|(m, _)| {
+                if m.path.is_empty() {
+                    return Some((m.start, m.end));
+                }
+                let blob = blob?;
+                if Some(m.path.trim_end_matches(" (deleted)")) != exe {
+                    return None;
+                }
+                // The part of this mapping that holds the blob.
+                let start = blob.file_offset.max(m.offset);
+                let end = (blob.file_offset + blob.size).min(m.offset + (m.end - m.start));
+                (start < end).then(|| (m.start + start - m.offset, m.start + end - m.offset))
+            })
+            .collect()
+    }
+
     /// [`Symbolizer::is_v8_code`] among the mappings seen: a word from the
     /// stack (see [`TOS_FRAME_MARKER`]) may point anywhere.
     fn is_mapped_v8_code(&self, pc: u64) -> bool {
