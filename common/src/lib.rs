@@ -144,6 +144,11 @@ pub struct SampleRecord {
     /// For an off-CPU stack: the task state it left in (`sched_switch`'s
     /// `prev_state`: 0 preempted, 1 sleeping, 2 uninterruptible…).
     pub state: u16,
+    /// The word at the user stack pointer when the first frame of the walk
+    /// is a JS frame, else 0: the return address into JS code when the
+    /// interrupted function is a leaf without a frame of its own (V8's
+    /// `ieee754::sin`…), whose caller the frame-pointer walk cannot see.
+    pub user_tos: u64,
     /// Thread name (`comm`), NUL padded.
     pub comm: [u8; COMM_LEN],
     /// Kernel instruction pointers, innermost first.

@@ -128,6 +128,7 @@ pub(crate) unsafe fn fill_record(
             0
         };
         let config = V8_CONFIGS.get(&tgid);
+        (*record).user_tos = 0;
         (*record).user_frames = match regs {
             Some((pc, fp, sp)) => {
                 // A thread leaving the CPU mostly sits in a libc syscall
@@ -137,7 +138,13 @@ pub(crate) unsafe fn fill_record(
                 } else {
                     fp
                 };
-                walk_user_stack(pc, fp, config, &mut (*record).user_stack)
+                let n = walk_user_stack(pc, fp, config, &mut (*record).user_stack);
+                // One read, only when fp is a JS frame's: the interrupted
+                // code may be a frameless leaf called from it.
+                if n > 0 && (*record).user_stack[0].sfi != 0 {
+                    (*record).user_tos = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+                }
+                n
             }
             None => 0,
         };

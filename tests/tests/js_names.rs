@@ -514,13 +514,24 @@ fn start_names(node: &Path, node_options: &[&str], dir: &Path, worker: bool) -> 
 /// with SIGINT. The target stays alive until [`finish_names`] or until it
 /// is dropped (killed).
 fn record_attached(target: &Proc, go: &Path, dir: &Path, name: &str) -> (Run, Outputs, Profile) {
+    record_attached_at(target, go, dir, name, "999")
+}
+
+/// [`record_attached`] at `hz` samples per second.
+fn record_attached_at(
+    target: &Proc,
+    go: &Path,
+    dir: &Path,
+    name: &str,
+    hz: &str,
+) -> (Run, Outputs, Profile) {
     target.wait_for_line("ready", READY_TIMEOUT);
     let prefix = dir.join(name);
     let np = spawn_nodeprof(
         &record_args(
             target.pid,
             &prefix,
-            &["-F", "999", "--format", "cpuprofile,folded"],
+            &["-F", hz, "--format", "cpuprofile,folded"],
         ),
         dir,
     );
@@ -1421,4 +1432,231 @@ fn worker_frames_keep_names_after_the_worker_exits() {
          {per_thread:?}\nfolded:\n{}",
         out.folded_excerpt()
     );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Inlined functions and code without a URL, on the very process that
+//    `node --cpu-prof` profiles
+
+/// Tolerance on a function's share of the JS samples when both profilers
+/// watch the same process, percentage points.
+const SAME_PROCESS_TOLERANCE_PP: f64 = 2.0;
+/// Rounds of inlined.js (≈ 4 ms of CPU each).
+const INLINED_ROUNDS: &str = "1000";
+/// Both profilers sample at 4 kHz: with ≈ 18,000 samples each, the share of
+/// a function that holds 30 % differs between two independent samplers by
+/// 0.5 points (one standard deviation), well inside the tolerance.
+const INLINED_NODE_INTERVAL_US: &str = "250";
+const INLINED_HZ: &str = "3999";
+
+/// The functions of inlined.js: the helpers TurboFan inlines into
+/// `driveInlined` (see the fixture), and the two functions compiled from
+/// strings (no URL; `new Function` names its function `anonymous`).
+const INLINED: &[Expect] = &[
+    Expect {
+        name: "driveInlined",
+        file: "js/inlined.js",
+        marker: "function driveInlined(",
+    },
+    Expect {
+        name: "outerMix",
+        file: "js/inlined.js",
+        marker: "function outerMix(",
+    },
+    Expect {
+        name: "midFind",
+        file: "js/inlined.js",
+        marker: "function midFind(",
+    },
+    Expect {
+        name: "leafSin",
+        file: "js/inlined.js",
+        marker: "function leafSin(",
+    },
+];
+
+/// `scriptId` per JS function of a profile's call frames.
+fn script_ids(p: &Profile) -> BTreeMap<JsFn, String> {
+    p.nodes
+        .values()
+        .filter(|(cf, _)| is_js(cf))
+        .map(|(cf, _)| {
+            (
+                js_fn(cf),
+                cf["scriptId"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// inlined.js runs under `node --cpu-prof`, and nodeprof attaches to that
+/// same process for the phases: every function's share of the JS samples
+/// (innermost JS frame, native leaves counted for their JS caller) agrees
+/// within 2 points — the inlined helpers included, which `--cpu-prof`
+/// expands and which hold most of the time; each inlined helper appears
+/// under its caller chain (driveInlined → outerMix → midFind → leafSin); and every
+/// JS function has node's script id, `new Function` and eval code included
+/// (no URL, but a script of their own, not "0").
+fn check_inlined(major: u32) {
+    let _lock = serial();
+    let started = Instant::now();
+    let node = node_major(major);
+    let dir = scratch_dir();
+    let prof_dir = dir.path().join("cpu-prof");
+    let go = dir.path().join("inlined.go");
+    let prof_arg = s(prof_dir.display());
+    let go_arg = s(go.display());
+    let target = Proc::node(
+        &node,
+        &[
+            "--cpu-prof",
+            "--cpu-prof-interval",
+            INLINED_NODE_INTERVAL_US,
+            "--cpu-prof-dir",
+            &prof_arg,
+        ],
+        "js/inlined.js",
+        &[INLINED_ROUNDS, &go_arg],
+        dir.path(),
+    );
+    let (_run, out, np) = record_attached_at(&target, &go, dir.path(), "inlined", INLINED_HZ);
+    finish_names(target, &go);
+    let gt: Vec<Profile> = fs::read_dir(&prof_dir)
+        .expect("node --cpu-prof wrote its directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cpuprofile"))
+        .map(|f| {
+            let text = fs::read_to_string(f).expect("read node's cpuprofile");
+            Profile::new(&serde_json::from_str(&text).expect("node's cpuprofile is JSON"))
+        })
+        .collect();
+    assert_eq!(
+        gt.len(),
+        1,
+        "node {major}: one thread, one --cpu-prof profile"
+    );
+    let expected: Vec<JsFn> = INLINED
+        .iter()
+        .map(|e| e.in_ground_truth(major, &gt))
+        .collect();
+    let gt_attr = Attribution::of(&[&gt[0]]);
+    let np_attr = Attribution::of(&[&np]);
+    let mut failures = Vec::new();
+
+    // The fixture does what it says: node itself charges the helpers.
+    let helpers: f64 = expected[1..].iter().map(|f| gt_attr.share(f)).sum();
+    if helpers < 10.0 {
+        failures.push(format!(
+            "node --cpu-prof gives the inlined helpers only {helpers:.1}% of the JS samples: \
+             the fixture no longer exercises inlining"
+        ));
+    }
+    if np_attr.js_total < 5000 || gt_attr.js_total < 5000 {
+        failures.push(format!(
+            "too few JS samples for 2 points: nodeprof {}, node --cpu-prof {}",
+            np_attr.js_total, gt_attr.js_total
+        ));
+    }
+    let candidates: BTreeSet<&JsFn> = gt_attr.per_fn.keys().chain(np_attr.per_fn.keys()).collect();
+    let mut table = Vec::new();
+    for f in candidates {
+        let (a, b) = (gt_attr.share(f), np_attr.share(f));
+        if a.max(b) < 0.5 {
+            continue;
+        }
+        let ok = (a - b).abs() <= SAME_PROCESS_TOLERANCE_PP;
+        table.push(format!(
+            "  {f}: node --cpu-prof {a:.1}%, nodeprof {b:.1}% {}",
+            if ok { "ok" } else { "DIFFERS" }
+        ));
+        if !ok {
+            failures.push(format!(
+                "{f}: nodeprof {b:.1}% vs node --cpu-prof {a:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
+            ));
+        }
+    }
+
+    // leafSin, inlined, sits under midFind, outerMix and driveInlined.
+    let chain: Vec<&JsFn> = expected.iter().rev().collect();
+    let nested = np.samples.iter().any(|&id| {
+        let js: Vec<JsFn> = np.stack(id).into_iter().filter_map(|(_, f)| f).collect();
+        js.len() >= 4 && js[..4].iter().zip(&chain).all(|(a, b)| a == *b)
+    });
+    if !nested {
+        failures.push(
+            "no nodeprof sample has leafSin ← midFind ← outerMix ← driveInlined as its innermost JS frames"
+                .to_string(),
+        );
+    }
+
+    // Script ids: node's, for every function both profiles name.
+    let (gt_ids, np_ids) = (script_ids(&gt[0]), script_ids(&np));
+    let mut without_url = 0;
+    for (f, id) in &np_ids {
+        if let Some(want) = gt_ids.get(f) {
+            if id != want {
+                failures.push(format!("{f}: scriptId {id}, node --cpu-prof says {want}"));
+            }
+        }
+        if f.url.is_empty() && np_attr.share(f) > 5.0 {
+            without_url += 1;
+            if id == "0" || !gt_ids.contains_key(f) {
+                failures.push(format!(
+                    "{f} (no URL): scriptId {id}; node --cpu-prof: {:?}",
+                    gt_ids.get(f)
+                ));
+            }
+        }
+    }
+    if without_url != 2 {
+        failures.push(format!(
+            "expected the `new Function` and eval functions among nodeprof's hot JS functions \
+             without URL, found {without_url}"
+        ));
+    }
+    let context = format!(
+        "shares:\n{}\n\nnode --cpu-prof ({} JS of {} samples):\n{}\n\nnodeprof ({} JS of {} samples):\n{}\n\nfolded:\n{}",
+        table.join("\n"),
+        gt_attr.js_total,
+        gt_attr.total,
+        gt_attr.top(10),
+        np_attr.js_total,
+        np_attr.total,
+        np_attr.top(10),
+        out.folded_excerpt()
+    );
+    fail_if_any(major, "inlined.js, same process", failures, context);
+    eprintln!(
+        "node {major}: same process as --cpu-prof ({} / {} JS samples):\n{}\n({:.1} s)",
+        gt_attr.js_total,
+        np_attr.js_total,
+        table.join("\n"),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn inlined_and_eval_same_process_node18() {
+    check_inlined(18);
+}
+
+#[test]
+fn inlined_and_eval_same_process_node20() {
+    check_inlined(20);
+}
+
+#[test]
+fn inlined_and_eval_same_process_node22() {
+    check_inlined(22);
+}
+
+#[test]
+fn inlined_and_eval_same_process_node24() {
+    check_inlined(24);
+}
+
+#[test]
+fn inlined_and_eval_same_process_node26() {
+    check_inlined(26);
 }

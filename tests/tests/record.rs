@@ -268,10 +268,11 @@ fn attach_by_pid_names_native_frames_and_outputs_agree() {
         out.function_names().iter().any(|f| is_node_start(f)),
         "no node::Start node in the cpuprofile"
     );
-    let main = out.samples_per_thread().get("node").copied().unwrap_or(0);
+    // node 20 names every thread `node`: nodeprof names the main thread by its role.
+    let main = out.samples_per_thread().get("main").copied().unwrap_or(0);
     assert!(
         main * 10 >= n * 9,
-        "only {main}/{n} samples on threads named node: {:?}",
+        "only {main}/{n} samples on the thread named main: {:?}",
         out.samples_per_thread()
     );
 }
@@ -457,7 +458,8 @@ fn worker_thread_appears_with_its_name_on_node_24() {
 }
 
 /// Test 3b: node 20 calls every thread `node`; the Worker still appears as a
-/// thread of its own (`[node TID]` under the root, TID ≠ pid).
+/// thread of its own, named by its role (`[worker 1 TID]` under the root,
+/// TID ≠ pid).
 #[test]
 fn worker_thread_appears_as_second_thread_on_node_20() {
     let _lock = serial();
@@ -471,7 +473,7 @@ fn worker_thread_appears_as_second_thread_on_node_20() {
     run.assert_success();
     let worker_tid = busiest_other_thread(target.pid, &cpus);
     let out = Outputs::load(&prefix);
-    let thread_node = format!("[node {worker_tid}]");
+    let thread_node = format!("[worker 1 {worker_tid}]");
     let worker = out.samples_under_root_child(&thread_node);
     assert!(
         worker >= 20,
@@ -494,8 +496,16 @@ fn worker_thread_appears_as_second_thread_on_node_20() {
     check_thread_samples(main, cpus[&target.pid], &out, 99, "main thread");
     assert!(
         !out.root_children()
-            .contains(&format!("[node {}]", target.pid)),
-        "the main thread got a thread node"
+            .iter()
+            .any(|c| Outputs::is_thread_node(c) && c.ends_with(&format!(" {}]", target.pid))),
+        "the main thread got a thread node: {:?}",
+        out.root_children()
+    );
+    assert!(
+        out.samples_per_thread().contains_key("worker 1")
+            && out.samples_per_thread().contains_key("main"),
+        "threads not named by role in the folded file: {:?}",
+        out.samples_per_thread()
     );
     let threads = run.summary_field("Threads sampled");
     let count: u32 = threads

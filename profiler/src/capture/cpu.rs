@@ -421,6 +421,8 @@ impl Intake<'_> {
             self.exec(&found.exe, is_v8, probe);
         }
         let before = self.collection.user_frames.len();
+        self.collection
+            .set_v8_code(self.symbolizer.v8_code_ranges());
         collector.drain(self.collection);
         let events_before = self.thread_events.len();
         let (pid, events) = (self.pid, &mut self.thread_events);

@@ -42,6 +42,11 @@ pub struct Collection {
     user_frame_ids: HashMap<UserFrame, u32>,
     pub thread_names: Vec<String>,
     thread_name_ids: HashMap<Vec<u8>, u32>,
+    /// Address ranges of V8's code (JIT and builtins), sorted: the word at
+    /// the stack pointer becomes a frame only when it points there and the
+    /// sampled pc does not (otherwise every sample would carry a different
+    /// data word and no two stacks would be alike).
+    v8_code: Vec<(u64, u64)>,
 }
 
 impl Collection {
@@ -75,9 +80,24 @@ impl Collection {
     }
 
     fn intern_stack(&mut self, record: &SampleRecord) -> u32 {
-        let user = record
-            .user_stack()
+        let walked = record.user_stack();
+        // The sampler's word at the stack pointer, as a possible frame of
+        // the JS function whose fp the walk started from (see
+        // TOS_FRAME_MARKER); the symbolizer keeps it only when the sampled
+        // pc is outside V8 code.
+        let tos = walked
+            .first()
+            .filter(|f| f.sfi != 0 && self.in_v8_code(record.user_tos) && !self.in_v8_code(f.pc))
+            .map(|f| UserFrame {
+                pc: record.user_tos,
+                frame_marker: TOS_FRAME_MARKER,
+                ..*f
+            });
+        let user = walked
             .iter()
+            .take(1)
+            .chain(tos.as_ref())
+            .chain(walked.iter().skip(1))
             .map(|frame| {
                 let frame = normalize_frame(frame);
                 *self.user_frame_ids.entry(frame).or_insert_with(|| {
@@ -99,6 +119,18 @@ impl Collection {
                 id
             }
         }
+    }
+
+    /// Where V8's code is now (see [`Collection::push`]); the symbolizer
+    /// knows it from the target's mappings.
+    pub fn set_v8_code(&mut self, mut ranges: Vec<(u64, u64)>) {
+        ranges.sort_unstable();
+        self.v8_code = ranges;
+    }
+
+    fn in_v8_code(&self, addr: u64) -> bool {
+        let i = self.v8_code.partition_point(|&(start, _)| start <= addr);
+        i > 0 && addr < self.v8_code[i - 1].1
     }
 
     /// The user frames of a stack, innermost first.
@@ -175,10 +207,20 @@ impl<T: aya::Pod> EventCollector<T> {
 /// Largest V8 frame-type marker (`type << 1`); V8 has about 40 frame types.
 const MAX_FRAME_MARKER: u64 = 256;
 
+/// `frame_marker` of the frame made from the word at the stack pointer
+/// (`SampleRecord::user_tos`): a return address into the JS function whose
+/// frame the walk started from, when the sampled code is a frameless leaf.
+/// V8's sampler looks there too (TickSample's `tos`). Never a real marker:
+/// those are small even numbers, and other words normalize to `u64::MAX`.
+pub const TOS_FRAME_MARKER: u64 = u64::MAX - 1;
+
 /// Keeps only what symbolization needs of a frame, so that identical stacks
 /// compare equal: the `[fp-8]` word matters only as a typed-frame marker, while
 /// Context pointers and C++ garbage would make every stack unique.
 fn normalize_frame(frame: &UserFrame) -> UserFrame {
+    if frame.frame_marker == TOS_FRAME_MARKER {
+        return *frame;
+    }
     let is_marker = frame.frame_marker & 1 == 0 && frame.frame_marker < MAX_FRAME_MARKER;
     UserFrame {
         frame_marker: if is_marker {
@@ -225,6 +267,7 @@ mod tests {
             user_frames: user.len() as u32,
             kind: 0,
             state: 0,
+            user_tos: 0,
             comm: [0; 16],
             kernel_stack: [0; MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); MAX_USER_FRAMES],
@@ -232,6 +275,47 @@ mod tests {
         r.comm[..comm.len()].copy_from_slice(comm);
         r.user_stack[..user.len()].copy_from_slice(&pcs(user));
         r
+    }
+
+    #[test]
+    fn the_stack_top_word_follows_a_js_leaf_frame() {
+        let mut c = Collection::default();
+        c.set_v8_code(vec![(0x70, 0x80)]);
+        let mut r = record(1, b"node", &[1, 2, 3]);
+        r.user_tos = 0x77;
+        // Frame 0 is no JS frame: the word is not used.
+        c.push(&r);
+        r.user_stack[0].sfi = 0x51;
+        c.push(&r);
+        // A word outside V8's code, or a sampled pc inside it: not used.
+        r.user_tos = 0x99;
+        c.push(&r);
+        r.user_tos = 0x77;
+        r.user_stack[0].pc = 0x71;
+        c.push(&r);
+        let has_word = |i: usize| {
+            c.user_frames_of(&c.stacks[c.samples[i].stack as usize])
+                .any(|f| f.frame_marker == TOS_FRAME_MARKER)
+        };
+        assert_eq!(
+            (0..4).map(has_word).collect::<Vec<_>>(),
+            [false, true, false, false]
+        );
+        let walked = |i: usize| -> Vec<(u64, u64, u64)> {
+            c.user_frames_of(&c.stacks[c.samples[i].stack as usize])
+                .map(|f| (f.pc, f.sfi, f.frame_marker))
+                .collect()
+        };
+        assert_eq!(walked(0).len(), 3);
+        assert_eq!(
+            walked(1),
+            [
+                (1, 0x51, u64::MAX),
+                (0x77, 0x51, TOS_FRAME_MARKER),
+                (2, 0, u64::MAX),
+                (3, 0, u64::MAX)
+            ]
+        );
     }
 
     #[test]

@@ -95,7 +95,10 @@ impl Tree {
             // Native module paths are not scripts: DevTools would try to load them.
             return CallFrame::meta(frame.name.clone());
         }
-        let script_id = if frame.location.is_empty() {
+        let script_id = if let Some(id) = frame.script_id {
+            // V8's own id, as `--cpu-prof` writes it.
+            id.to_string()
+        } else if frame.location.is_empty() {
             "0".to_string()
         } else {
             let next = self.script_ids.len() as u32 + 1;
@@ -438,6 +441,34 @@ mod tests {
         assert_eq!(node(&v, 4)["callFrame"]["scriptId"], "0");
         assert_eq!(node(&v, 4)["callFrame"]["lineNumber"], -1);
         assert_eq!(node(&v, 4)["callFrame"]["columnNumber"], -1);
+    }
+
+    #[test]
+    fn v8_script_ids_are_kept_also_without_url() {
+        // `new Function` code: no URL, a script id of its own, a position.
+        let mut p = Profile::new(1, 99, 0);
+        let f = p.intern_frame(Frame {
+            script_id: Some(37),
+            ..js("anonymous", "", 0, 9)
+        });
+        let g = p.intern_frame(Frame {
+            script_id: Some(4),
+            ..js("g", "file:///x.js", 2, 0)
+        });
+        let s = p.intern_stack(vec![g, f]);
+        p.add_sample(5000, 1, "node", s);
+        let v = to_json(&p);
+        validate_cpuprofile(&v).unwrap();
+        let (g, f) = (&node(&v, 2)["callFrame"], &node(&v, 3)["callFrame"]);
+        assert_eq!(
+            (&g["scriptId"], &g["url"]),
+            (&"4".into(), &"file:///x.js".into())
+        );
+        assert_eq!((&f["scriptId"], &f["url"]), (&"37".into(), &"".into()));
+        assert_eq!(
+            (&f["lineNumber"], &f["columnNumber"]),
+            (&0.into(), &9.into())
+        );
     }
 
     #[test]

@@ -109,6 +109,7 @@ impl ProfileBuilder {
     pub fn finish(mut self, end_ns: u64, lost: u64) -> Profile {
         self.profile.end_ns = self.profile.end_ns.max(end_ns);
         self.profile.lost_samples = lost;
+        super::threads::name_by_role(&mut self.profile);
         self.profile
     }
 }

@@ -2,6 +2,7 @@
 //! timestamps. Every writer in `output` reads only this.
 
 mod build;
+mod threads;
 
 pub use build::{Pause, ProfileBuilder, GARBAGE_COLLECTOR};
 
@@ -38,6 +39,9 @@ pub struct Frame {
     pub line: Option<u32>,
     /// 0-based column of the function's start, when known.
     pub column: Option<u32>,
+    /// V8's id of a JS frame's script (per isolate): code of `new Function`
+    /// and `eval` has one but no URL.
+    pub script_id: Option<u32>,
 }
 
 impl Frame {
@@ -48,6 +52,7 @@ impl Frame {
             location: location.into(),
             line: None,
             column: None,
+            script_id: None,
         }
     }
 

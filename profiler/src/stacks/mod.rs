@@ -407,6 +407,7 @@ pub fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
         cpu: 0,
         kernel_frames: 0,
         user_frames: 0,
+        user_tos: 0,
         // Its stack is where it left the CPU.
         kind: nodeprof_common::SAMPLE_OFF_CPU,
         state: 0,

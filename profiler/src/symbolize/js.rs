@@ -1,13 +1,19 @@
 //! JS frames: the sampler records each JS frame's SharedFunctionInfo; here it
 //! becomes a function name, script URL and position by reading the target's
-//! memory while it still runs (a GC may move or free the SFI later).
+//! memory while it still runs (a GC may move or free the SFI later). A frame
+//! in optimized code also gets the functions inlined at its pc, read then too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use nodeprof_common::UserFrame;
+
 use crate::profile::{Frame, FrameKind};
 use crate::target::V8Runtime;
-use crate::v8::{EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, ProcessMemory, V8Layout};
+use crate::v8::memory::MemoryExt;
+use crate::v8::{
+    CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, ProcessMemory, V8Layout,
+};
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
 /// labelled `[unknown JS]` rather than growing memory without bound.
@@ -16,6 +22,11 @@ const MAX_RESOLVED: usize = 1 << 20;
 const MAX_FUNCTIONS: usize = 1 << 18;
 /// SFIs waiting for another try at most (a GC moved their script while read).
 const MAX_PENDING: usize = 4096;
+/// Sampled frames (pc, SFI) whose inlining is remembered at most.
+const MAX_INLINED_FRAMES: usize = 1 << 18;
+
+/// A sampled frame, as far as naming goes: pc, SFI and fingerprint.
+type FrameKey = (u64, u64, u64);
 
 /// What nodeprof found out about a target's V8.
 pub struct JsNaming {
@@ -28,6 +39,12 @@ pub struct JsNaming {
     /// SFIs whose script a GC was moving while they were read: tried again
     /// at the next observation.
     pending: Vec<(u64, u64)>,
+    code: CodeFinder,
+    /// Functions inlined at a sampled frame's pc, outermost first, as
+    /// (SFI, fingerprint); frames without inlining are not stored.
+    inlined: HashMap<FrameKey, Box<[(u64, u64)]>>,
+    /// Frames whose inlining was looked up.
+    inlining_seen: std::collections::HashSet<FrameKey>,
 }
 
 impl JsNaming {
@@ -40,6 +57,9 @@ impl JsNaming {
             functions: Vec::new(),
             function_ids: HashMap::new(),
             pending: Vec::new(),
+            code: CodeFinder::new(),
+            inlined: HashMap::new(),
+            inlining_seen: Default::default(),
         }
     }
 
@@ -63,6 +83,40 @@ impl JsNaming {
             }
         };
         self.resolved.insert((sfi, fingerprint), id);
+    }
+
+    /// Looks up, now, the functions inlined at the pc of a sampled frame in
+    /// JIT code, and names them. Cached per frame, and per code object below.
+    pub fn observe_inlining(&mut self, frame: &UserFrame) {
+        let key = (frame.pc, frame.sfi, frame.sfi_fingerprint);
+        if self.layout.code.is_none()
+            || self.inlining_seen.contains(&key)
+            || self.inlining_seen.len() >= MAX_INLINED_FRAMES
+        {
+            return;
+        }
+        self.inlining_seen.insert(key);
+        let sfis = self
+            .code
+            .inlined_at(self.resolver.memory(), &self.layout, frame.pc, frame.sfi);
+        if sfis.is_empty() {
+            return;
+        }
+        let offset = u64::from(self.layout.sfi.name_or_scope_info);
+        let mut functions = Vec::with_capacity(sfis.len());
+        for sfi in sfis {
+            // The fingerprint as the sampler would have read it, now.
+            let Ok(fingerprint) = self
+                .resolver
+                .memory()
+                .read_u64(self.layout.untag(sfi).wrapping_add(offset))
+            else {
+                continue;
+            };
+            self.observe(sfi, fingerprint);
+            functions.push((sfi, fingerprint));
+        }
+        self.inlined.insert(key, functions.into());
     }
 
     /// Tries again the SFIs that could not be read consistently before.
@@ -98,6 +152,28 @@ impl JsNaming {
         Some(js_frame(info))
     }
 
+    /// The frames of a sampled JS frame, outermost first: its function, then
+    /// the functions inlined at its pc (each hidden like [`JsNaming::frame`]).
+    pub fn frames(&self, frame: &UserFrame) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = self
+            .frame(frame.sfi, frame.sfi_fingerprint)
+            .into_iter()
+            .collect();
+        if let Some(inlined) = self
+            .inlined
+            .get(&(frame.pc, frame.sfi, frame.sfi_fingerprint))
+        {
+            frames.extend(inlined.iter().filter_map(|&(sfi, fp)| self.frame(sfi, fp)));
+        }
+        frames
+    }
+
+    /// Whether the frame the sampled pc is in gets its inlined functions
+    /// too: as `node --cpu-prof` of the same V8 does.
+    pub fn leaf_inlining(&self) -> bool {
+        self.layout.code.as_ref().is_some_and(|c| c.leaf_inlining)
+    }
+
     /// A label for a typed V8 frame (entry, exit, stub…) from its marker.
     pub fn frame_type_name(&self, marker: u64) -> Option<&str> {
         self.layout.frame_type_name(marker)
@@ -113,6 +189,7 @@ pub fn js_frame(info: &JsFunctionInfo) -> Frame {
     Frame {
         line: info.line,
         column: info.column,
+        script_id: (info.script_id != 0).then_some(info.script_id),
         ..Frame::new(FrameKind::Js, name, info.url.clone())
     }
 }
@@ -135,5 +212,6 @@ mod tests {
         assert_eq!((frame.line, frame.column), (Some(4), Some(2)));
         assert_eq!(frame.kind, FrameKind::Js);
         assert_eq!(frame.location, "file:///a.js");
+        assert_eq!(frame.script_id, Some(3));
     }
 }

@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 use blazesym::symbolize::{self, source, Input};
 use nodeprof_common::UserFrame;
 
-use crate::collect::{Collection, RawStack};
+use crate::collect::{Collection, RawStack, TOS_FRAME_MARKER};
 use crate::profile::{Frame, FrameKind};
 use crate::target::{read_maps, Discovery, Mapping, Target};
 
 /// Re-reading `/proc/PID/maps` at most this often while new code appears.
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+/// JS frames waiting for a snapshot that covers their code, at most.
+const MAX_INLINING_LATER: usize = 4096;
 
 struct Module {
     /// Path as the target sees it.
@@ -47,6 +49,9 @@ pub struct Symbolizer {
     /// The target's executable as it sees it.
     exe: Option<String>,
     js: Option<JsNaming>,
+    /// JS frames in code mapped after the last snapshot: their inlining is
+    /// looked up after the next one.
+    inlining_later: Vec<UserFrame>,
 }
 
 impl Symbolizer {
@@ -61,6 +66,7 @@ impl Symbolizer {
             last_refresh: None,
             exe: None,
             js: None,
+            inlining_later: Vec::new(),
         }
     }
 
@@ -86,13 +92,42 @@ impl Symbolizer {
         let due = self
             .last_refresh
             .is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL);
-        if (uncovered || self.last_refresh.is_none()) && due {
+        let refreshed = (uncovered || self.last_refresh.is_none()) && due;
+        if refreshed {
             self.refresh();
+        }
+        // JS frames in JIT code (anonymous memory) may run inlined functions.
+        // A frame in code no snapshot covers yet waits for the next one (its
+        // code is looked for only where V8's code is); the word from the
+        // stack top may be no code at all.
+        let waiting = if refreshed {
+            std::mem::take(&mut self.inlining_later)
+        } else {
+            Vec::new()
+        };
+        let mut in_jit = Vec::new();
+        for f in waiting
+            .iter()
+            .chain(new_frames.iter().filter(|f| f.sfi != 0))
+        {
+            match self.mapping(f.pc) {
+                Some((m, _)) if m.path.is_empty() => in_jit.push(*f),
+                None if !refreshed
+                    && f.frame_marker != TOS_FRAME_MARKER
+                    && self.inlining_later.len() < MAX_INLINING_LATER =>
+                {
+                    self.inlining_later.push(*f)
+                }
+                _ => {}
+            }
         }
         if let Some(js) = self.js.as_mut() {
             js.retry_pending();
             for frame in new_frames.iter().filter(|f| f.sfi != 0) {
                 js.observe(frame.sfi, frame.sfi_fingerprint);
+            }
+            for frame in &in_jit {
+                js.observe_inlining(frame);
             }
         }
     }
@@ -186,8 +221,40 @@ impl Symbolizer {
     fn is_v8_code(&self, pc: u64) -> bool {
         // Code no snapshot saw: JIT memory V8 mapped after the last one (the
         // executable and libraries are always in it).
+        self.mapping(pc).is_none() || self.is_mapped_v8_code(pc)
+    }
+
+    /// Address ranges of V8's code among the mappings seen: anonymous
+    /// executable memory (JIT) and the builtins blob in the executable.
+    pub fn v8_code_ranges(&self) -> Vec<(u64, u64)> {
+        let blob = self.js.as_ref().and_then(JsNaming::embedded_blob);
+        let exe = self
+            .exe
+            .as_deref()
+            .map(|e| e.trim_end_matches(" (deleted)"));
+        self.mappings
+            .iter()
+            .filter_map(|(m, _)| {
+                if m.path.is_empty() {
+                    return Some((m.start, m.end));
+                }
+                let blob = blob?;
+                if Some(m.path.trim_end_matches(" (deleted)")) != exe {
+                    return None;
+                }
+                // The part of this mapping that holds the blob.
+                let start = blob.file_offset.max(m.offset);
+                let end = (blob.file_offset + blob.size).min(m.offset + (m.end - m.start));
+                (start < end).then(|| (m.start + start - m.offset, m.start + end - m.offset))
+            })
+            .collect()
+    }
+
+    /// [`Symbolizer::is_v8_code`] among the mappings seen: a word from the
+    /// stack (see [`TOS_FRAME_MARKER`]) may point anywhere.
+    fn is_mapped_v8_code(&self, pc: u64) -> bool {
         let Some((mapping, _)) = self.mapping(pc) else {
-            return true;
+            return false;
         };
         if mapping.path.is_empty() {
             return true;
@@ -202,25 +269,38 @@ impl Symbolizer {
             && blob.contains_file_offset(pc - mapping.start + mapping.offset)
     }
 
-    /// A user frame as a reader wants it: the JS function V8 runs there, a
-    /// labelled V8 frame, or the native symbol. `None` hides the frame (a JS
-    /// builtin such as `forEach`, folded into its caller as DevTools does).
-    fn user_frame(&self, frame: &UserFrame, native: &Frame) -> Option<Frame> {
+    /// A user frame as a reader wants it, outermost first: the JS function
+    /// V8 runs there and the functions inlined into it, a labelled V8 frame,
+    /// or the native symbol. No frame for a JS builtin such as `forEach`
+    /// (folded into its caller as DevTools does).
+    ///
+    /// A frame that called out of its code (`leaf` false) gets its inlined
+    /// functions; the frame the sampled pc is in only where V8's own
+    /// profiler does it too (V8 14): before, `node --cpu-prof` charges it to
+    /// the outermost function (the sampled pc's entry is pushed without its
+    /// inline stack), and nodeprof's figures agree with it.
+    fn user_frame(&self, frame: &UserFrame, native: &Frame, leaf: bool) -> Vec<Frame> {
         let Some(js) = self.js.as_ref() else {
-            return Some(native.clone());
+            return vec![native.clone()];
         };
         if !self.is_v8_code(frame.pc) {
-            return Some(native.clone());
+            return vec![native.clone()];
         }
         if frame.sfi != 0 {
-            return js.frame(frame.sfi, frame.sfi_fingerprint);
+            if leaf && !js.leaf_inlining() {
+                return js
+                    .frame(frame.sfi, frame.sfi_fingerprint)
+                    .into_iter()
+                    .collect();
+            }
+            return js.frames(frame);
         }
         if native.kind == FrameKind::Unknown {
             if let Some(name) = js.frame_type_name(frame.frame_marker) {
-                return Some(Frame::new(FrameKind::Jit, format!("[V8 {name}]"), ""));
+                return vec![Frame::new(FrameKind::Jit, format!("[V8 {name}]"), "")];
             }
         }
-        Some(native.clone())
+        vec![native.clone()]
     }
 
     fn read_perf_map(&mut self) -> PerfMap {
@@ -346,11 +426,24 @@ impl Symbolizer {
         for stack in stacks {
             let user = lookup(&user_pcs(stack));
             let kernel = lookup(&stack.kernel);
-            let mut frames: Vec<Frame> = user
+            let walked: Vec<&UserFrame> = collection.user_frames_of(stack).collect();
+            // The frame from the stack top counts only when the sampled pc
+            // is outside V8 code, in a leaf that made no frame, and the word
+            // there is V8 code.
+            let leaf_in_v8 = walked.first().is_some_and(|f| self.is_v8_code(f.pc));
+            let kept: Vec<(&u64, &UserFrame)> = user
                 .iter()
-                .zip(collection.user_frames_of(stack).collect::<Vec<_>>())
+                .zip(walked)
+                .filter(|(_, f)| {
+                    f.frame_marker != TOS_FRAME_MARKER
+                        || (!leaf_in_v8 && self.is_mapped_v8_code(f.pc))
+                })
+                .collect();
+            let mut frames: Vec<Frame> = kept
+                .into_iter()
+                .enumerate()
                 .rev()
-                .filter_map(|(a, frame)| self.user_frame(frame, &user_frames[a]))
+                .flat_map(|(i, (a, frame))| self.user_frame(frame, &user_frames[a], i == 0))
                 .chain(kernel.iter().rev().map(|a| kernel_frames[a].clone()))
                 .collect();
             gc::mark_garbage_collection(&mut frames);
@@ -395,6 +488,7 @@ mod tests {
             user_frames: 2,
             kind: 0,
             state: 0,
+            user_tos: 0,
             comm: [0; 16],
             kernel_stack: [0; nodeprof_common::MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); nodeprof_common::MAX_USER_FRAMES],

@@ -348,6 +348,48 @@ pub struct V8Layout {
     pub scope_info: ScopeInfoLayout,
     pub frame_types: BTreeMap<u32, String>,
     pub embedded_blob: Option<EmbeddedBlob>,
+    /// Optimized code: where to find inlined functions. `None` when the
+    /// binary lacks a value: frames are then named without their inlining.
+    pub code: Option<CodeLayout>,
+}
+
+/// Machine code objects and their deoptimization data, to expand the
+/// functions TurboFan and Maglev inlined (see [`super::code`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeLayout {
+    /// Instance type of the object whose body is the machine code:
+    /// InstructionStream (V8 ≥ 11), Code (V8 10).
+    pub container_type: u16,
+    /// Offset of the first instruction from the container's start.
+    pub container_instructions: u32,
+    /// `InstructionStream::code`; `None` when the container is the Code.
+    pub container_code: Option<u32>,
+    pub code_type: u16,
+    /// `Code::instruction_stream` and `Code::instruction_start` (V8 ≥ 11):
+    /// both must point back at the container.
+    pub code_instruction_stream: Option<u32>,
+    pub code_instruction_start: Option<u32>,
+    pub code_instruction_size: u32,
+    pub code_flags: u32,
+    pub code_kind_mask: u32,
+    pub code_kind_shift: u32,
+    /// CodeKind values of optimized code (MAGLEV, TURBOFAN).
+    pub optimized_kinds: [u32; 2],
+    pub code_deoptimization_data: u32,
+    pub code_source_position_table: u32,
+    /// Indices into DeoptimizationData (a FixedArray).
+    pub deopt_inlined_function_count: u32,
+    pub deopt_literal_array: u32,
+    pub deopt_inlining_positions: u32,
+    pub deopt_shared_function_info: u32,
+    /// V8 ≥ 13 keeps a SharedFunctionInfoWrapper there: its `shared_info` offset.
+    pub sfi_wrapper_shared: Option<u32>,
+    /// Source position tables keep the statement flag in the code offset's
+    /// low bit (V8 14), not in its sign.
+    pub statement_bit_in_offset: bool,
+    /// V8's own profiler also expands the inlined functions of the frame
+    /// the sampled pc is in (V8 14), not only of frames that called out.
+    pub leaf_inlining: bool,
 }
 
 impl V8Layout {
@@ -1015,6 +1057,8 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
     }
     b.report.embedded_blob = embedded_blob;
 
+    let code = code_layout(&mut b);
+
     let mut report = b.report;
     if !b.required_missing.is_empty() {
         let mut missing = b.required_missing.clone();
@@ -1069,8 +1113,197 @@ fn build(path: &Path, syms: &Symbols) -> Result<(V8Layout, LayoutReport), Layout
         scope_info,
         frame_types,
         embedded_blob,
+        code,
     };
     Ok((layout, report))
+}
+
+/// The layout of optimized code, verified against live node 18–26
+/// processes (objects dumped around a TurboFan function's instructions).
+fn code_layout(b: &mut Builder) -> Option<CodeLayout> {
+    let v = b.v();
+    let v11 = v.at_least(11, 0, 0);
+    let v12 = v.at_least(12, 0, 0);
+    let v13 = v.at_least(13, 0, 0);
+    let code_type = b.opt("type Code", &[Exact("type_Code__CODE_TYPE")], None);
+    let istream_type = b.opt(
+        "type InstructionStream",
+        &[Exact("type_InstructionStream__INSTRUCTION_STREAM_TYPE")],
+        None,
+    );
+    let (container_type, container_instructions, container_code) = match istream_type {
+        Some(ty) => (
+            ty,
+            b.opt(
+                "InstructionStream.instruction_start",
+                &[Field("InstructionStream", "instruction_start")],
+                None,
+            ),
+            b.opt(
+                "InstructionStream.code",
+                &[Field("InstructionStream", "code")],
+                Some((8, "first field after the map, V8 11.3–14.6")),
+            ),
+        ),
+        None => (
+            code_type?,
+            b.opt(
+                "Code.instruction_start (header size)",
+                &[Field("Code", "instruction_start")],
+                None,
+            ),
+            None,
+        ),
+    };
+    let (code_instruction_stream, code_instruction_start) = if istream_type.is_some() {
+        (
+            b.opt(
+                "Code.instruction_stream",
+                &[Field("Code", "instruction_stream")],
+                Some((32, "32 on V8 11.3–14.6")),
+            ),
+            b.opt(
+                "Code.instruction_start",
+                &[Field("Code", "instruction_start")],
+                Some((40, "40 on V8 11.3–14.6")),
+            ),
+        )
+    } else {
+        (None, None)
+    };
+    let code_instruction_size = b.opt(
+        "Code.instruction_size",
+        &[Field("Code", "instruction_size")],
+        Some((56, "56 on V8 11.3")),
+    );
+    let code_flags = b.opt(
+        "Code.flags",
+        &[Field("Code", "flags")],
+        Some((48, "48 on V8 11.3")),
+    );
+    let kind_mask = b.opt(
+        "CodeKindFieldMask",
+        &[Exact("CodeKindFieldMask")],
+        Some((0xf, "low 4 bits of the flags, V8 10.2–14.6")),
+    );
+    let kind_shift = b.opt(
+        "CodeKindFieldShift",
+        &[Exact("CodeKindFieldShift")],
+        Some((0, "V8 10.2–14.6")),
+    );
+    let baseline = b.opt("CodeKindBaseline", &[Exact("CodeKindBaseline")], None);
+    let (deopt, positions) = if v12 {
+        ((8, "8 on V8 12.4–14.6"), (16, "16 on V8 12.4–14.6"))
+    } else {
+        ((16, "16 on V8 10.2/11.3"), (24, "24 on V8 10.2/11.3"))
+    };
+    let code_deoptimization_data = b.opt(
+        "Code.deoptimization_data",
+        &[Field("Code", "deoptimization_data")],
+        Some(deopt),
+    );
+    let code_source_position_table = b.opt(
+        "Code.source_position_table",
+        &[Field("Code", "source_position_table")],
+        Some(positions),
+    );
+    let deopt_inlined_function_count = b.opt(
+        "DeoptimizationData inlined function count index",
+        &[Exact("DeoptimizationDataInlinedFunctionCountIndex")],
+        Some((1, "1 on V8 10.2–14.6")),
+    );
+    let deopt_literal_array = b.opt(
+        "DeoptimizationData literal array index",
+        &[Exact("DeoptimizationDataLiteralArrayIndex")],
+        Some(if v13 {
+            (3, "3 on V8 13.6/14.6")
+        } else {
+            (2, "2 on V8 10.2–12.4")
+        }),
+    );
+    let deopt_inlining_positions = b.opt(
+        "DeoptimizationData inlining positions index",
+        &[Exact("DeoptimizationDataInliningPositionsIndex")],
+        Some(if v13 {
+            (8, "8 on V8 13.6/14.6")
+        } else {
+            (7, "7 on V8 10.2–12.4")
+        }),
+    );
+    let wrapped = if v13 {
+        b.opt(
+            "DeoptimizationData wrapped SFI index",
+            &[Exact("DeoptimizationDataWrappedSharedFunctionInfoIndex")],
+            None,
+        )
+    } else {
+        None
+    };
+    let (deopt_shared_function_info, sfi_wrapper_shared) = match wrapped {
+        Some(index) => (
+            Some(index),
+            b.opt(
+                "SharedFunctionInfoWrapper.shared_info",
+                &[Field("SharedFunctionInfoWrapper", "shared_info")],
+                Some((8, "8 on V8 13.6/14.6")),
+            ),
+        ),
+        None => (
+            b.opt(
+                "DeoptimizationData SFI index",
+                &[Exact("DeoptimizationDataSharedFunctionInfoIndex")],
+                Some((6, "6 on V8 10.2–12.4")),
+            ),
+            None,
+        ),
+    };
+    let statement_bit_in_offset = b.by_version(
+        "source positions: statement flag in the offset's low bit",
+        v.at_least(14, 0, 0),
+        "low bit on V8 14.6 (node 26), sign on V8 10.2–13.6",
+    );
+    let leaf_inlining = b.by_version(
+        "profiler expands inlining at the sampled pc",
+        v.at_least(14, 0, 0),
+        "as node --cpu-prof: yes on V8 14.6 (node 26), no on V8 10.2–13.6",
+    );
+    let layout = (|| {
+        let baseline = u32_of(baseline?);
+        Some(CodeLayout {
+            container_type: u16_of(container_type),
+            container_instructions: u32_of(container_instructions?),
+            container_code: container_code.map(u32_of),
+            code_type: u16_of(code_type?),
+            code_instruction_stream: code_instruction_stream.map(u32_of),
+            code_instruction_start: code_instruction_start.map(u32_of),
+            code_instruction_size: u32_of(code_instruction_size?),
+            code_flags: u32_of(code_flags?),
+            code_kind_mask: u32_of(kind_mask?),
+            code_kind_shift: u32_of(kind_shift?),
+            // CodeKind: … INTERPRETED_FUNCTION, BASELINE, MAGLEV, TURBOFAN.
+            optimized_kinds: [baseline + 1, baseline + 2],
+            code_deoptimization_data: u32_of(code_deoptimization_data?),
+            code_source_position_table: u32_of(code_source_position_table?),
+            deopt_inlined_function_count: u32_of(deopt_inlined_function_count?),
+            deopt_literal_array: u32_of(deopt_literal_array?),
+            deopt_inlining_positions: u32_of(deopt_inlining_positions?),
+            deopt_shared_function_info: u32_of(deopt_shared_function_info?),
+            sfi_wrapper_shared: match wrapped {
+                Some(_) => Some(u32_of(sfi_wrapper_shared?)),
+                None => None,
+            },
+            statement_bit_in_offset,
+            leaf_inlining,
+        })
+    })();
+    if layout.is_none() || (v11 && istream_type.is_none()) {
+        b.report.problems.push(
+            "optimized code layout incomplete: inlined functions are charged to their caller"
+                .to_string(),
+        );
+        return None;
+    }
+    layout
 }
 
 fn embedded_blob(syms: &Symbols) -> Option<EmbeddedBlob> {
@@ -1188,6 +1421,7 @@ pub(crate) fn test_layout() -> V8Layout {
         .map(|(t, n)| (t, n.to_string()))
         .collect(),
         embedded_blob: None,
+        code: None,
     }
 }
 

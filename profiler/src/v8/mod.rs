@@ -10,6 +10,8 @@
 //!   as the sampler does.
 //! - [`function`]: SharedFunctionInfo → name, script URL, script id, line and
 //!   column (what a `.cpuprofile` callFrame holds), cached.
+//! - [`code`]: pc in optimized code → the functions inlined there, cached
+//!   per code object.
 //!
 //! Use: `V8Layout::from_binary("/proc/PID/exe")` (for a shared-library
 //! build, the `libnode.so` mapping instead), `layout.probe_config()` into the
@@ -22,6 +24,7 @@
 //! which `node --cpu-prof` does not show as its own frame.
 
 mod cache;
+pub mod code;
 pub mod elf;
 pub mod function;
 mod heap;
@@ -32,6 +35,7 @@ pub mod memory;
 pub mod strings;
 pub mod walk;
 
+pub use code::CodeFinder;
 pub use function::{JsFunctionInfo, JsResolver, Lookup};
 pub use layout::{EmbeddedBlob, LayoutError, LayoutReport, V8Layout, V8Version};
 pub use memory::ProcessMemory;
