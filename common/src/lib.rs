@@ -77,8 +77,22 @@ pub struct ThreadEvent {
     pub tgid: u32,
     pub tid: u32,
     pub kind: u32,
-    pub _pad: u32,
+    /// For [`EVENT_LOOP_ENTER`]: the epoll instance waited on (a loop's own;
+    /// a synchronous child process runs a loop of its own); else -1.
+    pub epfd: i32,
 }
+
+/// Offset of `epfd` in the `sys_enter_epoll_wait` (and `pwait`, `pwait2`)
+/// tracepoint record: the first syscall argument, after the common fields
+/// and `__syscall_nr`.
+pub const EPOLL_ENTER_EPFD_OFFSET: usize = 16;
+
+/// `sched_switch`'s `prev_state` bits of a thread that is exiting
+/// (EXIT_DEAD, EXIT_ZOMBIE): it will never come back on a CPU.
+pub const TASK_EXITING: i64 = 0x10 | 0x20;
+
+/// Name of the per-CPU array counting thread events dropped (buffer full).
+pub const THREAD_EVENTS_LOST_MAP: &str = "THREAD_EVENTS_LOST";
 
 /// Name of the ring buffer that carries [`CallEvent`]s of the GC uprobes.
 pub const CALLS_MAP: &str = "CALLS";
@@ -142,7 +156,7 @@ pub struct SampleRecord {
     /// [`SAMPLE_ON_CPU`] or [`SAMPLE_OFF_CPU`].
     pub kind: u16,
     /// For an off-CPU stack: the task state it left in (`sched_switch`'s
-    /// `prev_state`: 0 preempted, 1 sleeping, 2 uninterruptible…).
+    /// `prev_state`: 0x100 preempted, 1 sleeping, 2 uninterruptible…).
     pub state: u16,
     /// The word at the user stack pointer when the first frame of the walk
     /// is a JS frame, else 0: the return address into JS code when the

@@ -6,13 +6,13 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{Array, HashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
 use nodeprof_common::{
-    OffCpu, SwitchConfig, ThreadEvent, EVENT_LOOP_ENTER, EVENT_LOOP_EXIT, EVENT_SWITCH_IN,
-    SAMPLE_OFF_CPU,
+    OffCpu, SwitchConfig, ThreadEvent, EPOLL_ENTER_EPFD_OFFSET, EVENT_LOOP_ENTER,
+    EVENT_LOOP_EXIT, EVENT_SWITCH_IN, SAMPLE_OFF_CPU, TASK_EXITING,
 };
 
 use crate::sampler::{fill_record, is_target, reserve_sample, saved_user_regs, submit_sample};
@@ -25,6 +25,9 @@ const EVENTS_WAKEUP_BYTES: u64 = (EVENTS_BYTES / 4) as u64;
 /// Target threads off CPU now, with when they left.
 #[map(name = "OFF_CPU")]
 static OFF_CPU: HashMap<u32, OffCpu> = HashMap::with_max_entries(16384, 0);
+
+#[map(name = "THREAD_EVENTS_LOST")]
+static THREAD_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SWITCH_CONFIG")]
 static SWITCH_CONFIG: Array<SwitchConfig> = Array::with_max_entries(1, 0);
@@ -41,9 +44,10 @@ pub fn nodeprof_switch(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if is_target(tgid) {
-        // SAFETY: reads inside the tracepoint's record, at offsets from its format.
-        let state: i64 = unsafe { ctx.read_at(config.prev_state_offset as usize) }.unwrap_or(0);
+    // SAFETY: reads inside the tracepoint's record, at offsets from its format.
+    let state: i64 = unsafe { ctx.read_at(config.prev_state_offset as usize) }.unwrap_or(0);
+    // An exiting thread never comes back: no interval to open.
+    if is_target(tgid) && state & TASK_EXITING == 0 {
         let start = OffCpu {
             start_ns: now,
             tgid,
@@ -85,25 +89,27 @@ pub fn nodeprof_switch(ctx: TracePointContext) -> u32 {
         tgid: off.tgid,
         tid: next,
         kind: EVENT_SWITCH_IN,
-        _pad: 0,
+        epfd: -1,
     });
     0
 }
 
 #[tracepoint]
-pub fn nodeprof_loop_enter(_ctx: TracePointContext) -> u32 {
-    loop_event(EVENT_LOOP_ENTER);
+pub fn nodeprof_loop_enter(ctx: TracePointContext) -> u32 {
+    // SAFETY: the first syscall argument, inside the tracepoint's record.
+    let epfd: i64 = unsafe { ctx.read_at(EPOLL_ENTER_EPFD_OFFSET) }.unwrap_or(-1);
+    loop_event(EVENT_LOOP_ENTER, epfd as i32);
     0
 }
 
 #[tracepoint]
 pub fn nodeprof_loop_exit(_ctx: TracePointContext) -> u32 {
-    loop_event(EVENT_LOOP_EXIT);
+    loop_event(EVENT_LOOP_EXIT, -1);
     0
 }
 
 #[inline(always)]
-fn loop_event(kind: u32) {
+fn loop_event(kind: u32, epfd: i32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_target(tgid) {
@@ -116,7 +122,7 @@ fn loop_event(kind: u32) {
         tgid,
         tid: pid_tgid as u32,
         kind,
-        _pad: 0,
+        epfd,
     });
 }
 
@@ -127,6 +133,13 @@ fn emit(event: ThreadEvent) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    // A full buffer drops the event; user space sees a gap in the thread's sequence.
-    let _ = THREAD_EVENTS.output::<ThreadEvent>(&event, wakeup as u64);
+    if THREAD_EVENTS
+        .output::<ThreadEvent>(&event, wakeup as u64)
+        .is_err()
+    {
+        if let Some(lost) = THREAD_EVENTS_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *lost += 1 };
+        }
+    }
 }

@@ -69,12 +69,26 @@ impl BlockedStacks {
         self.layout = layout;
     }
 
+    /// After an exec: the unwind tables of the new image.
+    pub fn reload_modules(&mut self) {
+        if let Ok(maps) = crate::target::read_maps(self.pid) {
+            self.unwinder = Unwinder::for_process(self.pid, &maps);
+        }
+    }
+
     /// Threads off CPU at `start_ns`: an off-CPU sample each, from then.
     pub fn seed(&mut self, probe: &mut Probe, collection: &mut Collection, start_ns: u64) {
         let Ok(threads) = stacks::threads::list(self.pid) else {
             return;
         };
         for thread in threads.iter().filter(|t| t.state != ThreadState::Running) {
+            // One that left the CPU since tracing began has its own record;
+            // for the others an entry from now on makes their return reported.
+            if probe.off_cpu_since(thread.tid).is_some()
+                || !probe.open_off_cpu(thread.tid, self.pid, start_ns)
+            {
+                continue;
+            }
             let Ok(Some(regs)) = probe.read_task(thread.tid) else {
                 continue;
             };
@@ -156,8 +170,13 @@ impl BlockedStacks {
                 &self.mem,
                 self.layout.as_deref(),
             );
-            // The walk read memory the thread could change once back on CPU.
-            if probe.off_cpu_since(tid) != Some(open.start_ns) {
+            // The walk read memory the thread could change once back on CPU;
+            // and where it found no more than the frame pointers did (code it
+            // has no unwind table for), the first walk stays.
+            let walked = &collection.stacks[collection.samples[index].stack as usize];
+            if probe.off_cpu_since(tid) != Some(open.start_ns)
+                || (record.user_frames as usize) <= walked.user.len()
+            {
                 continue;
             }
             record.time_ns = open.start_ns;

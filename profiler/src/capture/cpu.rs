@@ -210,7 +210,10 @@ pub fn capture(
             action: "start the event loop",
             source,
         })?;
-    runtime.block_on(run(options, target, launched))
+    let capture = runtime.block_on(run(options, target, launched));
+    drop(runtime);
+    super::signals_after_stop();
+    capture
 }
 
 async fn run(
@@ -219,6 +222,12 @@ async fn run(
     launched: Option<&mut Launched>,
 ) -> Result<Capture, CaptureError> {
     let pid = target.pid;
+    // First: a signal during the set-up below ends the capture at its start,
+    // instead of killing nodeprof with its temporary files.
+    let mut stopper = Stopper::new(options.duration).map_err(|source| CaptureError::Io {
+        action: "install the signal handlers",
+        source,
+    })?;
     let mut probe = Probe::load()?;
     probe.add_target(pid)?;
     let mut symbolizer = Symbolizer::new(target);
@@ -252,10 +261,8 @@ async fn run(
         }
     }
     probe.start_sampling(options.frequency_hz)?;
-    let mut blocked = None;
     if options.clock.off_cpu() {
         probe.start_off_cpu()?;
-        blocked = BlockedStacks::new(pid, &mut probe);
     }
     let loop_traced = match probe.start_loop_tracing() {
         Ok(()) => true,
@@ -290,14 +297,17 @@ async fn run(
         }
         child.release()?;
     }
+    // After the release: a launched child is the command now, not a copy of us.
+    let blocked = if options.clock.off_cpu() {
+        BlockedStacks::new(pid, &mut probe)
+    } else {
+        None
+    };
     let start_ns = monotonic_ns();
     let mut collection = Collection::default();
 
     let progress = progress_bar(options.quiet, pid);
-    let mut stopper = Stopper::new(options.duration).map_err(|source| CaptureError::Io {
-        action: "install the signal handlers",
-        source,
-    })?;
+    stopper.restart_clock();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut intake = Intake {
         collection: &mut collection,
@@ -342,7 +352,9 @@ async fn run(
     // Whatever the kernel wrote before the stop is still in the ring buffer
     // (JS frames of a target that exited can no longer be named).
     intake.absorb(collector.get_mut(), &mut probe)?;
-    let loop_main_stuck = eventloop::stuck_in_turn(pid, pid);
+    // Only node's main thread is known to run an event loop.
+    let runs_v8 = intake.exe.as_ref().is_some_and(|(_, v8)| *v8);
+    let loop_main_stuck = runs_v8.then(|| eventloop::stuck_in_turn(pid)).flatten();
     let lost = probe.lost_samples();
     intake.drain_gc();
     let exe = intake.exe.take().map(|(exe, _)| exe);
@@ -414,9 +426,14 @@ impl Intake<'_> {
     /// target still runs; an exec'd executable is found first.
     fn absorb(&mut self, collector: &mut Collector, probe: &mut Probe) -> Result<(), ProbeError> {
         if let Some(found) = self.runtime.poll() {
-            let is_v8 = adopt(&found, probe, self.symbolizer, self.pid)?;
+            // After an exec a failure here must not throw away what was taken.
+            let is_v8 = adopt(&found, probe, self.symbolizer, self.pid).unwrap_or_else(|e| {
+                tracing::warn!("JS frames of the new program are not named: {e}");
+                false
+            });
             if let Some(blocked) = &mut self.blocked {
                 blocked.set_layout(found.v8.as_ref().ok().map(|v8| v8.layout.clone()));
+                blocked.reload_modules();
             }
             self.exec(&found.exe, is_v8, probe);
         }

@@ -37,6 +37,19 @@ impl StopReason {
     }
 }
 
+/// Once a capture has stopped: a second Ctrl-C or SIGTERM ends nodeprof at
+/// once (while it names frames and writes files; files are only ever
+/// complete under their final names), and a terminal that goes away
+/// (SIGHUP) does not stop the writing.
+pub fn signals_after_stop() {
+    // SAFETY: setting dispositions; no handler code of ours is involved.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 /// The stop conditions of a session: Ctrl-C, SIGTERM, SIGHUP, the duration,
 /// the target's exit.
 pub struct Stopper {
@@ -57,6 +70,11 @@ impl Stopper {
             started: Instant::now(),
             duration,
         })
+    }
+
+    /// The duration counts from now (the set-up before sampling excluded).
+    pub fn restart_clock(&mut self) {
+        self.started = Instant::now();
     }
 
     /// Resolves when SIGINT, SIGTERM or SIGHUP arrives: each ends the

@@ -69,7 +69,10 @@ pub fn trace(options: &GcOptions, out: &mut dyn Write) -> Result<GcReport, GcErr
             action: "start the event loop",
             source,
         })?;
-    runtime.block_on(trace_async(options, &target, out))
+    let report = runtime.block_on(trace_async(options, &target, out));
+    drop(runtime);
+    crate::capture::signals_after_stop();
+    report
 }
 
 async fn trace_async(
@@ -77,6 +80,11 @@ async fn trace_async(
     target: &Target,
     out: &mut dyn Write,
 ) -> Result<GcReport, GcError> {
+    // First: a signal while the probes attach ends the trace at its start.
+    let mut stopper = Stopper::new(options.duration).map_err(|source| GcError::Io {
+        action: "install the signal handlers",
+        source,
+    })?;
     let mut probe = Probe::load()?;
     let mut probes = GcProbes::attach(&mut probe, target).map_err(|e| {
         // Attaching to a process that is gone fails in perf_event_open: say what happened.
@@ -112,10 +120,7 @@ async fn trace_async(
     let mut detectors: HashMap<u32, LeakDetector> = HashMap::new();
     let mut events = Vec::new();
     let mut leaks = Vec::new();
-    let mut stopper = Stopper::new(options.duration).map_err(|source| GcError::Io {
-        action: "install the signal handlers",
-        source,
-    })?;
+    stopper.restart_clock();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut warned_invalid = false;
     let mut absorb = |probes: &mut GcProbes, out: &mut dyn Write| -> std::io::Result<()> {

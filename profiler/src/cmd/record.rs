@@ -122,15 +122,12 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         Ok(capture) => capture,
         Err(e) => {
             files.discard();
+            if let Some(child) = &launched {
+                // Released or not, it must not run on unrecorded.
+                child.terminate(CHILD_GRACE);
+            }
             return Err(e.into());
         }
-    };
-    // A launched command ends with its recording, as it would with a
-    // terminal's Ctrl-C, unless asked to keep running.
-    let child_status = match &launched {
-        Some(child) if !options.keep_running => child.terminate(CHILD_GRACE),
-        Some(child) => child.try_wait(),
-        None => None,
     };
     let mut target = target;
     if let Some(exe) = capture.exe.take() {
@@ -139,7 +136,16 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
     }
     let profile = capture.profile();
     let title = format!("nodeprof: {} (pid {})", target.exe.display(), target.pid);
-    let written = files.write(&profile, &title)?;
+    let written = files.write(&profile, &title);
+    // A launched command ends with its recording, as it would with a
+    // terminal's Ctrl-C, unless asked to keep running; after the files are
+    // written, so that a command slow to die delays nothing that matters.
+    let child_status = match &launched {
+        Some(child) if !options.keep_running => child.terminate(CHILD_GRACE),
+        Some(child) => child.try_wait(),
+        None => None,
+    };
+    let written = written?;
     Ok(Recording {
         loops: capture
             .loops()

@@ -40,9 +40,11 @@ pub struct ThreadLoop {
 }
 
 /// Cuts each thread's `epoll_wait` entries and exits into turns within the
-/// window `[start_ns, end_ns]`. A thread with no event in the window is not
-/// listed: it either waited or ran the whole time, which the events cannot
-/// tell apart (see [`stuck_in_turn`]).
+/// window `[start_ns, end_ns]`. Only the thread's own loop counts: the epoll
+/// instance it waits on most; another one (the loop `execSync` runs while
+/// the thread's loop is blocked) is part of the turn. A thread with no event
+/// in the window is not listed: it either waited or ran the whole time,
+/// which the events cannot tell apart (see [`stuck_in_turn`]).
 pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLoop> {
     let mut by_tid: BTreeMap<u32, Vec<&ThreadEvent>> = BTreeMap::new();
     for e in events {
@@ -57,6 +59,7 @@ pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLo
         .into_iter()
         .map(|(tid, mut events)| {
             events.sort_by_key(|e| e.time_ns);
+            let events = own_loop(&events);
             let mut turns = Vec::new();
             // Before the first event the thread was in a turn if that event
             // is an entry into epoll_wait.
@@ -92,18 +95,64 @@ pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLo
         .collect()
 }
 
-/// Whether a thread is outside `epoll_wait` now, by the system call it is
-/// in (`/proc/PID/task/TID/syscall`): for an event-loop thread with no turn
-/// boundary in a window, that means one turn spanned it.
-pub fn stuck_in_turn(pid: u32, tid: u32) -> Option<bool> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-    let first = text.split_whitespace().next()?;
+/// The events of a thread's own loop: an exit belongs to the epoll instance
+/// of the entry before it; the loop's instance is the one entered most.
+fn own_loop<'a>(events: &[&'a ThreadEvent]) -> Vec<&'a ThreadEvent> {
+    let mut entries: HashMap<i32, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e.kind == EVENT_LOOP_ENTER && e.epfd >= 0) {
+        *entries.entry(e.epfd).or_default() += 1;
+    }
+    let Some(own) = entries
+        .into_iter()
+        .max_by_key(|&(epfd, n)| (n, std::cmp::Reverse(epfd)))
+        .map(|(epfd, _)| epfd)
+    else {
+        return events.to_vec();
+    };
+    let mut current = None;
+    events
+        .iter()
+        .copied()
+        .filter(|e| {
+            if e.kind == EVENT_LOOP_ENTER {
+                current = Some(e.epfd);
+            }
+            current.is_none_or(|epfd| epfd == own)
+        })
+        .collect()
+}
+
+/// Whether the main thread is outside its event loop's `epoll_wait` now, by
+/// the system call it is in (`/proc/PID/task/PID/syscall`): with no turn
+/// boundary in a window, that means one turn spanned it. Its loop's epoll
+/// instance is the process's first (node creates it at start; the one a
+/// synchronous child process waits on comes later).
+pub fn stuck_in_turn(pid: u32) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall")).ok()?;
+    let mut fields = text.split_whitespace();
     // "running" when on CPU: not waiting.
-    let Ok(nr) = first.parse::<i64>() else {
+    let Ok(nr) = fields.next()?.parse::<i64>() else {
         return Some(true);
     };
     // x86-64: epoll_wait, epoll_pwait, epoll_pwait2.
-    Some(!matches!(nr, 232 | 281 | 441))
+    if !matches!(nr, 232 | 281 | 441) {
+        return Some(true);
+    }
+    let epfd = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    Some(Some(epfd) != first_epoll_fd(pid))
+}
+
+/// The lowest-numbered file descriptor of `pid` that is an epoll instance.
+fn first_epoll_fd(pid: u32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]")
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .min()
 }
 
 /// A turn longer than the threshold and what ran in it.
@@ -299,7 +348,7 @@ mod tests {
             tgid: 1,
             tid,
             kind,
-            _pad: 0,
+            epfd: if kind == EVENT_LOOP_ENTER { 5 } else { -1 },
         }
     }
 
@@ -328,6 +377,33 @@ mod tests {
         assert!((loops[0].utilization - 0.4).abs() < 1e-9);
         assert_eq!(loops[1].turns.len(), 1);
         assert!((loops[1].utilization - 0.05).abs() < 1e-9);
+    }
+
+    /// `execSync` runs a loop of its own on the thread: its epoll_wait is
+    /// inside the turn of the thread's loop, not a boundary.
+    #[test]
+    fn another_loop_on_the_thread_is_part_of_the_turn() {
+        let other = |time_ns, kind| ThreadEvent {
+            epfd: if kind == EVENT_LOOP_ENTER { 9 } else { -1 },
+            ..event(1, time_ns, kind)
+        };
+        let events = [
+            event(1, 100, EVENT_LOOP_EXIT),
+            event(1, 200, EVENT_LOOP_ENTER),
+            event(1, 300, EVENT_LOOP_EXIT),
+            other(310, EVENT_LOOP_ENTER),
+            other(800, EVENT_LOOP_EXIT),
+            event(1, 900, EVENT_LOOP_ENTER),
+            event(1, 950, EVENT_LOOP_EXIT),
+            event(1, 960, EVENT_LOOP_ENTER),
+        ];
+        let loops = turns(&events, 0, 1000);
+        let spans: Vec<(u64, u64)> = loops[0]
+            .turns
+            .iter()
+            .map(|t| (t.start_ns, t.end_ns))
+            .collect();
+        assert_eq!(spans, [(100, 200), (300, 900), (950, 960)]);
     }
 
     #[test]

@@ -162,9 +162,17 @@ fn rename_new(from: &Path, to: &Path) -> Result<(), OutputError> {
             libc::RENAME_NOREPLACE,
         )
     };
-    if rc != 0 {
-        return Err(OutputError::Io(std::io::Error::last_os_error()));
+    if rc == 0 {
+        return Ok(());
     }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EINVAL) {
+        return Err(OutputError::Io(error));
+    }
+    // NFS and some FUSE file systems have no RENAME_NOREPLACE: a hard link
+    // refuses an existing name too.
+    std::fs::hard_link(from, to)?;
+    let _ = std::fs::remove_file(from);
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use aya::Ebpf;
 use nodeprof_common::{
     CallReads, OffCpu, SwitchConfig, TaskRecord, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP,
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
-    LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
+    LOST_MAP, OFF_CPU_MAP, THREAD_EVENTS_LOST_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
     TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_MAP, V8_CONFIGS_MAP,
 };
 
@@ -349,6 +349,35 @@ impl Probe {
         let map = self.ebpf.map(OFF_CPU_MAP)?;
         let off: HashMap<&MapData, u32, OffCpu> = HashMap::try_from(map).ok()?;
         off.get(&tid, 0).ok().map(|o| o.start_ns)
+    }
+
+    /// Marks thread `tid` of `tgid` off CPU since `start_ns` (it was before
+    /// tracing began), so that its return is reported like any other; false
+    /// when it has an entry already (it switched out since).
+    pub fn open_off_cpu(&mut self, tid: u32, tgid: u32, start_ns: u64) -> bool {
+        let Some(map) = self.ebpf.map_mut(OFF_CPU_MAP) else {
+            return false;
+        };
+        let Ok(mut off) = HashMap::<&mut MapData, u32, OffCpu>::try_from(map) else {
+            return false;
+        };
+        let entry = OffCpu {
+            start_ns,
+            tgid,
+            _pad: 0,
+        };
+        // BPF_NOEXIST: never over an entry the kernel just made.
+        off.insert(tid, entry, 1).is_ok()
+    }
+
+    /// Thread events dropped in the kernel because their ring buffer was full.
+    pub fn lost_thread_events(&self) -> u64 {
+        self.ebpf
+            .map(THREAD_EVENTS_LOST_MAP)
+            .and_then(|map| PerCpuArray::<&MapData, u64>::try_from(map).ok())
+            .and_then(|lost| lost.get(&0, 0).ok())
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
     }
 
     /// The ring buffer of switch-ins and event-loop events (taken once).

@@ -142,10 +142,16 @@ impl Launched {
         }
         // SAFETY: as above.
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-        let mut status = 0;
-        // SAFETY: waitpid on our own child.
-        let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, 0) };
-        (r == self.pid as libc::pid_t).then_some(status)
+        // Bounded: a child stuck in an uninterruptible wait dies only when
+        // the wait ends; nodeprof does not wait for that.
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
     }
 
     fn close(&mut self) {
