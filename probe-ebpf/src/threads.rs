@@ -11,8 +11,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use nodeprof_common::{
-    OffCpu, SwitchConfig, ThreadEvent, EPOLL_ENTER_EPFD_OFFSET, EVENT_LOOP_ENTER,
-    EVENT_LOOP_EXIT, EVENT_SWITCH_IN, SAMPLE_OFF_CPU, TASK_EXITING,
+    OffCpu, SwitchConfig, ThreadEvent, EPOLL_ENTER_EPFD_OFFSET, EVENT_LOOP_ENTER, EVENT_LOOP_EXIT,
+    EVENT_SWITCH_IN, SAMPLE_OFF_CPU, TASK_EXITING,
 };
 
 use crate::sampler::{fill_record, is_target, reserve_sample, saved_user_regs, submit_sample};

@@ -15,7 +15,7 @@ use crate::collect::{Collection, Collector, ThreadEventCollector};
 use crate::eventloop::{self, ThreadLoop};
 use crate::gc::{GcEvent, GcProbes, GcSummary};
 use crate::probe::{Probe, ProbeError};
-use crate::profile::{Pause, Profile, ProfileBuilder};
+use crate::profile::{Frame, Pause, Profile, ProfileBuilder};
 use crate::symbolize::Symbolizer;
 use crate::target::{Discovery, Launched, Runtime, Target};
 use nodeprof_common::{ThreadEvent, EVENT_SWITCH_IN};
@@ -32,6 +32,9 @@ pub enum CaptureError {
         source: std::io::Error,
     },
 }
+
+/// The frame of off-CPU time whose stack record was lost (buffer full).
+const OFF_CPU_STACK_LOST: &str = "(off-CPU stack lost)";
 
 /// Which time of the target's threads a profile shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,7 +163,46 @@ impl Capture {
                 builder.add_off_cpu(start, end, sample.tid, name, stack);
             }
         }
+        if self.clock.off_cpu() {
+            // A return whose switch-out record the full buffer dropped: the
+            // time is known, the stack is not; wall time still adds up.
+            let recorded: std::collections::HashSet<(u32, u64)> = collection
+                .samples
+                .iter()
+                .filter(|s| s.off_cpu)
+                .map(|s| (s.tid, s.time_ns))
+                .collect();
+            let lost_stack = builder.stack_count();
+            let mut lost_any = false;
+            for e in self
+                .thread_events
+                .iter()
+                .filter(|e| e.kind == EVENT_SWITCH_IN)
+            {
+                if recorded.contains(&(e.tid, e.start_ns)) {
+                    continue;
+                }
+                if !lost_any {
+                    builder.add_stack(vec![Frame::meta(OFF_CPU_STACK_LOST)]);
+                    lost_any = true;
+                }
+                let name = self.thread_name(e.tid);
+                let start = e.start_ns.max(self.start_ns);
+                builder.add_off_cpu(start, e.time_ns.min(self.end_ns), e.tid, &name, lost_stack);
+            }
+        }
         builder.finish(self.end_ns, self.lost)
+    }
+
+    /// The name a thread was last sampled with.
+    fn thread_name(&self, tid: u32) -> String {
+        self.collection
+            .samples
+            .iter()
+            .rev()
+            .find(|s| s.tid == tid)
+            .map(|s| self.collection.thread_names[s.thread_name as usize].clone())
+            .unwrap_or_default()
     }
 
     /// The event loops' turns, when they were traced. The target's main
@@ -356,6 +398,13 @@ async fn run(
     let runs_v8 = intake.exe.as_ref().is_some_and(|(_, v8)| *v8);
     let loop_main_stuck = runs_v8.then(|| eventloop::stuck_in_turn(pid)).flatten();
     let lost = probe.lost_samples();
+    let lost_events = probe.lost_thread_events();
+    if lost_events > 0 {
+        tracing::warn!(
+            "{lost_events} thread events lost (buffer full): off-CPU intervals and event-loop turns \
+             near them are approximate"
+        );
+    }
     intake.drain_gc();
     let exe = intake.exe.take().map(|(exe, _)| exe);
     let gc = intake.gc.is_some().then(|| GcCapture {

@@ -99,7 +99,10 @@ pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLo
 /// of the entry before it; the loop's instance is the one entered most.
 fn own_loop<'a>(events: &[&'a ThreadEvent]) -> Vec<&'a ThreadEvent> {
     let mut entries: HashMap<i32, usize> = HashMap::new();
-    for e in events.iter().filter(|e| e.kind == EVENT_LOOP_ENTER && e.epfd >= 0) {
+    for e in events
+        .iter()
+        .filter(|e| e.kind == EVENT_LOOP_ENTER && e.epfd >= 0)
+    {
         *entries.entry(e.epfd).or_default() += 1;
     }
     let Some(own) = entries

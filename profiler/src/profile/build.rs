@@ -50,6 +50,11 @@ impl ProfileBuilder {
         self.stacks.push(id);
     }
 
+    /// How many stacks were added (the index the next one gets).
+    pub fn stack_count(&self) -> usize {
+        self.stacks.len()
+    }
+
     /// Adds a sample of the `stack`-th stack added.
     pub fn add_sample(&mut self, time_ns: u64, tid: u32, thread_name: &str, stack: usize) {
         let stack = self.in_pause(tid, time_ns, self.stacks[stack]);
