@@ -139,9 +139,7 @@ pub(crate) unsafe fn fill_record(
                     fp
                 };
                 let n = walk_user_stack(pc, fp, config, &mut (*record).user_stack);
-                // One read, only when fp is a JS frame's: the interrupted
-                // code may be a frameless leaf called from it.
-                if n > 0 && (*record).user_stack[0].sfi != 0 {
+                if kind == SAMPLE_ON_CPU && n > 0 && (*record).user_stack[0].sfi != 0 {
                     (*record).user_tos = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
                 }
                 n
@@ -188,8 +186,7 @@ const MAX_SCANNED_FRAME: u64 = 64 << 10;
 const MIN_CODE_ADDRESS: u64 = 0x40_0000;
 
 /// Whether the 16 bytes at `at` look like a frame record: a saved frame
-/// pointer a little higher up the same stack, then a return address that is
-/// not itself an address on this stack.
+/// pointer a little higher up the same stack, then a return address.
 #[inline(always)]
 fn is_frame_record(at: u64, saved_fp: u64, return_address: u64) -> bool {
     saved_fp > at
@@ -198,21 +195,6 @@ fn is_frame_record(at: u64, saved_fp: u64, return_address: u64) -> bool {
         && return_address >= MIN_CODE_ADDRESS
         && return_address < 0x0000_8000_0000_0000
         && return_address.abs_diff(at) > MAX_FRAME_SIZE
-}
-
-/// A candidate frame record whose saved frame pointer is a frame record
-/// too: two links of the chain, so two neighbouring pointers among a
-/// caller's locals are not taken for one.
-#[inline(always)]
-fn is_chain(at: u64, saved_fp: u64, return_address: u64) -> bool {
-    if !is_frame_record(at, saved_fp, return_address) {
-        return false;
-    }
-    // SAFETY: checked read of user memory.
-    match unsafe { bpf_probe_read_user(saved_fp as *const [u64; 2]) } {
-        Ok(next) => is_frame_record(saved_fp, next[0], next[1]),
-        Err(_) => false,
-    }
 }
 
 /// The frame pointer to start the walk from: `fp` when it points at a frame
@@ -239,7 +221,7 @@ fn walk_start(fp: u64, sp: u64) -> u64 {
         };
         for i in 0..CHUNK_WORDS {
             let at = base + (i * 8) as u64;
-            if is_chain(at, words[i], words[i + 1]) {
+            if is_frame_record(at, words[i], words[i + 1]) {
                 return at;
             }
         }

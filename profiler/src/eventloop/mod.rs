@@ -259,23 +259,32 @@ fn long_turn(turn: &Turn, samples: &[&crate::profile::Sample], profile: &Profile
     }
 }
 
-/// The innermost two JS functions of a stack, `caller → callee`, or the
-/// innermost frame when it has no JS.
+/// What a person reads as "where": the innermost JS function of the
+/// application (a script of its own, not node's `node:` internals) and the
+/// innermost JS function run, `runChild → spawnSync`; the innermost two when
+/// both are the application's; the innermost frame when no JS is on it.
 fn js_path(profile: &Profile, stack: crate::profile::StackId) -> String {
     let frames = profile.stack(stack);
-    let js: Vec<&str> = frames
+    let js: Vec<&crate::profile::Frame> = frames
         .iter()
         .map(|&f| profile.frame(f))
         .filter(|f| f.kind == FrameKind::Js)
-        .map(|f| f.name.as_str())
         .collect();
-    match js.len() {
-        0 => frames
+    let Some(innermost) = js.last() else {
+        return frames
             .last()
             .map(|&f| frame_label(profile.frame(f)))
-            .unwrap_or_default(),
-        1 => js[0].to_string(),
-        n => format!("{} → {}", js[n - 2], js[n - 1]),
+            .unwrap_or_default();
+    };
+    let is_app = |f: &&crate::profile::Frame| !f.location.starts_with("node:");
+    let caller = match js.iter().rposition(is_app) {
+        Some(i) if i + 1 == js.len() => i.checked_sub(1).map(|i| js[i]),
+        Some(i) => Some(js[i]),
+        None => None,
+    };
+    match caller {
+        Some(caller) => format!("{} → {}", caller.name, innermost.name),
+        None => innermost.name.clone(),
     }
 }
 
