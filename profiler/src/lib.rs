@@ -28,6 +28,7 @@ pub(crate) mod target;
 #[allow(dead_code)]
 pub(crate) mod v8;
 
+pub use capture::core::CoreOptions;
 pub use capture::cpu::{Clock, CpuOptions};
 pub use probe::{call_tracer_loaded, sampler_loaded};
 

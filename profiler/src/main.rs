@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use nodeprof::cmd::core::CoreCommand;
 use nodeprof::cmd::heap::{HeapCommand as Heap, HeapOptions, RetainersOf};
 use nodeprof::cmd::record::{RecordOptions, TargetSpec};
 use nodeprof::cmd::{self, gc::GcOptions};
 use nodeprof::heap::graph::Rules;
 use nodeprof::output::{Format, Report};
-use nodeprof::{Clock, CpuOptions};
+use nodeprof::{Clock, CoreOptions, CpuOptions};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,39 @@ enum Command {
     /// Read .heapsnapshot files: Summary, Comparison and Retainers, as in DevTools.
     #[command(subcommand)]
     Heap(HeapCommand),
+    /// Write a core file of a live process, which keeps running: every
+    /// thread's registers and the memory its coredump_filter selects; gdb
+    /// and lldb read it. The target is stopped only while its memory is
+    /// copied, and resumed on every path (Ctrl-C, errors, a full disk).
+    Core(CoreArgs),
+}
+
+#[derive(clap::Args)]
+struct CoreArgs {
+    /// Process to dump (any process, not only Node.js).
+    #[arg(short, long)]
+    pid: u32,
+    /// The core file. Default: nodeprof-PID-DATE-TIME.core in the current directory.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Include file-backed mappings whole (the target's coredump_filter decides otherwise).
+    #[arg(long, overrides_with = "no_file_backed")]
+    file_backed: bool,
+    /// Leave file-backed mappings out (gdb reads them from the binaries).
+    #[arg(long)]
+    no_file_backed: bool,
+    /// Include hugetlb mappings.
+    #[arg(long, overrides_with = "no_huge")]
+    huge: bool,
+    /// Leave hugetlb mappings out.
+    #[arg(long)]
+    no_huge: bool,
+    /// Write even when the disk looks too small for the core.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -231,6 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Info { pid } => print(&cmd::info::inspect(pid)?, &mut stdout)?,
         Command::Heap(command) => cmd::heap::run(&command.into_options(), &mut stdout)?,
+        Command::Core(args) => print(&cmd::core::run(&args.into_options())?, &mut stdout)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -272,6 +307,30 @@ impl RecordArgs {
             formats: self.format,
             top: self.top,
             blocked: Duration::from_millis(self.blocked_ms),
+        }
+    }
+}
+
+/// `--x` / `--no-x`: Some(true), Some(false), or None (the target decides).
+fn either(yes: bool, no: bool) -> Option<bool> {
+    match (yes, no) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+impl CoreArgs {
+    fn into_options(self) -> CoreCommand {
+        CoreCommand {
+            pid: self.pid,
+            output: self.output,
+            capture: CoreOptions {
+                file_backed: either(self.file_backed, self.no_file_backed),
+                huge: either(self.huge, self.no_huge),
+                quiet: self.quiet,
+            },
+            force: self.force,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! [`cpu::Capture`]. Every capture shares when and why it stops
 //! ([`Stopper`], [`StopReason`]).
 
+pub mod core;
 pub mod cpu;
+pub mod interrupt;
 
 use std::time::{Duration, Instant};
 
