@@ -30,6 +30,7 @@ pub(crate) mod v8;
 
 pub use capture::core::CoreOptions;
 pub use capture::cpu::{Clock, CpuOptions};
+pub use capture::snapshot::SnapshotOptions;
 pub use probe::{call_tracer_loaded, sampler_loaded};
 
 #[cfg(test)]

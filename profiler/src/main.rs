@@ -8,12 +8,13 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use nodeprof::cmd::core::CoreCommand;
+use nodeprof::cmd::snapshot::SnapshotCommand;
 use nodeprof::cmd::heap::{HeapCommand as Heap, HeapOptions, RetainersOf};
 use nodeprof::cmd::record::{RecordOptions, TargetSpec};
 use nodeprof::cmd::{self, gc::GcOptions};
 use nodeprof::heap::graph::Rules;
 use nodeprof::output::{Format, Report};
-use nodeprof::{Clock, CoreOptions, CpuOptions};
+use nodeprof::{Clock, CoreOptions, CpuOptions, SnapshotOptions};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +54,28 @@ enum Command {
     /// and lldb read it. The target is stopped only while its memory is
     /// copied, and resumed on every path (Ctrl-C, errors, a full disk).
     Core(CoreArgs),
+    /// Take a .heapsnapshot of a live Node.js process started with no flag:
+    /// its inspector is started with SIGUSR1 (or the one listening is used),
+    /// the snapshot streamed to disk, and an inspector nodeprof started is
+    /// closed again. Works while JS is stuck in a loop. `nodeprof heap
+    /// summary`, DevTools and memlab read the file.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    /// Node.js process to snapshot.
+    #[arg(short, long)]
+    pid: u32,
+    /// The snapshot file. Default: nodeprof-PID-DATE-TIME.heapsnapshot in the current directory.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Take it even when free memory or disk look too small for this heap.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -265,6 +288,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Info { pid } => print(&cmd::info::inspect(pid)?, &mut stdout)?,
         Command::Heap(command) => cmd::heap::run(&command.into_options(), &mut stdout)?,
+        Command::Snapshot(args) => {
+            let command = SnapshotCommand {
+                pid: args.pid,
+                output: args.output,
+                capture: SnapshotOptions {
+                    force: args.force,
+                    quiet: args.quiet,
+                },
+            };
+            print(&cmd::snapshot::run(&command)?, &mut stdout)?
+        }
         Command::Core(args) => print(&cmd::core::run(&args.into_options())?, &mut stdout)?,
     }
     Ok(ExitCode::SUCCESS)

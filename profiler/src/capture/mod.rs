@@ -1,10 +1,13 @@
 //! Evidence taken from a live process: [`cpu`] samples it into a
-//! [`cpu::Capture`]. Every capture shares when and why it stops
+//! [`cpu::Capture`]; [`snapshot`] takes a heap snapshot through node's
+//! inspector; [`core`] writes a core file while the process keeps running. Every capture shares when and why it stops
 //! ([`Stopper`], [`StopReason`]).
 
 pub mod core;
 pub mod cpu;
+pub mod inspector;
 pub mod interrupt;
+pub mod snapshot;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::capture::core::{self, CoreCapture, CoreError, CoreOptions};
 use crate::capture::interrupt;
-use crate::output::{self, CaptureFile, FileError, Report};
+use crate::output::{self, format_bytes, CaptureFile, FileError, Report};
 use crate::target::{Target, TargetError};
 
 #[derive(Debug, Clone)]
@@ -76,8 +76,8 @@ pub fn run(options: &CoreCommand) -> Result<CoreReport, CoreCommandError> {
     if free < need && !options.force {
         return Err(CoreCommandError::NoSpace {
             dir: file.dir().display().to_string(),
-            free: bytes(free),
-            need: bytes(need),
+            free: format_bytes(free),
+            need: format_bytes(need),
         });
     }
     interrupt::install().map_err(|source| CoreCommandError::Io {
@@ -116,22 +116,6 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
-/// 1.2 GiB, 340.0 MiB, 12.0 KiB.
-pub(crate) fn bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
-
 impl Report for CoreReport {
     fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
         let c = &self.capture;
@@ -153,10 +137,10 @@ impl Report for CoreReport {
         writeln!(
             out,
             "memory read: {} in {:.2} s ({}/s); file: {} (zero pages are holes)",
-            bytes(c.data),
+            format_bytes(c.data),
             secs,
-            bytes((c.data as f64 / secs) as u64),
-            bytes(c.size)
+            format_bytes((c.data as f64 / secs) as u64),
+            format_bytes(c.size)
         )?;
         writeln!(out, "wrote {}", self.path.display())?;
         writeln!(

@@ -7,3 +7,4 @@ pub mod gc;
 pub mod heap;
 pub mod info;
 pub mod record;
+pub mod snapshot;

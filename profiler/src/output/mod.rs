@@ -110,3 +110,20 @@ pub(crate) mod testdata {
         p
     }
 }
+
+/// 1.2 GiB, 340.0 MiB, 12.0 KiB.
+pub fn format_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
