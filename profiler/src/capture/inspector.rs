@@ -196,6 +196,7 @@ impl Session {
         let id = self.next_id;
         self.next_id += 1;
         let text = json!({ "id": id, "method": method, "params": params }).to_string();
+        tracing::debug!("inspector request: {text}");
         self.ws
             .send(Message::text(text))
             .map_err(|e| InspectorError::WebSocket(e.to_string()))?;
@@ -206,6 +207,7 @@ impl Session {
     pub fn next(&mut self) -> Result<Incoming, InspectorError> {
         match self.ws.read() {
             Ok(Message::Text(text)) => {
+                tracing::trace!("inspector: {}", &text.as_str()[..text.len().min(200)]);
                 let v: Value = serde_json::from_str(text.as_str())
                     .map_err(|e| InspectorError::WebSocket(e.to_string()))?;
                 if let Some(id) = v.get("id").and_then(Value::as_u64) {

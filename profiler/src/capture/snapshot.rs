@@ -313,6 +313,9 @@ fn close_inspector(mut session: Session, pid: u32, addr: SocketAddr, finished: b
     false
 }
 
+/// How long a snapshot may wait for the event loop before the debugger pauses JS.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+
 #[derive(serde::Deserialize)]
 struct HeapUsage {
     #[serde(rename = "usedSize")]
@@ -370,6 +373,8 @@ fn snapshot(
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut bytes = 0u64;
     let mut counting = false;
+    let mut begun = false;
+    let mut paused = false;
     progress.set_message("objects");
     loop {
         if let Some(signal) = interrupt::pending() {
@@ -378,6 +383,7 @@ fn snapshot(
         match session.next().map_err(protocol)? {
             Incoming::Event(method, params) => match method.as_str() {
                 "HeapProfiler.addHeapSnapshotChunk" => {
+                    begun = true;
                     let chunk = params.get("chunk").and_then(Value::as_str).unwrap_or("");
                     out.write_all(chunk.as_bytes()).map_err(write_error)?;
                     bytes += chunk.len() as u64;
@@ -389,6 +395,7 @@ fn snapshot(
                     progress.set_position(bytes);
                 }
                 "HeapProfiler.reportHeapSnapshotProgress" if !counting => {
+                    begun = true;
                     let n = |k| params.get(k).and_then(Value::as_u64).unwrap_or(0);
                     progress.set_length(n("total").max(1));
                     progress.set_position(n("done"));
@@ -409,8 +416,20 @@ fn snapshot(
                 if !alive(pid) {
                     return Err(SnapshotError::Exited(pid));
                 }
+                // V8 12+ (node 22+) takes the snapshot in a task of the event
+                // loop, which never runs while JS is stuck; it also takes
+                // deferred snapshots when the debugger pauses, so pause it.
+                if !begun && !paused && started.elapsed() > PAUSE_AFTER {
+                    session.send("Debugger.enable", json!({})).map_err(protocol)?;
+                    session.send("Debugger.pause", json!({})).map_err(protocol)?;
+                    paused = true;
+                }
             }
         }
+    }
+    if paused {
+        session.send("Debugger.resume", json!({})).map_err(protocol)?;
+        session.send("Debugger.disable", json!({})).map_err(protocol)?;
     }
     out.flush().map_err(write_error)?;
     Ok(SnapshotCapture {
