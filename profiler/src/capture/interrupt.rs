@@ -5,10 +5,17 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 
 static PENDING: AtomicI32 = AtomicI32::new(0);
+static COUNT: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
+    // Only atomic operations: async-signal-safe.
     PENDING.store(signal, Ordering::SeqCst);
+    COUNT.fetch_add(1, Ordering::SeqCst);
+}
+
+/// How many stop signals arrived: a second one cuts a cleanup wait short.
+pub fn count() -> i32 {
+    COUNT.load(Ordering::SeqCst)
 }
 
 /// Catches SIGINT, SIGTERM and SIGHUP from now on; they set [`pending`].

@@ -260,7 +260,22 @@ fn session(
         addrs: addr.to_string(),
         source,
     })?;
-    let result = snapshot(&mut session, pid, addr, file, dir, options, progress);
+    let mut paused = false;
+    let result = snapshot(
+        &mut session,
+        pid,
+        addr,
+        file,
+        dir,
+        options,
+        progress,
+        &mut paused,
+    );
+    if paused {
+        // Also cancels a pause still pending: JS must never stay paused.
+        let _ = session.send("Debugger.resume", json!({}));
+        let _ = session.send("Debugger.disable", json!({}));
+    }
     let closed = if opened {
         close_inspector(session, pid, addr, result.is_ok())
     } else {
@@ -281,7 +296,8 @@ fn session(
 }
 
 /// Asks node to close the inspector nodeprof opened, then waits for its port
-/// to stop listening. A snapshot still being generated delays the request.
+/// to stop listening. A snapshot still being generated delays the request
+/// (after Ctrl-C): the wait drains it, and a second signal cuts it short.
 fn close_inspector(mut session: Session, pid: u32, addr: SocketAddr, finished: bool) -> bool {
     let _ = session.send(
         "Runtime.evaluate",
@@ -294,7 +310,7 @@ fn close_inspector(mut session: Session, pid: u32, addr: SocketAddr, finished: b
             .map(|l| !l.iter().any(|a| a.port() == addr.port()))
             .unwrap_or(true)
     };
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && interrupt::count() < 2 {
         if gone(pid) {
             return true;
         }
@@ -332,6 +348,7 @@ fn snapshot(
     dir: &std::path::Path,
     options: &SnapshotOptions,
     progress: &indicatif::ProgressBar,
+    paused: &mut bool,
 ) -> Result<SnapshotCapture, SnapshotError> {
     let protocol = |source| {
         if !alive(pid) {
@@ -363,6 +380,9 @@ fn snapshot(
     let (used, total) = (usage.used as u64, usage.total as u64);
     check_room(pid, used, dir, options)?;
 
+    // Looked at before the request: once the snapshot runs, the main thread
+    // is busy with it and looks stuck too.
+    let stuck = loop_is_stuck(pid);
     let id = session
         .send(
             "HeapProfiler.takeHeapSnapshot",
@@ -374,7 +394,6 @@ fn snapshot(
     let mut bytes = 0u64;
     let mut counting = false;
     let mut begun = false;
-    let mut paused = false;
     progress.set_message("objects");
     loop {
         if let Some(signal) = interrupt::pending() {
@@ -419,18 +438,15 @@ fn snapshot(
                 // V8 12+ (node 22+) takes the snapshot in a task of the event
                 // loop, which never runs while JS is stuck; it also takes
                 // deferred snapshots when the debugger pauses, so pause it.
-                if !begun && !paused && started.elapsed() > PAUSE_AFTER {
+                if stuck && !begun && !*paused && started.elapsed() > PAUSE_AFTER {
+                    *paused = true;
                     session.send("Debugger.enable", json!({})).map_err(protocol)?;
                     session.send("Debugger.pause", json!({})).map_err(protocol)?;
-                    paused = true;
                 }
             }
         }
     }
-    if paused {
-        session.send("Debugger.resume", json!({})).map_err(protocol)?;
-        session.send("Debugger.disable", json!({})).map_err(protocol)?;
-    }
+
     out.flush().map_err(write_error)?;
     Ok(SnapshotCapture {
         inspector: addr,
@@ -441,6 +457,21 @@ fn snapshot(
         bytes,
         took: started.elapsed(),
     })
+}
+
+/// Whether the main thread stayed in user space for 200 ms: JS that never
+/// returns to the event loop (an idle or working loop enters epoll_wait).
+fn loop_is_stuck(pid: u32) -> bool {
+    let path = format!("/proc/{pid}/task/{pid}/syscall");
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.starts_with("running") => {}
+            _ => return false,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 fn write_error(e: io::Error) -> SnapshotError {
