@@ -103,7 +103,10 @@ fn assert_busy(pid: u32) {
     let before = cpu_time_ns(pid);
     std::thread::sleep(Duration::from_secs(1));
     let spun = cpu_time_ns(pid) - before;
-    assert!(spun > 50_000_000, "the busy target stopped spinning: {spun} ns of CPU in 1 s");
+    assert!(
+        spun > 50_000_000,
+        "the busy target stopped spinning: {spun} ns of CPU in 1 s"
+    );
 }
 
 /// A snapshot of an idle server and of a target stuck in `while (true)`, on
@@ -139,9 +142,10 @@ fn snapshots_of_idle_and_busy_targets(major: u32) {
     assert_eq!(ours.get("CaptureOther"), Some(&1200), "node {major}");
     // Every JS class of some size: within 10 % (+10) of the target's own count;
     // the inspector session itself adds a few objects.
-    for (name, &count) in theirs.iter().filter(|(n, &c)| {
-        c >= 100 && !n.starts_with('(') && !n.starts_with("system /")
-    }) {
+    for (name, &count) in theirs
+        .iter()
+        .filter(|(n, &c)| c >= 100 && !n.starts_with('(') && !n.starts_with("system /"))
+    {
         let got = ours.get(name).copied().unwrap_or(0);
         assert!(
             got.abs_diff(count) <= count / 10 + 10,
@@ -265,8 +269,7 @@ fn a_target_in_its_own_network_namespace() {
         class_counts(&out, dir.path()).get("CaptureLeak"),
         Some(&3000)
     );
-    assert!(wait_until(Duration::from_secs(5), || listening_ports(pid)
-        == [port]));
+    assert!(wait_until(Duration::from_secs(5), || listening_ports(pid) == [port]));
 }
 
 #[test]
@@ -311,8 +314,7 @@ fn bad_output_paths_are_one_line_errors() {
     let dir = scratch_dir();
     let target = start(&node_major(20), &["idle"], dir.path());
     let pid = target.proc.pid;
-    snapshot(pid, Path::new("/proc/x.heapsnapshot"), &[], dir.path())
-        .assert_error("cannot create");
+    snapshot(pid, Path::new("/proc/x.heapsnapshot"), &[], dir.path()).assert_error("cannot create");
     let existing = dir.path().join("exists.heapsnapshot");
     std::fs::write(&existing, "keep").unwrap();
     snapshot(pid, &existing, &[], dir.path()).assert_error("already exists");
@@ -364,7 +366,11 @@ fn sigint_during_a_snapshot_leaves_no_file() {
                 && std::fs::metadata(dir.path().join(n)).is_ok_and(|m| m.len() > 1 << 20)
         })
     });
-    assert!(started, "the snapshot never started: {:?}", dir_entries(dir.path()));
+    assert!(
+        started,
+        "the snapshot never started: {:?}",
+        dir_entries(dir.path())
+    );
     let t0 = Instant::now();
     send_signal(np.proc.pid, libc::SIGINT);
     let run = np.finish(RUN_TIMEOUT);

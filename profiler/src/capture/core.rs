@@ -48,7 +48,10 @@ pub enum CoreError {
         source: io::Error,
     },
     #[error("cannot stop process {pid}: {source}")]
-    Stop { pid: u32, source: elfcore::CoreError },
+    Stop {
+        pid: u32,
+        source: elfcore::CoreError,
+    },
     #[error("process {0} exited while its core was taken; no file written")]
     Exited(u32),
     #[error("the disk is full; the target was resumed and no file written")]
@@ -153,7 +156,11 @@ fn dump_of(vma: &Vma, filter: u32, is_elf: impl Fn(u64) -> bool) -> Dump {
     let flag = |f: &str| vma.flags.iter().any(|x| x == f);
     if vma.path == "[vdso]" || vma.path == "[vsyscall]" {
         // The kernel always dumps the gate area; gdb unwinds signal frames through the vDSO.
-        return if vma.path == "[vdso]" { Dump::Whole } else { Dump::Skip };
+        return if vma.path == "[vdso]" {
+            Dump::Whole
+        } else {
+            Dump::Skip
+        };
     }
     // Device memory, MADV_DONTDUMP, and what cannot be read.
     if flag("io") || flag("pf") || flag("dd") || !vma.perms.starts_with('r') || vma.path == "[vvar]"
@@ -162,8 +169,16 @@ fn dump_of(vma: &Vma, filter: u32, is_elf: impl Fn(u64) -> bool) -> Dump {
     }
     let shared = vma.perms.as_bytes().get(3) == Some(&b's');
     if flag("ht") {
-        let bit = if shared { HUGETLB_SHARED } else { HUGETLB_PRIVATE };
-        return if filter & bit != 0 { Dump::Whole } else { Dump::Skip };
+        let bit = if shared {
+            HUGETLB_SHARED
+        } else {
+            HUGETLB_PRIVATE
+        };
+        return if filter & bit != 0 {
+            Dump::Whole
+        } else {
+            Dump::Skip
+        };
     }
     if flag("dx") {
         return Dump::Skip;
@@ -175,8 +190,16 @@ fn dump_of(vma: &Vma, filter: u32, is_elf: impl Fn(u64) -> bool) -> Dump {
             || vma.path.ends_with(" (deleted)")
             || vma.path.starts_with("/SYSV")
             || vma.path.starts_with("/memfd:");
-        let bit = if anonymous { ANON_SHARED } else { MAPPED_SHARED };
-        return if filter & bit != 0 { Dump::Whole } else { Dump::Skip };
+        let bit = if anonymous {
+            ANON_SHARED
+        } else {
+            MAPPED_SHARED
+        };
+        return if filter & bit != 0 {
+            Dump::Whole
+        } else {
+            Dump::Skip
+        };
     }
     if vma.anon_kb > 0 && filter & ANON_PRIVATE != 0 {
         return Dump::Whole;
@@ -194,13 +217,14 @@ fn dump_of(vma: &Vma, filter: u32, is_elf: impl Fn(u64) -> bool) -> Dump {
 }
 
 fn read_filter(pid: u32, options: &CoreOptions) -> Result<u32, CoreError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).map_err(|source| {
-        CoreError::Proc {
-            pid,
-            what: "coredump_filter",
-            source,
-        }
-    })?;
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).map_err(|source| {
+            CoreError::Proc {
+                pid,
+                what: "coredump_filter",
+                source,
+            }
+        })?;
     let mut filter = u32::from_str_radix(text.trim(), 16).unwrap_or(0x33);
     let mut set = |bits: u32, on: Option<bool>| match on {
         Some(true) => filter |= bits,
@@ -213,12 +237,13 @@ fn read_filter(pid: u32, options: &CoreOptions) -> Result<u32, CoreError> {
 }
 
 fn read_vmas(pid: u32) -> Result<Vec<Vma>, CoreError> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|source| CoreError::Proc {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|source| {
+        CoreError::Proc {
             pid,
             what: "smaps",
             source,
-        })?;
+        }
+    })?;
     Ok(parse_smaps(&text))
 }
 

@@ -116,7 +116,11 @@ pub fn capture(
                 session(target, file, &dir, options, progress)
             })
             .join()
-            .unwrap_or_else(|_| Err(SnapshotError::Write(io::Error::other("snapshot thread panicked"))))
+            .unwrap_or_else(|_| {
+                Err(SnapshotError::Write(io::Error::other(
+                    "snapshot thread panicked",
+                )))
+            })
     })
 }
 
@@ -255,11 +259,12 @@ fn session(
             }
         }
     };
-    let mut session = Session::connect(addr, &url).map_err(|source| SnapshotError::Unreachable {
-        pid,
-        addrs: addr.to_string(),
-        source,
-    })?;
+    let mut session =
+        Session::connect(addr, &url).map_err(|source| SnapshotError::Unreachable {
+            pid,
+            addrs: addr.to_string(),
+            source,
+        })?;
     let mut paused = false;
     let result = snapshot(
         &mut session,
@@ -440,8 +445,12 @@ fn snapshot(
                 // deferred snapshots when the debugger pauses, so pause it.
                 if stuck && !begun && !*paused && started.elapsed() > PAUSE_AFTER {
                     *paused = true;
-                    session.send("Debugger.enable", json!({})).map_err(protocol)?;
-                    session.send("Debugger.pause", json!({})).map_err(protocol)?;
+                    session
+                        .send("Debugger.enable", json!({}))
+                        .map_err(protocol)?;
+                    session
+                        .send("Debugger.pause", json!({}))
+                        .map_err(protocol)?;
                 }
             }
         }

@@ -32,9 +32,7 @@ pub enum CoreCommandError {
         action: &'static str,
         source: io::Error,
     },
-    #[error(
-        "{dir} has {free} free, the core needs about {need}: choose another -o, or --force"
-    )]
+    #[error("{dir} has {free} free, the core needs about {need}: choose another -o, or --force")]
     NoSpace {
         dir: String,
         free: String,

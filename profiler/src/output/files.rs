@@ -137,7 +137,9 @@ impl CaptureFile {
         };
         file.sync_all().map_err(create)?;
         drop(file);
-        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL in a path")
+        };
         let (from, to) = (c(&self.temp), c(&self.path));
         // SAFETY: two NUL-terminated paths relative to the current directory.
         let rc = unsafe {

@@ -126,4 +126,3 @@ pub fn format_bytes(n: u64) -> String {
         format!("{value:.1} {}", units[unit])
     }
 }
-
