@@ -15,6 +15,7 @@ pub mod gc;
 pub mod heap;
 pub mod output;
 
+pub(crate) mod caps;
 pub(crate) mod capture;
 pub(crate) mod clock;
 pub(crate) mod collect;
@@ -53,6 +54,7 @@ mod layering {
         ("output", 1),
         ("v8", 0),
         ("clock", 0),
+        ("caps", 0),
     ];
 
     fn layer(module: &str) -> u8 {

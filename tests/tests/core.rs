@@ -255,7 +255,7 @@ fn sigint_during_a_core_resumes_the_target() {
     let stopped = wait_until(Duration::from_secs(60), || {
         proc_state(pid) == Some('t')
             && dir_entries(dir.path()).iter().any(|n| {
-                n.ends_with(".part")
+                n.ends_with(".tmp")
                     && std::fs::metadata(dir.path().join(n)).is_ok_and(|m| m.len() > 8 << 20)
             })
     });

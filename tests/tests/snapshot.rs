@@ -362,7 +362,7 @@ fn sigint_during_a_snapshot_leaves_no_file() {
     // Interrupt once chunks are being written.
     let started = wait_until(Duration::from_secs(60), || {
         dir_entries(dir.path()).iter().any(|n| {
-            n.ends_with(".part")
+            n.ends_with(".tmp")
                 && std::fs::metadata(dir.path().join(n)).is_ok_and(|m| m.len() > 1 << 20)
         })
     });

@@ -98,7 +98,9 @@ pub fn capture(
     options: &SnapshotOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<SnapshotCapture, SnapshotError> {
-    if !target.is_node() {
+    // Node is told by its binary's contents (V8's layout), not its name.
+    let exe = std::path::PathBuf::from(format!("/proc/{}/exe", target.pid));
+    if crate::target::discover(&exe).is_err() {
         return Err(SnapshotError::NotNode {
             pid: target.pid,
             exe: target.exe.display().to_string(),

@@ -26,28 +26,13 @@ impl GcProbes {
     /// Like [`GcProbes::attach`], for process `pid` running (or about to
     /// exec) the node binary at `binary`.
     pub fn attach_binary(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcProbes, GcError> {
-        let mut points = GcPoints::find(binary)?;
-        let mut failed = Vec::new();
-        for (index, site) in points.sites.iter().enumerate() {
-            if let Err(e) = probe.attach_call(pid, binary, site.site) {
-                // Permission problems concern every probe: say so at once.
-                if matches!(e, ProbeError::NotPermitted) {
-                    probe.detach_calls();
-                    return Err(e.into());
-                }
-                failed.push((index, format!("{}: {e}", site.symbol)));
-            }
-        }
-        // Without a usable plan, no probe may stay to trap the target's GCs.
-        let ring = points
-            .drop_failed(failed)
-            .map_err(GcError::from)
-            .and_then(|()| {
-                probe.take_calls().ok_or(GcError::Probe(ProbeError::Kernel {
-                    action: "trace GC",
-                    detail: "the GC event buffer is already in use".into(),
-                }))
-            })
+        let points = attach_points(probe, pid, binary)?;
+        let ring = probe
+            .take_calls()
+            .ok_or(GcError::Probe(ProbeError::Kernel {
+                action: "trace GC",
+                detail: "the GC event buffer is already in use".into(),
+            }))
             .inspect_err(|_| probe.detach_calls())?;
         let mut tracer = GcTracer::new(&points);
         tracer.arm(monotonic_ns());
@@ -56,6 +41,23 @@ impl GcProbes {
             points,
             collector: CallCollector::new(ring),
         })
+    }
+
+    /// After an exec: the probes move to the new binary's GC functions (the
+    /// old ones went with the old image). GCs completed before are drained
+    /// first and returned.
+    pub fn reattach(
+        &mut self,
+        probe: &mut Probe,
+        pid: u32,
+        binary: &Path,
+    ) -> Result<Vec<GcEvent>, GcError> {
+        let done = self.drain(pid);
+        probe.detach_calls();
+        self.points = attach_points(probe, pid, binary)?;
+        self.tracer = GcTracer::new(&self.points);
+        self.tracer.arm(monotonic_ns());
+        Ok(done)
     }
 
     /// Feeds every pending call event to the tracer; returns the GCs completed.
@@ -69,6 +71,30 @@ impl GcProbes {
         });
         done
     }
+}
+
+/// Finds the GC functions of `binary` and attaches the call tracer to them
+/// for process `pid`. Functions that cannot be probed are reported in
+/// `missing` and skipped, as long as a pause can still be timed.
+fn attach_points(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcPoints, GcError> {
+    let mut points = GcPoints::find(binary)?;
+    let mut failed = Vec::new();
+    for (index, site) in points.sites.iter().enumerate() {
+        if let Err(e) = probe.attach_call(pid, binary, site.site) {
+            // Permission problems concern every probe: say so at once.
+            if matches!(e, ProbeError::NotPermitted) {
+                probe.detach_calls();
+                return Err(e.into());
+            }
+            failed.push((index, format!("{}: {e}", site.symbol)));
+        }
+    }
+    // Without a usable plan, no probe may stay to trap the target's GCs.
+    points
+        .drop_failed(failed)
+        .map_err(GcError::from)
+        .inspect_err(|_| probe.detach_calls())?;
+    Ok(points)
 }
 
 pub fn exe_path(pid: u32) -> PathBuf {
