@@ -268,16 +268,12 @@ fn session(
             source,
         })?;
     let mut paused = false;
-    let result = snapshot(
-        &mut session,
-        pid,
-        addr,
+    let out = Out {
         file,
         dir,
-        options,
         progress,
-        &mut paused,
-    );
+    };
+    let result = snapshot(&mut session, pid, addr, out, options, &mut paused);
     if paused {
         // Also cancels a pause still pending: JS must never stay paused.
         let _ = session.send("Debugger.resume", json!({}));
@@ -347,16 +343,26 @@ struct HeapUsage {
     total: f64,
 }
 
+/// Where a snapshot goes, and its progress.
+struct Out<'a> {
+    file: &'a mut File,
+    dir: &'a std::path::Path,
+    progress: &'a indicatif::ProgressBar,
+}
+
 fn snapshot(
     session: &mut Session,
     pid: u32,
     addr: SocketAddr,
-    file: &mut File,
-    dir: &std::path::Path,
+    out: Out<'_>,
     options: &SnapshotOptions,
-    progress: &indicatif::ProgressBar,
     paused: &mut bool,
 ) -> Result<SnapshotCapture, SnapshotError> {
+    let Out {
+        file,
+        dir,
+        progress,
+    } = out;
     let protocol = |source| {
         if !alive(pid) {
             SnapshotError::Exited(pid)

@@ -60,6 +60,22 @@ pub enum OutputError {
 /// A small profile shared by the writers' tests: a main thread (tid 100 ==
 /// pid) running recursive JS, a worker thread, a GC thread with an empty
 /// stack, and frames of every kind.
+/// 1.2 GiB, 340.0 MiB, 12.0 KiB.
+pub fn format_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testdata {
     use crate::profile::{Frame, FrameKind, Profile};
@@ -110,21 +126,5 @@ pub(crate) mod testdata {
         p.add_sample(1_045_000, 103, "V8 GC", s_empty);
         p.end_ns = 2_000_000;
         p
-    }
-}
-
-/// 1.2 GiB, 340.0 MiB, 12.0 KiB.
-pub fn format_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
     }
 }
