@@ -3,12 +3,14 @@
 //!
 //! 1. `tests/fixtures/capture/target.js idle --heap-mb N` (node 20) serves
 //!    HTTP with a heap of small objects and strings;
-//! 2. one after the other: `nodeprof snapshot`, `nodeprof core`, `gcore`
-//!    (release build of nodeprof), each writing into `target/bench/capture/`;
+//! 2. one after the other: `nodeprof core`, `gcore`, `nodeprof snapshot`
+//!    (release build of nodeprof; the snapshot last, as it leaves the target's
+//!    RSS grown), each writing into `target/bench/capture/`;
 //! 3. meanwhile a client sends `GET /` every 5 ms: the longest time without
 //!    an answer is how long the target was stopped or stalled;
 //! 4. wall time and peak RSS (`ru_maxrss` from `wait4`, descendants
 //!    included: gdb under gcore's shell) of each tool, file size, bytes/s,
+//!    the target's peak RSS meanwhile (VmHWM, reset through `clear_refs`),
 //!    and nodeprof's own stop time for the core; the table goes to
 //!    `target/bench/capture.md`.
 
@@ -36,6 +38,8 @@ pub struct BenchCaptureArgs {
 struct Sample {
     wall_s: f64,
     rss_mib: f64,
+    /// The target's peak RSS while the tool ran.
+    target_peak_mib: f64,
     bytes: u64,
     /// Longest interval without an HTTP answer while the tool ran.
     stall_s: f64,
@@ -67,9 +71,23 @@ fn prober(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<f64> {
     })
 }
 
-fn measure(cmd: &mut Command, port: u16, out_file: &Path) -> Result<Sample> {
+/// A `kB` field of /proc/PID/status, in MiB.
+fn status_mib(pid: u32, field: &str) -> Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok(kb / 1024.0)
+}
+
+fn measure(cmd: &mut Command, pid: u32, port: u16, out_file: &Path) -> Result<Sample> {
     let what = util::display(cmd);
     eprintln!("+ {what}");
+    // "5" resets the target's peak RSS (VmHWM) to its current RSS.
+    fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
     let stop = Arc::new(AtomicBool::new(false));
     let probe = prober(port, stop.clone());
     std::thread::sleep(Duration::from_millis(200));
@@ -94,6 +112,7 @@ fn measure(cmd: &mut Command, port: u16, out_file: &Path) -> Result<Sample> {
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     let stall_s = probe.join().expect("prober");
+    let target_peak_mib = status_mib(pid, "VmHWM:")?;
     if r < 0 {
         bail!("wait4 on {what}: {}", std::io::Error::last_os_error());
     }
@@ -106,6 +125,7 @@ fn measure(cmd: &mut Command, port: u16, out_file: &Path) -> Result<Sample> {
     Ok(Sample {
         wall_s,
         rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        target_peak_mib,
         bytes,
         stall_s,
         stdout,
@@ -148,27 +168,13 @@ pub fn bench_capture(args: &BenchCaptureArgs) -> Result<()> {
     // Keep draining the fixture's stdout so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     let result = (|| -> Result<String> {
-        let rss = fs::read_to_string(format!("/proc/{pid}/status"))?
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>())
-            .transpose()?
-            .unwrap_or(0.0)
-            / 1024.0;
-        let snap = dir.join("s.heapsnapshot");
-        let s = measure(
-            Command::new(&nodeprof)
-                .args(["snapshot", "-q", "-p", &pid.to_string(), "-o"])
-                .arg(&snap),
-            port,
-            &snap,
-        )?;
-        fs::remove_file(&snap)?;
+        let rss = status_mib(pid, "VmRSS:")?;
         let core = dir.join("n.core");
         let c = measure(
             Command::new(&nodeprof)
                 .args(["core", "-q", "-p", &pid.to_string(), "-o"])
                 .arg(&core),
+            pid,
             port,
             &core,
         )?;
@@ -181,17 +187,28 @@ pub fn bench_capture(args: &BenchCaptureArgs) -> Result<()> {
                 .arg("-o")
                 .arg(&gprefix)
                 .arg(pid.to_string()),
+            pid,
             port,
             &gfile,
         )?;
         let gcore_used = disk_usage(&gfile)?;
         fs::remove_file(&gfile)?;
 
+        let snap = dir.join("s.heapsnapshot");
+        let s = measure(
+            Command::new(&nodeprof)
+                .args(["snapshot", "-q", "-p", &pid.to_string(), "-o"])
+                .arg(&snap),
+            pid,
+            port,
+            &snap,
+        )?;
+        fs::remove_file(&snap)?;
         let heap = s
             .stdout
             .lines()
             .next()
-            .and_then(|l| l.split_once("heap "))
+            .and_then(|l| l.split_once("): heap "))
             .map(|(_, h)| h.to_string())
             .unwrap_or_default();
         let stopped = c
@@ -206,8 +223,8 @@ pub fn bench_capture(args: &BenchCaptureArgs) -> Result<()> {
             "Target: node 20, `target.js idle --heap-mb {}`: RSS {rss:.0} MiB, V8 heap {heap}.\n",
             args.heap_mb
         )?;
-        writeln!(md, "| capture | wall s | longest HTTP stall s | tool peak RSS MiB | file MiB (on disk) | MiB/s |")?;
-        writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+        writeln!(md, "| capture | wall s | longest HTTP stall s | tool peak RSS MiB | target peak RSS MiB | file MiB (on disk) | MiB/s |")?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
         let row = |md: &mut String, name: &str, x: &Sample, used: Option<u64>| {
             let mib = x.bytes as f64 / 1048576.0;
             let on_disk = used
@@ -215,16 +232,17 @@ pub fn bench_capture(args: &BenchCaptureArgs) -> Result<()> {
                 .unwrap_or_default();
             writeln!(
                 md,
-                "| {name} | {:.1} | {:.2} | {:.0} | {mib:.0}{on_disk} | {:.0} |",
+                "| {name} | {:.1} | {:.2} | {:.0} | {:.0} | {mib:.0}{on_disk} | {:.0} |",
                 x.wall_s,
                 x.stall_s,
                 x.rss_mib,
+                x.target_peak_mib,
                 mib / x.wall_s
             )
         };
-        row(&mut md, "nodeprof snapshot", &s, None)?;
         row(&mut md, "nodeprof core", &c, Some(core_used))?;
         row(&mut md, "gcore", &g, Some(gcore_used))?;
+        row(&mut md, "nodeprof snapshot", &s, None)?;
         writeln!(md, "\nnodeprof core: {stopped}")?;
         Ok(md)
     })();
