@@ -67,7 +67,8 @@ struct SnapshotArgs {
     /// Node.js process to snapshot.
     #[arg(short, long)]
     pid: u32,
-    /// The snapshot file. Default: nodeprof-PID-DATE-TIME.heapsnapshot in the current directory.
+    /// The snapshot file, or a directory for the default name
+    /// nodeprof-PID-DATE-TIME.heapsnapshot (default: the current directory).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Take it even when free memory or disk look too small for this heap.
@@ -83,7 +84,8 @@ struct CoreArgs {
     /// Process to dump (any process, not only Node.js).
     #[arg(short, long)]
     pid: u32,
-    /// The core file. Default: nodeprof-PID-DATE-TIME.core in the current directory.
+    /// The core file, or a directory for the default name nodeprof-PID-DATE-TIME.core
+    /// (default: the current directory).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Include file-backed mappings whole (the target's coredump_filter decides otherwise).

@@ -12,7 +12,7 @@ use crate::target::{Target, TargetError};
 #[derive(Debug, Clone)]
 pub struct CoreCommand {
     pub pid: u32,
-    /// Default: `nodeprof-PID-DATE-TIME.core` in the current directory.
+    /// A file, or a directory for the default name. Default: `nodeprof-PID-DATE-TIME.core` in the current directory.
     pub output: Option<PathBuf>,
     pub capture: CoreOptions,
     /// Write even when the disk looks too small.
@@ -58,11 +58,7 @@ pub fn run(options: &CoreCommand) -> Result<CoreReport, CoreCommandError> {
         }
         .into());
     }
-    let path = options.output.clone().unwrap_or_else(|| {
-        let mut p = output::default_prefix(target.pid).into_os_string();
-        p.push(".core");
-        p.into()
-    });
+    let path = output::capture_path(options.output.as_deref(), target.pid, "core");
     let mut file = CaptureFile::create(&path)?;
     let (expected, _) = core::expected_size(target.pid, &options.capture)?;
     let free = output::free_disk(&file.dir()).map_err(|source| CoreCommandError::Io {

@@ -11,7 +11,7 @@ use crate::target::{Target, TargetError};
 #[derive(Debug, Clone)]
 pub struct SnapshotCommand {
     pub pid: u32,
-    /// Default: `nodeprof-PID-DATE-TIME.heapsnapshot` in the current directory.
+    /// A file, or a directory for the default name. Default: `nodeprof-PID-DATE-TIME.heapsnapshot` in the current directory.
     pub output: Option<PathBuf>,
     pub capture: SnapshotOptions,
 }
@@ -37,11 +37,7 @@ pub struct SnapshotReport {
 
 pub fn run(options: &SnapshotCommand) -> Result<SnapshotReport, SnapshotCommandError> {
     let target = Target::inspect(options.pid)?;
-    let path = options.output.clone().unwrap_or_else(|| {
-        let mut p = output::default_prefix(target.pid).into_os_string();
-        p.push(".heapsnapshot");
-        p.into()
-    });
+    let path = output::capture_path(options.output.as_deref(), target.pid, "heapsnapshot");
     let mut file = CaptureFile::create(&path)?;
     interrupt::install().map_err(SnapshotCommandError::Signals)?;
     let progress = progress_bar(options.capture.quiet);

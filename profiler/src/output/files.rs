@@ -209,6 +209,19 @@ impl Drop for CaptureFile {
     }
 }
 
+/// Where a capture goes: `-o FILE`, or the default name
+/// (`nodeprof-PID-DATE-TIME.EXT`) in `-o DIR/` or the current directory.
+pub fn capture_path(output: Option<&Path>, pid: u32, extension: &str) -> PathBuf {
+    let mut name = default_prefix(pid).into_os_string();
+    name.push(".");
+    name.push(extension);
+    match output {
+        Some(dir) if dir.is_dir() => dir.join(name),
+        Some(file) => file.to_path_buf(),
+        None => PathBuf::from(name),
+    }
+}
+
 /// Bytes free to an unprivileged writer in the file system holding `dir`.
 pub fn free_disk(dir: &Path) -> std::io::Result<u64> {
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())

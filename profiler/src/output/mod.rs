@@ -11,7 +11,8 @@ mod summary;
 
 pub use cpuprofile::{validate_cpuprofile, write_cpuprofile};
 pub use files::{
-    available_memory, default_prefix, free_disk, CaptureFile, FileError, OutputFiles, WriteError,
+    available_memory, capture_path, default_prefix, free_disk, CaptureFile, FileError, OutputFiles,
+    WriteError,
 };
 pub use flamegraph::write_flamegraph;
 pub use folded::{folded_lines, write_folded};
