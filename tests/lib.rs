@@ -1054,3 +1054,90 @@ pub fn assert_near(actual: f64, expected: f64, tolerance: f64, what: &str) {
         tolerance * 100.0
     );
 }
+
+/// Ports of the TCP sockets process `pid` listens on (in its own network
+/// namespace): its fds' socket inodes matched against `/proc/PID/net/tcp{,6}`.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in entries.flatten() {
+            if let Ok(link) = fs::read_link(entry.path()) {
+                let link = link.to_string_lossy().into_owned();
+                if let Some(inode) = link
+                    .strip_prefix("socket:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                {
+                    inodes.insert(inode.to_string());
+                }
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
+                if let Some((_, port)) = f[1].rsplit_once(':') {
+                    ports.push(u16::from_str_radix(port, 16).unwrap());
+                }
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
+/// `GET /` on 127.0.0.1:`port`: the body, or None when nothing answers within 5 s.
+pub fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// A small tmpfs mounted on a directory for the life of the value (a full
+/// disk on demand); unmounted when dropped.
+pub struct SmallTmpfs {
+    pub dir: PathBuf,
+}
+
+impl SmallTmpfs {
+    pub fn mount(dir: &Path, size: &str) -> SmallTmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
+        SmallTmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// The files in `dir`, names sorted (hidden ones included), without the
+/// `nodeprof-N.stdout`/`.stderr` captures of [`spawn_nodeprof`].
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !(n.starts_with("nodeprof-") && (n.ends_with(".stdout") || n.ends_with(".stderr")))
+        })
+        .collect();
+    names.sort();
+    names
+}

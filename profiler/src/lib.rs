@@ -30,7 +30,9 @@ pub(crate) mod target;
 #[allow(dead_code)]
 pub(crate) mod v8;
 
+pub use capture::core::CoreOptions;
 pub use capture::cpu::{Clock, CpuOptions};
+pub use capture::snapshot::SnapshotOptions;
 pub use probe::{call_tracer_loaded, sampler_loaded};
 
 #[cfg(test)]

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use nodeprof::cmd::core::CoreCommand;
 use nodeprof::cmd::dump::DumpOptions;
 use nodeprof::cmd::heap::{HeapCommand as Heap, HeapOptions, RetainersOf};
 use nodeprof::cmd::record::{RecordOptions, TargetSpec};
+use nodeprof::cmd::snapshot::SnapshotCommand;
 use nodeprof::cmd::{self, gc::GcOptions};
 use nodeprof::heap::graph::Rules;
 use nodeprof::output::{Format, Report};
-use nodeprof::{Clock, CpuOptions};
+use nodeprof::{Clock, CoreOptions, CpuOptions, SnapshotOptions};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +55,63 @@ enum Command {
     /// Read .heapsnapshot files: Summary, Comparison and Retainers, as in DevTools.
     #[command(subcommand)]
     Heap(HeapCommand),
+    /// Write a core file of a live process, which keeps running: every
+    /// thread's registers and the memory its coredump_filter selects; gdb
+    /// and lldb read it. The target is stopped only while its memory is
+    /// copied, and resumed on every path (Ctrl-C, errors, a full disk).
+    Core(CoreArgs),
+    /// Take a .heapsnapshot of a live Node.js process started with no flag:
+    /// its inspector is started with SIGUSR1 (or the one listening is used),
+    /// the snapshot streamed to disk, and an inspector nodeprof started is
+    /// closed again. Works while JS is stuck in a loop. `nodeprof heap
+    /// summary`, DevTools and memlab read the file.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    /// Node.js process to snapshot.
+    #[arg(short, long)]
+    pid: u32,
+    /// The snapshot file, or a directory for the default name
+    /// nodeprof-PID-DATE-TIME.heapsnapshot (default: the current directory).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Take it even when free memory or disk look too small for this heap.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct CoreArgs {
+    /// Process to dump (any process, not only Node.js).
+    #[arg(short, long)]
+    pid: u32,
+    /// The core file, or a directory for the default name nodeprof-PID-DATE-TIME.core
+    /// (default: the current directory).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Include file-backed mappings whole (the target's coredump_filter decides otherwise).
+    #[arg(long, overrides_with = "no_file_backed")]
+    file_backed: bool,
+    /// Leave file-backed mappings out (gdb reads them from the binaries).
+    #[arg(long)]
+    no_file_backed: bool,
+    /// Include hugetlb mappings.
+    #[arg(long, overrides_with = "no_huge")]
+    huge: bool,
+    /// Leave hugetlb mappings out.
+    #[arg(long)]
+    no_huge: bool,
+    /// Write even when the disk looks too small for the core.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -284,6 +343,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Info { pid } => print(&cmd::info::inspect(pid)?, &mut stdout)?,
         Command::Heap(command) => cmd::heap::run(&command.into_options(), &mut stdout)?,
+        Command::Snapshot(args) => {
+            let command = SnapshotCommand {
+                pid: args.pid,
+                output: args.output,
+                capture: SnapshotOptions {
+                    force: args.force,
+                    quiet: args.quiet,
+                },
+            };
+            print(&cmd::snapshot::run(&command)?, &mut stdout)?
+        }
+        Command::Core(args) => print(&cmd::core::run(&args.into_options())?, &mut stdout)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -326,6 +397,30 @@ impl RecordArgs {
             top: self.top,
             blocked: Duration::from_millis(self.blocked_ms),
             keep_running: self.keep_running,
+        }
+    }
+}
+
+/// `--x` / `--no-x`: Some(true), Some(false), or None (the target decides).
+fn either(yes: bool, no: bool) -> Option<bool> {
+    match (yes, no) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+impl CoreArgs {
+    fn into_options(self) -> CoreCommand {
+        CoreCommand {
+            pid: self.pid,
+            output: self.output,
+            capture: CoreOptions {
+                file_backed: either(self.file_backed, self.no_file_backed),
+                huge: either(self.huge, self.no_huge),
+                quiet: self.quiet,
+            },
+            force: self.force,
         }
     }
 }

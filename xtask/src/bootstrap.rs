@@ -417,6 +417,18 @@ const TOOLS: &[Tool] = &[
         check: &["--version"],
         package: "nodejs",
     },
+    // The core tests load nodeprof's cores in gdb; the core benchmark compares with gcore.
+    Tool {
+        command: "gdb",
+        check: &["--version"],
+        package: "gdb",
+    },
+    // The snapshot tests bring up loopback in a fresh network namespace.
+    Tool {
+        command: "ip",
+        check: &["-V"],
+        package: "iproute2",
+    },
 ];
 
 fn tool_version(tool: &Tool) -> Option<String> {

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|soak>` (see README.md).
+//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|bench-capture|soak>` (see README.md).
 
 mod bench;
 mod bootstrap;
+mod capture_bench;
 mod heap_bench;
 mod soak;
 mod util;
@@ -43,6 +44,9 @@ enum Cmd {
     /// `nodeprof heap summary` against memlab on a 200 MB+ snapshot: wall time
     /// and peak RSS, alternately in one run (target/bench/heap.md).
     BenchHeap(heap_bench::BenchHeapArgs),
+    /// `nodeprof snapshot` and `nodeprof core` of a ~1 GB heap, beside gcore:
+    /// target stall, tool peak RSS, bytes/s (target/bench/capture.md; as root).
+    BenchCapture(capture_bench::BenchCaptureArgs),
     /// Long recording of a loopback server with thousands of JS functions:
     /// nodeprof's peak RSS, CPU and time to symbolize (as root).
     Soak(soak::SoakArgs),
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Soak(args) => soak::soak(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchHeap(args) => heap_bench::bench_heap(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::BenchCapture(args) => capture_bench::bench_capture(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,9 +1,14 @@
 //! Evidence taken from a live process: [`cpu`] samples it into a
-//! [`cpu::Capture`]. Every capture shares when and why it stops
-//! ([`Stopper`], [`StopReason`]).
+//! [`cpu::Capture`]; [`snapshot`] takes a heap snapshot through node's
+//! inspector; [`core`] writes a core file while the process keeps running.
+//! Every capture shares when and why it stops ([`Stopper`], [`StopReason`]).
 
 mod blocked;
+pub mod core;
 pub mod cpu;
+pub mod inspector;
+pub mod interrupt;
+pub mod snapshot;
 
 use std::time::{Duration, Instant};
 

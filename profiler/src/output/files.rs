@@ -127,6 +127,123 @@ impl Drop for OutputFiles {
     }
 }
 
+/// A capture file (heap snapshot, core) being written: mode 0600 (it holds
+/// the target's secrets), under a temporary name in the destination's
+/// directory, renamed to the destination only by [`CaptureFile::persist`],
+/// and removed when dropped unpersisted, so no partial file ever carries the
+/// name the user asked for.
+pub struct CaptureFile {
+    file: Option<File>,
+    temp: PathBuf,
+    path: PathBuf,
+}
+
+impl CaptureFile {
+    /// Fails at once when the destination exists or its directory is not writable.
+    pub fn create(path: &Path) -> Result<CaptureFile, FileError> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(FileError::Exists(path.to_path_buf()));
+        }
+        let temp = temporary_name(path);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|source| FileError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(CaptureFile {
+            file: Some(file),
+            temp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until persisted")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory the file is written to, for free-space checks.
+    pub fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Syncs the file and gives it its name, never replacing a file that
+    /// appeared there meanwhile.
+    pub fn persist(mut self) -> Result<PathBuf, FileError> {
+        let file = self.file.take().expect("open until persisted");
+        let create = |source| FileError::Create {
+            path: self.path.clone(),
+            source,
+        };
+        file.sync_all().map_err(create)?;
+        drop(file);
+        match rename_new(&self.temp, &self.path) {
+            Ok(()) => {}
+            Err(OutputError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(FileError::Exists(self.path.clone()));
+            }
+            Err(OutputError::Io(e)) => return Err(create(e)),
+            Err(e) => return Err(create(std::io::Error::other(e.to_string()))),
+        }
+        self.temp = PathBuf::new();
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for CaptureFile {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Where a capture goes: `-o FILE`, or the default name
+/// (`nodeprof-PID-DATE-TIME.EXT`) in `-o DIR/` or the current directory.
+pub fn capture_path(output: Option<&Path>, pid: u32, extension: &str) -> PathBuf {
+    let mut name = default_prefix(pid).into_os_string();
+    name.push(".");
+    name.push(extension);
+    match output {
+        Some(dir) if dir.is_dir() => dir.join(name),
+        Some(file) => file.to_path_buf(),
+        None => PathBuf::from(name),
+    }
+}
+
+/// Bytes free to an unprivileged writer in the file system holding `dir`.
+pub fn free_disk(dir: &Path) -> std::io::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs fills the struct we pass.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Writes through a buffer and to the disk: a full disk fails here, not later.
 fn write_complete(
     file: File,
@@ -223,6 +340,32 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.path().join("q.svg")).unwrap();
         assert!(OutputFiles::create(&dir.path().join("q"), &[Format::Svg]).is_err());
         assert!(!target.exists());
+    }
+
+    #[test]
+    fn capture_files_appear_only_when_persisted() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.core");
+        let mut file = CaptureFile::create(&path).unwrap();
+        file.file().write_all(b"data").unwrap();
+        assert!(!path.exists());
+        let listed = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(listed(), 1);
+        let written = file.persist().unwrap();
+        assert_eq!(std::fs::read(&written).unwrap(), b"data");
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Existing destinations and dropped captures.
+        assert!(matches!(
+            CaptureFile::create(&path).err().unwrap(),
+            FileError::Exists(_)
+        ));
+        drop(CaptureFile::create(&dir.path().join("d.core")).unwrap());
+        assert_eq!(listed(), 1);
+        std::os::unix::fs::symlink("/nonexistent", dir.path().join("e")).unwrap();
+        assert!(CaptureFile::create(&dir.path().join("e")).is_err());
     }
 
     #[test]

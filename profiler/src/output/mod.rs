@@ -10,7 +10,10 @@ mod format;
 mod summary;
 
 pub use cpuprofile::{validate_cpuprofile, write_cpuprofile};
-pub use files::{default_prefix, FileError, OutputFiles, WriteError};
+pub use files::{
+    available_memory, capture_path, default_prefix, free_disk, CaptureFile, FileError, OutputFiles,
+    WriteError,
+};
 pub use flamegraph::write_flamegraph;
 pub use folded::{folded_lines, write_folded};
 pub use format::Format;
@@ -58,6 +61,22 @@ pub enum OutputError {
 /// A small profile shared by the writers' tests: a main thread (tid 100 ==
 /// pid) running recursive JS, a worker thread, a GC thread with an empty
 /// stack, and frames of every kind.
+/// 1.2 GiB, 340.0 MiB, 12.0 KiB.
+pub fn format_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testdata {
     use crate::profile::{Frame, FrameKind, Profile};

@@ -1,0 +1,279 @@
+//! `nodeprof core` against real processes: gdb loads the core of a node
+//! process with worker threads (every thread, a sane main-thread backtrace),
+//! the target keeps serving, the stop time is reported; a process that is not
+//! node; and every failure (dead pid, bad path, full disk, Ctrl-C midway) as
+//! one line with the target resumed and no file left.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nodeprof_tests::*;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const SCRIPT: &str = "capture/target.js";
+
+struct Target {
+    proc: Proc,
+    port: u16,
+}
+
+fn start(node: &Path, args: &[&str], dir: &Path) -> Target {
+    let proc = Proc::node(node, &[], SCRIPT, args, dir);
+    let port = proc.wait_for_line("listening ", READY_TIMEOUT)["listening ".len()..]
+        .parse()
+        .unwrap();
+    proc.wait_for_line("ready", READY_TIMEOUT);
+    Target { proc, port }
+}
+
+fn core_args(pid: u32, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "core".to_string(),
+        "-q".into(),
+        "-p".into(),
+        pid.to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn core(pid: u32, out: &Path, extra: &[&str], dir: &Path) -> Run {
+    run_nodeprof(&core_args(pid, out, extra), dir, RUN_TIMEOUT)
+}
+
+fn gdb(exe: &Path, core: &Path) -> String {
+    let out = Command::new("gdb")
+        .args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "info threads",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .arg(exe)
+        .arg(core)
+        .output()
+        .expect("run gdb (cargo xtask bootstrap installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Not stopped: neither traced nor job-control stopped.
+fn assert_not_stopped(pid: u32) {
+    let state = proc_state(pid);
+    assert!(
+        matches!(state, Some('R' | 'S' | 'D')),
+        "target {pid} is {state:?} after the core"
+    );
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        let state = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap();
+        assert!(
+            !matches!(state, "t" | "T"),
+            "a thread of {pid} is stopped: {stat}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains("TracerPid:\t0"),
+        "target {pid} is still traced"
+    );
+}
+
+fn stopped_ms(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("target stopped for "))
+        .unwrap_or_else(|| panic!("no stop time in:\n{stdout}"));
+    line["target stopped for ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn core_files(dir: &Path) -> Vec<String> {
+    dir_entries(dir)
+        .into_iter()
+        .filter(|n| n.contains(".core"))
+        .collect()
+}
+
+/// gdb reads the core of node with two workers: every thread, the main
+/// thread in node's event loop; the target serves before and after.
+fn gdb_loads_a_core_of_node_with_workers(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(major);
+    let target = start(&node, &["idle", "--workers", "2"], dir.path());
+    let pid = target.proc.pid;
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    let out = dir.path().join("node.core");
+    let run = core(pid, &out, &[], dir.path());
+    run.assert_success();
+    assert!(
+        run.stdout.contains(&format!("{threads} threads")),
+        "node {major}: {threads} threads expected:\n{}",
+        run.stdout
+    );
+    let ms = stopped_ms(&run.stdout);
+    eprintln!("node {major}: stopped {ms} ms for the core");
+    assert!(ms > 0.0 && ms < 60_000.0, "stop time {ms} ms");
+    assert_not_stopped(pid);
+    assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
+    let mode = std::fs::metadata(&out).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let text = gdb(&node, &out);
+    let listed = text
+        .lines()
+        .map(|l| l.trim_start().trim_start_matches('*').trim_start())
+        .filter(|l| l.starts_with(char::is_numeric) && l.contains("LWP "))
+        .count();
+    assert_eq!(
+        listed, threads,
+        "node {major}: gdb lists {listed} threads:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("(LWP {pid})")),
+        "node {major}: main thread missing:\n{text}"
+    );
+    assert!(!text.contains("Unexpected size"), "node {major}:\n{text}");
+    assert!(
+        !text.contains("Cannot access memory"),
+        "node {major}:\n{text}"
+    );
+    // The main thread (gdb's thread 1, the first NT_PRSTATUS) waits in its event loop.
+    let main_bt = text
+        .split("\nThread 1 ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("node {major}: no backtrace of thread 1:\n{text}"));
+    for frame in ["uv_run", "node::Start", "main"] {
+        assert!(
+            main_bt.contains(frame),
+            "node {major}: main thread's backtrace lacks {frame}:\n{main_bt}"
+        );
+    }
+    // Worker threads run their own event loops.
+    assert!(
+        text.matches("node::worker::Worker::Run").count() >= 2,
+        "node {major}: worker threads' backtraces:\n{text}"
+    );
+}
+
+#[test]
+fn gdb_loads_a_core_of_node_with_workers_node20() {
+    gdb_loads_a_core_of_node_with_workers(20);
+}
+
+#[test]
+fn gdb_loads_a_core_of_node_with_workers_node24() {
+    gdb_loads_a_core_of_node_with_workers(24);
+}
+
+/// Any process, not only node: a sleeping `sleep`.
+#[test]
+fn a_core_of_a_process_that_is_not_node() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("300");
+    let sleep = Proc::spawn(cmd);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = dir.path().join("sleep.core");
+    core(sleep.pid, &out, &[], dir.path()).assert_success();
+    assert_not_stopped(sleep.pid);
+    let exe = std::fs::read_link(format!("/proc/{}/exe", sleep.pid)).unwrap();
+    let text = gdb(&exe, &out);
+    assert!(text.contains("nanosleep"), "{text}");
+}
+
+#[test]
+fn bad_input_is_one_line_errors() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let out = dir.path().join("x.core");
+    let mut dead = Proc::spawn(Command::new("true"));
+    dead.wait(Duration::from_secs(5));
+    core(dead.pid, &out, &[], dir.path()).assert_error("no such process");
+
+    let target = start(&node_major(20), &["idle"], dir.path());
+    let pid = target.proc.pid;
+    core(pid, Path::new("/proc/x.core"), &[], dir.path()).assert_error("cannot create");
+    let existing = dir.path().join("exists.core");
+    std::fs::write(&existing, "keep").unwrap();
+    core(pid, &existing, &[], dir.path()).assert_error("already exists");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep");
+    assert_not_stopped(pid);
+    assert_eq!(core_files(dir.path()), ["exists.core"]);
+}
+
+/// A 1 MiB file system: refused before the target is touched; with --force
+/// the write fails midway, the target is resumed and nothing is left.
+#[test]
+fn a_full_disk_resumes_the_target_and_leaves_no_file() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(&node_major(24), &["idle"], dir.path());
+    let small = SmallTmpfs::mount(&dir.path().join("small"), "1m");
+    let out = small.dir.join("n.core");
+    core(target.proc.pid, &out, &[], dir.path()).assert_error("free");
+    assert_eq!(dir_entries(&small.dir), Vec::<String>::new());
+    core(target.proc.pid, &out, &["--force"], dir.path()).assert_error("disk is full");
+    assert_eq!(dir_entries(&small.dir), Vec::<String>::new());
+    assert_not_stopped(target.proc.pid);
+    assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
+}
+
+/// Ctrl-C while the target is stopped and its memory copied: one line, the
+/// target resumed at once, no file.
+#[test]
+fn sigint_during_a_core_resumes_the_target() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(&node_major(24), &["idle", "--heap-mb", "400"], dir.path());
+    let pid = target.proc.pid;
+    let out = dir.path().join("int.core");
+    let np = spawn_nodeprof(&core_args(pid, &out, &[]), dir.path());
+    // Interrupt once the target is stopped and the file is being written.
+    let stopped = wait_until(Duration::from_secs(60), || {
+        proc_state(pid) == Some('t')
+            && dir_entries(dir.path()).iter().any(|n| {
+                n.ends_with(".tmp")
+                    && std::fs::metadata(dir.path().join(n)).is_ok_and(|m| m.len() > 8 << 20)
+            })
+    });
+    assert!(
+        stopped,
+        "the core never started: {:?}",
+        dir_entries(dir.path())
+    );
+    let t0 = Instant::now();
+    send_signal(np.proc.pid, libc::SIGINT);
+    let run = np.finish(RUN_TIMEOUT);
+    let took = t0.elapsed();
+    run.assert_error("interrupted");
+    assert!(
+        took < Duration::from_secs(5),
+        "nodeprof took {took:?} to stop"
+    );
+    assert_not_stopped(pid);
+    assert_eq!(core_files(dir.path()), Vec::<String>::new());
+    assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
+}
