@@ -6,3 +6,4 @@ pub mod gc;
 pub mod heap;
 pub mod info;
 pub mod record;
+pub mod watch;
