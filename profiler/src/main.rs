@@ -551,9 +551,19 @@ mod tests {
     fn watch_flags_and_config_file_agree() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("watch.toml");
-        std::fs::write(&file, "cpu = 50\ncpu-count = 2\nloop-blocked = \"300ms\"\nlimit = \"2/hour\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "cpu = 50\ncpu-count = 2\nloop-blocked = \"300ms\"\nlimit = \"2/hour\"\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
-            "nodeprof", "watch", "--all", "--cpu", "90%", "--config", file.to_str().unwrap(),
+            "nodeprof",
+            "watch",
+            "--all",
+            "--cpu",
+            "90%",
+            "--config",
+            file.to_str().unwrap(),
         ])
         .unwrap();
         let Command::Watch(args) = cli.command else {
@@ -561,7 +571,10 @@ mod tests {
         };
         let options = args.into_options().unwrap();
         assert_eq!(options.thresholds.cpu, Some((90.0, 2)));
-        assert_eq!(options.thresholds.loop_blocked, Some(Duration::from_millis(300)));
+        assert_eq!(
+            options.thresholds.loop_blocked,
+            Some(Duration::from_millis(300))
+        );
         assert_eq!(options.limits.max, 2);
         // The sample configuration of the docs is valid.
         let sample = include_str!("../../docs/watch.toml");

@@ -144,6 +144,7 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     let mut next_check = Instant::now();
+    let started = Instant::now();
     let json_out = options.json;
     let emit = |out: &mut dyn Write, line: Line| {
         let _ = if json_out {
@@ -204,12 +205,14 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
                 },
             );
         }
+        let mut fresh = Vec::new();
         for target in finder.scan() {
             let pid = target.pid;
             if watched.contains_key(&pid) {
                 continue;
             }
-            let (line, w) = monitor.adopt(target, now);
+            fresh.push(pid);
+            let (line, w) = monitor.adopt(target);
             emit(out, line);
             watched.insert(pid, w);
             ever_watched = true;
@@ -220,7 +223,13 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
                 break WatchEnd::TargetsGone;
             }
         }
-        let readings: Vec<Reading> = watched.values_mut().map(read).collect();
+        // A process found in this check is read from the next one: a
+        // reading needs an interval behind it.
+        let readings: Vec<Reading> = watched
+            .values_mut()
+            .filter(|w| !fresh.contains(&w.target.pid))
+            .map(read)
+            .collect();
         if options.readings {
             for r in &readings {
                 emit(out, reading_line(r));
@@ -266,6 +275,7 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
                         actions: options.actions.get(&trigger).cloned().unwrap_or_default(),
                         options: options.clone(),
                         stopping: stopping.clone(),
+                        at_s: started.elapsed().as_secs_f64(),
                     };
                     let handle = std::thread::Builder::new()
                         .name(format!("capture-{pid}"))
@@ -329,7 +339,9 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
     Ok(end)
 }
 
-fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, WatchError> {
+fn signal(
+    kind: tokio::signal::unix::SignalKind,
+) -> Result<tokio::signal::unix::Signal, WatchError> {
     tokio::signal::unix::signal(kind).map_err(|source| WatchError::Io {
         action: "install the signal handlers",
         source,
@@ -338,7 +350,7 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
 
 impl Monitor {
     /// Starts watching `target`: its loop and GC events, a CPU baseline.
-    fn adopt(&mut self, target: Target, now: u64) -> (Line, Watched) {
+    fn adopt(&mut self, target: Target) -> (Line, Watched) {
         let pid = target.pid;
         let mut notes = Vec::new();
         if let Err(e) = self.probe.add_target(pid) {
@@ -352,7 +364,8 @@ impl Monitor {
         let command_line = command_line(pid);
         let mut w = Watched {
             cpu: None,
-            meter: LoopMeter::new(now),
+            // From now: attaching took time the loop was not watched.
+            meter: LoopMeter::new(monotonic_ns()),
             leaks: HashMap::new(),
             leak_since_check: false,
             heap_used: None,
@@ -406,9 +419,10 @@ impl Monitor {
                 }
             }
             let leak_after = self.leak_after;
-            let detector = w.leaks.entry(gc.tid).or_insert_with(|| {
-                LeakDetector::new(leak_after, leak::DEFAULT_NOISE_FLOOR_BYTES)
-            });
+            let detector = w
+                .leaks
+                .entry(gc.tid)
+                .or_insert_with(|| LeakDetector::new(leak_after, leak::DEFAULT_NOISE_FLOOR_BYTES));
             if detector.observe(&gc).is_some() {
                 w.leak_since_check = true;
             }
@@ -425,7 +439,8 @@ fn read(w: &mut Watched) -> Reading {
         let previous = w.cpu.replace((ticks, at));
         let (before, then) = previous?;
         let seconds = at.duration_since(then).as_secs_f64();
-        (seconds > 0.0)
+        // Clock ticks are 10 ms: a shorter span says nothing.
+        (seconds >= 0.1)
             .then(|| ticks.saturating_sub(before) as f64 / clock_ticks() / seconds * 100.0)
     });
     let outside_wait = eventloop::stuck_in_turn(pid, pid);
@@ -524,7 +539,11 @@ impl Finder {
         };
         let mut alive = Vec::new();
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             alive.push(pid);
@@ -556,11 +575,14 @@ impl Finder {
             Select::Pids(pids) => pids.contains(&pid),
             Select::Name(regex) => regex.is_match(&command_line(pid)),
             Select::Cgroup(path) => {
-                let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+                let text =
+                    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
                 // cgroup v2: `0::/system.slice/app.service`; v1 lines name a hierarchy.
-                text.lines().filter_map(|l| l.splitn(3, ':').nth(2)).any(|cg| {
-                    cg == path || cg.starts_with(&format!("{}/", path.trim_end_matches('/')))
-                })
+                text.lines()
+                    .filter_map(|l| l.splitn(3, ':').nth(2))
+                    .any(|cg| {
+                        cg == path || cg.starts_with(&format!("{}/", path.trim_end_matches('/')))
+                    })
             }
         }
     }
@@ -575,6 +597,8 @@ struct Job {
     actions: Vec<Action>,
     options: Settings,
     stopping: Arc<AtomicBool>,
+    /// When it was decided, seconds since watching began.
+    at_s: f64,
 }
 
 impl Job {
@@ -589,10 +613,9 @@ impl Job {
                 Action::Profile => self.profile(started),
                 Action::Command => self.command(started),
                 // Refused when the settings were read (Action::available).
-                Action::Dump | Action::Snapshot | Action::Core => Err(format!(
-                    "{} is not available in this build",
-                    action.name()
-                )),
+                Action::Dump | Action::Snapshot | Action::Core => {
+                    Err(format!("{} is not available in this build", action.name()))
+                }
             };
             lines.push(self.line(action, result));
         }
@@ -608,7 +631,8 @@ impl Job {
     /// A CPU profile of the next `profile_duration`, in every format.
     fn profile(&self, at: SystemTime) -> Result<Done, String> {
         let stem = self.stem("cpu", at);
-        let files = OutputFiles::create(&stem, &Format::ALL).map_err(|e: FileError| e.to_string())?;
+        let files =
+            OutputFiles::create(&stem, &Format::ALL).map_err(|e: FileError| e.to_string())?;
         let sampling = CpuOptions {
             frequency_hz: 99,
             clock: cpu::Clock::Cpu,
@@ -649,7 +673,11 @@ impl Job {
                 detail = format!(
                     "longest turn {:.0} ms in {}; {detail}",
                     turn.duration_ms,
-                    if turn.running.is_empty() { "?" } else { &turn.running }
+                    if turn.running.is_empty() {
+                        "?"
+                    } else {
+                        &turn.running
+                    }
                 );
             }
         }
@@ -700,7 +728,9 @@ impl Job {
                 // Our own child, by pid.
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("{command:?} killed (watch ending or over {COMMAND_TIMEOUT:?})"));
+                break Err(format!(
+                    "{command:?} killed (watch ending or over {COMMAND_TIMEOUT:?})"
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }?;
@@ -722,7 +752,8 @@ impl Job {
                     .filter_map(|f| std::fs::metadata(f).ok())
                     .map(|m| m.len())
                     .sum();
-                let names: Vec<String> = done.files.iter().map(|f| f.display().to_string()).collect();
+                let names: Vec<String> =
+                    done.files.iter().map(|f| f.display().to_string()).collect();
                 Line {
                     text: format!(
                         "{time} {} of pid {pid}: {trigger} {}; {}; wrote {} ({})",
@@ -735,6 +766,7 @@ impl Job {
                     json: json!({
                         "type": "capture",
                         "time": time,
+                        "at_s": self.at_s,
                         "pid": pid,
                         "action": action.name(),
                         "trigger": trigger,
@@ -811,8 +843,14 @@ fn our_files(dir: &Path) -> Vec<(String, PathBuf, u64, SystemTime)> {
             let name = e.file_name().to_str()?.to_string();
             let stem = capture_stem(&name)?.to_string();
             let meta = e.metadata().ok()?;
-            meta.is_file()
-                .then(|| (stem, e.path(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+            meta.is_file().then(|| {
+                (
+                    stem,
+                    e.path(),
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                )
+            })
         })
         .collect()
 }
@@ -855,7 +893,10 @@ fn retain(dir: &Path, keep: usize) -> Vec<PathBuf> {
     }
     let mut by_age: Vec<(SystemTime, String)> = stems.into_iter().map(|(s, t)| (t, s)).collect();
     // Oldest first; the UTC stamp in the name breaks ties.
-    by_age.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| stamp_of(&a.1).cmp(stamp_of(&b.1))));
+    by_age.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| stamp_of(&a.1).cmp(stamp_of(&b.1)))
+    });
     let excess = by_age.len().saturating_sub(keep);
     let old: Vec<&String> = by_age.iter().take(excess).map(|(_, s)| s).collect();
     let mut removed = Vec::new();
@@ -918,7 +959,10 @@ fn clustered_line(pid: u32, trigger: Trigger, captured: &[u32]) -> Line {
 }
 
 fn join_pids(pids: &[u32]) -> String {
-    pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn disk_line(disk: &Disk, dir: &Path) -> Line {
@@ -992,7 +1036,9 @@ mod tests {
         std::fs::write(dir.path().join("keep-me.txt"), "mine").unwrap();
         let removed = retain(dir.path(), 2);
         assert_eq!(removed.len(), 2, "{removed:?}");
-        assert!(removed.iter().all(|p| p.to_string_lossy().contains("T100000Z")));
+        assert!(removed
+            .iter()
+            .all(|p| p.to_string_lossy().contains("T100000Z")));
         assert!(dir.path().join("keep-me.txt").exists());
         assert_eq!(our_files(dir.path()).len(), 4);
     }
