@@ -78,8 +78,10 @@ fn crossing_readings(lines: &[Value], pid: u32, over: f64) -> (usize, usize) {
 fn cpu_over_threshold_is_profiled_once_naming_the_hot_function() {
     let _serial = serial();
     let dir = scratch_dir();
-    let hot = schedule("hot", 10, &[], dir.path());
-    let idle = schedule("idle", 10, &[], dir.path());
+    // Long enough for the capture, its cool-down and two more checks on a
+    // loaded machine.
+    let hot = schedule("hot", 20, &[], dir.path());
+    let idle = schedule("idle", 20, &[], dir.path());
     let (hot_pid, idle_pid) = (hot.pid.to_string(), idle.pid.to_string());
     let args = watch_args(
         dir.path(),
