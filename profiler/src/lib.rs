@@ -17,6 +17,7 @@ pub mod heap;
 pub mod output;
 pub mod watch;
 
+pub(crate) mod caps;
 pub(crate) mod capture;
 pub(crate) mod clock;
 pub(crate) mod collect;
@@ -54,6 +55,7 @@ mod layering {
         ("output", 1),
         ("v8", 0),
         ("clock", 0),
+        ("caps", 0),
     ];
 
     fn layer(module: &str) -> u8 {

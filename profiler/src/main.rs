@@ -297,7 +297,7 @@ struct RecordArgs {
     /// Formats to write (comma separated).
     #[arg(long, value_parser = format_parser(), value_delimiter = ',', default_value = "cpuprofile,folded,svg")]
     format: Vec<Format>,
-    /// Functions listed in the summary.
+    /// Functions listed in the summary (0: all).
     #[arg(long, default_value_t = 15)]
     top: usize,
     /// No progress line.
@@ -321,6 +321,10 @@ struct RecordArgs {
     /// Event-loop turns longer than this are listed with what ran in them.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     blocked_ms: u64,
+    /// A launched command keeps running when the recording ends (by default
+    /// it gets SIGTERM, as Ctrl-C in its terminal would end it).
+    #[arg(long, requires = "command")]
+    keep_running: bool,
     /// Command to launch and profile from its first instruction.
     #[arg(last = true)]
     command: Vec<String>,
@@ -360,7 +364,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         return Err("duration must be positive".into());
     }
-    humantime::parse_duration(text).map_err(|e| e.to_string())
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("duration must be positive".into()),
+        result => result.map_err(|e| e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -377,11 +384,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nodeprof: error: {e:#}");
+            eprintln!("nodeprof: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. A cause the message already
+/// quotes (many errors show their source in their own text) is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+/// A reader that went away (`nodeprof heap summary … | head`) ends the
+/// command as a success: what it had to say was read as far as wanted.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -441,6 +475,7 @@ impl RecordArgs {
             formats: self.format,
             top: self.top,
             blocked: Duration::from_millis(self.blocked_ms),
+            keep_running: self.keep_running,
         }
     }
 }
@@ -507,6 +542,31 @@ impl HeapCommand {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn errors_name_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read x: {source}")]
+        struct Quoting {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::from(Quoting {
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        assert_eq!(
+            one_line(&e),
+            "cannot read x: No such file or directory (os error 2)"
+        );
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("cannot write y");
+        assert_eq!(
+            one_line(&e),
+            "cannot write y: No space left on device (os error 28)"
+        );
+        let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("cannot write the result");
+        assert!(is_broken_pipe(&pipe) && !is_broken_pipe(&e));
+    }
 
     #[test]
     fn cli_is_well_formed() {

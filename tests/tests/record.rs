@@ -707,6 +707,13 @@ fn sigterm_writes_everything_and_leaves_the_target_running() {
     stop_by_signal(libc::SIGTERM, "terminated");
 }
 
+/// An SSH session that drops sends SIGHUP: the recording ends as with Ctrl-C.
+#[test]
+fn sighup_writes_everything_and_leaves_the_target_running() {
+    let _lock = serial();
+    stop_by_signal(libc::SIGHUP, "hung up");
+}
+
 /// Test 6: the target exits by itself → nodeprof stops and writes. The test
 /// (the target's parent) does not reap it until nodeprof is done, so nodeprof
 /// must also treat an unreaped zombie as exited.

@@ -3,7 +3,7 @@
 //! functions are named then, while their V8 objects are valid), until a stop.
 //! [`Capture::profile`] turns what was taken into a [`Profile`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -85,6 +85,8 @@ pub struct Capture {
     pub thread_events: Vec<ThreadEvent>,
     /// Whether event-loop turns were traced.
     pub loop_traced: bool,
+    /// The executable the target ran last (it may have exec'd since the start).
+    pub exe: Option<PathBuf>,
     /// At the end: whether the main thread was outside `epoll_wait`.
     loop_main_stuck: Option<bool>,
     /// Holds what was read of the target while it ran (mappings, JS names).
@@ -187,10 +189,9 @@ impl Capture {
 
     /// The GC table of the capture, when GCs were traced.
     pub fn gc_summary(&self) -> Option<GcSummary> {
-        self.gc.as_ref().map(|gc| {
-            let duration_s = self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-            GcSummary::of(&gc.events, duration_s, 0, gc.lost)
-        })
+        self.gc
+            .as_ref()
+            .map(|gc| GcSummary::of(&gc.events, (self.start_ns, self.end_ns), 0, gc.lost))
     }
 }
 
@@ -222,20 +223,28 @@ async fn run(
     let mut symbolizer = Symbolizer::new(target);
     let mut runtime = Runtime::new(pid);
     let mut gc = None;
+    let mut exe = None;
     if launched.is_none() {
         // Before sampling starts, so that the first samples name JS frames too.
-        if let Some(found) = runtime.poll() {
-            adopt(&found, &mut probe, &mut symbolizer, pid)?;
+        // Node or not is told by the binary's contents (V8's layout), not
+        // its name: a renamed or deleted node binary is still node.
+        let is_v8 = match runtime.poll() {
+            Some(found) => {
+                exe = Some((found.exe.clone(), found.v8.is_ok()));
+                adopt(&found, &mut probe, &mut symbolizer, pid)?
+            }
+            None => false,
+        };
+        if !is_v8 {
+            tracing::warn!(
+                "process {pid} ({}) does not look like Node.js (no V8 in its executable): \
+                 profiling native code only",
+                target.exe.display()
+            );
         }
         symbolizer.refresh();
         if options.trace_gc {
-            // Any binary with V8's GC functions, whatever its name.
-            gc = trace_gc(
-                &mut probe,
-                pid,
-                &crate::gc::probes::exe_path(pid),
-                target.is_node(),
-            );
+            gc = trace_gc(&mut probe, pid, &crate::gc::probes::exe_path(pid), is_v8);
         }
     }
     probe.start_sampling(options.frequency_hz)?;
@@ -267,6 +276,7 @@ async fn run(
     })?;
     if let Some(child) = launched {
         if let Some(found) = runtime.preload(&child.program) {
+            exe = Some((found.exe.clone(), found.v8.is_ok()));
             if adopt(&found, &mut probe, &mut symbolizer, pid)? && options.trace_gc {
                 // A node program: its GCs too, probed in the file it is about to exec.
                 gc = trace_gc(&mut probe, pid, &child.program, true);
@@ -274,7 +284,6 @@ async fn run(
         }
         child.release()?;
     }
-    let mut gc_events = Vec::new();
     let start_ns = monotonic_ns();
     let mut collection = Collection::default();
 
@@ -289,6 +298,10 @@ async fn run(
         symbolizer: &mut symbolizer,
         runtime: &mut runtime,
         pid,
+        gc,
+        gc_events: Vec::new(),
+        trace_gc: options.trace_gc,
+        exe,
     };
     let stop = loop {
         tokio::select! {
@@ -301,9 +314,7 @@ async fn run(
             _ = tick.tick() => {
                 // The sampler wakes us only when its buffer fills: drain on the tick.
                 intake.absorb(collector.get_mut(), &mut probe)?;
-                if let Some(gc) = &mut gc {
-                    gc_events.extend(gc.drain(pid));
-                }
+                intake.drain_gc();
                 thread_collector.drain(|e| if e.tgid == pid { thread_events.push(e) });
                 progress.set_message(format!("{} samples", intake.collection.samples.len()));
                 if let Some(reason) = stopper.due(target) {
@@ -323,13 +334,13 @@ async fn run(
     });
     let loop_main_stuck = eventloop::stuck_in_turn(pid, pid);
     let lost = probe.lost_samples();
-    let gc = gc.map(|mut gc| {
-        gc_events.extend(gc.drain(pid));
-        GcCapture {
-            events: gc_events,
-            lost: probe.lost_calls(),
-        }
+    intake.drain_gc();
+    let exe = intake.exe.take().map(|(exe, _)| exe);
+    let gc = intake.gc.is_some().then(|| GcCapture {
+        events: std::mem::take(&mut intake.gc_events),
+        lost: probe.lost_calls(),
     });
+    drop(intake);
     // Detach now: symbolizing and writing need no sampling.
     drop(collector);
     drop(thread_collector);
@@ -348,6 +359,7 @@ async fn run(
         thread_events,
         loop_traced,
         loop_main_stuck,
+        exe,
         symbolizer,
     })
 }
@@ -376,6 +388,11 @@ struct Intake<'a> {
     symbolizer: &'a mut Symbolizer,
     runtime: &'a mut Runtime,
     pid: u32,
+    gc: Option<GcProbes>,
+    gc_events: Vec<GcEvent>,
+    trace_gc: bool,
+    /// The executable the target runs, and whether it has V8.
+    exe: Option<(PathBuf, bool)>,
 }
 
 impl Intake<'_> {
@@ -383,13 +400,63 @@ impl Intake<'_> {
     /// target still runs; an exec'd executable is found first.
     fn absorb(&mut self, collector: &mut Collector, probe: &mut Probe) -> Result<(), ProbeError> {
         if let Some(found) = self.runtime.poll() {
-            adopt(&found, probe, self.symbolizer, self.pid)?;
+            let is_v8 = adopt(&found, probe, self.symbolizer, self.pid)?;
+            self.exec(&found.exe, is_v8, probe);
         }
         let before = self.collection.user_frames.len();
         collector.drain(self.collection);
         self.symbolizer
             .observe(&self.collection.user_frames[before..]);
         Ok(())
+    }
+
+    fn drain_gc(&mut self) {
+        if let Some(gc) = &mut self.gc {
+            self.gc_events.extend(gc.drain(self.pid));
+        }
+    }
+
+    /// The target exec'd `exe`: the GC probes move to it (those in the old
+    /// image are gone with it), and the user is told when it replaced a
+    /// node (a launched command's wrapper script exec'ing node is expected).
+    fn exec(&mut self, exe: &Path, is_v8: bool, probe: &mut Probe) {
+        let was_v8 = self.exe.as_ref().is_some_and(|(_, v8)| *v8);
+        self.exe = Some((exe.to_path_buf(), is_v8));
+        let binary = crate::gc::probes::exe_path(self.pid);
+        let gc = match (self.gc.as_mut(), is_v8 && self.trace_gc) {
+            (Some(gc), true) => match gc.reattach(probe, self.pid, &binary) {
+                Ok(done) => {
+                    self.gc_events.extend(done);
+                    "GC tracing follows it"
+                }
+                Err(e) => {
+                    self.gc = None;
+                    tracing::warn!("GC tracing stopped: {e}");
+                    "GC tracing stopped"
+                }
+            },
+            (Some(gc), false) => {
+                self.gc_events.extend(gc.drain(self.pid));
+                probe.detach_calls();
+                "no V8 in it: GC tracing stopped"
+            }
+            (None, true) => {
+                self.gc = trace_gc(probe, self.pid, &binary, true);
+                if self.gc.is_some() {
+                    "GC tracing starts"
+                } else {
+                    "GC not traced"
+                }
+            }
+            (None, false) => "",
+        };
+        if was_v8 {
+            tracing::warn!(
+                "process {} exec'd {}: samples from now on are of the new program; {gc}",
+                self.pid,
+                exe.display()
+            );
+        }
     }
 }
 

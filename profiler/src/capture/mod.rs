@@ -16,6 +16,8 @@ pub enum StopReason {
     DurationElapsed,
     Interrupted,
     Terminated,
+    /// SIGHUP: the terminal went away (an SSH session dropped).
+    HungUp,
     TargetExited,
     /// The reader of nodeprof's output went away (`nodeprof gc | head`).
     OutputClosed,
@@ -27,17 +29,19 @@ impl StopReason {
             StopReason::DurationElapsed => "duration elapsed",
             StopReason::Interrupted => "interrupted",
             StopReason::Terminated => "terminated",
+            StopReason::HungUp => "hung up",
             StopReason::TargetExited => "target exited",
             StopReason::OutputClosed => "output closed",
         }
     }
 }
 
-/// The stop conditions of a session: Ctrl-C, SIGTERM, the duration, the
-/// target's exit.
+/// The stop conditions of a session: Ctrl-C, SIGTERM, SIGHUP, the duration,
+/// the target's exit.
 pub struct Stopper {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
     started: Instant,
     duration: Option<Duration>,
 }
@@ -48,16 +52,19 @@ impl Stopper {
         Ok(Stopper {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
             started: Instant::now(),
             duration,
         })
     }
 
-    /// Resolves when SIGINT or SIGTERM arrives.
+    /// Resolves when SIGINT, SIGTERM or SIGHUP arrives: each ends the
+    /// session with everything taken so far written.
     pub async fn signalled(&mut self) -> StopReason {
         tokio::select! {
             _ = self.interrupt.recv() => StopReason::Interrupted,
             _ = self.terminate.recv() => StopReason::Terminated,
+            _ = self.hangup.recv() => StopReason::HungUp,
         }
     }
 

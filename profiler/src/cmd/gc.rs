@@ -60,7 +60,7 @@ pub fn run(options: &GcOptions, out: &mut dyn Write) -> Result<GcReport, GcError
 
 /// Traces GCs, writing each GC and leak suspicion to `out` as it happens.
 pub fn trace(options: &GcOptions, out: &mut dyn Write) -> Result<GcReport, GcError> {
-    probe::check_permissions()?;
+    probe::check_permissions(probe::UPROBES)?;
     let target = Target::inspect(options.pid)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -78,7 +78,14 @@ async fn trace_async(
     out: &mut dyn Write,
 ) -> Result<GcReport, GcError> {
     let mut probe = Probe::load()?;
-    let mut probes = GcProbes::attach(&mut probe, target)?;
+    let mut probes = GcProbes::attach(&mut probe, target).map_err(|e| {
+        // Attaching to a process that is gone fails in perf_event_open: say what happened.
+        if target.is_alive() {
+            e
+        } else {
+            GcError::Target(crate::target::TargetError::Exited(target.pid))
+        }
+    })?;
     for missing in &probes.points.missing {
         tracing::warn!("{missing}");
     }
@@ -153,8 +160,7 @@ async fn trace_async(
     let lost = probe.lost_calls();
     drop(probes);
     drop(probe);
-    let duration_s = monotonic_ns().saturating_sub(start_ns) as f64 / 1e9;
-    let mut summary = GcSummary::of(&events, duration_s, leaks.len(), lost);
+    let mut summary = GcSummary::of(&events, (start_ns, monotonic_ns()), leaks.len(), lost);
     summary.invalid_records = invalid_records;
     Ok(GcReport {
         events,

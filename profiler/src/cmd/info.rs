@@ -33,10 +33,12 @@ pub fn inspect(pid: u32) -> Result<TargetInfo, TargetError> {
         },
     };
     let gc = GcPoints::find(Path::new(&exe)).map_err(|e| e.to_string());
+    let node_version = scan_node_version(Path::new(&exe));
     Ok(TargetInfo {
         gc,
-        is_node: target.is_node(),
-        node_version: scan_node_version(Path::new(&exe)),
+        // By the binary's contents: a renamed or deleted node is still node.
+        is_node: node_version.is_some() || layout.is_ok(),
+        node_version,
         perf_map: target.perf_map_path().exists(),
         target,
         layout,

@@ -8,7 +8,7 @@ use crate::capture::cpu::{self, CaptureError, CpuOptions};
 use crate::capture::StopReason;
 use crate::eventloop::LoopReport;
 use crate::gc::GcSummary;
-use crate::output::{self, FileError, Format, OutputError, OutputFiles, Report, Summary};
+use crate::output::{self, FileError, Format, OutputFiles, Report, Summary, WriteError};
 use crate::probe;
 use crate::target::{Launched, Target, TargetError};
 
@@ -33,6 +33,8 @@ pub struct RecordOptions {
     pub top: usize,
     /// Event-loop turns longer than this are listed with what ran in them.
     pub blocked: std::time::Duration,
+    /// A launched command keeps running after the recording ends.
+    pub keep_running: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +47,16 @@ pub enum RecordError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Output(#[from] FileError),
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: OutputError },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(
+        "a duration of {duration:?} is shorter than one sampling period ({period:?} at {hz} Hz): nothing would be sampled"
+    )]
+    TooShort {
+        duration: std::time::Duration,
+        period: std::time::Duration,
+        hz: u64,
+    },
 }
 
 /// A finished recording: what was written, and the summary to show.
@@ -63,9 +73,21 @@ pub struct Recording {
     pub written: Vec<PathBuf>,
 }
 
+/// How long a launched command gets to exit on SIGTERM before SIGKILL.
+const CHILD_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Records a profile; everything sampled before a stop is written.
 pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
-    probe::check_permissions()?;
+    let hz = options.sampling.frequency_hz.max(1);
+    let period = std::time::Duration::from_nanos(1_000_000_000 / hz);
+    if let Some(duration) = options.sampling.duration.filter(|&d| d < period) {
+        return Err(RecordError::TooShort {
+            duration,
+            period,
+            hz,
+        });
+    }
+    probe::check_permissions(probe::SAMPLING)?;
     // Fork before the capture's runtime starts threads (see target::launch).
     let mut launched = match &options.target {
         TargetSpec::Pid(_) => None,
@@ -87,18 +109,14 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         },
         (TargetSpec::Launch { .. }, None) => unreachable!("spawned above"),
     };
-    if launched.is_none() && !target.is_node() {
-        tracing::warn!(
-            "process {} ({}) does not look like Node.js: profiling native code only",
-            target.pid,
-            target.exe.display()
-        );
-    }
-
-    let prefix = options
-        .output
-        .clone()
-        .unwrap_or_else(|| output::default_prefix(target.pid));
+    let prefix = match &options.output {
+        // A directory: the default names, in it.
+        Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => {
+            dir.join(output::default_prefix(target.pid))
+        }
+        Some(prefix) => prefix.clone(),
+        None => output::default_prefix(target.pid),
+    };
     let files = OutputFiles::create(&prefix, &options.formats)?;
     let mut capture = match cpu::capture(&options.sampling, &target, launched.as_mut()) {
         Ok(capture) => capture,
@@ -107,12 +125,21 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
             return Err(e.into());
         }
     };
-    let child_status = launched.as_ref().and_then(Launched::try_wait);
+    // A launched command ends with its recording, as it would with a
+    // terminal's Ctrl-C, unless asked to keep running.
+    let child_status = match &launched {
+        Some(child) if !options.keep_running => child.terminate(CHILD_GRACE),
+        Some(child) => child.try_wait(),
+        None => None,
+    };
+    let mut target = target;
+    if let Some(exe) = capture.exe.take() {
+        // What it runs now: a launched command after its exec, or an exec while recorded.
+        target.exe = exe;
+    }
     let profile = capture.profile();
     let title = format!("nodeprof: {} (pid {})", target.exe.display(), target.pid);
-    let written = files
-        .write(&profile, &title)
-        .map_err(|(path, source)| RecordError::Write { path, source })?;
+    let written = files.write(&profile, &title)?;
     Ok(Recording {
         loops: capture
             .loops()

@@ -65,7 +65,8 @@ pub enum WatchEnd {
 /// Watches until the targets are gone (unless `keep_waiting`), SIGINT or
 /// SIGTERM; one line per event on `out`.
 pub fn run(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, WatchError> {
-    probe::check_permissions()?;
+    // Uprobes (GC) and the sampler of profile captures.
+    probe::check_permissions(probe::UPROBES)?;
     if !options.out.is_dir() {
         return Err(WatchError::NoOutputDir(options.out.clone()));
     }
@@ -503,6 +504,8 @@ struct Finder {
     /// Processes already looked at, by pid, with the executable seen then
     /// (a process that execs node later is looked at again).
     seen: HashMap<u32, PathBuf>,
+    /// Executables (device, inode) and whether they hold V8.
+    v8_binaries: HashMap<(u64, u64), bool>,
     own: u32,
 }
 
@@ -511,6 +514,7 @@ impl Finder {
         Finder {
             select: select.clone(),
             seen: HashMap::new(),
+            v8_binaries: HashMap::new(),
             own: std::process::id(),
         }
     }
@@ -557,16 +561,33 @@ impl Finder {
                 continue;
             }
             self.seen.insert(pid, exe);
-            let Ok(target) = Target::inspect(pid) else {
+            if !self.matches(pid) || !self.runs_v8(pid) {
                 continue;
-            };
-            if target.is_node() && self.matches(pid) {
+            }
+            if let Ok(target) = Target::inspect(pid) {
                 found.push(target);
             }
         }
         alive.sort_unstable();
         self.seen.retain(|pid, _| alive.binary_search(pid).is_ok());
         found
+    }
+
+    /// Whether the process runs node, told by its executable's contents
+    /// (V8's layout), once per executable file.
+    fn runs_v8(&mut self, pid: u32) -> bool {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            return false;
+        };
+        let key = (
+            std::os::unix::fs::MetadataExt::dev(&meta),
+            std::os::unix::fs::MetadataExt::ino(&meta),
+        );
+        *self
+            .v8_binaries
+            .entry(key)
+            .or_insert_with(|| crate::target::discover(&exe).is_ok())
     }
 
     fn matches(&self, pid: u32) -> bool {
@@ -652,9 +673,7 @@ impl Job {
             "nodeprof watch: pid {} ({}), {}",
             self.target.pid, self.trigger, self.why
         );
-        let written = files
-            .write(&profile, &title)
-            .map_err(|(path, e)| format!("cannot write {}: {e}", path.display()))?;
+        let written = files.write(&profile, &title).map_err(|e| e.to_string())?;
         let summary = Summary::from_profile(&profile, 20);
         let mut detail = summary
             .top_self

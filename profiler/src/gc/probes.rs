@@ -27,8 +27,7 @@ impl GcProbes {
     /// Like [`GcProbes::attach`], for process `pid` running (or about to
     /// exec) the node binary at `binary`.
     pub fn attach_binary(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcProbes, GcError> {
-        let mut points = GcPoints::find(binary)?;
-        attach_sites(probe, pid, binary, &mut points)?;
+        let points = attach_points(probe, pid, binary)?;
         let ring = probe
             .take_calls()
             .ok_or(GcError::Probe(ProbeError::Kernel {
@@ -45,6 +44,23 @@ impl GcProbes {
         })
     }
 
+    /// After an exec: the probes move to the new binary's GC functions (the
+    /// old ones went with the old image). GCs completed before are drained
+    /// first and returned.
+    pub fn reattach(
+        &mut self,
+        probe: &mut Probe,
+        pid: u32,
+        binary: &Path,
+    ) -> Result<Vec<GcEvent>, GcError> {
+        let done = self.drain(pid);
+        probe.detach_calls();
+        self.points = attach_points(probe, pid, binary)?;
+        self.tracer = GcTracer::new(&self.points);
+        self.tracer.arm(monotonic_ns());
+        Ok(done)
+    }
+
     /// Feeds every pending call event to the tracer; returns the GCs completed.
     pub fn drain(&mut self, pid: u32) -> Vec<GcEvent> {
         let mut done = Vec::new();
@@ -56,6 +72,15 @@ impl GcProbes {
         });
         done
     }
+}
+
+/// Finds the GC functions of `binary` and attaches the call tracer to them
+/// for process `pid`. Functions that cannot be probed are reported in
+/// `missing` and skipped, as long as a pause can still be timed.
+fn attach_points(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcPoints, GcError> {
+    let mut points = GcPoints::find(binary)?;
+    attach_sites(probe, pid, binary, &mut points)?;
+    Ok(points)
 }
 
 /// Attaches `points`' sites to process `pid`, dropping those that fail as

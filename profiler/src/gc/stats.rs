@@ -88,12 +88,24 @@ pub struct GcSummary {
 }
 
 impl GcSummary {
+    /// The GCs of a trace over the window `(start_ns, end_ns)`, widened to
+    /// every pause in `events`: a GC caught between attaching the probes and
+    /// the window's start still lies within the time the share is taken of.
     pub fn of(
         events: &[GcEvent],
-        duration_s: f64,
+        window_ns: (u64, u64),
         leak_suspicions: usize,
         lost_events: u64,
     ) -> GcSummary {
+        let start = events
+            .iter()
+            .map(|e| e.start_ns)
+            .fold(window_ns.0, u64::min);
+        let end = events
+            .iter()
+            .map(GcEvent::end_ns)
+            .fold(window_ns.1, u64::max);
+        let duration_s = end.saturating_sub(start) as f64 / 1e9;
         let mut all: Vec<u64> = events.iter().map(|e| e.pause_ns).collect();
         let by_kind = GcKind::ALL
             .iter()
@@ -246,6 +258,29 @@ impl Report for GcSummary {
 mod tests {
     use super::*;
 
+    /// GCs between attach and the first sample of a short recording: the
+    /// paused share is of a window that holds them, never over 100 %.
+    #[test]
+    fn the_window_holds_every_pause() {
+        let gc = |start_ns: u64, pause_ns: u64| GcEvent {
+            tid: 1,
+            start_ns,
+            pause_ns,
+            kind: GcKind::Scavenge,
+            incremental: None,
+            reason: None,
+            heap_before: None,
+            heap_after: None,
+        };
+        let events: Vec<GcEvent> = (0..7)
+            .map(|i| gc(1_000_000 + i * 400_000, 330_000))
+            .collect();
+        // The window opens after the GCs (3.8 ms in) and lasts 76 µs.
+        let s = GcSummary::of(&events, (3_824_000, 3_900_000), 0, 0);
+        assert!(s.paused_percent <= 100.0, "{}", s.paused_percent);
+        assert!((s.duration_s - 0.0029).abs() < 1e-6, "{}", s.duration_s);
+    }
+
     fn gc(kind: GcKind, start_s: f64, pause_ms: f64, after: Option<u64>) -> GcEvent {
         GcEvent {
             tid: 7,
@@ -283,7 +318,7 @@ mod tests {
             gc(GcKind::MarkCompact, 5.0, 20.0, Some(160)),
             gc(GcKind::MarkCompact, 8.0, 30.0, None),
         ];
-        let s = GcSummary::of(&events, 10.0, 0, 0);
+        let s = GcSummary::of(&events, (0, 10_000_000_000), 0, 0);
         assert_eq!(s.all.count, 6);
         assert!((s.all.total_ms - 66.0).abs() < 1e-9);
         assert!((s.paused_percent - 0.66).abs() < 1e-9);

@@ -10,7 +10,7 @@ mod format;
 mod summary;
 
 pub use cpuprofile::{validate_cpuprofile, write_cpuprofile};
-pub use files::{default_prefix, FileError, OutputFiles};
+pub use files::{default_prefix, FileError, OutputFiles, WriteError};
 pub use flamegraph::write_flamegraph;
 pub use folded::{folded_lines, write_folded};
 pub use format::Format;

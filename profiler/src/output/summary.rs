@@ -67,7 +67,9 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary with the `top_n` busiest threads and functions (0: all).
     pub fn from_profile(profile: &Profile, top_n: usize) -> Summary {
+        let top_n = if top_n == 0 { usize::MAX } else { top_n };
         let total = profile.samples.len() as u64;
         let mut per_stack: HashMap<StackId, u64> = HashMap::new();
         let mut per_tid: HashMap<u32, (u64, u64)> = HashMap::new();
@@ -317,6 +319,16 @@ mod tests {
         assert!(s.top_total.iter().all(|f| f.percent <= 100.0));
         let self_sum: u64 = s.top_self.iter().map(|f| f.samples).sum();
         assert_eq!(self_sum, 9);
+    }
+
+    #[test]
+    fn top_zero_lists_everything() {
+        let all = Summary::from_profile(&sample_profile(), 0);
+        assert!(!all.top_self.is_empty());
+        assert_eq!(
+            all.top_self,
+            Summary::from_profile(&sample_profile(), 1000).top_self
+        );
     }
 
     #[test]

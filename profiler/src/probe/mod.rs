@@ -6,6 +6,8 @@
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
 
 use aya::maps::Array;
+
+use crate::caps;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
@@ -23,14 +25,11 @@ use nodeprof_common::{
 /// The eBPF object built from `probe-ebpf` by build.rs.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
 
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
-        "permission denied: nodeprof needs root. Run it with sudo, or grant the capabilities: \
-         sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(which nodeprof)"
+        "permission denied: nodeprof needs root. Run it with sudo, or grant the capabilities: {}",
+        caps::SETCAP
     )]
     NotPermitted,
     #[error("this kernel has no usable BPF support ({0}); nodeprof needs Linux 5.8+ with CONFIG_BPF_SYSCALL")]
@@ -63,26 +62,26 @@ impl ProbeError {
     }
 }
 
-/// Checks up front that this process may use BPF and perf events, so the user
-/// gets one clear line instead of a kernel error.
-pub fn check_permissions() -> Result<(), ProbeError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_BPF) && has(CAP_PERFMON) {
+/// Checks up front that this process holds `needed` (see [`crate::caps`]),
+/// so the user gets one clear line instead of a kernel error.
+pub fn check_permissions(needed: &[u32]) -> Result<(), ProbeError> {
+    if caps::has_all(needed) {
         Ok(())
     } else {
         Err(ProbeError::NotPermitted)
     }
 }
+
+/// What sampling needs: loading programs, perf events of every process,
+/// reading the target.
+pub const SAMPLING: &[u32] = &[caps::CAP_BPF, caps::CAP_PERFMON, caps::CAP_SYS_PTRACE];
+/// What uprobes need besides.
+pub const UPROBES: &[u32] = &[
+    caps::CAP_BPF,
+    caps::CAP_PERFMON,
+    caps::CAP_SYS_PTRACE,
+    caps::CAP_SYS_ADMIN,
+];
 
 /// The loaded programs and their maps.
 pub struct Probe {
@@ -113,7 +112,7 @@ pub struct CallSite {
 
 impl Probe {
     pub fn load() -> Result<Probe, ProbeError> {
-        check_permissions()?;
+        check_permissions(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
         {
@@ -349,6 +348,14 @@ fn tracefs() -> Result<std::path::PathBuf, ProbeError> {
         if dir.join("events").is_dir() {
             return Ok(dir.to_path_buf());
         }
+    }
+    // Mounted, but its directory (mode 0700) is closed to us.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+    {
+        return Err(ProbeError::NotPermitted);
     }
     let source = std::ffi::CString::new("nodev").expect("no NUL");
     let target = std::ffi::CString::new("/sys/kernel/tracing").expect("no NUL");

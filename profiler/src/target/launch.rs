@@ -30,8 +30,13 @@ impl Launched {
         let program = argv
             .first()
             .ok_or_else(|| TargetError::CommandNotFound(String::new()))?;
-        let path =
-            find_program(program).ok_or_else(|| TargetError::CommandNotFound(program.clone()))?;
+        let path = find_program(program).ok_or_else(|| {
+            if program.contains('/') && Path::new(program).is_file() {
+                TargetError::NotExecutable(program.clone())
+            } else {
+                TargetError::CommandNotFound(program.clone())
+            }
+        })?;
         let launch_err = |source| TargetError::Launch {
             command: command.clone(),
             source,
@@ -117,6 +122,29 @@ impl Launched {
         let mut status = 0;
         // SAFETY: waitpid on our own child.
         let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        (r == self.pid as libc::pid_t).then_some(status)
+    }
+
+    /// Ends the child: SIGTERM, then SIGKILL if it is still there after
+    /// `grace`. Returns its wait status.
+    pub fn terminate(&self, grace: std::time::Duration) -> Option<i32> {
+        if let Some(status) = self.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: signals to our own child, which we have not reaped.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: waitpid on our own child.
+        let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, 0) };
         (r == self.pid as libc::pid_t).then_some(status)
     }
 

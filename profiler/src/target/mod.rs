@@ -1,4 +1,4 @@
-//! The target process: who it is (exe, node or not, namespaces), where its code
+//! The target process: who it is (exe, namespaces), where its code
 //! is mapped, which V8 it runs, and how to launch one paused so profiling
 //! starts at its first instruction.
 
@@ -17,6 +17,19 @@ use std::path::PathBuf;
 pub enum TargetError {
     #[error("no such process: {0}")]
     NoSuchProcess(u32),
+    #[error("{tid} is a thread of process {pid}: give the process id (-p {pid})")]
+    IsThread { tid: u32, pid: u32 },
+    #[error("process {0} has exited (a zombie its parent has not reaped)")]
+    Zombie(u32),
+    #[error("process {0} exited while nodeprof attached")]
+    Exited(u32),
+    #[error("process {pid} ({name}) is a kernel thread: it runs no user-space code")]
+    KernelThread { pid: u32, name: String },
+    #[error(
+        "cannot inspect process {pid}: permission denied. Run nodeprof as root, or grant the capabilities: {setcap}",
+        setcap = crate::caps::SETCAP
+    )]
+    NotPermitted { pid: u32 },
     #[error("cannot inspect process {pid}: {source}")]
     Inspect { pid: u32, source: std::io::Error },
     #[error("cannot launch {command}: {source}")]
@@ -26,6 +39,8 @@ pub enum TargetError {
     },
     #[error("command not found: {0}")]
     CommandNotFound(String),
+    #[error("cannot run {0}: permission denied (not an executable file)")]
+    NotExecutable(String),
 }
 
 /// A process nodeprof looks at, by its pid in nodeprof's (root) pid namespace.
@@ -57,10 +72,24 @@ impl Target {
         })?;
         // A thread id also has a /proc entry; only thread group leaders are processes.
         let tgid = status_field(&status, "Tgid:").and_then(|v| v.parse::<u32>().ok());
-        if tgid.is_some_and(|tgid| tgid != pid) {
-            return Err(TargetError::NoSuchProcess(pid));
+        if let Some(tgid) = tgid.filter(|&tgid| tgid != pid) {
+            return Err(TargetError::IsThread {
+                tid: pid,
+                pid: tgid,
+            });
         }
-        let exe = fs::read_link(proc_dir.join("exe")).map_err(io)?;
+        if status_field(&status, "State:").is_some_and(|s| s.starts_with('Z')) {
+            return Err(TargetError::Zombie(pid));
+        }
+        let exe = fs::read_link(proc_dir.join("exe")).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => TargetError::NotPermitted { pid },
+            // Kernel threads have no executable (and no parent but kthreadd).
+            Some(libc::ENOENT) if is_kernel_thread(&proc_dir) => TargetError::KernelThread {
+                pid,
+                name: status_field(&status, "Name:").unwrap_or("").to_string(),
+            },
+            _ => io(e),
+        })?;
         let comm = fs::read_to_string(proc_dir.join("comm"))
             .map_err(io)?
             .trim_end()
@@ -75,20 +104,6 @@ impl Target {
             comm,
             ns_pid,
         })
-    }
-
-    /// Whether the target looks like Node.js: its executable is named node,
-    /// nodejs, node20… (the official binaries and distribution packages are).
-    pub fn is_node(&self) -> bool {
-        let name = self.exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let name = name.trim_end_matches(" (deleted)");
-        let version_suffix = |rest: &str| {
-            rest.chars()
-                .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == 'v')
-        };
-        name == "nodejs"
-            || name.strip_prefix("node").is_some_and(version_suffix)
-            || self.comm == "node"
     }
 
     /// Path of a file as the target sees it, reachable from nodeprof's mount namespace.
@@ -114,6 +129,17 @@ impl Target {
     }
 }
 
+/// A kernel thread has PF_KTHREAD (0x00200000) in the flags of its stat.
+fn is_kernel_thread(proc_dir: &std::path::Path) -> bool {
+    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & 0x0020_0000 != 0)
+}
+
 fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status
         .lines()
@@ -131,7 +157,6 @@ mod tests {
         assert_eq!(me.pid, std::process::id());
         assert!(me.exe.exists());
         assert!(me.is_alive());
-        assert!(!me.is_node());
     }
 
     #[test]
@@ -148,23 +173,23 @@ mod tests {
     }
 
     #[test]
-    fn recognises_node_executables_by_name() {
-        let named = |exe: &str| {
-            Target {
-                pid: 1,
-                exe: exe.into(),
-                comm: String::new(),
-                ns_pid: 1,
-            }
-            .is_node()
-        };
-        assert!(named("/usr/bin/node"));
-        assert!(named("/usr/bin/nodejs"));
-        assert!(named("/opt/node22"));
-        assert!(named("/opt/node-v20.1.0"));
-        assert!(named("/usr/bin/node (deleted)"));
-        assert!(!named("/usr/bin/nodeprof"));
-        assert!(!named("/usr/bin/python3"));
+    fn threads_and_kernel_threads_are_named_as_such() {
+        let me = std::process::id();
+        let handle = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            Target::inspect(tid).err().map(|e| e.to_string())
+        });
+        let message = handle.join().unwrap().unwrap();
+        assert!(
+            message.contains(&format!("is a thread of process {me}")),
+            "{message}"
+        );
+        if let Err(TargetError::KernelThread { pid, .. }) = Target::inspect(2) {
+            assert_eq!(pid, 2);
+        } else {
+            panic!("pid 2 (kthreadd) is a kernel thread");
+        }
     }
 
     #[test]
