@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|soak>` (see README.md).
+//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|bench-watch|soak>` (see README.md).
 
 mod bench;
 mod bootstrap;
 mod heap_bench;
 mod soak;
 mod util;
+mod watch_bench;
 
 use std::fs;
 use std::process::{Command, ExitCode};
@@ -46,6 +47,9 @@ enum Cmd {
     /// Long recording of a loopback server with thousands of JS functions:
     /// nodeprof's peak RSS, CPU and time to symbolize (as root).
     Soak(soak::SoakArgs),
+    /// What `nodeprof watch` costs while watching N node processes (no
+    /// capture): its CPU and memory, and the targets' slowdown (as root).
+    BenchWatch(watch_bench::BenchWatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Soak(args) => soak::soak(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchHeap(args) => heap_bench::bench_heap(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::BenchWatch(args) => watch_bench::bench_watch(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
