@@ -246,7 +246,6 @@ fn a_loop_blocked_for_good_before_watching_is_caught() {
     // Its own lag monitor printed until the loop blocked; from then on an
     // in-process monitor never runs again.
     stuck.wait_for_line("blocking", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
     let pid = stuck.pid.to_string();
     let args = watch_args(
         dir.path(),
@@ -416,7 +415,8 @@ fn processes_started_after_watch_are_picked_up() {
         ],
     );
     let watch = spawn_nodeprof(&args, dir.path());
-    // Attached and scanning: its eBPF programs are loaded.
+    // Attached: its eBPF programs are loaded, and its first scan (right
+    // after) found nothing; the processes below start after it.
     assert!(wait_until(Duration::from_secs(20), || !bpf_prog_ids(
         watch.proc.pid
     )
