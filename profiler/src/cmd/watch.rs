@@ -625,6 +625,16 @@ struct Job {
 impl Job {
     fn run(self) -> Vec<Line> {
         let mut lines = Vec::new();
+        // One capture at a time on the host, also across watch instances.
+        let _lock = match HostLock::take() {
+            Ok(lock) => lock,
+            Err(error) => {
+                for &action in &self.actions {
+                    lines.push(self.line(action, Err(error.clone())));
+                }
+                return lines;
+            }
+        };
         for &action in &self.actions {
             if self.stopping.load(Ordering::SeqCst) || !self.target.is_alive() {
                 break;
@@ -814,6 +824,41 @@ impl Job {
                 }),
             },
         }
+    }
+}
+
+/// `/run/nodeprof-capture.lock`, held (flock) while a capture runs.
+struct HostLock {
+    /// The lock lives as long as this descriptor.
+    _file: Option<std::fs::File>,
+}
+
+impl HostLock {
+    const PATH: &'static str = "/run/nodeprof-capture.lock";
+
+    fn take() -> Result<HostLock, String> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Without /run (a minimal container) captures are serialized per watch only.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(Self::PATH)
+        else {
+            return Ok(HostLock { _file: None });
+        };
+        // SAFETY: flock on an fd we own; released when it is closed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(format!(
+                "another nodeprof is capturing on this host ({} is locked)",
+                Self::PATH
+            ));
+        }
+        Ok(HostLock { _file: Some(file) })
     }
 }
 
