@@ -579,3 +579,62 @@ fn sigterm_during_a_capture_ends_it_and_writes_it() {
     assert_eq!(of_type(&lines, "end")[0]["reason"], "terminated");
     assert!(hot.is_running(), "the target runs on");
 }
+
+#[test]
+fn one_capture_at_a_time_on_the_host() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    // Another watch instance capturing: it holds the host's capture lock.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/nodeprof-capture.lock")
+        .expect("open /run/nodeprof-capture.lock");
+    // SAFETY: flock on an fd we own; released when it is closed.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0, "the capture lock is held by someone else");
+    let hot = schedule("hot", 6, &[], dir.path());
+    let pid = hot.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--limit",
+            "1/hour",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    drop(lock);
+    run.assert_success();
+    let lines = lines(&run);
+    assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
+    let failed = of_type(&lines, "capture-failed");
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("another nodeprof is capturing on this host"),
+        "{}",
+        failed[0]
+    );
+    let written: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cpu-"))
+        .collect();
+    assert!(written.is_empty());
+}
