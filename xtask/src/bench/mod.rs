@@ -67,8 +67,9 @@ pub struct BenchArgs {
     /// With --paired: seconds per window.
     #[arg(long, default_value_t = 2.0)]
     window: f64,
-    /// The workload: cpu (xtask/bench/cpu-bound.js) or gc (xtask/bench/gc-heavy.js).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gc"])]
+    /// The workload: cpu (xtask/bench/cpu-bound.js), gc (xtask/bench/gc-heavy.js)
+    /// or switch (xtask/bench/switchy.js: thousands of context switches a second).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gc", "switch"])]
     workload: String,
 }
 
@@ -79,19 +80,19 @@ impl BenchArgs {
 
     /// The workload's file name under `xtask/bench/`.
     fn workload_file(&self) -> &'static str {
-        if self.gc() {
-            "gc-heavy.js"
-        } else {
-            "cpu-bound.js"
+        match self.workload.as_str() {
+            "gc" => "gc-heavy.js",
+            "switch" => "switchy.js",
+            _ => "cpu-bound.js",
         }
     }
 
     /// What the report is about: the nodeprof command measured.
     fn subject(&self) -> &'static str {
-        if self.gc() {
-            "gc"
-        } else {
-            "record"
+        match self.workload.as_str() {
+            "gc" => "gc",
+            "switch" => "record --off-cpu",
+            _ => "record",
         }
     }
 }
@@ -119,6 +120,12 @@ fn parse_variant(tag: &str) -> Result<Variant> {
     if tag == "nodeprof-gc" {
         return Ok(Variant::NodeprofGc);
     }
+    if let Some(hz) = tag.strip_prefix("nodeprof-offcpu-") {
+        let hz = hz
+            .parse()
+            .with_context(|| format!("bad rate in variant {tag:?}"))?;
+        return Ok(Variant::NodeprofOffCpu(hz));
+    }
     let (tool, hz) = tag
         .rsplit_once('-')
         .with_context(|| format!("bad variant {tag:?}"))?;
@@ -130,7 +137,7 @@ fn parse_variant(tag: &str) -> Result<Variant> {
         "perf" => Ok(Variant::Perf(hz)),
         "perf-nostack" => Ok(Variant::PerfNoStack(hz)),
         _ => {
-            bail!("unknown variant {tag:?} (nodeprof-HZ, perf-HZ, perf-nostack-HZ or nodeprof-gc)")
+            bail!("unknown variant {tag:?} (nodeprof-HZ, nodeprof-offcpu-HZ, perf-HZ, perf-nostack-HZ or nodeprof-gc)")
         }
     }
 }
@@ -139,6 +146,7 @@ fn parse_variant(tag: &str) -> Result<Variant> {
 const GOAL_SLOWDOWN_99: f64 = 1.0;
 const GOAL_SLOWDOWN_999: f64 = 2.0;
 const GOAL_SLOWDOWN_GC: f64 = 2.0;
+const GOAL_SLOWDOWN_OFF_CPU: f64 = 2.0;
 const GOAL_CPU_99: f64 = 1.0;
 const GOAL_RSS_MIB: f64 = 64.0;
 
@@ -156,6 +164,8 @@ enum Variant {
     /// perf sampling without stacks: what the timer interrupt alone costs.
     PerfNoStack(u32),
     NodeprofGc,
+    /// `record --off-cpu`: a sched_switch hit per context switch.
+    NodeprofOffCpu(u32),
 }
 
 impl Variant {
@@ -165,6 +175,7 @@ impl Variant {
             Variant::Nodeprof(hz) if hz <= 99 => Some(GOAL_SLOWDOWN_99),
             Variant::Nodeprof(_) => Some(GOAL_SLOWDOWN_999),
             Variant::NodeprofGc => Some(GOAL_SLOWDOWN_GC),
+            Variant::NodeprofOffCpu(_) => Some(GOAL_SLOWDOWN_OFF_CPU),
             Variant::Baseline | Variant::Perf(_) | Variant::PerfNoStack(_) => None,
         }
     }
@@ -180,6 +191,7 @@ impl Variant {
             Variant::Perf(hz) => format!("perf record -g -F {hz}"),
             Variant::PerfNoStack(hz) => format!("perf record -F {hz}, no stacks"),
             Variant::NodeprofGc => "nodeprof gc".into(),
+            Variant::NodeprofOffCpu(hz) => format!("nodeprof record --off-cpu -F {hz}"),
         }
     }
 
@@ -190,6 +202,7 @@ impl Variant {
             Variant::Perf(hz) => format!("perf-{hz}"),
             Variant::PerfNoStack(hz) => format!("perf-nostack-{hz}"),
             Variant::NodeprofGc => "nodeprof-gc".into(),
+            Variant::NodeprofOffCpu(hz) => format!("nodeprof-offcpu-{hz}"),
         }
     }
 }
@@ -249,6 +262,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut variants = vec![Variant::Baseline];
     let default_variants: Vec<String> = if args.gc() {
         vec!["nodeprof-gc".into()]
+    } else if args.workload == "switch" {
+        vec!["nodeprof-offcpu-99".into(), "nodeprof-99".into()]
     } else {
         [
             "nodeprof-99",
@@ -274,9 +289,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             variants.push(v);
         }
     }
-    let with_nodeprof = variants
-        .iter()
-        .any(|v| matches!(v, Variant::Nodeprof(_) | Variant::NodeprofGc));
+    let with_nodeprof = variants.iter().any(|v| {
+        matches!(
+            v,
+            Variant::Nodeprof(_) | Variant::NodeprofGc | Variant::NodeprofOffCpu(_)
+        )
+    });
     util::require_root("bench")?;
     bootstrap::bootstrap()?;
     if with_nodeprof {
@@ -596,6 +614,21 @@ fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -
         Variant::NodeprofGc => {
             let mut cmd = Command::new(&cx.nodeprof);
             cmd.args(["gc", "-p", &pid, "--json"]);
+            Some(cmd)
+        }
+        Variant::NodeprofOffCpu(hz) => {
+            let mut cmd = Command::new(&cx.nodeprof);
+            cmd.args([
+                "record",
+                "--off-cpu",
+                "-p",
+                &pid,
+                "-F",
+                &hz.to_string(),
+                "-o",
+            ])
+            .arg(cx.tmp.join(tag))
+            .arg("--quiet");
             Some(cmd)
         }
         Variant::Perf(hz) | Variant::PerfNoStack(hz) => {
@@ -926,8 +959,8 @@ fn report(
             }
             Variant::Perf(_) => "reference".into(),
             Variant::PerfNoStack(_) => "floor: the sampling interrupt alone".into(),
-            Variant::NodeprofGc => {
-                let goal = variant.slowdown_goal().expect("nodeprof gc has a goal");
+            Variant::NodeprofGc | Variant::NodeprofOffCpu(_) => {
+                let goal = variant.slowdown_goal().expect("nodeprof has goals");
                 format!("slowdown ≤ {goal} % {}", mark(slowdown <= goal))
             }
         };
