@@ -595,18 +595,22 @@ impl Finder {
             Select::All => true,
             Select::Pids(pids) => pids.contains(&pid),
             Select::Name(regex) => regex.is_match(&command_line(pid)),
-            Select::Cgroup(path) => {
-                let text =
-                    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-                // cgroup v2: `0::/system.slice/app.service`; v1 lines name a hierarchy.
-                text.lines()
-                    .filter_map(|l| l.splitn(3, ':').nth(2))
-                    .any(|cg| {
-                        cg == path || cg.starts_with(&format!("{}/", path.trim_end_matches('/')))
-                    })
-            }
+            Select::Cgroup(path) => in_cgroup(
+                &std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default(),
+                path,
+            ),
         }
     }
+}
+
+/// Whether a process whose `/proc/PID/cgroup` reads `text` is in cgroup
+/// `path` or below it (`0::/system.slice/app.service`; cgroup v1 lines name
+/// a hierarchy first, and match the same way).
+fn in_cgroup(text: &str, path: &str) -> bool {
+    let below = format!("{}/", path.trim_end_matches('/'));
+    text.lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .any(|cg| cg == path || cg.starts_with(&below))
 }
 
 /// A capture decided by the policy, taken on its own thread.
@@ -1105,6 +1109,16 @@ mod tests {
             .all(|p| p.to_string_lossy().contains("T100000Z")));
         assert!(dir.path().join("keep-me.txt").exists());
         assert_eq!(our_files(dir.path()).len(), 4);
+    }
+
+    #[test]
+    fn cgroups_match_the_path_and_below() {
+        let text = "0::/system.slice/app.service/worker\n";
+        assert!(in_cgroup(text, "/system.slice/app.service"));
+        assert!(in_cgroup(text, "/system.slice"));
+        assert!(!in_cgroup(text, "/system.slice/app"));
+        assert!(!in_cgroup("0::/user.slice\n", "/system.slice"));
+        assert!(in_cgroup("4:memory:/docker/abc\n", "/docker/abc"));
     }
 
     #[test]
