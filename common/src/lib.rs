@@ -90,6 +90,38 @@ pub const CALL_ENTRY_PROGRAM: &str = "nodeprof_call";
 /// Name of the uretprobe program, likewise for function returns.
 pub const CALL_RETURN_PROGRAM: &str = "nodeprof_return";
 
+/// Name of the task iterator program (`iter/task`) that reports one thread's
+/// saved user registers and kernel stack: how `dump` sees a blocked thread
+/// without stopping it.
+pub const TASKS_PROGRAM: &str = "nodeprof_tasks";
+/// The kernel's iterator target the tasks program attaches to (`bpf_iter_task`).
+pub const TASKS_ITER_TARGET: &str = "task";
+/// Name of the per-CPU scratch array the tasks program builds its record in
+/// (a [`TaskRecord`] is larger than the 512-byte eBPF stack).
+pub const TASK_SCRATCH_MAP: &str = "TASK_SCRATCH";
+
+/// One thread as the tasks iterator saw it: the user registers the kernel saved
+/// when the thread last entered it (valid while the thread stays in the
+/// kernel: blocked, or preempted), and its kernel stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TaskRecord {
+    /// Number of valid entries in `kernel_stack`.
+    pub kernel_frames: u32,
+    pub _pad: u32,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Code segment: `cs & 3 == 3` when the registers are user-mode ones.
+    pub cs: u64,
+    /// `orig_ax`: the system call number, or -1 when not in a system call.
+    pub syscall_nr: i64,
+    /// The system call's arguments (rdi, rsi, rdx, r10, r8, r9).
+    pub args: [u64; 6],
+    /// Kernel instruction pointers, innermost first.
+    pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
+}
+
 /// One stack sample of a target thread, as the eBPF sampler writes it into the
 /// ring buffer.
 #[repr(C)]
@@ -232,3 +264,5 @@ unsafe impl aya::Pod for SwitchConfig {}
 unsafe impl aya::Pod for OffCpu {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ThreadEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TaskRecord {}

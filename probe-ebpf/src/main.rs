@@ -12,6 +12,9 @@
 //! thread leaves the CPU with, and when it returns (off-CPU time).
 //! `nodeprof_loop_enter` / `nodeprof_loop_exit` run on `epoll_wait`'s entry
 //! and exit tracepoints: the turns of each event loop.
+//!
+//! `nodeprof_tasks` (tasks.rs) is a task iterator: the saved user registers
+//! and kernel stack of one thread (`nodeprof dump`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -19,6 +22,8 @@
 mod calls;
 #[cfg(target_arch = "bpf")]
 mod sampler;
+#[cfg(target_arch = "bpf")]
+mod tasks;
 #[cfg(target_arch = "bpf")]
 mod threads;
 

@@ -1,10 +1,10 @@
 //! nodeprof: diagnose a running Node.js process from the outside with eBPF.
 //!
 //! Layers, each importing only those below it:
-//! - [`cmd`]: the commands (`record`, `gc`, `info`, `heap`), the only layer
+//! - [`cmd`]: the commands (`record`, `gc`, `info`, `heap`, `dump`), the only layer
 //!   that wires several stages together;
 //! - `capture`: evidence from a live process (the CPU sampling loop and its
-//!   stop conditions); domains [`gc`] (V8's garbage collections) and
+//!   stop conditions); `stacks`: every thread's stack now (`dump`); domains [`gc`] (V8's garbage collections) and
 //!   [`heap`] (`.heapsnapshot` analysis); [`watch`] (when readings become
 //!   captures: pure policy, importing nothing of the crate);
 //! - the CPU profiling pipeline, one module per stage, each feeding the next:
@@ -24,6 +24,7 @@ pub(crate) mod collect;
 pub(crate) mod eventloop;
 pub(crate) mod probe;
 pub(crate) mod profile;
+pub(crate) mod stacks;
 pub(crate) mod symbolize;
 pub(crate) mod target;
 // One reader of V8's objects for live processes and, next, core files:
@@ -43,6 +44,7 @@ mod layering {
     const LAYERS: &[(&str, u8)] = &[
         ("cmd", 3),
         ("capture", 2),
+        ("stacks", 2),
         ("gc", 2),
         ("eventloop", 2),
         ("heap", 2),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use nodeprof::cmd::dump::DumpOptions;
 use nodeprof::cmd::heap::{HeapCommand as Heap, HeapOptions, RetainersOf};
 use nodeprof::cmd::record::{RecordOptions, TargetSpec};
 use nodeprof::cmd::{self, gc::GcOptions};
@@ -38,6 +39,11 @@ enum Command {
     /// before and after, reason; a leak suspicion when the heap left after full
     /// GCs keeps growing; a summary at the end.
     Gc(GcArgs),
+    /// What every thread of a process is doing right now, without stopping
+    /// or signalling it: state, system call, kernel, native and JS frames,
+    /// and a verdict for the main thread (idle event loop, blocked in a
+    /// synchronous call, running JavaScript, in GC).
+    Dump(DumpArgs),
     /// Show what nodeprof finds in a process: Node.js and V8 versions, where
     /// the V8 layout comes from, and whether JS frames can be named.
     Info {
@@ -331,6 +337,16 @@ struct RecordArgs {
 }
 
 #[derive(clap::Args)]
+struct DumpArgs {
+    /// Process to dump (all of its threads).
+    #[arg(short, long)]
+    pid: u32,
+    /// One JSON object per thread and line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct GcArgs {
     /// Process to trace.
     #[arg(short, long)]
@@ -428,6 +444,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc(args) => {
             cmd::gc::run(&args.into_options(), &mut stdout)?;
         }
+        Command::Dump(args) => {
+            cmd::dump::run(&args.into_options(), &mut stdout)?;
+        }
         Command::Info { pid } => print(&cmd::info::inspect(pid)?, &mut stdout)?,
         Command::Heap(command) => cmd::heap::run(&command.into_options(), &mut stdout)?,
         Command::Watch(args) => {
@@ -476,6 +495,15 @@ impl RecordArgs {
             top: self.top,
             blocked: Duration::from_millis(self.blocked_ms),
             keep_running: self.keep_running,
+        }
+    }
+}
+
+impl DumpArgs {
+    fn into_options(self) -> DumpOptions {
+        DumpOptions {
+            pid: self.pid,
+            json: self.json,
         }
     }
 }
@@ -593,6 +621,17 @@ mod tests {
             }
         );
         assert_eq!(options.sampling.frequency_hz, 49);
+    }
+
+    #[test]
+    fn dump_takes_a_pid_and_json() {
+        let cli = Cli::try_parse_from(["nodeprof", "dump", "-p", "7", "--json"]).unwrap();
+        let Command::Dump(args) = cli.command else {
+            panic!("not dump")
+        };
+        let options = args.into_options();
+        assert_eq!((options.pid, options.json), (7, true));
+        assert!(Cli::try_parse_from(["nodeprof", "dump"]).is_err());
     }
 
     #[test]

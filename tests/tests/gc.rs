@@ -275,8 +275,18 @@ fn function_probe_fallback_matches_trace_gc() {
 /// Runs `fixture` under `nodeprof gc --json` until `full_gcs` full GCs were
 /// traced or a leak suspicion came; returns the JSON lines.
 fn trace_until(fixture: &str, full_gcs: usize, timeout: Duration) -> Vec<Value> {
+    trace_node_until(&[], fixture, full_gcs, timeout)
+}
+
+/// [`trace_until`] with node options for the target.
+fn trace_node_until(
+    node_args: &[&str],
+    fixture: &str,
+    full_gcs: usize,
+    timeout: Duration,
+) -> Vec<Value> {
     let dir = scratch_dir();
-    let target = Proc::node(&node20(), &[], fixture, &[], dir.path());
+    let target = Proc::node(&node20(), node_args, fixture, &[], dir.path());
     target.wait_for_line("ready", READY_TIMEOUT);
     let nodeprof = spawn_nodeprof(&["gc", "-p", &target.pid.to_string(), "--json"], dir.path());
     wait_until(timeout, || {
@@ -321,6 +331,88 @@ fn a_leak_raises_the_signal() {
     assert!(leak["rate_per_hour"].as_f64().unwrap() > 0.0);
     let summary = of_type(&lines, "summary");
     assert!(summary[0]["leak_suspicions"].as_u64().unwrap() >= 1);
+}
+
+/// The full GCs before the first leak suspicion, and that suspicion.
+fn full_gcs_before_leak(lines: &[Value]) -> (Vec<&Value>, Option<&Value>) {
+    let leak_at = lines.iter().position(|l| l["type"] == "leak");
+    let before = lines[..leak_at.unwrap_or(lines.len())]
+        .iter()
+        .filter(|l| l["type"] == "gc" && l["kind"] == "mark-compact")
+        .collect();
+    (before, leak_at.map(|i| &lines[i]))
+}
+
+/// A server that keeps every request, attached from its start: the heap
+/// left after full GCs about doubles each time (V8's growing factor under a
+/// 1.5 GB old space, as containers set it), and the signal must come within
+/// the first six full GCs, not after ten increases (when the heap had
+/// already grown past a gigabyte).
+#[test]
+fn a_fast_leak_raises_it_within_six_full_gcs() {
+    let _guard = serial();
+    require_root();
+    let lines = trace_node_until(
+        &["--max-old-space-size=1536"],
+        "gc/fast-leak.js",
+        12,
+        Duration::from_secs(90),
+    );
+    let (before, leak) = full_gcs_before_leak(&lines);
+    let afters: Vec<u64> = before
+        .iter()
+        .map(|g| g["heap_after"].as_u64().unwrap() >> 20)
+        .collect();
+    let leak =
+        leak.unwrap_or_else(|| panic!("no leak suspicion; heap after full GCs (MB): {afters:?}"));
+    assert!(
+        before.len() <= 6,
+        "raised after {} full GCs ({afters:?} MB): {leak}",
+        before.len()
+    );
+    assert_eq!(leak["consecutive"], 5, "{leak}");
+    assert_eq!(leak["signal"], "doubling", "{leak}");
+    let (start, now) = (
+        leak["heap_after_start"].as_u64().unwrap(),
+        leak["heap_after_now"].as_u64().unwrap(),
+    );
+    assert!(now >= 2 * start, "{leak}");
+    assert_eq!(now, before.last().unwrap()["heap_after"].as_u64().unwrap());
+}
+
+/// A slow leak under the heap-after jitter of a busy server (time-compressed:
+/// MB per second instead of per minute): never many increases in a row, but
+/// the floor of the heap climbs past the jitter again and again.
+#[test]
+fn a_slow_leak_under_jitter_raises_it() {
+    let _guard = serial();
+    require_root();
+    let lines = trace_until("gc/slow-leak.js", 400, Duration::from_secs(180));
+    let (before, leak) = full_gcs_before_leak(&lines);
+    let afters: Vec<u64> = before
+        .iter()
+        .map(|g| g["heap_after"].as_u64().unwrap() >> 20)
+        .collect();
+    let leak =
+        leak.unwrap_or_else(|| panic!("no leak suspicion; heap after full GCs (MB): {afters:?}"));
+    eprintln!("raised after {} full GCs: {leak}", before.len());
+    assert!(
+        before.len() >= 20,
+        "raised after only {} full GCs: {leak}",
+        before.len()
+    );
+    assert!(leak["growth_bytes"].as_u64().unwrap() > 8 << 20, "{leak}");
+    // The rate it reports is the heap's own trend, within a factor of two.
+    let time = |g: &Value| g["time_s"].as_f64().unwrap();
+    let (first, last) = (before[0], before[before.len() - 1]);
+    let trend = (last["heap_after"].as_f64().unwrap() - first["heap_after"].as_f64().unwrap())
+        / (time(last) - time(first))
+        * 3600.0;
+    let rate = leak["rate_per_hour"].as_f64().unwrap();
+    assert!(
+        rate > trend / 2.0 && rate < trend * 2.0,
+        "reported {rate:.0} B/h, the heap's trend {trend:.0} B/h: {leak}"
+    );
 }
 
 #[test]

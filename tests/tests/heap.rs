@@ -235,6 +235,15 @@ fn global_array_leak(major: u32) {
         "node {major}: first line should name the leak:\n{}",
         run.stdout
     );
+    // The files given the wrong way round: nothing grew, and what shrank
+    // shows the swap.
+    let run = nodeprof(&["heap", "diff", c, b], dir.path());
+    assert!(
+        run.stdout.starts_with("Nothing grew.")
+            && run.stdout.contains("\nLeakingClass -8300 objects, -"),
+        "node {major}: a swapped diff should name what shrank:\n{}",
+        run.stdout
+    );
     let d = json(&nodeprof(&["heap", "diff", b, c, "--json"], dir.path()));
     assert_eq!(d["mode"], "ids");
     let top = &d["classes"][0];
@@ -544,4 +553,343 @@ fn parser_survives_truncation_and_garbage() {
         .expect("absurd node_count refused")
         .to_string();
     assert!(err.contains("does not fit"), "{err}");
+}
+
+/// A finished run with what it cost: wall time and peak RSS (the kernel's
+/// `ru_maxrss` of that one child, from `wait4`).
+struct Measured {
+    run: Run,
+    seconds: f64,
+    /// User and system CPU time: unlike wall time, not stretched by other
+    /// work on the machine.
+    cpu_seconds: f64,
+    peak_rss: u64,
+}
+
+/// Runs `nodeprof ARGS` with its address space limited to `limit` bytes (a
+/// regression that eats memory fails here instead of starving the machine).
+fn run_measured(args: &[&str], dir: &Path, limit: u64, timeout: Duration) -> Measured {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let (out, err) = (dir.join("measured.stdout"), dir.join("measured.stderr"));
+    let mut cmd = Command::new(nodeprof_tests::nodeprof_bin());
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = std::time::Instant::now();
+    // Reaped by wait4 below, which also gives the child's own rusage.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().expect("spawn nodeprof");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child, by pid.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
+        if start.elapsed() > timeout {
+            // SAFETY: our own child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::wait4(pid, &mut status, 0, &mut usage);
+            }
+            panic!("nodeprof {args:?} took more than {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Measured {
+        run: Run {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: std::fs::read_to_string(out).unwrap(),
+            stderr: std::fs::read_to_string(err).unwrap(),
+        },
+        seconds,
+        cpu_seconds: [usage.ru_utime, usage.ru_stime]
+            .iter()
+            .map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6)
+            .sum(),
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// Writes the snapshot of a linked list of `count` ListNode objects.
+fn list_snapshot(count: usize, dir: &Path) -> PathBuf {
+    let file = dir.join(format!("list-{count}.heapsnapshot"));
+    let mut proc = Proc::node(
+        &node_major(20),
+        &[],
+        "heap/list.js",
+        &[&count.to_string(), file.to_str().unwrap()],
+        dir,
+    );
+    proc.wait_for_line("done", TIMEOUT);
+    assert!(proc.wait(TIMEOUT).success(), "list.js {count} failed");
+    file
+}
+
+/// Retaining paths of every object of a long chain: one BFS tree read once,
+/// not one path per object (which was quadratic: 1.58 GB for 20,000 list
+/// nodes, an abort at 50,000).
+#[test]
+fn retainers_of_a_long_linked_list_cost_linear_memory() {
+    let dir = scratch_dir();
+    let count = 100_000;
+    let file = list_snapshot(count, dir.path());
+    let file_size = std::fs::metadata(&file).unwrap().len();
+    let f = file.to_str().unwrap();
+    let m = run_measured(
+        &["heap", "retainers", f, "--class", "ListNode", "--json"],
+        dir.path(),
+        2 << 30,
+        Duration::from_secs(60),
+    );
+    m.run.assert_no_panic();
+    m.run.assert_success();
+    eprintln!(
+        "retainers of {count} list nodes ({file_size} bytes): {:.2} s, peak RSS {} MB",
+        m.seconds,
+        m.peak_rss >> 20
+    );
+    // The program and its tables take a few tens of MB whatever the file.
+    assert!(
+        m.peak_rss <= 4 * file_size + (48 << 20),
+        "peak RSS {} MB for a {} MB file",
+        m.peak_rss >> 20,
+        file_size >> 20
+    );
+    let r: Value = serde_json::from_str(&m.run.stdout).unwrap();
+    assert_eq!(r["objects"], count as u64);
+    assert_eq!(r["unreachable"], 0);
+    // Every node of the list is at another depth: one path shape each. The
+    // first path is the head's; the deepest node's path holds the whole list.
+    let paths = r["paths"].as_array().unwrap();
+    let head = paths[0]["steps"].as_array().unwrap();
+    assert_eq!(head.last().unwrap()["class"], "ListNode");
+    assert_eq!(head.last().unwrap()["edge"], ".list");
+    assert!(paths.iter().all(|p| p["objects"] == 1), "{paths:?}");
+
+    // The far end of the chain (the ListNode whose `next` is null): its
+    // path, `count` steps long, as text.
+    let snap = nodeprof::heap::load(&file, true).unwrap();
+    let tail = (0..snap.node_count() as u32)
+        .find(|&n| {
+            snap.class_name(n) == "ListNode"
+                && !snap.edges(n).any(|e| {
+                    snap.edge_label(e) == ".next" && snap.class_name(snap.edge_to[e]) == "ListNode"
+                })
+        })
+        .expect("a last ListNode");
+    let id = snap.node_id[tail as usize].to_string();
+    drop(snap);
+    let m = run_measured(
+        &["heap", "retainers", f, "--id", &id],
+        dir.path(),
+        2 << 30,
+        Duration::from_secs(60),
+    );
+    m.run.assert_success();
+    eprintln!(
+        "the path of @{id}, {count} steps as text: {:.2} s, peak RSS {} MB",
+        m.seconds,
+        m.peak_rss >> 20
+    );
+    // Printing a path costs O(its length): a table row is about half a KB
+    // while the text is made.
+    assert!(
+        m.peak_rss <= 4 * file_size + (48 << 20) + 1024 * count as u64,
+        "peak RSS {} MB for a {} MB file and a path of {count} steps",
+        m.peak_rss >> 20,
+        file_size >> 20
+    );
+    let chain = m.run.stdout.lines().nth(3).unwrap_or_default();
+    assert!(
+        chain.starts_with("    (root) → "),
+        "{}",
+        &m.run.stdout[..m.run.stdout.len().min(2000)]
+    );
+    assert_eq!(chain.matches("─.next→ ListNode").count(), count - 1);
+}
+
+/// A two-node snapshot file (the root and one string) whose string table
+/// holds `text` (already JSON-escaped), and node sizes `sizes`.
+fn synthetic_snapshot(path: &Path, text_chunks: &mut dyn Iterator<Item = String>, sizes: [u64; 2]) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write!(
+        f,
+        r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count","trace_node_id"],
+"node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number"],
+"edge_fields":["type","name_or_index","to_node"],
+"edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
+"node_count":2,"edge_count":1}},
+"nodes":[9,0,1,{},1,0,2,1,3,{},0,0],"edges":[2,2,6],"strings":["",""#,
+        sizes[0], sizes[1]
+    )
+    .unwrap();
+    for chunk in text_chunks {
+        f.write_all(chunk.as_bytes()).unwrap();
+    }
+    f.write_all(br#"","big"]}"#).unwrap();
+    f.flush().unwrap();
+}
+
+/// A snapshot holding one huge string: the parser keeps its text once (it
+/// was copied from a scratch buffer into the table, and decoded a third time
+/// when it held escapes).
+#[test]
+fn a_huge_string_is_held_once() {
+    let dir = scratch_dir();
+    let file = dir.path().join("string.heapsnapshot");
+    // 256 MiB of text, with an escaped newline and a quote every 4 KiB.
+    let line = format!("{}\\n\\\"", "a".repeat(4093));
+    synthetic_snapshot(
+        &file,
+        &mut std::iter::repeat_n(line, 1 << 16),
+        [0, 256 << 20],
+    );
+    let file_size = std::fs::metadata(&file).unwrap().len();
+    let f = file.to_str().unwrap();
+    let m = run_measured(
+        &["heap", "summary", f, "--json"],
+        dir.path(),
+        4 << 30,
+        Duration::from_secs(120),
+    );
+    m.run.assert_success();
+    eprintln!(
+        "summary of a {} MB string: {:.2} s, peak RSS {} MB",
+        file_size >> 20,
+        m.seconds,
+        m.peak_rss >> 20
+    );
+    assert!(
+        m.peak_rss <= file_size + file_size / 4 + (48 << 20),
+        "peak RSS {} MB for a {} MB file holding one string",
+        m.peak_rss >> 20,
+        file_size >> 20
+    );
+    let s: Value = serde_json::from_str(&m.run.stdout).unwrap();
+    assert_eq!(s["total_size"], 256u64 << 20);
+    std::fs::remove_file(&file).unwrap();
+}
+
+/// Sizes that overflow 64 bits when added (a crafted or corrupt file) are one
+/// clear error, not a heap of "0 B".
+#[test]
+fn implausible_sizes_are_one_error_line() {
+    let dir = scratch_dir();
+    let file = dir.path().join("huge.heapsnapshot");
+    for sizes in [[1 << 63, 1 << 63], [0, u64::MAX], [1 << 62, 1 << 62]] {
+        synthetic_snapshot(&file, &mut std::iter::once("x".to_string()), sizes);
+        let f = file.to_str().unwrap();
+        for cmd in [
+            vec!["heap", "summary", f],
+            vec!["heap", "retainers", f, "--class", "(string)"],
+            vec!["heap", "diff", f, f],
+        ] {
+            let run = run_nodeprof(&cmd, dir.path(), TIMEOUT);
+            run.assert_no_panic();
+            run.assert_error("implausible");
+        }
+    }
+}
+
+/// A generated snapshot of `root → global ─.list→ ListNode ─.next→ … ` with
+/// `len` list nodes (the shape of a real one, ids and sizes included),
+/// written as it is generated.
+fn chain_snapshot(len: usize, path: &Path) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write!(
+        f,
+        r#"{{"snapshot":{{"meta":{{"node_fields":["type","name","id","self_size","edge_count","trace_node_id","detachedness"],
+"node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic"],"string","number","number","number","number","number"],
+"edge_fields":["type","name_or_index","to_node"],
+"edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"]}},
+"node_count":{},"edge_count":{}}},
+"nodes":[9,0,1,0,1,0,0,
+3,2,3,40,1,0,0"#,
+        len + 2,
+        len + 1
+    )
+    .unwrap();
+    for i in 0..len {
+        let edges = usize::from(i + 1 < len);
+        write!(f, ",\n3,1,{},32,{edges},0,0", 2 * i + 5).unwrap();
+    }
+    write!(f, "],\n\"edges\":[1,0,7,\n2,4,14").unwrap();
+    for i in 0..len.saturating_sub(1) {
+        write!(f, ",\n2,3,{}", (i + 3) * 7).unwrap();
+    }
+    f.write_all(b"],\n\"strings\":[\"\",\"ListNode\",\"global\",\"next\",\"list\"]}\n")
+        .unwrap();
+    f.flush().unwrap();
+}
+
+/// `heap retainers` on chains of 10^3 … 10^6 list nodes: memory within 4×
+/// the file (above what the program takes for the smallest), CPU time per
+/// node flat (a quadratic cost is 100× per node from 10^4 to 10^6).
+#[test]
+fn chains_cost_linear_time_and_memory() {
+    let dir = scratch_dir();
+    let mut runs = Vec::new();
+    for len in [1_000, 10_000, 100_000, 1_000_000] {
+        let file = dir.path().join(format!("chain-{len}.heapsnapshot"));
+        chain_snapshot(len, &file);
+        let size = std::fs::metadata(&file).unwrap().len();
+        let f = file.to_str().unwrap();
+        let m = run_measured(
+            &["heap", "retainers", f, "--class", "ListNode", "--json"],
+            dir.path(),
+            4 << 30,
+            Duration::from_secs(120),
+        );
+        m.run.assert_success();
+        let r: Value = serde_json::from_str(&m.run.stdout).unwrap();
+        assert_eq!(r["objects"], len as u64);
+        assert_eq!(r["paths"][0]["steps"].as_array().unwrap().len(), 3);
+        eprintln!(
+            "chain of {len}: {size} bytes, {:.3} s CPU, peak RSS {} KB",
+            m.cpu_seconds,
+            m.peak_rss >> 10
+        );
+        runs.push((len, size, m.cpu_seconds, m.peak_rss));
+        std::fs::remove_file(&file).unwrap();
+    }
+    // What the program takes whatever the file, plus the parser's batches of
+    // numbers in flight (a few MB once the file fills them).
+    let base_rss = runs[0].3 + (4 << 20);
+    for &(len, size, _, rss) in &runs {
+        assert!(
+            rss <= base_rss + 4 * size,
+            "chain of {len}: peak RSS {} KB for a {} KB file",
+            rss >> 10,
+            size >> 10
+        );
+    }
+    let per_node = |i: usize| runs[i].2 / runs[i].0 as f64;
+    assert!(
+        per_node(3) <= 4.0 * per_node(1).max(per_node(2)),
+        "CPU time per node: {:?}",
+        (0..4).map(per_node).collect::<Vec<_>>()
+    );
 }

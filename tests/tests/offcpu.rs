@@ -69,6 +69,25 @@ fn wall_time_of_a_thread_that_blocks_adds_up() {
         "blocked share {share:.3} (expected 0.75 ± 0.05)\n{}",
         out.folded_excerpt()
     );
+    // The blocking stack is named through libuv's synchronous open: the JS
+    // function that called readFileSync is on it.
+    let named = out
+        .folded
+        .iter()
+        .filter(|s| s.thread == "MainThread")
+        .filter(|s| {
+            s.frames
+                .iter()
+                .any(|f| f.contains("wait_for_partner") || f.contains("fifo_open"))
+        })
+        .filter(|s| s.frames.iter().any(|f| f.starts_with("readSlowPipe")))
+        .map(|s| s.count)
+        .sum::<u64>() as f64;
+    assert!(
+        named >= 0.9 * blocked,
+        "{named} of {blocked} blocked samples show readSlowPipe\n{}",
+        out.folded_excerpt()
+    );
     let spinning = samples_with(&out, "MainThread", &["spinFor"]);
     assert!(
         spinning > 0,
@@ -113,14 +132,67 @@ fn off_cpu_shows_only_the_waiting() {
         "{blocked} blocked of {main} off-CPU samples\n{}",
         out.folded_excerpt()
     );
-    // Every sample is off CPU: its stack ends in the scheduler.
-    for s in out.folded.iter().filter(|s| s.thread == "MainThread") {
-        assert!(
-            s.frames.iter().any(|f| f.starts_with("__schedule")),
-            "an on-CPU stack in --off-cpu: {:?}",
-            s.frames
-        );
-    }
+    // Every sample is off CPU.
+    let threads = run.summary_field("Threads sampled");
+    assert!(
+        threads.contains(&format!(
+            "MainThread {}: 0 % on CPU, 100 % off",
+            main as u64
+        )),
+        "{threads}"
+    );
+}
+
+/// A main thread blocked in `readFileSync` on a FIFO since before the
+/// recording started, for all of it: its whole duration is off CPU, at the
+/// blocking stack (no switch-out ever reports it: it is seeded).
+#[test]
+fn a_thread_blocked_for_the_whole_recording_shows_the_whole_duration() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let fifo = dir.path().join("never-written");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let node = node_major(20);
+    let target = Proc::node(
+        &node,
+        &[],
+        "dump/hang.js",
+        &["fifo", fifo.to_str().unwrap()],
+        dir.path(),
+    );
+    target.wait_for_line("ready", READY);
+    // It blocks right after printing `ready`.
+    std::thread::sleep(Duration::from_millis(200));
+    let prefix = dir.path().join("hung");
+    let run = run_nodeprof(
+        &record_args(target.pid, &prefix, &["-d", "2", "--off-cpu"]),
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    let out = Outputs::load(&prefix);
+    // node 20 names every thread `node`: the main thread is the one in loadConfig.
+    let main: u64 = out
+        .folded
+        .iter()
+        .filter(|s| s.frames.iter().any(|f| f.starts_with("loadConfig")))
+        .map(|s| s.count)
+        .sum();
+    let expected = 2.0 * 99.0;
+    assert!(
+        (main as f64 - expected).abs() <= expected * 0.1,
+        "{main} samples in loadConfig for 2 s blocked (expected ~{expected})\n{}",
+        out.folded_excerpt()
+    );
+    assert!(
+        samples_with(&out, "node", &["readFileSync"]) >= main,
+        "readFileSync missing\n{}",
+        out.folded_excerpt()
+    );
 }
 
 fn record_loop(fixture_arg: &str) -> (Run, f64) {

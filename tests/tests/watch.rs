@@ -186,41 +186,43 @@ fn a_flapping_process_triggers_nothing() {
 }
 
 #[test]
-fn a_blocked_turn_is_profiled_naming_the_blocking_function() {
+fn a_blocked_turn_is_dumped_and_profiled_naming_the_blocking_function() {
     let _serial = serial();
     let dir = scratch_dir();
     // Every 2 s, one 600 ms turn in blockFor; otherwise idle.
-    let blocks = schedule("blocks", 12, &[], dir.path());
+    let blocks = schedule("blocks", 14, &[], dir.path());
     let pid = blocks.pid.to_string();
     let args = watch_args(
         dir.path(),
         &[
-            "-p",
-            &pid,
-            "--loop-blocked",
-            "500ms",
-            "--profile-duration",
-            "3s",
-            "--limit",
-            "1/hour",
-            "--readings",
+            "-p", &pid, "--loop-blocked", "300ms", "--profile-duration", "3s",
+            "--limit", "1/hour", "--readings",
         ],
     );
-    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(90));
     run.assert_success();
     let lines = lines(&run);
     let captures = of_type(&lines, "capture");
-    // The default for a blocked loop is dump + profile; dump is not in this build.
-    assert_eq!(captures.len(), 1, "{}", run.stdout);
-    let c = captures[0];
-    assert_eq!(c["trigger"], "loop-blocked");
-    assert_eq!(c["action"], "profile");
-    let turn = c["reading"]["longest_turn_ms"].as_f64().unwrap();
-    assert!((550.0..2000.0).contains(&turn), "longest turn {turn} ms");
+    // The default for a blocked loop: dump, then profile.
+    let actions: Vec<&str> = captures.iter().map(|c| c["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["dump", "profile"], "{}", run.stdout);
+    for c in &captures {
+        assert_eq!(c["trigger"], "loop-blocked");
+        let turn = c["reading"]["longest_turn_ms"].as_f64().unwrap();
+        assert!((300.0..2000.0).contains(&turn), "longest turn {turn} ms");
+    }
+    // The turn running past the threshold brought the check forward: the
+    // dump caught the loop inside blockFor.
+    let dump = captures[0];
+    let verdict = dump["detail"].as_str().unwrap();
+    assert!(verdict.contains("blockFor"), "{verdict}");
+    let text = std::fs::read_to_string(&files_of(dump)[0]).unwrap();
+    assert!(text.contains("blockFor"), "{text}");
     // The turns in the profile name the function that blocked.
-    let detail = c["detail"].as_str().unwrap();
+    let profile = captures[1];
+    let detail = profile["detail"].as_str().unwrap();
     assert!(detail.contains("in blockFor"), "{detail}");
-    let outputs = Outputs::load(&profile_prefix(c));
+    let outputs = Outputs::load(&profile_prefix(profile));
     assert!(
         outputs.samples_with_frame(|f| f.contains("blockFor")) > 0,
         "{}",
@@ -229,11 +231,7 @@ fn a_blocked_turn_is_profiled_naming_the_blocking_function() {
     // Idle between blocks: utilization well under 1 on some checks.
     let low = of_type(&lines, "reading")
         .iter()
-        .filter(|l| {
-            l["reading"]["loop_utilization"]
-                .as_f64()
-                .is_some_and(|u| u < 0.3)
-        })
+        .filter(|l| l["reading"]["loop_utilization"].as_f64().is_some_and(|u| u < 0.3))
         .count();
     assert!(low >= 3, "{}", run.stdout);
 }
@@ -274,8 +272,12 @@ fn a_loop_blocked_for_good_before_watching_is_caught() {
     run.assert_success();
     let lines = lines(&run);
     let captures = of_type(&lines, "capture");
-    assert_eq!(captures.len(), 1, "{}", run.stdout);
-    let c = captures[0];
+    assert_eq!(captures.len(), 2, "dump and profile: {}", run.stdout);
+    let (dump, c) = (captures[0], captures[1]);
+    assert_eq!(dump["action"], "dump");
+    let verdict = dump["detail"].as_str().unwrap();
+    assert!(verdict.contains("blockForever"), "{verdict}");
+    assert_eq!(c["action"], "profile");
     assert_eq!(c["trigger"], "loop-blocked");
     assert!(c["reading"]["longest_turn_ms"].as_f64().unwrap() >= 500.0);
     assert_eq!(c["reading"]["loop_utilization"], 1.0);

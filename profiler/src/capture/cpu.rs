@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
+use super::blocked::BlockedStacks;
 use super::{StopReason, Stopper};
 use crate::clock::monotonic_ns;
 use crate::collect::{Collection, Collector, ThreadEventCollector};
@@ -224,13 +225,16 @@ async fn run(
     let mut runtime = Runtime::new(pid);
     let mut gc = None;
     let mut exe = None;
-    if launched.is_none() {
+    let mut layout = None;
+    let attached = launched.is_none();
+    if attached {
         // Before sampling starts, so that the first samples name JS frames too.
         // Node or not is told by the binary's contents (V8's layout), not
         // its name: a renamed or deleted node binary is still node.
         let is_v8 = match runtime.poll() {
             Some(found) => {
                 exe = Some((found.exe.clone(), found.v8.is_ok()));
+                layout = found.v8.as_ref().ok().map(|v8| v8.layout.clone());
                 adopt(&found, &mut probe, &mut symbolizer, pid)?
             }
             None => false,
@@ -248,8 +252,10 @@ async fn run(
         }
     }
     probe.start_sampling(options.frequency_hz)?;
+    let mut blocked = None;
     if options.clock.off_cpu() {
         probe.start_off_cpu()?;
+        blocked = BlockedStacks::new(pid, &mut probe);
     }
     let loop_traced = match probe.start_loop_tracing() {
         Ok(()) => true,
@@ -258,8 +264,7 @@ async fn run(
             false
         }
     };
-    let mut thread_events = Vec::new();
-    let mut thread_collector = ThreadEventCollector::new(
+    let thread_collector = ThreadEventCollector::new(
         probe
             .take_thread_events()
             .expect("thread event buffer is taken once"),
@@ -277,6 +282,7 @@ async fn run(
     if let Some(child) = launched {
         if let Some(found) = runtime.preload(&child.program) {
             exe = Some((found.exe.clone(), found.v8.is_ok()));
+            layout = found.v8.as_ref().ok().map(|v8| v8.layout.clone());
             if adopt(&found, &mut probe, &mut symbolizer, pid)? && options.trace_gc {
                 // A node program: its GCs too, probed in the file it is about to exec.
                 gc = trace_gc(&mut probe, pid, &child.program, true);
@@ -302,7 +308,17 @@ async fn run(
         gc_events: Vec::new(),
         trace_gc: options.trace_gc,
         exe,
+        threads: thread_collector,
+        thread_events: Vec::new(),
+        blocked,
     };
+    if let Some(blocked) = &mut intake.blocked {
+        blocked.set_layout(layout);
+    }
+    if attached {
+        // A launched command had no thread before it started.
+        intake.seed_blocked(&mut probe, start_ns);
+    }
     let stop = loop {
         tokio::select! {
             guard = collector.readable_mut() => {
@@ -315,7 +331,6 @@ async fn run(
                 // The sampler wakes us only when its buffer fills: drain on the tick.
                 intake.absorb(collector.get_mut(), &mut probe)?;
                 intake.drain_gc();
-                thread_collector.drain(|e| if e.tgid == pid { thread_events.push(e) });
                 progress.set_message(format!("{} samples", intake.collection.samples.len()));
                 if let Some(reason) = stopper.due(target) {
                     break reason;
@@ -327,11 +342,6 @@ async fn run(
     // Whatever the kernel wrote before the stop is still in the ring buffer
     // (JS frames of a target that exited can no longer be named).
     intake.absorb(collector.get_mut(), &mut probe)?;
-    thread_collector.drain(|e| {
-        if e.tgid == pid {
-            thread_events.push(e)
-        }
-    });
     let loop_main_stuck = eventloop::stuck_in_turn(pid, pid);
     let lost = probe.lost_samples();
     intake.drain_gc();
@@ -340,10 +350,10 @@ async fn run(
         events: std::mem::take(&mut intake.gc_events),
         lost: probe.lost_calls(),
     });
+    let thread_events = std::mem::take(&mut intake.thread_events);
     drop(intake);
     // Detach now: symbolizing and writing need no sampling.
     drop(collector);
-    drop(thread_collector);
     drop(probe);
     progress.finish_and_clear();
     Ok(Capture {
@@ -393,6 +403,10 @@ struct Intake<'a> {
     trace_gc: bool,
     /// The executable the target runs, and whether it has V8.
     exe: Option<(PathBuf, bool)>,
+    threads: ThreadEventCollector,
+    thread_events: Vec<ThreadEvent>,
+    /// Exact stacks of threads off CPU (`--off-cpu`, `--wall`).
+    blocked: Option<BlockedStacks>,
 }
 
 impl Intake<'_> {
@@ -401,13 +415,42 @@ impl Intake<'_> {
     fn absorb(&mut self, collector: &mut Collector, probe: &mut Probe) -> Result<(), ProbeError> {
         if let Some(found) = self.runtime.poll() {
             let is_v8 = adopt(&found, probe, self.symbolizer, self.pid)?;
+            if let Some(blocked) = &mut self.blocked {
+                blocked.set_layout(found.v8.as_ref().ok().map(|v8| v8.layout.clone()));
+            }
             self.exec(&found.exe, is_v8, probe);
         }
         let before = self.collection.user_frames.len();
         collector.drain(self.collection);
+        let events_before = self.thread_events.len();
+        let (pid, events) = (self.pid, &mut self.thread_events);
+        self.threads.drain(|e| {
+            if e.tgid == pid {
+                events.push(e)
+            }
+        });
+        if let Some(blocked) = &mut self.blocked {
+            blocked.update(
+                probe,
+                self.collection,
+                &self.thread_events[events_before..],
+                monotonic_ns(),
+            );
+        }
+        // New frames, the better walks' included, named while the target runs.
         self.symbolizer
             .observe(&self.collection.user_frames[before..]);
         Ok(())
+    }
+
+    /// Threads off CPU when the capture starts get an off-CPU sample from then.
+    fn seed_blocked(&mut self, probe: &mut Probe, start_ns: u64) {
+        if let Some(blocked) = &mut self.blocked {
+            let before = self.collection.user_frames.len();
+            blocked.seed(probe, self.collection, start_ns);
+            self.symbolizer
+                .observe(&self.collection.user_frames[before..]);
+        }
     }
 
     fn drain_gc(&mut self) {

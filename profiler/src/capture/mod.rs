@@ -2,6 +2,7 @@
 //! [`cpu::Capture`]. Every capture shares when and why it stops
 //! ([`Stopper`], [`StopReason`]).
 
+mod blocked;
 pub mod cpu;
 
 use std::time::{Duration, Instant};

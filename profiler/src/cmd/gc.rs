@@ -254,9 +254,23 @@ pub fn json_line(ty: &str, value: &impl Serialize, extra: serde_json::Value) -> 
 }
 
 pub fn leak_line(time_s: f64, leak: &LeakSuspicion) -> String {
+    use crate::gc::leak::Signal;
+    let how = match leak.signal {
+        Signal::Steps => format!(
+            "heap after full GC grew {} consecutive times",
+            leak.consecutive
+        ),
+        Signal::Doubling => format!(
+            "heap after full GC grew {} consecutive times, doubling",
+            leak.consecutive
+        ),
+        Signal::Floor => format!(
+            "lowest heap after full GC rose past the earlier peak {} times in a row",
+            leak.consecutive
+        ),
+    };
     format!(
-        "{time_s:>8.3}s  LEAK SUSPECTED: heap after full GC grew {} consecutive times, {} → {} (+{}), about +{}/hour",
-        leak.consecutive,
+        "{time_s:>8.3}s  LEAK SUSPECTED: {how}, {} → {} (+{}), about +{}/hour",
         megabytes(leak.heap_after_start),
         megabytes(leak.heap_after_now),
         human_bytes(leak.growth_bytes as f64),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::heap::{self, diff, graph::Rules, retainers, summary, HeapError};
+use crate::output::{self, Report};
 
 /// One of the heap commands.
 #[derive(Debug, Clone)]
@@ -66,19 +67,21 @@ pub fn run(options: &HeapOptions, out: &mut dyn Write) -> Result<(), HeapCommand
         HeapCommand::Summary { file, top, rules } => {
             let (snap, graph) = heap::analyse(file, *rules, false, quiet)?;
             let mut result = summary::summarize(&snap, &graph);
+            result.shown = *top;
             if options.json && *top != 0 {
                 result.classes.truncate(*top);
             }
-            print(options.json, &result, |r| summary::render(r, *top), out)
+            print(options.json, &result, out)
         }
         HeapCommand::Diff { base, current, top } => {
             let base_objects = diff::Objects::of(&heap::load(base, quiet)?);
             let current_objects = diff::Objects::of(&heap::load(current, quiet)?);
             let mut result = diff::compare(&base_objects, &current_objects);
+            result.shown = *top;
             if options.json && *top != 0 {
                 result.classes.truncate(*top);
             }
-            print(options.json, &result, |r| diff::render(r, *top), out)
+            print(options.json, &result, out)
         }
         HeapCommand::Retainers {
             file,
@@ -92,24 +95,16 @@ pub fn run(options: &HeapOptions, out: &mut dyn Write) -> Result<(), HeapCommand
             };
             let (snap, graph) = heap::analyse(file, *rules, true, quiet)?;
             let result = retainers::find(&snap, &graph, target, *paths)?;
-            print(options.json, &result, retainers::render, out)
+            print(options.json, &result, out)
         }
     }
 }
 
-/// The result as pretty JSON, or as the text `render` makes of it.
-fn print<T: Serialize>(
+/// The result as pretty JSON, or as text.
+fn print(
     json: bool,
-    value: &T,
-    render: impl FnOnce(&T) -> String,
+    value: &(impl Report + Serialize),
     out: &mut dyn Write,
 ) -> Result<(), HeapCommandError> {
-    if json {
-        serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-    } else {
-        out.write_all(render(value).as_bytes())?;
-    }
-    out.flush()?;
-    Ok(())
+    Ok(output::print(value, json, out)?)
 }

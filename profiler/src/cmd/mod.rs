@@ -2,6 +2,7 @@
 //! together. Each takes a plain options struct (main.rs maps the command
 //! line onto it) and writes its result through [`crate::output::Report`].
 
+pub mod dump;
 pub mod gc;
 pub mod heap;
 pub mod info;

@@ -24,9 +24,10 @@ use crate::clock::monotonic_ns;
 use crate::collect::ThreadEventCollector;
 use crate::eventloop::{self, LoopReport};
 use crate::gc::{leak, GcFleet, LeakDetector};
-use crate::output::{FileError, Format, OutputFiles, Summary};
+use crate::output::{FileError, Format, OutputFiles, Report, Summary};
 use crate::probe::{self, Probe, ProbeError};
 use crate::profile::FrameKind;
+use crate::stacks::report::DumpReport;
 use crate::target::Target;
 use crate::watch::{
     human, Action, Decision, Disk, LoopMeter, Policy, Reading, Select, Settings, Trigger,
@@ -94,6 +95,8 @@ struct Watched {
     /// Per JS thread (isolate).
     leaks: HashMap<u32, LeakDetector>,
     leak_since_check: bool,
+    /// The turn (by its start) that already brought a check forward.
+    early_check_for: Option<u64>,
     heap_used: Option<u64>,
     heap_after_full: Option<u64>,
 }
@@ -179,7 +182,23 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
                 running = Some(r);
             }
         }
-        if Instant::now() < next_check {
+        // A turn running past --loop-blocked brings the check forward, so
+        // that a dump sees the loop while it is still blocked.
+        // Once per turn: a loop blocked for good is not checked every tick.
+        let mut blocked_now = false;
+        if let (Some(limit), None) = (options.thresholds.loop_blocked, &running) {
+            let limit = limit.as_nanos() as u64;
+            for w in watched.values_mut() {
+                if let Some(d) = w.meter.ongoing_ns(now).filter(|&d| d >= limit) {
+                    let since = now - d;
+                    if w.early_check_for != Some(since) {
+                        w.early_check_for = Some(since);
+                        blocked_now = true;
+                    }
+                }
+            }
+        }
+        if Instant::now() < next_check && !blocked_now {
             continue;
         }
         next_check += options.interval;
@@ -369,6 +388,7 @@ impl Monitor {
             meter: LoopMeter::new(monotonic_ns()),
             leaks: HashMap::new(),
             leak_since_check: false,
+            early_check_for: None,
             heap_used: None,
             heap_after_full: None,
             target,
@@ -647,8 +667,9 @@ impl Job {
             let result = match action {
                 Action::Profile => self.profile(started),
                 Action::Command => self.command(started),
+                Action::Dump => self.dump(started),
                 // Refused when the settings were read (Action::available).
-                Action::Dump | Action::Snapshot | Action::Core => {
+                Action::Snapshot | Action::Core => {
                     Err(format!("{} is not available in this build", action.name()))
                 }
             };
@@ -719,6 +740,38 @@ impl Job {
         }
         Ok(Done {
             files: written,
+            detail,
+        })
+    }
+
+    /// Every thread's state, system call and stack now, as `nodeprof dump`
+    /// prints them, in a text file; the main thread's verdict is the detail.
+    fn dump(&self, at: SystemTime) -> Result<Done, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut path = self.stem("dump", at).into_os_string();
+        path.push(".txt");
+        let path = PathBuf::from(path);
+        let stacks = crate::stacks::capture(self.target.pid, crate::stacks::SampleWindow::default())
+            .map_err(|e| e.to_string())?;
+        let report = DumpReport::of(&stacks);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        report
+            .write_text(&mut file)
+            .and_then(|()| file.flush())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let detail = report
+            .threads
+            .iter()
+            .find(|t| t.main)
+            .map(|t| format!("main thread: {}", t.verdict))
+            .unwrap_or_else(|| format!("{} threads", report.threads.len()));
+        Ok(Done {
+            files: vec![path],
             detail,
         })
     }

@@ -46,30 +46,7 @@ pub struct Collection {
 
 impl Collection {
     pub fn push(&mut self, record: &SampleRecord) {
-        let user = record
-            .user_stack()
-            .iter()
-            .map(|frame| {
-                let frame = normalize_frame(frame);
-                *self.user_frame_ids.entry(frame).or_insert_with(|| {
-                    self.user_frames.push(frame);
-                    self.user_frames.len() as u32 - 1
-                })
-            })
-            .collect();
-        let stack = Rc::new(RawStack {
-            kernel: record.kernel_stack().into(),
-            user,
-        });
-        let stack = match self.stack_ids.get(&stack) {
-            Some(&id) => id,
-            None => {
-                let id = self.stacks.len() as u32;
-                self.stacks.push(stack.clone());
-                self.stack_ids.insert(stack, id);
-                id
-            }
-        };
+        let stack = self.intern_stack(record);
         let comm = record.comm();
         let thread_name = match self.thread_name_ids.get(comm) {
             Some(&id) => id,
@@ -88,6 +65,40 @@ impl Collection {
             thread_name,
             off_cpu: record.kind == SAMPLE_OFF_CPU,
         });
+    }
+
+    /// Gives sample `index` the stacks of `record` (a better walk of the
+    /// same moment).
+    pub fn restack(&mut self, index: usize, record: &SampleRecord) {
+        let stack = self.intern_stack(record);
+        self.samples[index].stack = stack;
+    }
+
+    fn intern_stack(&mut self, record: &SampleRecord) -> u32 {
+        let user = record
+            .user_stack()
+            .iter()
+            .map(|frame| {
+                let frame = normalize_frame(frame);
+                *self.user_frame_ids.entry(frame).or_insert_with(|| {
+                    self.user_frames.push(frame);
+                    self.user_frames.len() as u32 - 1
+                })
+            })
+            .collect();
+        let stack = Rc::new(RawStack {
+            kernel: record.kernel_stack().into(),
+            user,
+        });
+        match self.stack_ids.get(&stack) {
+            Some(&id) => id,
+            None => {
+                let id = self.stacks.len() as u32;
+                self.stacks.push(stack.clone());
+                self.stack_ids.insert(stack, id);
+                id
+            }
+        }
     }
 
     /// The user frames of a stack, innermost first.

@@ -3,6 +3,7 @@
 //! the two snapshots are merged: ids only in the current snapshot are new,
 //! ids only in the base one were deleted.
 
+use crate::output::Report;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -80,6 +81,9 @@ pub struct Diff {
     pub current_objects: u64,
     /// Classes that changed, by size delta (largest growth first).
     pub classes: Vec<ClassDiff>,
+    /// Classes the text lists (0: all).
+    #[serde(skip)]
+    pub shown: usize,
 }
 
 /// Per-class result of merging two sorted id lists.
@@ -221,6 +225,13 @@ pub fn compare(base: &Objects, current: &Objects) -> Diff {
         base_objects: base.entries.len() as u64,
         current_objects: current.entries.len() as u64,
         classes,
+        shown: 0,
+    }
+}
+
+impl Report for Diff {
+    fn write_text(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        w.write_all(render(self, self.shown).as_bytes())
     }
 }
 
@@ -234,7 +245,7 @@ fn headline(c: &ClassDiff) -> String {
 }
 
 /// The comparison as text: the biggest growths first, as sentences, then the table.
-pub fn render(d: &Diff, top: usize) -> String {
+fn render(d: &Diff, top: usize) -> String {
     let mut out = String::new();
     let growing: Vec<&ClassDiff> = d
         .classes
@@ -243,7 +254,23 @@ pub fn render(d: &Diff, top: usize) -> String {
         .take(3)
         .collect();
     if growing.is_empty() {
-        let _ = writeln!(out, "Nothing grew.");
+        // The largest shrinkage first: a leak given the wrong way round shows here.
+        let mut shrinking: Vec<&ClassDiff> =
+            d.classes.iter().filter(|c| c.size_delta < 0).collect();
+        shrinking.sort_by_key(|c| (c.size_delta, c.count_delta));
+        if d.classes.is_empty() {
+            let _ = writeln!(out, "Nothing changed.");
+        } else if shrinking.is_empty() {
+            let _ = writeln!(out, "Nothing grew.");
+        } else {
+            let _ = writeln!(
+                out,
+                "Nothing grew. What shrank (is the base snapshot the later one?):"
+            );
+        }
+        for c in shrinking.iter().take(3) {
+            let _ = writeln!(out, "{}", headline(c));
+        }
     }
     for c in &growing {
         let _ = writeln!(out, "{}", headline(c));
@@ -393,6 +420,26 @@ mod tests {
             (d.classes[0].new, d.classes[0].deleted),
             (Some(40), Some(50))
         );
+    }
+
+    #[test]
+    fn nothing_grew_names_what_shrank() {
+        // The files of a leak given the wrong way round.
+        let base = objects(
+            &["A", "LeakingClass"],
+            &[(0, 1, 10), (1, 3, 40), (1, 5, 40), (1, 7, 40)],
+        );
+        let cur = objects(&["A", "LeakingClass"], &[(0, 1, 10), (1, 3, 40)]);
+        let text = render(&compare(&base, &cur), 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "Nothing grew. What shrank (is the base snapshot the later one?):"
+        );
+        assert_eq!(lines[1], "LeakingClass -2 objects, -80 B");
+        // Nothing changed at all: no second line.
+        let text = render(&compare(&base, &base), 10);
+        assert!(text.starts_with("Nothing changed.\n\n"), "{text}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! grew, what keeps it alive); [`report`] formats numbers for the terminal.
 
 pub mod diff;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod graph;
 pub mod parse;
 pub mod report;

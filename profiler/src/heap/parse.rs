@@ -256,27 +256,21 @@ impl<'p, R: Read> Lexer<'p, R> {
         }
     }
 
-    /// Decodes a string into UTF-8 text appended to `text`.
-    fn string_into(&mut self, scratch: &mut Vec<u8>, text: &mut String) -> PResult<()> {
-        scratch.clear();
+    /// Reads a string and appends its decoded UTF-8 text to `text`, in place:
+    /// a string is never held twice, however big (a snapshot may hold a
+    /// string of a gigabyte).
+    fn string_into(&mut self, text: &mut Vec<u8>) -> PResult<()> {
         let start = self.offset();
-        let escaped = self.raw_string(scratch, usize::MAX)?;
+        let from = text.len();
+        let escaped = self.raw_string(text, usize::MAX)?;
         let bad = |message: &str| ParseError::Format {
             offset: start,
             message: message.to_string(),
         };
         if escaped {
-            // Escapes (\n, \uD83D\uDE00, ...) are rare: let serde_json decode them.
-            scratch.insert(0, b'"');
-            scratch.push(b'"');
-            let s: String =
-                serde_json::from_slice(scratch).map_err(|_| bad("invalid escape in a string"))?;
-            text.push_str(&s);
-        } else {
-            text.push_str(
-                std::str::from_utf8(scratch).map_err(|_| bad("string is not valid UTF-8"))?,
-            );
+            unescape_in_place(text, from).map_err(bad)?;
         }
+        std::str::from_utf8(&text[from..]).map_err(|_| bad("string is not valid UTF-8"))?;
         Ok(())
     }
 
@@ -894,30 +888,101 @@ fn read_edges<R: Read>(
 }
 
 fn read_strings<R: Read>(lex: &mut Lexer<'_, R>) -> PResult<Strings> {
-    let mut strings = Strings::default();
-    let mut scratch = Vec::new();
+    let mut text: Vec<u8> = Vec::new();
+    let mut ends = Vec::new();
+    let start = lex.offset();
     lex.expect(b'[', "\"strings\" array")?;
     if lex.peek("a string")? == b']' {
         lex.pos += 1;
-        return Ok(strings);
-    }
-    loop {
-        lex.string_into(&mut scratch, &mut strings.text)?;
-        strings.ends.push(strings.text.len() as u64);
-        match lex.peek("',' or ']'")? {
-            b',' => lex.pos += 1,
-            b']' => {
-                lex.pos += 1;
-                return Ok(strings);
-            }
-            b => {
-                return lex.error(format!(
-                    "expected ',' or ']' in \"strings\", found '{}'",
-                    (b as char).escape_default()
-                ))
+    } else {
+        loop {
+            lex.string_into(&mut text)?;
+            ends.push(text.len() as u64);
+            match lex.peek("',' or ']'")? {
+                b',' => lex.pos += 1,
+                b']' => {
+                    lex.pos += 1;
+                    break;
+                }
+                b => {
+                    return lex.error(format!(
+                        "expected ',' or ']' in \"strings\", found '{}'",
+                        (b as char).escape_default()
+                    ))
+                }
             }
         }
     }
+    // Each string was checked as it was read; this checks again, without a copy.
+    let text = String::from_utf8(text).map_err(|_| ParseError::Format {
+        offset: start,
+        message: "strings are not valid UTF-8".into(),
+    })?;
+    Ok(Strings { text, ends })
+}
+
+/// Decodes the JSON escapes of `buf[from..]` in place. Every escape is at
+/// least as long as what it decodes to, so writing never overtakes reading.
+/// Lone surrogates (V8 writes JS strings as they are) become U+FFFD.
+fn unescape_in_place(buf: &mut Vec<u8>, from: usize) -> Result<(), &'static str> {
+    const BAD: &str = "invalid escape in a string";
+    let hex4 = |buf: &[u8], at: usize| -> Result<u32, &'static str> {
+        let digits = buf.get(at..at + 4).ok_or(BAD)?;
+        let text = std::str::from_utf8(digits).map_err(|_| BAD)?;
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BAD);
+        }
+        u32::from_str_radix(text, 16).map_err(|_| BAD)
+    };
+    let (mut read, mut write) = (from, from);
+    while read < buf.len() {
+        let Some(skip) = buf[read..].iter().position(|&b| b == b'\\') else {
+            buf.copy_within(read.., write);
+            write += buf.len() - read;
+            break;
+        };
+        buf.copy_within(read..read + skip, write);
+        write += skip;
+        read += skip + 1;
+        let simple = match buf.get(read).ok_or(BAD)? {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            b'/' => Some(b'/'),
+            b'b' => Some(8),
+            b'f' => Some(12),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            b'u' => None,
+            _ => return Err(BAD),
+        };
+        if let Some(byte) = simple {
+            buf[write] = byte;
+            write += 1;
+            read += 1;
+            continue;
+        }
+        let unit = hex4(buf, read + 1)?;
+        read += 5;
+        let c = if (0xD800..0xDC00).contains(&unit)
+            && buf.get(read..read + 2) == Some(b"\\u")
+            && hex4(buf, read + 2).is_ok_and(|low| (0xDC00..0xE000).contains(&low))
+        {
+            let low = hex4(buf, read + 2)?;
+            read += 6;
+            char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))
+        } else {
+            char::from_u32(unit)
+        };
+        let mut utf8 = [0; 4];
+        let encoded = c
+            .unwrap_or(char::REPLACEMENT_CHARACTER)
+            .encode_utf8(&mut utf8);
+        buf[write..write + encoded.len()].copy_from_slice(encoded.as_bytes());
+        write += encoded.len();
+    }
+    buf.truncate(write);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1015,6 +1080,47 @@ mod tests {
         // detachedness 2 on a non-native node: no rename; the class is the name.
         assert_eq!(s.class_name(1), "Foo \"q\" é");
         assert_eq!(s.class_name(0), "(synthetic)");
+    }
+
+    #[test]
+    fn decodes_every_escape() {
+        let strings = r#""","a\"b\\c\/d\be\ff\ng\rh\ti","\u00e9\u20ac\ud83d\ude00","lone \ud800 x \udc00","x""#;
+        let s =
+            read_bytes(file("9,0,1,0,1,0,0, 3,1,3,40,0,0,2", "2,4,7", strings).as_bytes()).unwrap();
+        assert_eq!(s.strings.get(1), "a\"b\\c/d\u{8}e\u{c}f\ng\rh\ti");
+        assert_eq!(s.strings.get(2), "é€😀");
+        // V8 writes lone surrogates of JS strings as they are: U+FFFD here.
+        assert_eq!(s.strings.get(3), "lone \u{fffd} x \u{fffd}");
+        assert_eq!(s.strings.get(4), "x");
+        for bad in [r#"\x"#, r#"\u12"#, r#"\u12g4"#, r#"ab\u"#] {
+            let text = file(
+                "9,0,1,0,1,0,0,3,1,3,40,0,0,0",
+                "2,2,7",
+                &format!(r#""","{bad}","x""#),
+            );
+            assert!(err(&text).contains("escape"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn implausible_sizes_are_rejected() {
+        let strings = r#""","Foo","x""#;
+        for nodes in [
+            "9,0,1,9223372036854775808,1,0,0,3,1,3,9223372036854775808,0,0,0",
+            "9,0,1,0,1,0,0,3,1,3,18446744073709551615,0,0,0",
+            "9,0,1,4611686018427387904,1,0,0,3,1,3,4611686018427387904,0,0,0",
+        ] {
+            assert!(
+                err(&file(nodes, "2,2,7", strings)).contains("implausible"),
+                "{nodes}"
+            );
+        }
+        // A terabyte is big, not implausible.
+        let s = read_bytes(
+            file("9,0,1,0,1,0,0,3,1,3,1099511627776,0,0,0", "2,2,7", strings).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(s.node_self[1], 1 << 40);
     }
 
     #[test]

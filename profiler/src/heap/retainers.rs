@@ -5,12 +5,13 @@
 //! are grouped, and one representative path is shown per group, the groups
 //! that retain the most first.
 
+use crate::output::Report;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::graph::{Graph, NONE, NO_DISTANCE};
+use super::graph::{Graph, BASE_SYSTEM_DISTANCE, NONE, NO_DISTANCE};
 use super::report;
 use super::snapshot::{HeapSnapshot, ROOT};
 use super::HeapError;
@@ -84,8 +85,8 @@ fn display_name(s: &HeapSnapshot, node: u32) -> String {
     format!("{:?}", report::cell(raw, 40))
 }
 
-/// The nodes on the shortest path from the root to `node`, root first;
-/// `None` if the BFS never reached it.
+/// The nodes on the shortest path from the root to `node`, root first, with
+/// the edge that reaches each (O(depth)); `None` if the BFS never reached it.
 fn path_to(g: &Graph, node: u32) -> Option<Vec<(u32, u32)>> {
     if g.distance[node as usize] == NO_DISTANCE {
         return None;
@@ -102,6 +103,94 @@ fn path_to(g: &Graph, node: u32) -> Option<Vec<(u32, u32)>> {
     }
     steps.reverse();
     Some(steps)
+}
+
+/// Shape ids of the shortest retaining paths of every node (`NO_SHAPE` for
+/// nodes the BFS did not reach), and how many shapes there are. The BFS
+/// predecessors form a tree, so a path's shape is its parent's shape plus
+/// one step: interning (parent shape, step) level by level, parents before
+/// children, gives equal paths equal ids in O(nodes), with a map no bigger
+/// than the widest level (materialising every path costs the sum of their
+/// depths: quadratic for a linked list).
+fn shapes(s: &HeapSnapshot, g: &Graph) -> (Vec<u32>, u32) {
+    let n = s.node_count();
+    // Levels: user distances 1.., then system distances BASE_SYSTEM_DISTANCE..;
+    // a node's predecessor is on the level before (or is the root).
+    let max_user = g
+        .distance
+        .iter()
+        .copied()
+        .filter(|&d| d != NO_DISTANCE && d < BASE_SYSTEM_DISTANCE)
+        .max()
+        .unwrap_or(0) as usize;
+    let level = |node: usize| -> Option<usize> {
+        let d = g.distance[node];
+        if node as u32 == ROOT || d == NO_DISTANCE {
+            None
+        } else if d >= BASE_SYSTEM_DISTANCE {
+            Some(max_user + 1 + (d - BASE_SYSTEM_DISTANCE) as usize)
+        } else {
+            Some(d as usize)
+        }
+    };
+    let levels = (0..n).filter_map(level).max().map_or(0, |l| l + 1);
+    let mut first = vec![0u32; levels + 1];
+    for node in 0..n {
+        if let Some(l) = level(node) {
+            first[l + 1] += 1;
+        }
+    }
+    for l in 0..levels {
+        first[l + 1] += first[l];
+    }
+    let mut order = vec![0u32; first[levels] as usize];
+    let mut fill = first.clone();
+    for node in 0..n {
+        if let Some(l) = level(node) {
+            order[fill[l] as usize] = node as u32;
+            fill[l] += 1;
+        }
+    }
+    drop(fill);
+    let mut shape = vec![NO_SHAPE; n];
+    shape[ROOT as usize] = ROOT_SHAPE;
+    let mut count = 1u32;
+    let mut ids: HashMap<(u32, u64), u32> = HashMap::new();
+    for l in 0..levels {
+        ids.clear();
+        for &node in &order[first[l] as usize..first[l + 1] as usize] {
+            let parent = g.pred_node[node as usize];
+            if parent == NONE || shape[parent as usize] == NO_SHAPE {
+                continue;
+            }
+            let key = (
+                shape[parent as usize],
+                step(s, node, g.pred_edge[node as usize]),
+            );
+            shape[node as usize] = *ids.entry(key).or_insert_with(|| {
+                count += 1;
+                count - 1
+            });
+        }
+    }
+    (shape, count)
+}
+
+/// The shape id of the root's (empty) path.
+const ROOT_SHAPE: u32 = 0;
+/// A node whose path does not reach the root.
+const NO_SHAPE: u32 = NONE;
+
+/// One step of a path: the node's class and the edge's name (element
+/// indices aside) and type.
+fn step(s: &HeapSnapshot, node: u32, edge: u32) -> u64 {
+    let e = edge as usize;
+    let name = if s.edge_has_string_name(e) {
+        u64::from(s.edge_name[e])
+    } else {
+        u64::from(u32::MAX)
+    };
+    (u64::from(s.class_of[node as usize]) << 32) | (name ^ (u64::from(s.edge_type[e]) << 28))
 }
 
 pub fn find(
@@ -134,42 +223,33 @@ pub fn find(
         }
     };
     // Group objects by path shape: node classes and edge names, element indices aside.
-    let mut groups: HashMap<Vec<u64>, (u64, u64, u32)> = HashMap::new();
+    let (shape, shape_count) = shapes(s, g);
+    // Per shape: objects, their retained size, the largest (its path is shown).
+    let mut groups: Vec<(u32, u64, u32)> = vec![(0, 0, NONE); shape_count as usize];
     let mut unreachable = 0;
     for &node in &nodes {
-        let Some(path) = path_to(g, node) else {
+        let id = shape[node as usize];
+        if id == NO_SHAPE {
             unreachable += 1;
             continue;
-        };
-        let shape: Vec<u64> = path
-            .iter()
-            .skip(1)
-            .map(|&(n, e)| {
-                let e = e as usize;
-                let edge = if s.edge_has_string_name(e) {
-                    u64::from(s.edge_name[e])
-                } else {
-                    u64::from(u32::MAX)
-                };
-                (u64::from(s.class_of[n as usize]) << 32)
-                    | (edge ^ (u64::from(s.edge_type[e]) << 28))
-            })
-            .collect();
+        }
         let retained = g.retained[node as usize];
-        let entry = groups.entry(shape).or_insert((0, 0, node));
+        let entry = &mut groups[id as usize];
         entry.0 += 1;
-        entry.1 += retained;
+        entry.1 = entry.1.saturating_add(retained);
         let best = entry.2;
-        if (retained, std::cmp::Reverse(s.node_id[node as usize]))
-            > (
-                g.retained[best as usize],
-                std::cmp::Reverse(s.node_id[best as usize]),
-            )
+        if best == NONE
+            || (retained, std::cmp::Reverse(s.node_id[node as usize]))
+                > (
+                    g.retained[best as usize],
+                    std::cmp::Reverse(s.node_id[best as usize]),
+                )
         {
             entry.2 = node;
         }
     }
-    let mut groups: Vec<(u64, u64, u32)> = groups.into_values().collect();
+    drop(shape);
+    groups.retain(|group| group.0 > 0);
     groups.sort_by(|a, b| {
         b.1.cmp(&a.1)
             .then(b.0.cmp(&a.0))
@@ -179,7 +259,7 @@ pub fn find(
         .into_iter()
         .take(max_paths.max(1))
         .map(|(objects, retained_size, example)| PathGroup {
-            objects,
+            objects: u64::from(objects),
             retained_size,
             steps: path_to(g, example)
                 .unwrap_or_default()
@@ -226,7 +306,13 @@ pub fn chain(steps: &[Step]) -> String {
     out
 }
 
-pub fn render(r: &Retainers) -> String {
+impl Report for Retainers {
+    fn write_text(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        w.write_all(render(self).as_bytes())
+    }
+}
+
+fn render(r: &Retainers) -> String {
     let mut out = String::new();
     let reachable = r.objects - r.unreachable;
     let _ = writeln!(

@@ -79,6 +79,10 @@ pub struct HeapSnapshot {
 
 pub const ROOT: u32 = 0;
 
+/// No heap is bigger than the 57-bit virtual address space of x86-64 with
+/// five-level paging (64 PiB).
+pub const MAX_HEAP_BYTES: u64 = 1 << 56;
+
 impl HeapSnapshot {
     pub fn node_count(&self) -> usize {
         self.node_type.len()
@@ -157,6 +161,18 @@ impl HeapSnapshot {
             || self.first_edge.len() != n + 1
         {
             return Err("node records are incomplete".into());
+        }
+        // Sizes are summed everywhere (retained sizes, class totals, diffs):
+        // bounding their total here keeps every such sum exact.
+        let total = self
+            .node_self
+            .iter()
+            .try_fold(0u64, |sum, &size| sum.checked_add(size));
+        if total.is_none_or(|t| t > MAX_HEAP_BYTES) {
+            return Err(format!(
+                "implausible object sizes: they add up to more than {} PiB, more than a process can address (corrupt or crafted file)",
+                MAX_HEAP_BYTES >> 50
+            ));
         }
         let strings = self.strings.len() as u64;
         if let Some(bad) = self.node_name.iter().find(|&&s| u64::from(s) >= strings) {

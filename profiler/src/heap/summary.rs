@@ -1,5 +1,6 @@
 //! `nodeprof heap summary`: DevTools' Summary view, per class.
 
+use crate::output::Report;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -32,6 +33,9 @@ pub struct Summary {
     pub unreachable_nodes: usize,
     /// Every class, by retained size (largest first), then name.
     pub classes: Vec<ClassStats>,
+    /// Classes the text shows (0: all).
+    #[serde(skip)]
+    pub shown: usize,
 }
 
 /// Per-class aggregates, as DevTools' `buildAggregates` and
@@ -91,11 +95,18 @@ pub fn summarize(s: &HeapSnapshot, g: &Graph) -> Summary {
         total_size: g.retained[ROOT as usize],
         unreachable_nodes: g.unreachable,
         classes,
+        shown: 0,
+    }
+}
+
+impl Report for Summary {
+    fn write_text(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        w.write_all(render(self, self.shown).as_bytes())
     }
 }
 
 /// The Summary as text: a header and the `top` classes by retained size.
-pub fn render(summary: &Summary, top: usize) -> String {
+fn render(summary: &Summary, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -5,6 +5,8 @@
 //! Every attachment is a file descriptor of this process: however nodeprof
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
 
+use std::os::fd::AsFd;
+
 use aya::maps::Array;
 
 use crate::caps;
@@ -13,13 +15,13 @@ use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-use aya::programs::{TracePoint, UProbe};
+use aya::programs::{Iter, TracePoint, UProbe};
 use aya::Ebpf;
 use nodeprof_common::{
-    CallReads, SwitchConfig, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP, CALL_ENTRY_PROGRAM,
-    CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM, LOST_MAP,
-    SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM, TARGETS_MAP,
-    THREAD_EVENTS_MAP, V8_CONFIGS_MAP,
+    CallReads, OffCpu, SwitchConfig, TaskRecord, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP,
+    CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
+    LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
+    TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_MAP, V8_CONFIGS_MAP,
 };
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
@@ -96,6 +98,10 @@ pub struct Probe {
     /// Attached uprobes: (process, program name, link).
     call_links: Vec<(u32, &'static str, aya::programs::uprobe::UProbeLinkId)>,
     thread_events: Option<RingBuf<MapData>>,
+    /// The sampler's perf-event attachments, one per CPU.
+    sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
+    /// The kernel's BTF, kept for the task iterator of a snapshot.
+    btf: Option<aya::Btf>,
 }
 
 /// A function of the target to trace, by file offset in its ELF binary, at
@@ -110,8 +116,23 @@ pub struct CallSite {
     pub reads: Option<CallReads>,
 }
 
+/// How big the ring buffers are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingSizes {
+    /// As the eBPF object declares them: for recording.
+    Recording,
+    /// One page each but the samples' 256 KiB: for a snapshot of a few
+    /// milliseconds (`dump`), where allocating and mapping 10 MB of rings
+    /// would be most of the cost.
+    Snapshot,
+}
+
 impl Probe {
     pub fn load() -> Result<Probe, ProbeError> {
+        Probe::load_with(RingSizes::Recording)
+    }
+
+    pub fn load_with(rings: RingSizes) -> Result<Probe, ProbeError> {
         check_permissions(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
@@ -120,7 +141,19 @@ impl Probe {
                 "no /sys/fs/bpf and no /sys/kernel/btf/vmlinux".into(),
             ));
         }
-        let mut ebpf = Ebpf::load(PROBE_OBJECT)
+        // Parsed once here for both the loader and the task iterator (a few MB).
+        let btf = aya::Btf::from_sys_fs().ok();
+        let mut loader = aya::EbpfLoader::new();
+        loader.btf(btf.as_ref());
+        if rings == RingSizes::Snapshot {
+            let page = 4096;
+            loader
+                .map_max_entries(SAMPLES_MAP, 256 << 10)
+                .map_max_entries(CALLS_MAP, page)
+                .map_max_entries(THREAD_EVENTS_MAP, page);
+        }
+        let mut ebpf = loader
+            .load(PROBE_OBJECT)
             .map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
         let targets = take_map(&mut ebpf, TARGETS_MAP)?;
         let v8_configs = take_map(&mut ebpf, V8_CONFIGS_MAP)?;
@@ -141,6 +174,9 @@ impl Probe {
             calls: Some(calls),
             call_reads,
             call_links: Vec::new(),
+            sampler_links: Vec::new(),
+            // A recording does not need it again: not kept for hours.
+            btf: btf.filter(|_| rings == RingSizes::Snapshot),
         })
     }
 
@@ -161,14 +197,12 @@ impl Probe {
     /// Attaches the sampler to a `cpu-clock` event on every online CPU at `frequency_hz`.
     /// The hardware PMU is not needed: the software clock works everywhere, VMs included.
     pub fn start_sampling(&mut self, frequency_hz: u64) -> Result<(), ProbeError> {
+        self.load_sampler()?;
         let program: &mut PerfEvent = program_mut(&mut self.ebpf, SAMPLER_PROGRAM)?;
-        program
-            .load()
-            .map_err(|e| ProbeError::classify("load the sampler", &e))?;
         let cpus = aya::util::online_cpus()
             .map_err(|(_, e)| ProbeError::classify("list online CPUs", &e))?;
         for cpu in cpus {
-            program
+            let link = program
                 .attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
                     PerfEventScope::AllProcessesOneCpu { cpu },
@@ -176,8 +210,31 @@ impl Probe {
                     false,
                 )
                 .map_err(|e| ProbeError::classify("attach the sampler to a perf event", &e))?;
+            self.sampler_links.push(link);
         }
         Ok(())
+    }
+
+    /// Loads the sampler into the kernel (the verifier's part, most of the
+    /// cost of starting to sample) if it is not loaded yet.
+    pub fn load_sampler(&mut self) -> Result<(), ProbeError> {
+        let program: &mut PerfEvent = program_mut(&mut self.ebpf, SAMPLER_PROGRAM)?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|e| ProbeError::classify("load the sampler", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the sampler from every CPU (samples already written stay
+    /// in the ring buffer).
+    pub fn stop_sampling(&mut self) {
+        if let Ok(program) = program_mut::<PerfEvent>(&mut self.ebpf, SAMPLER_PROGRAM) {
+            for link in self.sampler_links.drain(..) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     /// Traces calls of one function of process `pid`, which runs `binary`
@@ -286,6 +343,14 @@ impl Probe {
         Ok(())
     }
 
+    /// When thread `tid` of a target left the CPU, while it is still off
+    /// it (`sched_switch` tracing only).
+    pub fn off_cpu_since(&self, tid: u32) -> Option<u64> {
+        let map = self.ebpf.map(OFF_CPU_MAP)?;
+        let off: HashMap<&MapData, u32, OffCpu> = HashMap::try_from(map).ok()?;
+        off.get(&tid, 0).ok().map(|o| o.start_ns)
+    }
+
     /// The ring buffer of switch-ins and event-loop events (taken once).
     pub fn take_thread_events(&mut self) -> Option<RingBuf<MapData>> {
         self.thread_events.take()
@@ -337,6 +402,124 @@ impl Probe {
     /// Samples dropped in the kernel because the ring buffer was full.
     pub fn lost_samples(&self) -> u64 {
         sum_per_cpu(&self.lost)
+    }
+}
+
+impl Probe {
+    /// Loads the task iterator (kernel 5.8+ with BTF; the per-thread filter
+    /// [`Probe::read_task`] uses needs 6.1+).
+    pub fn load_task_iterator(&mut self) -> Result<(), ProbeError> {
+        if self.btf.is_none() {
+            self.btf = Some(
+                aya::Btf::from_sys_fs()
+                    .map_err(|e| ProbeError::classify("read the kernel's BTF", &e))?,
+            );
+        }
+        let btf = self.btf.as_ref().expect("set above");
+        let program: &mut Iter = program_mut(&mut self.ebpf, TASKS_PROGRAM)?;
+        program
+            .load(TASKS_ITER_TARGET, btf)
+            .map_err(|e| ProbeError::classify("load the task iterator", &e))
+    }
+
+    /// The saved user registers and kernel stack of thread `tid` (a tid in
+    /// nodeprof's pid namespace), or None when no such thread exists.
+    pub fn read_task(&mut self, tid: u32) -> Result<Option<TaskRecord>, ProbeError> {
+        let program: &mut Iter = program_mut(&mut self.ebpf, TASKS_PROGRAM)?;
+        let prog_fd = program
+            .fd()
+            .map_err(|e| ProbeError::classify("use the task iterator", &e))?;
+        let link = task_iter::link_one_thread(prog_fd.as_fd(), tid)
+            .map_err(|e| ProbeError::classify("attach the task iterator", &e))?;
+        let bytes = task_iter::read_all(&link)
+            .map_err(|e| ProbeError::classify("run the task iterator", &e))?;
+        Ok(bytes
+            .chunks_exact(size_of::<TaskRecord>())
+            .next()
+            // SAFETY: exactly one record's bytes; TaskRecord is plain old data.
+            .map(|b| unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<TaskRecord>()) }))
+    }
+}
+
+/// The iterator link of one thread, made with the bpf syscall directly:
+/// aya 0.14's `Iter::attach` passes no `bpf_iter_link_info`, so its
+/// iterator visits every task of the system.
+mod task_iter {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_ITER_CREATE: libc::c_long = 33;
+    /// `enum bpf_attach_type`: BPF_TRACE_ITER.
+    const BPF_TRACE_ITER: u32 = 28;
+
+    /// `union bpf_iter_link_info`, task member: tid, pid, pid_fd (16 bytes
+    /// with the union's largest member).
+    #[repr(C)]
+    struct IterLinkInfo {
+        tid: u32,
+        pid: u32,
+        pid_fd: u32,
+        _pad: u32,
+    }
+
+    /// `union bpf_attr` as BPF_LINK_CREATE reads it for an iterator.
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        iter_info: u64,
+        iter_info_len: u32,
+        _rest: [u32; 9],
+    }
+
+    fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> std::io::Result<OwnedFd> {
+        // SAFETY: attr points to a live, zero-padded attribute of `size` bytes.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as u32) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new fd that we now own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// A link whose iteration visits thread `tid` only.
+    pub fn link_one_thread(prog: BorrowedFd<'_>, tid: u32) -> std::io::Result<OwnedFd> {
+        let mut info = IterLinkInfo {
+            tid,
+            pid: 0,
+            pid_fd: 0,
+            _pad: 0,
+        };
+        let mut attr = LinkCreate {
+            prog_fd: prog.as_raw_fd() as u32,
+            target_fd: 0,
+            attach_type: BPF_TRACE_ITER,
+            flags: 0,
+            iter_info: &mut info as *mut IterLinkInfo as u64,
+            iter_info_len: size_of::<IterLinkInfo>() as u32,
+            _rest: [0; 9],
+        };
+        bpf(
+            BPF_LINK_CREATE,
+            (&mut attr as *mut LinkCreate).cast(),
+            size_of::<LinkCreate>(),
+        )
+    }
+
+    /// Runs the iterator once and returns everything it wrote.
+    pub fn read_all(link: &OwnedFd) -> std::io::Result<Vec<u8>> {
+        let mut attr = [link.as_raw_fd() as u32, 0u32];
+        let fd = bpf(
+            BPF_ITER_CREATE,
+            attr.as_mut_ptr().cast(),
+            size_of_val(&attr),
+        )?;
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd).read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 }
 

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::function::{frame_function, FrameFunction, JsFunctionInfo, JsResolver};
+use super::function::{FrameFunction, JsFunctionInfo, JsResolver};
 use super::layout::V8Layout;
-use super::memory::{Memory, MemoryExt, ProcessMemory};
+use super::memory::ProcessMemory;
+use super::walk::{walk, WalkedFrame};
 
 /// The official node binary of a major: `NODEPROF_NODE_<major>`, else the
 /// cache `cargo xtask bootstrap` fills. A missing one fails the test.
@@ -112,15 +113,6 @@ impl Drop for NodeProcess {
     }
 }
 
-/// One frame of a frame-pointer walk.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WalkedFrame {
-    pub pc: u64,
-    pub fp: u64,
-    pub marker: u64,
-    pub function: Option<FrameFunction>,
-}
-
 /// Stops thread `tid` with PTRACE_SEIZE + PTRACE_INTERRUPT, walks its
 /// frame-pointer chain from rbp (as the eBPF sampler does), and detaches.
 pub(crate) fn walk_stopped_thread(tid: u32, layout: &V8Layout) -> Result<Vec<WalkedFrame>, String> {
@@ -165,39 +157,6 @@ pub(crate) fn walk_stopped_thread(tid: u32, layout: &V8Layout) -> Result<Vec<Wal
         libc::ptrace(libc::PTRACE_DETACH, pid, null, null);
         result
     }
-}
-
-/// The frame-pointer walk of the sampler, in user space.
-pub(crate) fn walk<M: Memory>(
-    mem: &M,
-    layout: &V8Layout,
-    mut pc: u64,
-    mut fp: u64,
-) -> Vec<WalkedFrame> {
-    let mut frames = Vec::new();
-    for _ in 0..nodeprof_common::MAX_USER_FRAMES {
-        if fp == 0 || !fp.is_multiple_of(8) {
-            break;
-        }
-        let Ok(marker) = mem.read_u64(fp.wrapping_add_signed(i64::from(layout.fp_context))) else {
-            break;
-        };
-        frames.push(WalkedFrame {
-            pc,
-            fp,
-            marker,
-            function: frame_function(mem, layout, fp),
-        });
-        let (Ok(next_fp), Ok(ret)) = (mem.read_u64(fp), mem.read_u64(fp + 8)) else {
-            break;
-        };
-        if next_fp <= fp || next_fp - fp > 16 << 20 {
-            break;
-        }
-        fp = next_fp;
-        pc = ret;
-    }
-    frames
 }
 
 /// Resolves every JS frame of the main thread's stack; retries a few times

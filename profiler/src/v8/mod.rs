@@ -6,6 +6,8 @@
 //!   symbols and version-keyed fallbacks; the eBPF sampler's
 //!   [`nodeprof_common::V8ProbeConfig`]; frame-type names; the builtins blob.
 //! - [`strings`]: V8 strings of every representation, bounded.
+//! - [`walk`]: frames of a stack walked in user space, JS ones recognised
+//!   as the sampler does.
 //! - [`function`]: SharedFunctionInfo → name, script URL, script id, line and
 //!   column (what a `.cpuprofile` callFrame holds), cached.
 //!
@@ -28,6 +30,7 @@ pub mod layout;
 pub(crate) mod live_tests;
 pub mod memory;
 pub mod strings;
+pub mod walk;
 
 pub use function::{JsFunctionInfo, JsResolver, Lookup};
 pub use layout::{EmbeddedBlob, LayoutError, LayoutReport, V8Layout, V8Version};

@@ -44,12 +44,12 @@ impl Action {
         }
     }
 
-    /// Whether this build can take this capture (`dump`, `snapshot` and
-    /// `core` arrive with their commands).
+    /// Whether this build can take this capture (`snapshot` and `core`
+    /// arrive with their commands).
     pub fn available(self) -> bool {
         match self {
-            Action::Profile | Action::Command => true,
-            Action::Dump | Action::Snapshot | Action::Core => false,
+            Action::Profile | Action::Command | Action::Dump => true,
+            Action::Snapshot | Action::Core => false,
         }
     }
 

@@ -58,6 +58,15 @@ impl LoopMeter {
         self.state = Some(None);
     }
 
+    /// How long the turn running now has lasted, if one is known to run:
+    /// lets a check come early, while a blocked loop is still blocked.
+    pub fn ongoing_ns(&self, now: u64) -> Option<u64> {
+        match self.state {
+            Some(Some(since)) => Some(now.saturating_sub(since)),
+            _ => None,
+        }
+    }
+
     /// Ends the interval at `now`. `outside_wait` tells, when the meter has
     /// seen no event yet, whether the thread is outside `epoll_wait` now (a
     /// loop blocked since before watching began never enters or leaves it).
@@ -116,6 +125,16 @@ mod tests {
         // Then idle.
         let w = m.finish(3000 * MS, None).unwrap();
         assert_eq!((w.longest_ns, w.utilization), (0, 0.0));
+    }
+
+    #[test]
+    fn a_running_turn_is_seen_before_the_check() {
+        let mut m = LoopMeter::new(0);
+        assert_eq!(m.ongoing_ns(100 * MS), None);
+        m.event(100 * MS, false);
+        assert_eq!(m.ongoing_ns(450 * MS), Some(350 * MS));
+        m.event(500 * MS, true);
+        assert_eq!(m.ongoing_ns(600 * MS), None);
     }
 
     #[test]

@@ -1,0 +1,418 @@
+//! Every thread's stack now, without stopping or signalling the process.
+//!
+//! - A thread that is not on a CPU entered the kernel and stays there: the
+//!   task iterator (`probe::Probe::read_task`) gives the user registers it
+//!   entered with and its kernel stack; [`unwind`] walks its user stack from
+//!   them over `process_vm_readv` (it does not move while we read), and
+//!   [`crate::v8::walk`] recognises JS frames as the sampler does.
+//! - A running thread's saved registers are stale: the sampler catches it
+//!   for a few milliseconds instead.
+//!
+//! Both become sampler-shaped records, so [`Symbolizer`] names every frame
+//! exactly as `nodeprof record` does.
+
+pub mod report;
+pub mod syscalls;
+pub mod threads;
+pub mod unwind;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use nodeprof_common::{SampleRecord, TaskRecord, UserFrame, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
+use serde::Serialize;
+
+use crate::collect::{Collection, Collector};
+use crate::probe::{self, Probe, ProbeError, RingSizes};
+use crate::profile::Frame;
+use crate::symbolize::Symbolizer;
+use crate::target::{read_maps, Runtime, Target, TargetError, V8Runtime};
+use crate::v8::ProcessMemory;
+
+pub use syscalls::Syscall;
+pub use threads::{ThreadInfo, ThreadState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StacksError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot {action}: {source}")]
+    Io {
+        action: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// How long the sampler may watch running threads, and how many samples
+/// of each are enough to stop early.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleWindow {
+    pub max: Duration,
+    pub min: Duration,
+    pub enough_samples: usize,
+    pub frequency_hz: u64,
+}
+
+impl Default for SampleWindow {
+    fn default() -> Self {
+        SampleWindow {
+            max: Duration::from_millis(200),
+            min: Duration::from_millis(20),
+            enough_samples: 5,
+            frequency_hz: 999,
+        }
+    }
+}
+
+/// Where a thread's stack comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StackSource {
+    /// Walked from the registers saved when it entered the kernel.
+    Registers,
+    /// The newest of `samples` samples taken while it ran.
+    Sampled { samples: usize, window_ms: u64 },
+    /// No stack: why.
+    Unavailable { reason: String },
+}
+
+/// One thread, what it is doing, and its stack.
+#[derive(Debug, Clone)]
+pub struct ThreadStack {
+    pub info: ThreadInfo,
+    /// The system call it is blocked in.
+    pub syscall: Option<Syscall>,
+    pub source: StackSource,
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+    /// For a sampled thread: how many samples had each JS function innermost.
+    pub sampled_js: Vec<(String, usize)>,
+}
+
+/// Every thread of a process at one moment.
+pub struct Stacks {
+    pub target: Target,
+    pub threads: Vec<ThreadStack>,
+    /// JS frames can be named (a V8 layout was found).
+    pub js_naming: bool,
+    /// Version of the V8 found, when it is Node.js.
+    pub v8_version: Option<String>,
+    /// From the first look at the process to the last stack taken.
+    pub capture_time: Duration,
+}
+
+/// Checks that `pid` is a process nodeprof can dump (not a thread id, a
+/// zombie or a kernel thread: `Target::inspect` names each) and that we may
+/// load the probe and read its memory.
+pub fn check_target(pid: u32) -> Result<Target, StacksError> {
+    // Before reading /proc/PID/exe, which fails for others' processes with a less useful message.
+    probe::check_permissions(probe::SAMPLING)?;
+    // A thread id is named as such there.
+    Ok(Target::inspect(pid)?)
+}
+
+/// Takes the stack of every thread of `pid`.
+pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
+    let target = check_target(pid)?;
+    let started = Instant::now();
+    // Reading the binaries (symbols, V8 layout, unwind tables) needs no
+    // probe: it runs beside loading the probe and reading the registers.
+    std::thread::scope(|scope| {
+        let naming = scope.spawn(|| {
+            let mut symbolizer = Symbolizer::new(&target);
+            let discovery = Runtime::new(pid).poll();
+            if let Some(found) = &discovery {
+                symbolizer.use_executable(found);
+            }
+            symbolizer.refresh();
+            tracing::debug!("V8 layout read after {:?}", started.elapsed());
+            (symbolizer, discovery.and_then(|found| found.v8.ok()))
+        });
+        let unwinder = scope.spawn(|| {
+            let unwinder = read_maps(pid).map(|maps| unwind::Unwinder::for_process(pid, &maps));
+            tracing::debug!("unwind data read after {:?}", started.elapsed());
+            unwinder
+        });
+        let mut probe = Probe::load_with(RingSizes::Snapshot)?;
+        tracing::debug!("probe loaded after {:?}", started.elapsed());
+        probe.load_task_iterator()?;
+        let listed = threads::list(pid).map_err(|source| StacksError::Io {
+            action: "list the threads",
+            source,
+        })?;
+        // Registers first, the blocked threads' state at one moment.
+        let mut regs: HashMap<u32, TaskRecord> = HashMap::new();
+        for thread in &listed {
+            if let Some(record) = probe.read_task(thread.tid)? {
+                regs.insert(thread.tid, record);
+            }
+        }
+        tracing::debug!("registers read after {:?}", started.elapsed());
+        let running: Vec<u32> = listed
+            .iter()
+            .filter(|t| t.state == ThreadState::Running)
+            .map(|t| t.tid)
+            .collect();
+        if !running.is_empty() {
+            // While the naming thread still reads the binary.
+            probe.load_sampler()?;
+            tracing::debug!("sampler loaded after {:?}", started.elapsed());
+        }
+        let (symbolizer, v8) = naming.join().expect("the naming thread does not panic");
+        let mut collection = Collection::default();
+        let mut window_ms = 0;
+        if !running.is_empty() {
+            if let Some(v8) = &v8 {
+                probe.set_v8_config(pid, v8.layout.probe_config())?;
+            }
+            window_ms = sample(&mut probe, pid, &running, window, &mut collection)?;
+            tracing::debug!("sampled after {:?}", started.elapsed());
+        }
+        drop(probe);
+        let unwinder = unwinder
+            .join()
+            .expect("the unwinder thread does not panic")
+            .map_err(|source| StacksError::Io {
+                action: "read the process's mappings",
+                source,
+            })?;
+        Ok(assemble(
+            Snapshot {
+                target: target.clone(),
+                listed,
+                regs,
+                symbolizer,
+                v8,
+                unwinder,
+                collection,
+                window_ms,
+            },
+            started,
+        ))
+    })
+}
+
+/// What [`capture`] gathered, before the stacks are walked and named.
+struct Snapshot {
+    target: Target,
+    listed: Vec<ThreadInfo>,
+    regs: HashMap<u32, TaskRecord>,
+    symbolizer: Symbolizer,
+    v8: Option<V8Runtime>,
+    unwinder: unwind::Unwinder,
+    /// The samples of the running threads.
+    collection: Collection,
+    window_ms: u64,
+}
+
+/// Walks the threads that were not sampled, and names every frame.
+fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
+    let Snapshot {
+        target,
+        listed,
+        regs,
+        mut symbolizer,
+        v8,
+        unwinder,
+        mut collection,
+        window_ms,
+    } = snapshot;
+    let pid = target.pid;
+    let layout = v8.as_ref().map(|v8| v8.layout.clone());
+    let v8_version = v8
+        .as_ref()
+        .and_then(|v8| v8.report.v8_version)
+        .map(|v| v.to_string());
+    // Index of each sampled thread's newest sample, and its sample count.
+    let mut sampled: HashMap<u32, (usize, usize)> = HashMap::new();
+    for (i, s) in collection.samples.iter().enumerate() {
+        let entry = sampled.entry(s.tid).or_insert((i, 0));
+        entry.0 = i;
+        entry.1 += 1;
+    }
+    let mem = ProcessMemory::new(pid);
+    let mut walked: HashMap<u32, usize> = HashMap::new();
+    for thread in &listed {
+        if sampled.contains_key(&thread.tid) {
+            continue;
+        }
+        let Some(r) = regs.get(&thread.tid) else {
+            continue;
+        };
+        let mut record = empty_record(pid, thread);
+        walk_registers(&mut record, r, &unwinder, &mem, layout.as_deref());
+        collection.push(&record);
+        walked.insert(thread.tid, collection.samples.len() - 1);
+    }
+    tracing::debug!("stacks walked after {:?}", started.elapsed());
+    symbolizer.observe(&collection.user_frames);
+    let mut symbolized: Vec<Vec<Frame>> = Vec::with_capacity(collection.stacks.len());
+    symbolizer.symbolize(&collection, |mut frames| {
+        frames.reverse();
+        symbolized.push(frames);
+    });
+    let capture_time = started.elapsed();
+    tracing::debug!("symbolized after {capture_time:?}");
+
+    let mut out = Vec::with_capacity(listed.len());
+    for info in listed {
+        let frames_of =
+            |sample: usize| symbolized[collection.samples[sample].stack as usize].clone();
+        let (source, frames, syscall, sampled_js) =
+            if let Some(&(newest, count)) = sampled.get(&info.tid) {
+                let js = js_leaders(&collection, &symbolized, info.tid);
+                (
+                    StackSource::Sampled {
+                        samples: count,
+                        window_ms,
+                    },
+                    frames_of(newest),
+                    None,
+                    js,
+                )
+            } else if let Some(&sample) = walked.get(&info.tid) {
+                let r = &regs[&info.tid];
+                let syscall = (r.syscall_nr >= 0 && r.cs & 3 == 3)
+                    .then(|| syscalls::decode(pid, r.syscall_nr, r.args, &mem));
+                (
+                    StackSource::Registers,
+                    frames_of(sample),
+                    syscall,
+                    Vec::new(),
+                )
+            } else {
+                let reason = "the thread exited while being read".to_string();
+                (
+                    StackSource::Unavailable { reason },
+                    Vec::new(),
+                    None,
+                    Vec::new(),
+                )
+            };
+        out.push(ThreadStack {
+            info,
+            syscall,
+            source,
+            frames,
+            sampled_js,
+        });
+    }
+    Stacks {
+        target,
+        threads: out,
+        js_naming: layout.is_some(),
+        v8_version,
+        capture_time,
+    }
+}
+
+/// Samples `pid` until each of the `running` threads has enough samples or
+/// the window ends; returns how long it sampled, in ms.
+fn sample(
+    probe: &mut Probe,
+    pid: u32,
+    running: &[u32],
+    window: SampleWindow,
+    into: &mut Collection,
+) -> Result<u64, StacksError> {
+    probe.add_target(pid)?;
+    let attach = Instant::now();
+    probe.start_sampling(window.frequency_hz)?;
+    tracing::debug!("sampler attached in {:?}", attach.elapsed());
+    let started = Instant::now();
+    let ring = probe.take_samples().ok_or(ProbeError::Kernel {
+        action: "read samples",
+        detail: "the ring buffer was taken".into(),
+    })?;
+    let mut collector = Collector::new(ring);
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        collector.drain(into);
+        let elapsed = started.elapsed();
+        let enough = running.iter().all(|tid| {
+            into.samples.iter().filter(|s| s.tid == *tid).count() >= window.enough_samples
+        });
+        if elapsed >= window.max || (enough && elapsed >= window.min) {
+            break;
+        }
+    }
+    probe.stop_sampling();
+    collector.drain(into);
+    Ok(started.elapsed().as_millis() as u64)
+}
+
+/// JS functions innermost in a thread's samples, most samples first.
+fn js_leaders(
+    collection: &Collection,
+    symbolized: &[Vec<Frame>],
+    tid: u32,
+) -> Vec<(String, usize)> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for s in collection.samples.iter().filter(|s| s.tid == tid) {
+        let frames = &symbolized[s.stack as usize];
+        if let Some(js) = frames
+            .iter()
+            .find(|f| f.kind == crate::profile::FrameKind::Js)
+        {
+            *counts.entry(js.name.clone()).or_default() += 1;
+        }
+    }
+    let mut out: Vec<_> = counts.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
+/// Fills `record` with the stacks of a thread off CPU: its kernel stack,
+/// and its user stack walked from the registers it entered the kernel with
+/// (`.eh_frame` where there is no frame pointer, V8's frames recognised as
+/// the sampler does). The thread must stay off CPU while this runs.
+pub fn walk_registers(
+    record: &mut SampleRecord,
+    r: &TaskRecord,
+    unwinder: &unwind::Unwinder,
+    mem: &ProcessMemory,
+    layout: Option<&crate::v8::V8Layout>,
+) {
+    let kernel = &r.kernel_stack[..(r.kernel_frames as usize).min(MAX_KERNEL_FRAMES)];
+    record.kernel_stack[..kernel.len()].copy_from_slice(kernel);
+    record.kernel_frames = kernel.len() as u32;
+    record.user_frames = 0;
+    // Kernel threads and exiting threads have no user registers.
+    if r.cs & 3 == 3 && r.ip != 0 {
+        let frames = unwinder.walk(mem, r.ip, r.sp, r.bp);
+        for (slot, f) in record.user_stack.iter_mut().zip(&frames) {
+            *slot = match layout {
+                Some(layout) => crate::v8::walk::user_frame(mem, layout, f.pc, f.bp),
+                None => UserFrame {
+                    pc: f.pc,
+                    ..Default::default()
+                },
+            };
+        }
+        record.user_frames = frames.len().min(MAX_USER_FRAMES) as u32;
+    }
+}
+
+/// A sampler-shaped record of a thread, off CPU, stacks empty.
+pub fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
+    let mut comm = [0u8; nodeprof_common::COMM_LEN];
+    let name = thread.name.as_bytes();
+    let n = name.len().min(comm.len() - 1);
+    comm[..n].copy_from_slice(&name[..n]);
+    Box::new(SampleRecord {
+        time_ns: crate::clock::monotonic_ns(),
+        tgid: pid,
+        tid: thread.tid,
+        cpu: 0,
+        kernel_frames: 0,
+        user_frames: 0,
+        // Its stack is where it left the CPU.
+        kind: nodeprof_common::SAMPLE_OFF_CPU,
+        state: 0,
+        comm,
+        kernel_stack: [0; MAX_KERNEL_FRAMES],
+        user_stack: [UserFrame::default(); MAX_USER_FRAMES],
+    })
+}
