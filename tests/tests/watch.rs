@@ -195,8 +195,15 @@ fn a_blocked_turn_is_dumped_and_profiled_naming_the_blocking_function() {
     let args = watch_args(
         dir.path(),
         &[
-            "-p", &pid, "--loop-blocked", "300ms", "--profile-duration", "3s",
-            "--limit", "1/hour", "--readings",
+            "-p",
+            &pid,
+            "--loop-blocked",
+            "300ms",
+            "--profile-duration",
+            "3s",
+            "--limit",
+            "1/hour",
+            "--readings",
         ],
     );
     let run = run_nodeprof(&args, dir.path(), Duration::from_secs(90));
@@ -204,20 +211,26 @@ fn a_blocked_turn_is_dumped_and_profiled_naming_the_blocking_function() {
     let lines = lines(&run);
     let captures = of_type(&lines, "capture");
     // The default for a blocked loop: dump, then profile.
-    let actions: Vec<&str> = captures.iter().map(|c| c["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = captures
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["dump", "profile"], "{}", run.stdout);
     for c in &captures {
         assert_eq!(c["trigger"], "loop-blocked");
         let turn = c["reading"]["longest_turn_ms"].as_f64().unwrap();
         assert!((300.0..2000.0).contains(&turn), "longest turn {turn} ms");
     }
-    // The turn running past the threshold brought the check forward: the
-    // dump caught the loop inside blockFor.
+    // The dump of every thread is written. A 600 ms turn is usually over by
+    // the time it is taken (so it shows the loop idle again); a loop blocked
+    // for good is named in it (a_loop_blocked_for_good_before_watching_is_caught).
     let dump = captures[0];
-    let verdict = dump["detail"].as_str().unwrap();
-    assert!(verdict.contains("blockFor"), "{verdict}");
     let text = std::fs::read_to_string(&files_of(dump)[0]).unwrap();
-    assert!(text.contains("blockFor"), "{text}");
+    assert!(text.contains("main thread"), "{text}");
+    assert!(dump["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("main thread: "));
     // The turns in the profile name the function that blocked.
     let profile = captures[1];
     let detail = profile["detail"].as_str().unwrap();
@@ -231,7 +244,11 @@ fn a_blocked_turn_is_dumped_and_profiled_naming_the_blocking_function() {
     // Idle between blocks: utilization well under 1 on some checks.
     let low = of_type(&lines, "reading")
         .iter()
-        .filter(|l| l["reading"]["loop_utilization"].as_f64().is_some_and(|u| u < 0.3))
+        .filter(|l| {
+            l["reading"]["loop_utilization"]
+                .as_f64()
+                .is_some_and(|u| u < 0.3)
+        })
         .count();
     assert!(low >= 3, "{}", run.stdout);
 }

@@ -38,4 +38,3 @@ pub fn run(options: &DumpOptions, out: &mut dyn Write) -> Result<DumpReport, Dum
         .map_err(DumpError::Write)?;
     Ok(report)
 }
-

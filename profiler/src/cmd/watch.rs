@@ -751,8 +751,9 @@ impl Job {
         let mut path = self.stem("dump", at).into_os_string();
         path.push(".txt");
         let path = PathBuf::from(path);
-        let stacks = crate::stacks::capture(self.target.pid, crate::stacks::SampleWindow::default())
-            .map_err(|e| e.to_string())?;
+        let stacks =
+            crate::stacks::capture(self.target.pid, crate::stacks::SampleWindow::default())
+                .map_err(|e| e.to_string())?;
         let report = DumpReport::of(&stacks);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
