@@ -5,7 +5,8 @@
 //!   that wires several stages together;
 //! - `capture`: evidence from a live process (the CPU sampling loop and its
 //!   stop conditions); `stacks`: every thread's stack now (`dump`); domains [`gc`] (V8's garbage collections) and
-//!   [`heap`] (`.heapsnapshot` analysis);
+//!   [`heap`] (`.heapsnapshot` analysis); [`watch`] (when readings become
+//!   captures: pure policy, importing nothing of the crate);
 //! - the CPU profiling pipeline, one module per stage, each feeding the next:
 //!   `target` → `probe` → `collect` → `symbolize` → `profile` → [`output`];
 //! - leaves: `v8` (V8 introspection through one `Memory` trait), `clock`.
@@ -14,6 +15,7 @@ pub mod cmd;
 pub mod gc;
 pub mod heap;
 pub mod output;
+pub mod watch;
 
 pub(crate) mod caps;
 pub(crate) mod capture;
@@ -48,6 +50,7 @@ mod layering {
         ("gc", 2),
         ("eventloop", 2),
         ("heap", 2),
+        ("watch", 2),
         ("target", 1),
         ("probe", 1),
         ("collect", 1),
@@ -108,6 +111,14 @@ mod layering {
                 }
                 if layer(&name) > layer(top) {
                     upward.push(format!("{} imports crate::{name}", relative.display()));
+                }
+                // The watch policy is pure: tested with made-up readings, it
+                // reaches no stage, only leaves.
+                if top == "watch" && layer(&name) > 0 {
+                    upward.push(format!(
+                        "{} (pure) imports crate::{name}",
+                        relative.display()
+                    ));
                 }
             }
         }

@@ -15,6 +15,7 @@ use nodeprof::cmd::snapshot::SnapshotCommand;
 use nodeprof::cmd::{self, gc::GcOptions};
 use nodeprof::heap::graph::Rules;
 use nodeprof::output::{Format, Report};
+use nodeprof::watch::Config as WatchConfig;
 use nodeprof::{Clock, CoreOptions, CpuOptions, SnapshotOptions};
 
 #[derive(Parser)]
@@ -66,6 +67,16 @@ enum Command {
     /// closed again. Works while JS is stuck in a loop. `nodeprof heap
     /// summary`, DevTools and memlab read the file.
     Snapshot(SnapshotArgs),
+    /// Watch Node.js processes and capture evidence when thresholds are
+    /// crossed on consecutive checks: CPU, memory, a blocked event loop, a leak.
+    ///
+    /// Every --interval it reads each process from outside (CPU of all
+    /// threads, RSS, V8 heap from GC tracing, event-loop utilization and
+    /// longest turn), so a blocked event loop is caught too. Captures run one
+    /// at a time, within --limit, with a cool-down, a disk budget and a
+    /// free-space floor; each prints one line (--json: a JSON line).
+    /// Every option can also come from --config FILE (TOML, same names).
+    Watch(Box<WatchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -112,6 +123,160 @@ struct CoreArgs {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// `watch`'s flags: the same keys as its TOML file (`nodeprof::watch::Config`).
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// TOML file with any of these options (`cpu = 90`, `loop-blocked = "500ms"`); flags win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Process(es) to watch (repeat -p for more).
+    #[arg(short, long)]
+    pid: Option<Vec<u32>>,
+    /// Every node process, now and as they start.
+    #[arg(long)]
+    all: bool,
+    /// Node processes whose command line matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    name: Option<String>,
+    /// Node processes in this cgroup or below (e.g. /system.slice/app.service).
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<String>,
+    /// Keep watching for new processes when none is left.
+    #[arg(long)]
+    keep_waiting: bool,
+    /// Time between checks (default 1s).
+    #[arg(long, value_name = "DURATION")]
+    interval: Option<String>,
+    /// CPU threshold, % of one core (all threads).
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    cpu: Option<f64>,
+    /// Consecutive checks over --cpu that trigger (default 3).
+    #[arg(long, value_name = "N")]
+    cpu_count: Option<u32>,
+    /// Memory threshold (1.5G, 800M), of --mem-of.
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<String>,
+    /// Which memory --mem compares: rss, or heap (V8 heap used after the latest GC). Default rss.
+    #[arg(long, value_name = "rss|heap")]
+    mem_of: Option<String>,
+    /// Consecutive checks over --mem that trigger (default 5).
+    #[arg(long, value_name = "N")]
+    mem_count: Option<u32>,
+    /// Trigger when an event-loop turn lasts this long (500ms); one check suffices.
+    #[arg(long, value_name = "DURATION")]
+    loop_blocked: Option<String>,
+    /// Trigger on a GC leak suspicion (heap after full GCs growing).
+    #[arg(long)]
+    on_leak: bool,
+    /// Consecutive growing full GCs that raise a leak suspicion (default 5).
+    #[arg(long, value_name = "N")]
+    leak_after: Option<u32>,
+    /// What --cpu does (comma separated: profile, dump, snapshot, core, command). Default profile.
+    #[arg(long, value_name = "ACTIONS")]
+    cpu_action: Option<String>,
+    /// What --mem does. Default snapshot.
+    #[arg(long, value_name = "ACTIONS")]
+    mem_action: Option<String>,
+    /// What --on-leak does. Default snapshot.
+    #[arg(long, value_name = "ACTIONS")]
+    leak_action: Option<String>,
+    /// What --loop-blocked does. Default dump,profile.
+    #[arg(long, value_name = "ACTIONS")]
+    loop_action: Option<String>,
+    /// Shell command of the `command` action; NODEPROF_PID, NODEPROF_TRIGGER,
+    /// NODEPROF_REASON and NODEPROF_OUT are set.
+    #[arg(long, value_name = "CMD")]
+    command: Option<String>,
+    /// Length of a `profile` capture (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    profile_duration: Option<String>,
+    /// At most N captures per trigger and process per period (default 3/hour).
+    #[arg(long, value_name = "N/PERIOD")]
+    limit: Option<String>,
+    /// After a capture, the process's checks feed no counter for this long (default 1m).
+    #[arg(long, value_name = "DURATION")]
+    cooldown: Option<String>,
+    /// Processes captured when many cross one threshold together (default 1).
+    #[arg(long, value_name = "N")]
+    cluster_max: Option<usize>,
+    /// Crossings this close belong together (default 1m).
+    #[arg(long, value_name = "DURATION")]
+    cluster_window: Option<String>,
+    /// Directory of the captures (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Budget for everything watch writes in --out; once spent, nothing more is captured.
+    #[arg(long, value_name = "SIZE")]
+    max_disk: Option<String>,
+    /// Capture nothing while the free space of --out is under this (default 1G).
+    #[arg(long, value_name = "SIZE")]
+    min_free: Option<String>,
+    /// Captures kept in --out; the oldest are removed first (default: all).
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Print every check's readings.
+    #[arg(long)]
+    readings: bool,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    text.trim_end_matches('%')
+        .parse::<f64>()
+        .map_err(|_| format!("{text:?} is not a percentage"))
+}
+
+impl WatchArgs {
+    /// The flags as a config, over the file's.
+    fn into_options(self) -> anyhow::Result<cmd::watch::WatchOptions> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                WatchConfig::from_toml(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => WatchConfig::default(),
+        };
+        let flag = |on: bool| on.then_some(true);
+        let flags = WatchConfig {
+            pid: self.pid,
+            all: flag(self.all),
+            name: self.name,
+            cgroup: self.cgroup,
+            keep_waiting: flag(self.keep_waiting),
+            interval: self.interval,
+            cpu: self.cpu,
+            cpu_count: self.cpu_count,
+            mem: self.mem,
+            mem_of: self.mem_of,
+            mem_count: self.mem_count,
+            loop_blocked: self.loop_blocked,
+            on_leak: flag(self.on_leak),
+            leak_after: self.leak_after,
+            cpu_action: self.cpu_action,
+            mem_action: self.mem_action,
+            leak_action: self.leak_action,
+            loop_action: self.loop_action,
+            command: self.command,
+            profile_duration: self.profile_duration,
+            limit: self.limit,
+            cooldown: self.cooldown,
+            cluster_max: self.cluster_max,
+            cluster_window: self.cluster_window,
+            out: self.out,
+            max_disk: self.max_disk,
+            min_free: self.min_free,
+            keep: self.keep,
+            json: flag(self.json),
+            readings: flag(self.readings),
+        };
+        flags.or(file).resolve().map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand)]
@@ -355,6 +520,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print(&cmd::snapshot::run(&command)?, &mut stdout)?
         }
         Command::Core(args) => print(&cmd::core::run(&args.into_options())?, &mut stdout)?,
+        Command::Watch(args) => {
+            let options = args.into_options()?;
+            cmd::watch::run(&options, &mut stdout)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -570,6 +739,42 @@ mod tests {
                 "{args:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn watch_flags_and_config_file_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("watch.toml");
+        std::fs::write(
+            &file,
+            "cpu = 50\ncpu-count = 2\nloop-blocked = \"300ms\"\nlimit = \"2/hour\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "nodeprof",
+            "watch",
+            "--all",
+            "--cpu",
+            "90%",
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        let options = args.into_options().unwrap();
+        assert_eq!(options.thresholds.cpu, Some((90.0, 2)));
+        assert_eq!(
+            options.thresholds.loop_blocked,
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(options.limits.max, 2);
+        // The sample configuration of the docs is valid.
+        let sample = include_str!("../../docs/watch.toml");
+        nodeprof::watch::Config::from_toml(sample)
+            .and_then(|c| c.resolve())
+            .unwrap_or_else(|e| panic!("docs/watch.toml: {e}"));
     }
 
     #[test]

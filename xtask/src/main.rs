@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|bench-capture|soak>` (see README.md).
+//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|bench-capture|bench-watch|soak>` (see README.md).
 
 mod bench;
 mod bootstrap;
@@ -6,6 +6,7 @@ mod capture_bench;
 mod heap_bench;
 mod soak;
 mod util;
+mod watch_bench;
 
 use std::fs;
 use std::process::{Command, ExitCode};
@@ -50,6 +51,9 @@ enum Cmd {
     /// Long recording of a loopback server with thousands of JS functions:
     /// nodeprof's peak RSS, CPU and time to symbolize (as root).
     Soak(soak::SoakArgs),
+    /// What `nodeprof watch` costs while watching N node processes (no
+    /// capture): its CPU and memory, and the targets' slowdown (as root).
+    BenchWatch(watch_bench::BenchWatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Soak(args) => soak::soak(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchHeap(args) => heap_bench::bench_heap(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchCapture(args) => capture_bench::bench_capture(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::BenchWatch(args) => watch_bench::bench_watch(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -9,3 +9,4 @@ pub mod heap;
 pub mod info;
 pub mod record;
 pub mod snapshot;
+pub mod watch;

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 pub use leak::{LeakDetector, LeakSuspicion};
 pub use points::{GcPoints, PointsError};
-pub use probes::GcProbes;
+pub use probes::{GcFleet, GcProbes};
 pub use stats::GcSummary;
 pub use tracer::GcTracer;
 

@@ -406,7 +406,7 @@ pub struct ProbeSite {
 }
 
 /// The probes for one node binary.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GcPoints {
     pub path: PathBuf,
     pub version: V8Version,

@@ -1,5 +1,6 @@
 //! The GC probes of one target: found, attached, drained into GC events.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{GcError, GcEvent, GcPoints, GcTracer};
@@ -78,12 +79,24 @@ impl GcProbes {
 /// `missing` and skipped, as long as a pause can still be timed.
 fn attach_points(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcPoints, GcError> {
     let mut points = GcPoints::find(binary)?;
+    attach_sites(probe, pid, binary, &mut points)?;
+    Ok(points)
+}
+
+/// Attaches `points`' sites to process `pid`, dropping those that fail as
+/// long as a pause can still be timed; on failure nothing stays attached.
+fn attach_sites(
+    probe: &mut Probe,
+    pid: u32,
+    binary: &Path,
+    points: &mut GcPoints,
+) -> Result<(), GcError> {
     let mut failed = Vec::new();
     for (index, site) in points.sites.iter().enumerate() {
         if let Err(e) = probe.attach_call(pid, binary, site.site) {
             // Permission problems concern every probe: say so at once.
             if matches!(e, ProbeError::NotPermitted) {
-                probe.detach_calls();
+                probe.detach_calls_of(pid);
                 return Err(e.into());
             }
             failed.push((index, format!("{}: {e}", site.symbol)));
@@ -93,8 +106,110 @@ fn attach_points(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcPoints,
     points
         .drop_failed(failed)
         .map_err(GcError::from)
-        .inspect_err(|_| probe.detach_calls())?;
-    Ok(points)
+        .inspect_err(|_| probe.detach_calls_of(pid))
+}
+
+/// The GC probes of many processes over one event buffer (`watch`): each
+/// process has its own tracer; its events are told apart by their tgid.
+pub struct GcFleet {
+    collector: Option<CallCollector>,
+    tracers: HashMap<u32, GcTracer>,
+    /// Probe plans by executable (device, inode): a cluster's workers run
+    /// one binary, whose symbols are read once.
+    plans: HashMap<(u64, u64), GcPoints>,
+    /// Memory reads per distinct record layout, each under its own cookie
+    /// tag: the reads map is keyed by cookie, and two V8 versions read
+    /// different fields at the same role.
+    tags: Vec<nodeprof_common::CallReads>,
+}
+
+impl Default for GcFleet {
+    fn default() -> Self {
+        GcFleet::new()
+    }
+}
+
+impl GcFleet {
+    pub fn new() -> GcFleet {
+        GcFleet {
+            collector: None,
+            tracers: HashMap::new(),
+            plans: HashMap::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// Attaches GC probes to process `pid`; returns what could not be probed.
+    pub fn attach(&mut self, probe: &mut Probe, pid: u32) -> Result<Vec<String>, GcError> {
+        let binary = exe_path(pid);
+        let meta = std::fs::metadata(&binary).map_err(|source| GcError::Io {
+            action: "read the target's executable",
+            source,
+        })?;
+        let key = (
+            std::os::unix::fs::MetadataExt::dev(&meta),
+            std::os::unix::fs::MetadataExt::ino(&meta),
+        );
+        let mut points = match self.plans.get(&key) {
+            Some(points) => points.clone(),
+            None => {
+                let points = GcPoints::find(&binary)?;
+                self.plans.insert(key, points.clone());
+                points
+            }
+        };
+        for site in &mut points.sites {
+            if let Some(reads) = site.site.reads {
+                let tag = match self.tags.iter().position(|r| *r == reads) {
+                    Some(tag) => tag,
+                    None => {
+                        self.tags.push(reads);
+                        self.tags.len() - 1
+                    }
+                };
+                // The role stays in the low byte (`Role::from_cookie`).
+                site.site.cookie |= ((tag + 1) as u64) << 8;
+            }
+        }
+        attach_sites(probe, pid, &binary, &mut points)?;
+        if self.collector.is_none() {
+            let ring = probe.take_calls().ok_or(GcError::Probe(ProbeError::Kernel {
+                action: "trace GC",
+                detail: "the GC event buffer is already in use".into(),
+            }));
+            match ring {
+                Ok(ring) => self.collector = Some(CallCollector::new(ring)),
+                Err(e) => {
+                    probe.detach_calls_of(pid);
+                    return Err(e);
+                }
+            }
+        }
+        let mut tracer = GcTracer::new(&points);
+        tracer.arm(monotonic_ns());
+        self.tracers.insert(pid, tracer);
+        Ok(points.missing)
+    }
+
+    /// Stops tracing process `pid`.
+    pub fn detach(&mut self, probe: &mut Probe, pid: u32) {
+        probe.detach_calls_of(pid);
+        self.tracers.remove(&pid);
+    }
+
+    /// Every GC completed since the last drain, with its process.
+    pub fn drain(&mut self) -> Vec<(u32, GcEvent)> {
+        let mut done = Vec::new();
+        let tracers = &mut self.tracers;
+        if let Some(collector) = &mut self.collector {
+            collector.drain(|event| {
+                if let Some(tracer) = tracers.get_mut(&event.tgid) {
+                    done.extend(tracer.feed(&event).map(|gc| (event.tgid, gc)));
+                }
+            });
+        }
+        done
+    }
 }
 
 pub fn exe_path(pid: u32) -> PathBuf {

@@ -96,8 +96,8 @@ pub struct Probe {
     calls_lost: PerCpuArray<MapData, u64>,
     calls: Option<RingBuf<MapData>>,
     call_reads: HashMap<MapData, u64, CallReads>,
-    /// Attached uprobes: (program name, link).
-    call_links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
+    /// Attached uprobes: (process, program name, link).
+    call_links: Vec<(u32, &'static str, aya::programs::uprobe::UProbeLinkId)>,
     thread_events: Option<RingBuf<MapData>>,
     /// The sampler's perf-event attachments, one per CPU.
     sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
@@ -275,7 +275,7 @@ impl Probe {
         let link = program
             .attach(point, binary, scope)
             .map_err(|e| ProbeError::classify("attach a uprobe", &e))?;
-        self.call_links.push((name, link));
+        self.call_links.push((pid, name, link));
         Ok(())
     }
 
@@ -388,11 +388,30 @@ impl Probe {
 
     /// Removes every uprobe attached by [`Probe::attach_call`].
     pub fn detach_calls(&mut self) {
-        for (name, link) in self.call_links.drain(..) {
+        for (_, name, link) in self.call_links.drain(..) {
             if let Ok(program) = program_mut::<UProbe>(&mut self.ebpf, name) {
                 let _ = program.detach(link);
             }
         }
+    }
+
+    /// Removes the uprobes attached to process `pid` (gone, or no longer watched).
+    pub fn detach_calls_of(&mut self, pid: u32) {
+        let (of_pid, others) = std::mem::take(&mut self.call_links)
+            .into_iter()
+            .partition(|(p, _, _)| *p == pid);
+        self.call_links = others;
+        for (_, name, link) in of_pid {
+            if let Ok(program) = program_mut::<UProbe>(&mut self.ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
+    }
+
+    /// Samples and loop events of this process are no longer wanted.
+    pub fn remove_target(&mut self, tgid: u32) {
+        let _ = self.targets.remove(&tgid);
+        let _ = self.v8_configs.remove(&tgid);
     }
 
     /// The ring buffer the call tracer writes into (taken once).

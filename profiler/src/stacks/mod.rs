@@ -11,6 +11,7 @@
 //! Both become sampler-shaped records, so [`Symbolizer`] names every frame
 //! exactly as `nodeprof record` does.
 
+pub mod report;
 pub mod syscalls;
 pub mod threads;
 pub mod unwind;

@@ -1,0 +1,659 @@
+//! `nodeprof watch` against node processes that cross thresholds on a
+//! schedule (`fixtures/watch/schedule.js`): exactly the expected captures,
+//! none for a flapping process, the limit and the disk budget hold, a loop
+//! blocked for good is caught, processes started later are picked up.
+//!
+//! Thresholds are low (CPU 15 % of a core) because the test machine is
+//! shared: a spinning fixture may get well under a whole core, and an idle
+//! one stays near 0 %.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nodeprof_tests::*;
+use serde_json::Value;
+
+fn node() -> PathBuf {
+    node_major(22)
+}
+
+fn schedule(mode: &str, seconds: u32, extra: &[&str], dir: &Path) -> Proc {
+    let mut args = vec![mode.to_string(), seconds.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = Proc::node(&node(), &[], "watch/schedule.js", &args, dir);
+    p.wait_for_line("ready", Duration::from_secs(20));
+    p
+}
+
+/// `nodeprof watch --json --out DIR ARGS…`.
+fn watch_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["watch", "--json", "--out"].map(String::from).to_vec();
+    args.push(out.display().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// The JSON lines of a run, checked to be JSON.
+fn lines(run: &Run) -> Vec<Value> {
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["type"] == kind).collect()
+}
+
+fn files_of(capture: &Value) -> Vec<PathBuf> {
+    capture["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| PathBuf::from(f.as_str().unwrap()))
+        .collect()
+}
+
+/// The prefix of a profile capture's files (`…/cpu-PID-TIME`).
+fn profile_prefix(capture: &Value) -> PathBuf {
+    let cpuprofile = files_of(capture)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "cpuprofile"))
+        .expect("a .cpuprofile");
+    cpuprofile.with_extension("")
+}
+
+fn crossing_readings(lines: &[Value], pid: u32, over: f64) -> (usize, usize) {
+    let cpus: Vec<f64> = of_type(lines, "reading")
+        .iter()
+        .filter(|l| l["reading"]["pid"] == pid)
+        .filter_map(|l| l["reading"]["cpu_percent"].as_f64())
+        .collect();
+    let crossing = cpus.iter().filter(|&&c| c >= over).count();
+    (crossing, cpus.len() - crossing)
+}
+
+#[test]
+fn cpu_over_threshold_is_profiled_once_naming_the_hot_function() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    // Long enough for the capture, its cool-down and two more checks on a
+    // loaded machine.
+    let hot = schedule("hot", 20, &[], dir.path());
+    let idle = schedule("idle", 20, &[], dir.path());
+    let (hot_pid, idle_pid) = (hot.pid.to_string(), idle.pid.to_string());
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &hot_pid,
+            "-p",
+            &idle_pid,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--profile-duration",
+            "2s",
+            "--limit",
+            "1/hour",
+            "--cooldown",
+            "300ms",
+            "--readings",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    run.assert_success();
+    let lines = lines(&run);
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 1, "{}", run.stdout);
+    let c = captures[0];
+    assert_eq!(c["pid"], hot.pid, "{c}");
+    assert_eq!(c["trigger"], "cpu");
+    assert_eq!(c["action"], "profile");
+    assert!(
+        c["why"]
+            .as_str()
+            .unwrap()
+            .contains("on 2 consecutive checks"),
+        "{c}"
+    );
+    assert!(c["bytes"].as_u64().unwrap() > 0);
+    let files = files_of(c);
+    assert_eq!(files.len(), 3, "{c}");
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with(&format!("cpu-{}-", hot.pid)), "{name}");
+        assert!(f.exists(), "{}", f.display());
+    }
+    let outputs = Outputs::load(&profile_prefix(c));
+    let total = outputs.sample_count() as u64;
+    let hot_samples = outputs.samples_with_frame(|f| f.contains("burnCpu"));
+    assert!(
+        total > 0 && hot_samples * 2 > total,
+        "burnCpu in {hot_samples} of {total} samples:\n{}",
+        outputs.folded_excerpt()
+    );
+    assert!(c["detail"].as_str().unwrap().contains("burnCpu"), "{c}");
+    // The idle process was read, never over the threshold.
+    let (over, under) = crossing_readings(&lines, idle.pid, 15.0);
+    assert!(over == 0 && under >= 5, "idle: {over} over, {under} under");
+    // Once its limit (1/hour) is reached, the hot process is said to be over it once.
+    assert_eq!(of_type(&lines, "limited").len(), 1, "{}", run.stdout);
+    assert_eq!(of_type(&lines, "end").len(), 1);
+}
+
+#[test]
+fn a_flapping_process_triggers_nothing() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    // 500 ms busy, 700 ms idle; checks every 300 ms: a busy spell touches at
+    // most 3 checks in a row, and each idle spell holds a whole check.
+    let flap = schedule("flap", 10, &[], dir.path());
+    let pid = flap.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "4",
+            "--interval",
+            "300ms",
+            "--cpu-action",
+            "command",
+            "--command",
+            "true",
+            "--readings",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    run.assert_success();
+    let lines = lines(&run);
+    assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
+    // It did cross, often: only the resets kept it from counting to 4.
+    let (over, under) = crossing_readings(&lines, flap.pid, 15.0);
+    assert!(
+        over >= 6 && under >= 6,
+        "{over} checks over, {under} under:\n{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_blocked_turn_is_dumped_and_profiled_naming_the_blocking_function() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    // Every 2 s, one 600 ms turn in blockFor; otherwise idle.
+    let blocks = schedule("blocks", 14, &[], dir.path());
+    let pid = blocks.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--loop-blocked",
+            "300ms",
+            "--profile-duration",
+            "3s",
+            "--limit",
+            "1/hour",
+            "--readings",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(90));
+    run.assert_success();
+    let lines = lines(&run);
+    let captures = of_type(&lines, "capture");
+    // The default for a blocked loop: dump, then profile.
+    let actions: Vec<&str> = captures
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["dump", "profile"], "{}", run.stdout);
+    for c in &captures {
+        assert_eq!(c["trigger"], "loop-blocked");
+        let turn = c["reading"]["longest_turn_ms"].as_f64().unwrap();
+        assert!((300.0..2000.0).contains(&turn), "longest turn {turn} ms");
+    }
+    // The dump of every thread is written. A 600 ms turn is usually over by
+    // the time it is taken (so it shows the loop idle again); a loop blocked
+    // for good is named in it (a_loop_blocked_for_good_before_watching_is_caught).
+    let dump = captures[0];
+    let text = std::fs::read_to_string(&files_of(dump)[0]).unwrap();
+    assert!(text.contains("main thread"), "{text}");
+    assert!(dump["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("main thread: "));
+    // The turns in the profile name the function that blocked.
+    let profile = captures[1];
+    let detail = profile["detail"].as_str().unwrap();
+    assert!(detail.contains("in blockFor"), "{detail}");
+    let outputs = Outputs::load(&profile_prefix(profile));
+    assert!(
+        outputs.samples_with_frame(|f| f.contains("blockFor")) > 0,
+        "{}",
+        outputs.folded_excerpt()
+    );
+    // Idle between blocks: utilization well under 1 on some checks.
+    let low = of_type(&lines, "reading")
+        .iter()
+        .filter(|l| {
+            l["reading"]["loop_utilization"]
+                .as_f64()
+                .is_some_and(|u| u < 0.3)
+        })
+        .count();
+    assert!(low >= 3, "{}", run.stdout);
+}
+
+#[test]
+fn a_loop_blocked_for_good_before_watching_is_caught() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let stuck = schedule("stuck", 15, &[], dir.path());
+    // Its own lag monitor printed until the loop blocked; from then on an
+    // in-process monitor never runs again.
+    stuck.wait_for_line("blocking", Duration::from_secs(10));
+    let pid = stuck.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--loop-blocked",
+            "500ms",
+            "--profile-duration",
+            "2s",
+            "--limit",
+            "1/hour",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(40), || watch
+            .stdout_so_far()
+            .contains("\"type\":\"capture\"")),
+        "no capture: {}",
+        watch.stdout_so_far()
+    );
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(30));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 2, "dump and profile: {}", run.stdout);
+    let (dump, c) = (captures[0], captures[1]);
+    assert_eq!(dump["action"], "dump");
+    let verdict = dump["detail"].as_str().unwrap();
+    assert!(verdict.contains("blockForever"), "{verdict}");
+    assert_eq!(c["action"], "profile");
+    assert_eq!(c["trigger"], "loop-blocked");
+    assert!(c["reading"]["longest_turn_ms"].as_f64().unwrap() >= 500.0);
+    assert_eq!(c["reading"]["loop_utilization"], 1.0);
+    let outputs = Outputs::load(&profile_prefix(c));
+    assert!(
+        outputs.samples_with_frame(|f| f.contains("blockForever")) * 2
+            > outputs.sample_count() as u64,
+        "{}",
+        outputs.folded_excerpt()
+    );
+}
+
+#[test]
+fn the_limit_holds_over_minutes_of_crossing() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let hot = schedule("hot", 14, &[], dir.path());
+    let pid = hot.pid.to_string();
+    // Time compressed: checks every 200 ms, a cool-down of 300 ms, at most 2
+    // captures per 4 s (3/hour at a 900× pace).
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "2",
+            "--interval",
+            "200ms",
+            "--cooldown",
+            "300ms",
+            "--limit",
+            "2/4s",
+            "--cpu-action",
+            "command",
+            "--command",
+            "echo $NODEPROF_PID $NODEPROF_TRIGGER",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    run.assert_success();
+    let lines = lines(&run);
+    let times: Vec<f64> = of_type(&lines, "capture")
+        .iter()
+        .map(|c| c["at_s"].as_f64().unwrap())
+        .collect();
+    for (i, &t) in times.iter().enumerate() {
+        let within = times[i..].iter().filter(|&&u| u < t + 4.0).count();
+        assert!(
+            within <= 2,
+            "{within} captures within 4 s of {t}: {times:?}"
+        );
+    }
+    // Without the limit it would capture every ~0.7 s; with it, it resumes
+    // each time the limit lifts.
+    assert!(times.len() >= 4, "{times:?}\n{}", run.stdout);
+    assert!(!of_type(&lines, "limited").is_empty(), "{}", run.stdout);
+    let log = files_of(of_type(&lines, "capture")[0])[0].clone();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().trim(),
+        format!("{} cpu", hot.pid)
+    );
+}
+
+#[test]
+fn nothing_is_written_once_the_disk_budget_is_spent() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let hot = schedule("hot", 12, &[], dir.path());
+    let pid = hot.pid.to_string();
+    let args = watch_args(
+        &out,
+        &[
+            "-p",
+            &pid,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "2",
+            "--interval",
+            "200ms",
+            "--cooldown",
+            "200ms",
+            "--limit",
+            "100/hour",
+            "--profile-duration",
+            "1s",
+            "--max-disk",
+            "10K",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    run.assert_success();
+    let lines = lines(&run);
+    // The first profile (a flame graph alone is over 10 KiB) spends the budget.
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 1, "{}", run.stdout);
+    let disk = of_type(&lines, "disk");
+    assert_eq!(disk.len(), 1, "said once: {}", run.stdout);
+    assert_eq!(disk[0]["state"], "budget-spent");
+    let mut written: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    written.sort();
+    let mut expected = files_of(captures[0]);
+    expected.sort();
+    assert_eq!(written, expected);
+}
+
+#[test]
+fn processes_started_after_watch_are_picked_up() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let marker = format!("watch-test-{}", std::process::id());
+    let args = watch_args(
+        dir.path(),
+        &[
+            "--name",
+            &marker,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--cpu-action",
+            "command",
+            "--command",
+            "true",
+            "--limit",
+            "1/hour",
+        ],
+    );
+    let watch = spawn_nodeprof(&args, dir.path());
+    // Attached: its eBPF programs are loaded, and its first scan (right
+    // after) found nothing; the processes below start after it.
+    assert!(wait_until(Duration::from_secs(20), || !bpf_prog_ids(
+        watch.proc.pid
+    )
+    .is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    // Not matching the name: never watched.
+    let other = schedule("hot", 8, &[], dir.path());
+    // A master that forks a hot worker 1.5 s later, both with the marker.
+    let master = schedule("cluster", 8, &[&marker], dir.path());
+    let worker: u32 = master
+        .wait_for_line("worker", Duration::from_secs(10))
+        .trim_start_matches("worker ")
+        .parse()
+        .unwrap();
+    let run = watch.finish(Duration::from_secs(60));
+    run.assert_success();
+    let lines = lines(&run);
+    let watched: Vec<u64> = of_type(&lines, "watch")
+        .iter()
+        .map(|l| l["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        watched,
+        [master.pid as u64, worker as u64],
+        "{}",
+        run.stdout
+    );
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 1, "{}", run.stdout);
+    assert_eq!(captures[0]["pid"], worker);
+    assert!(!run.stdout.contains(&format!("\"pid\":{}", other.pid)));
+    // Both gone: watch ends by itself.
+    assert_eq!(of_type(&lines, "exit").len(), 2, "{}", run.stdout);
+    assert_eq!(
+        of_type(&lines, "end")[0]["reason"],
+        "no process left to watch"
+    );
+}
+
+#[test]
+fn heap_over_threshold_runs_the_command_with_pid_and_reason() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let grow = schedule("grow", 12, &[], dir.path());
+    let pid = grow.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--mem",
+            "40M",
+            "--mem-of",
+            "heap",
+            "--mem-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--mem-action",
+            "command",
+            "--limit",
+            "1/hour",
+            "--command",
+            "echo pid=$NODEPROF_PID trigger=$NODEPROF_TRIGGER; echo $NODEPROF_REASON",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    run.assert_success();
+    let lines = lines(&run);
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 1, "{}", run.stdout);
+    let c = captures[0];
+    assert_eq!(c["trigger"], "memory");
+    assert!(
+        c["reading"]["heap_used_bytes"].as_u64().unwrap() >= 40 << 20,
+        "{c}"
+    );
+    let log = std::fs::read_to_string(&files_of(c)[0]).unwrap();
+    assert!(
+        log.contains(&format!("pid={} trigger=memory", grow.pid)),
+        "{log}"
+    );
+    assert!(
+        log.contains("heap ≥ 40.0 MiB on 2 consecutive checks"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_action_this_build_lacks_is_one_error_line() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let idle = schedule("idle", 5, &[], dir.path());
+    let pid = idle.pid.to_string();
+    // Memory's default action is a heap snapshot.
+    let run = run_nodeprof(
+        &["watch", "-p", &pid, "--mem", "1G"],
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    run.assert_error("snapshot, is not available in this build");
+    let run = run_nodeprof(
+        &["watch", "-p", &pid, "--cpu", "90", "--cpu-action", "core"],
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    run.assert_error("\"core\" is not available in this build");
+}
+
+#[test]
+fn sigterm_during_a_capture_ends_it_and_writes_it() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let hot = schedule("hot", 30, &[], dir.path());
+    let pid = hot.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--profile-duration",
+            "60s",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    assert!(wait_until(Duration::from_secs(20), || watch
+        .stdout_so_far()
+        .contains("\"type\":\"watch\"")));
+    let monitor = perf_attachments(watch.proc.pid);
+    // The capture's sampler: one perf event per CPU more.
+    assert!(
+        wait_until(Duration::from_secs(30), || perf_attachments(watch.proc.pid)
+            >= monitor + online_cpus()),
+        "no capture started: {}",
+        watch.stdout_so_far()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(30));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 1, "{}", run.stdout);
+    assert!(
+        captures[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stopped early: terminated"),
+        "{}",
+        run.stdout
+    );
+    Outputs::load(&profile_prefix(captures[0]));
+    assert_eq!(of_type(&lines, "end")[0]["reason"], "terminated");
+    assert!(hot.is_running(), "the target runs on");
+}
+
+#[test]
+fn one_capture_at_a_time_on_the_host() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    // Another watch instance capturing: it holds the host's capture lock.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/nodeprof-capture.lock")
+        .expect("open /run/nodeprof-capture.lock");
+    // SAFETY: flock on an fd we own; released when it is closed.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0, "the capture lock is held by someone else");
+    let hot = schedule("hot", 6, &[], dir.path());
+    let pid = hot.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--cpu",
+            "15",
+            "--cpu-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--limit",
+            "1/hour",
+        ],
+    );
+    let run = run_nodeprof(&args, dir.path(), Duration::from_secs(60));
+    drop(lock);
+    run.assert_success();
+    let lines = lines(&run);
+    assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
+    let failed = of_type(&lines, "capture-failed");
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("another nodeprof is capturing on this host"),
+        "{}",
+        failed[0]
+    );
+    let written: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cpu-"))
+        .collect();
+    assert!(written.is_empty());
+}
