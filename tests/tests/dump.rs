@@ -611,6 +611,9 @@ fn state_watch_sees_a_stop() {
     let watch = StateWatch::start(target.pid);
     target.signal(libc::SIGSTOP);
     assert!(wait_until(READY_TIMEOUT, || proc_state(target.pid) == Some('T')));
+    // Stopped for many of the watch's 2 ms polls, even if its thread waits
+    // for a CPU a while on a busy machine.
+    std::thread::sleep(Duration::from_millis(200));
     target.signal(libc::SIGCONT);
     let (states, _) = watch.finish();
     assert!(states.contains(&'T'), "{states:?}");

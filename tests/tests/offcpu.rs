@@ -40,30 +40,36 @@ fn thread_samples(out: &Outputs, thread: &str) -> u64 {
         .sum()
 }
 
-/// The main thread alternates 50 ms of CPU with 150 ms in `readFileSync` on
-/// a FIFO. With `--wall` its samples add up to the wall-clock time, and the
-/// time blocked opening the FIFO is three quarters of it.
-#[test]
-fn wall_time_of_a_thread_that_blocks_adds_up() {
-    let _serial = serial();
+/// Records the node 24 fixture whose main thread alternates CPU and
+/// blocking, with `args`: the fixture (still running), the run, the files.
+fn record_alternating(args: &[&str]) -> (Proc, Run, Outputs) {
     let dir = scratch_dir();
-    let node = node_major(24);
     let target = Proc::node(
-        &node,
+        &node_major(24),
         &[],
         "offcpu/alternate.js",
         &[dir.path().to_str().unwrap()],
         dir.path(),
     );
     target.wait_for_line("ready", READY);
-    let prefix = dir.path().join("wall");
+    let prefix = dir.path().join("alternating");
     let run = run_nodeprof(
-        &record_args(target.pid, &prefix, &["-d", "4", "--wall"]),
+        &record_args(target.pid, &prefix, args),
         dir.path(),
         RUN_TIMEOUT,
     );
     run.assert_success();
     let out = Outputs::load(&prefix);
+    (target, run, out)
+}
+
+/// The main thread alternates 50 ms of CPU with 150 ms in `readFileSync` on
+/// a FIFO. With `--wall` its samples add up to the wall-clock time, and the
+/// time blocked opening the FIFO is three quarters of it.
+#[test]
+fn wall_time_of_a_thread_that_blocks_adds_up() {
+    let _serial = serial();
+    let (target, run, out) = record_alternating(&["-d", "4", "--wall"]);
     let main = thread_samples(&out, "MainThread") as f64;
     let expected = 4.0 * 99.0;
     assert!(
@@ -116,24 +122,7 @@ fn wall_time_of_a_thread_that_blocks_adds_up() {
 #[test]
 fn off_cpu_shows_only_the_waiting() {
     let _serial = serial();
-    let dir = scratch_dir();
-    let node = node_major(24);
-    let target = Proc::node(
-        &node,
-        &[],
-        "offcpu/alternate.js",
-        &[dir.path().to_str().unwrap()],
-        dir.path(),
-    );
-    target.wait_for_line("ready", READY);
-    let prefix = dir.path().join("off");
-    let run = run_nodeprof(
-        &record_args(target.pid, &prefix, &["-d", "3", "--off-cpu"]),
-        dir.path(),
-        RUN_TIMEOUT,
-    );
-    run.assert_success();
-    let out = Outputs::load(&prefix);
+    let (_target, run, out) = record_alternating(&["-d", "3", "--off-cpu"]);
     let main = thread_samples(&out, "MainThread") as f64;
     let blocked = samples_with(&out, "MainThread", &["fifo_open", "wait_for_partner"]) as f64;
     // 75 % of 3 s blocked, plus whatever time the spinning waited for a CPU.
