@@ -252,10 +252,7 @@ pub fn capture(
             action: "start the event loop",
             source,
         })?;
-    let capture = runtime.block_on(run(options, target, launched));
-    drop(runtime);
-    super::signals_after_stop();
-    capture
+    runtime.block_on(run(options, target, launched))
 }
 
 async fn run(

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::capture::cpu::{self, CaptureError, CpuOptions};
-use crate::capture::StopReason;
+use crate::capture::{self, StopReason};
 use crate::eventloop::LoopReport;
 use crate::gc::GcSummary;
 use crate::output::{self, FileError, Format, OutputFiles, Report, Summary, WriteError};
@@ -118,7 +118,11 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         None => output::default_prefix(target.pid),
     };
     let files = OutputFiles::create(&prefix, &options.formats)?;
-    let mut capture = match cpu::capture(&options.sampling, &target, launched.as_mut()) {
+    let captured = cpu::capture(&options.sampling, &target, launched.as_mut());
+    // The recording is over: a second Ctrl-C ends nodeprof at once. (Here,
+    // not in the capture: `watch` captures again and again.)
+    capture::signals_after_stop();
+    let mut capture = match captured {
         Ok(capture) => capture,
         Err(e) => {
             files.discard();

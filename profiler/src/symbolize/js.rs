@@ -139,6 +139,11 @@ impl JsNaming {
         Some(id)
     }
 
+    /// Whether this SFI was resolved to a function here.
+    pub fn knows(&self, sfi: u64, fingerprint: u64) -> bool {
+        matches!(self.resolved.get(&(sfi, fingerprint)), Some(Some(_)))
+    }
+
     /// The frame of a sampled SFI: `None` for a JS-linkage builtin
     /// (`forEach`…), which DevTools folds into its caller as well.
     pub fn frame(&self, sfi: u64, fingerprint: u64) -> Option<Frame> {

@@ -49,6 +49,9 @@ pub struct Symbolizer {
     /// The target's executable as it sees it.
     exe: Option<String>,
     js: Option<JsNaming>,
+    /// The JS naming of executables the target ran before an exec: samples
+    /// taken before it name their functions there.
+    retired: Vec<JsNaming>,
     /// JS frames in code mapped after the last snapshot: their inlining is
     /// looked up after the next one.
     inlining_later: Vec<UserFrame>,
@@ -66,6 +69,7 @@ impl Symbolizer {
             last_refresh: None,
             exe: None,
             js: None,
+            retired: Vec::new(),
             inlining_later: Vec::new(),
         }
     }
@@ -74,6 +78,9 @@ impl Symbolizer {
     /// by [`crate::target::Runtime`] at the start and after an exec).
     pub fn use_executable(&mut self, found: &Discovery) {
         self.exe = Some(found.exe.to_string_lossy().into_owned());
+        if let Some(old) = self.js.take() {
+            self.retired.push(old);
+        }
         self.js = match &found.v8 {
             Ok(v8) => Some(JsNaming::new(self.pid, v8)),
             Err(e) => {
@@ -280,6 +287,26 @@ impl Symbolizer {
     /// the outermost function (the sampled pc's entry is pushed without its
     /// inline stack), and nodeprof's figures agree with it.
     fn user_frame(&self, frame: &UserFrame, native: &Frame, leaf: bool) -> Vec<Frame> {
+        // A JS frame of an executable the target ran before an exec: the
+        // naming of that executable resolved it (its SFI was verified).
+        if frame.sfi != 0
+            && !self
+                .js
+                .as_ref()
+                .is_some_and(|js| js.knows(frame.sfi, frame.sfi_fingerprint))
+        {
+            if let Some(old) = self
+                .retired
+                .iter()
+                .rev()
+                .find(|old| old.knows(frame.sfi, frame.sfi_fingerprint))
+            {
+                return old
+                    .frame(frame.sfi, frame.sfi_fingerprint)
+                    .into_iter()
+                    .collect();
+            }
+        }
         let Some(js) = self.js.as_ref() else {
             return vec![native.clone()];
         };
