@@ -42,6 +42,8 @@ const SYS_EPOLL: [&str; 3] = ["232", "281", "441"];
 struct Fixture {
     proc: Proc,
     pid: u32,
+    /// When it printed `ready`, in the event-loop turn that then hangs.
+    ready_at: Instant,
     /// The worker's loopback port (answers `ping`, `wake`).
     port: u16,
     /// The idle main thread's own port (answers `signals N`).
@@ -64,11 +66,13 @@ impl Fixture {
             dir.path(),
         );
         let line = proc.wait_for_line("ready", READY_TIMEOUT);
+        let ready_at = Instant::now();
         let fields: Vec<&str> = line.split_whitespace().collect();
         let pid: u32 = fields[1].parse().unwrap();
         assert_eq!(pid, proc.pid);
         Fixture {
             pid,
+            ready_at,
             port: fields[2].parse().unwrap(),
             main_port: fields.get(3).map(|p| p.parse().unwrap()),
             proc,
@@ -242,6 +246,36 @@ impl Dump {
         block
     }
 
+    /// How long the main thread's event-loop turn had run, from the
+    /// verdict's `event-loop turn running for X`.
+    fn loop_turn_s(&self) -> Option<f64> {
+        let (_, after) = self.verdict().split_once("event-loop turn running for ")?;
+        let mut words = after.split_whitespace();
+        let value: f64 = words.next()?.parse().ok()?;
+        match words.next()? {
+            "ms" => Some(value / 1e3),
+            "s" => Some(value),
+            "min" => Some(value * 60.0),
+            unit => panic!("unknown unit {unit:?} in {:?}", self.verdict()),
+        }
+    }
+
+    /// The verdict says how long the hung turn has run: since the fixture
+    /// printed `ready` in it, within the verdict's rounding (0.1 s) and
+    /// libuv's coarse clock.
+    fn assert_turn_since(&self, fixture: &Fixture, dumped_after: Duration) {
+        let turn = self
+            .loop_turn_s()
+            .unwrap_or_else(|| panic!("no event-loop turn in {:?}", self.verdict()));
+        let low = dumped_after.as_secs_f64() - 0.1;
+        let high = fixture.ready_at.elapsed().as_secs_f64() + 0.1;
+        assert!(
+            (low..=high).contains(&turn),
+            "turn of {turn} s, expected {low:.2}..{high:.2} s: {:?}",
+            self.verdict()
+        );
+    }
+
     fn assert_fast(&self) {
         assert!(
             self.elapsed < MAX_DUMP,
@@ -286,7 +320,11 @@ fn fifo_case(major: u32) {
     let node = node_major(major);
     let fixture = Fixture::start(&node, "fifo");
     fixture.wait_main_in(&[SYS_OPENAT]);
+    // Long enough for the turn's age to read in seconds.
+    std::thread::sleep(Duration::from_millis(1500));
+    let dumped_after = fixture.ready_at.elapsed();
     let dump = Dump::of(&fixture, &[]);
+    dump.assert_turn_since(&fixture, dumped_after);
     let fifo = fixture.fifo.display().to_string();
     assert_verdict(
         &dump,
@@ -417,6 +455,11 @@ fn regex_case(major: u32) {
     let dump = Dump::of(&fixture, &[]);
     assert_verdict(&dump, "running JavaScript: checkInput", &[]);
     assert!(
+        dump.loop_turn_s().is_some(),
+        "a spinning main thread's verdict does not say how long its turn has run: {:?}",
+        dump.verdict()
+    );
+    assert!(
         dump.verdict().contains("sampled "),
         "verdict {:?} does not say how long it sampled",
         dump.verdict()
@@ -442,12 +485,40 @@ fn catastrophic_regex_node24() {
     regex_case(24);
 }
 
+/// A main thread that spends its time collecting garbage is said to.
+fn gc_case(major: u32) {
+    let _lock = serial();
+    let fixture = Fixture::start(&node_major(major), "gc");
+    // Building the heap takes a moment; then nearly every instant is in GC.
+    std::thread::sleep(Duration::from_secs(3));
+    let dump = Dump::of(&fixture, &[]);
+    assert_verdict(&dump, "in garbage collection", &[]);
+    assert!(
+        dump.loop_turn_s().is_some_and(|s| s >= 2.0),
+        "the turn that never ends is not said to have run ≥ 2 s: {:?}",
+        dump.verdict()
+    );
+    dump.assert_fast();
+    assert_eq!(fixture.ask(fixture.port, "ping"), "pong");
+}
+
+#[test]
+fn garbage_collection_node20() {
+    gc_case(20);
+}
+
+#[test]
+fn garbage_collection_node24() {
+    gc_case(24);
+}
+
 fn idle_case(major: u32) {
     let _lock = serial();
     let fixture = Fixture::start(&node_major(major), "idle");
     fixture.wait_main_in(&SYS_EPOLL);
     let dump = Dump::of(&fixture, &[]);
     assert_verdict(&dump, "event loop idle (epoll_", &[]);
+    assert_eq!(dump.loop_turn_s(), None, "an idle loop runs no turn");
     assert!(
         !dump
             .main_thread_block()

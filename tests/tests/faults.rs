@@ -553,3 +553,44 @@ fn a_launched_command_ends_with_its_recording() {
         }
     }
 }
+
+/// A target that dies while `gc` attaches its probes is named as exited,
+/// never as a failed `perf_event_open`. The target is killed the moment
+/// nodeprof holds its first eBPF program: the GC probes (found by reading
+/// node's symbol tables) are attached after that, so the kill lands in the
+/// attach; a run that attached first ends as a trace whose target exited.
+#[test]
+fn a_target_dying_during_attach_is_named_as_exited() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let mut named_exited = 0;
+    for _ in 0..5 {
+        let mut target = Proc::node(&node_major(24), &[], "busy.js", &["30"], dir.path());
+        target.wait_for_line("ready", READY);
+        let pid = target.pid.to_string();
+        let gc = spawn_nodeprof(&["gc", "-p", &pid, "-d", "20"], dir.path());
+        assert!(
+            wait_until(RUN_TIMEOUT, || !bpf_prog_ids(gc.proc.pid).is_empty()
+                || !gc.proc.is_running()),
+            "nodeprof gc loaded no program"
+        );
+        target.signal(libc::SIGKILL);
+        let run = gc.finish(RUN_TIMEOUT);
+        target.wait(READY);
+        assert!(
+            !run.stderr.contains("perf_event_open"),
+            "the kernel's call is named instead of the exit:\n{}",
+            run.stderr
+        );
+        if run.status.success() {
+            assert!(run.stdout.contains("stopped: target exited"), "{}", run.stdout);
+        } else {
+            run.assert_error(&format!("process {pid} exited while nodeprof attached"));
+            named_exited += 1;
+        }
+    }
+    assert!(
+        named_exited > 0,
+        "no kill landed in the attach in 5 tries: the test did not check the message"
+    );
+}

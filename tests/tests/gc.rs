@@ -458,6 +458,7 @@ fn text_output_and_summary() {
         run.stdout
     );
     for needle in [
+        "stopped: duration elapsed",
         "GC: ",
         "scavenge",
         "p99",

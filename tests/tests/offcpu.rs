@@ -326,3 +326,33 @@ fn a_steady_event_loop_reports_no_long_turn() {
         .unwrap_or_else(|| panic!("no turn count: {line}"));
     assert!(turns >= 200, "{line}");
 }
+
+/// `--no-loop`: no event-loop section, and no syscall tracepoint attached
+/// (they slow every system call of the machine): with `--no-gc` too, the
+/// only attachments are the sampler's, one per CPU.
+#[test]
+fn no_loop_attaches_no_tracepoint() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let target = Proc::node(&node_major(22), &[], "offcpu/loop.js", &["steady"], dir.path());
+    target.wait_for_line("ready", READY);
+    let attachments = |extra: &[&str]| -> (usize, Run) {
+        let prefix = dir.path().join(format!("loop{}", extra.len()));
+        let mut args = vec!["-d", "2", "--no-gc"];
+        args.extend(extra);
+        let recording = spawn_nodeprof(&record_args(target.pid, &prefix, &args), dir.path());
+        recording.wait_sampling(RUN_TIMEOUT);
+        // The tracepoints are attached right after the sampler.
+        std::thread::sleep(Duration::from_millis(500));
+        let attached = perf_attachments(recording.proc.pid);
+        let run = recording.finish(RUN_TIMEOUT);
+        run.assert_success();
+        (attached, run)
+    };
+    let (with_loop, run) = attachments(&[]);
+    assert!(run.stdout.contains("event loop (main thread)"), "{}", run.stdout);
+    let (without, run) = attachments(&["--no-loop"]);
+    assert!(!run.stdout.contains("event loop"), "{}", run.stdout);
+    assert_eq!(without, online_cpus(), "attachments with --no-loop --no-gc");
+    assert!(with_loop > without, "{with_loop} attachments with the loop traced, {without} without");
+}

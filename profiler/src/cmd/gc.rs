@@ -43,10 +43,16 @@ pub fn run(options: &GcOptions, out: &mut dyn Write) -> Result<GcReport, GcError
         writeln!(
             out,
             "{}",
-            json_line("summary", &report.summary, serde_json::Value::Null)
+            json_line(
+                "summary",
+                &report.summary,
+                serde_json::json!({ "stopped": report.stop.describe() })
+            )
         )
     } else {
-        writeln!(out).and_then(|()| report.summary.write_text(out))
+        // Why the trace ended: a target that died ends it too.
+        writeln!(out, "\nstopped: {}", report.stop.describe())
+            .and_then(|()| report.summary.write_text(out))
     };
     // A reader that went away (`| head`) ended the trace already.
     match written.and_then(|()| out.flush()) {

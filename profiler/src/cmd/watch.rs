@@ -695,6 +695,7 @@ impl Job {
             duration: Some(self.options.profile_duration),
             quiet: true,
             trace_gc: true,
+            trace_loop: true,
         };
         let mut capture = match cpu::capture(&sampling, &self.target, None) {
             Ok(capture) => capture,

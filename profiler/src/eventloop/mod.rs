@@ -5,6 +5,8 @@
 //! trap; the samples of the same interval say what ran. `record` reports it,
 //! and `watch` thresholds use it.
 
+pub mod uv;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::time::Duration;

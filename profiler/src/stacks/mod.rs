@@ -17,12 +17,14 @@ pub mod threads;
 pub mod unwind;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nodeprof_common::{SampleRecord, TaskRecord, UserFrame, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
 use serde::Serialize;
 
 use crate::collect::{Collection, Collector};
+use crate::eventloop::uv::{self, LoopClock};
 use crate::probe::{self, Probe, ProbeError, RingSizes};
 use crate::profile::Frame;
 use crate::symbolize::Symbolizer;
@@ -89,6 +91,9 @@ pub struct ThreadStack {
     pub frames: Vec<Frame>,
     /// For a sampled thread: how many samples had each JS function innermost.
     pub sampled_js: Vec<(String, usize)>,
+    /// The main thread: how long its event loop's current turn has run
+    /// (at least; see [`crate::eventloop::uv`]).
+    pub loop_turn: Option<Duration>,
 }
 
 /// Every thread of a process at one moment.
@@ -128,7 +133,9 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             }
             symbolizer.refresh();
             tracing::debug!("V8 layout read after {:?}", started.elapsed());
-            (symbolizer, discovery.and_then(|found| found.v8.ok()))
+            // Through /proc: the very file, even in another mount namespace.
+            let clock = LoopClock::find(Path::new(&format!("/proc/{pid}/exe")));
+            (symbolizer, discovery.and_then(|found| found.v8.ok()), clock)
         });
         let unwinder = scope.spawn(|| {
             let unwinder = read_maps(pid).map(|maps| unwind::Unwinder::for_process(pid, &maps));
@@ -149,6 +156,7 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
                 regs.insert(thread.tid, record);
             }
         }
+        let registers_ns = crate::clock::monotonic_ns();
         tracing::debug!("registers read after {:?}", started.elapsed());
         let running: Vec<u32> = listed
             .iter()
@@ -160,7 +168,13 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             probe.load_sampler()?;
             tracing::debug!("sampler loaded after {:?}", started.elapsed());
         }
-        let (symbolizer, v8) = naming.join().expect("the naming thread does not panic");
+        let (symbolizer, v8, clock) = naming.join().expect("the naming thread does not panic");
+        // The turn's start does not move while the turn runs: read after the registers.
+        let loop_turn = clock.and_then(|clock| {
+            let bias = clock.load_bias(|| read_maps(pid).unwrap_or_default(), &target.exe)?;
+            let started_ms = clock.turn_started_ms(&ProcessMemory::new(pid), bias)?;
+            Some(uv::turn_age(started_ms, registers_ns))
+        });
         let mut collection = Collection::default();
         let mut window_ms = 0;
         if !running.is_empty() {
@@ -188,6 +202,7 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
                 unwinder,
                 collection,
                 window_ms,
+                loop_turn,
             },
             started,
         ))
@@ -205,6 +220,7 @@ struct Snapshot {
     /// The samples of the running threads.
     collection: Collection,
     window_ms: u64,
+    loop_turn: Option<Duration>,
 }
 
 /// Walks the threads that were not sampled, and names every frame.
@@ -218,6 +234,7 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
         unwinder,
         mut collection,
         window_ms,
+        loop_turn,
     } = snapshot;
     let pid = target.pid;
     let layout = v8.as_ref().map(|v8| v8.layout.clone());
@@ -292,6 +309,7 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
                 )
             };
         out.push(ThreadStack {
+            loop_turn: loop_turn.filter(|_| info.tid == pid),
             info,
             syscall,
             source,

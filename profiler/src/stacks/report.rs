@@ -34,6 +34,8 @@ pub struct ThreadReport {
     pub state: ThreadState,
     /// Seconds since it last ran, for a thread off the CPU.
     pub off_cpu_s: Option<f64>,
+    /// The main thread: seconds its event loop's current turn has run (at least).
+    pub loop_turn_s: Option<f64>,
     pub syscall: Option<Syscall>,
     pub source: StackSource,
     pub verdict: String,
@@ -72,6 +74,7 @@ impl DumpReport {
                     main: t.info.tid == pid,
                     state: t.info.state,
                     off_cpu_s: t.info.off_cpu.map(|d| d.as_secs_f64()),
+                    loop_turn_s: t.loop_turn.map(|d| d.as_secs_f64()),
                     syscall: t.syscall.clone(),
                     source: t.source.clone(),
                     verdict: verdict(t),
@@ -103,8 +106,21 @@ impl DumpReport {
 }
 
 /// What the thread is doing, in one line: `event loop idle (epoll_wait)`,
-/// `blocked in a synchronous call: openat /tmp/x.fifo ← readFileSync ← …`.
+/// `blocked in a synchronous call: openat /tmp/x.fifo ← readFileSync ← …`;
+/// for a main thread that is not idle, how long its event-loop turn has run.
 pub fn verdict(thread: &ThreadStack) -> String {
+    let what = activity(thread);
+    let idle = matches!(&thread.syscall, Some(call) if call.is_event_loop_wait());
+    match thread.loop_turn {
+        Some(turn) if !idle => format!(
+            "{what}; event-loop turn running for {}",
+            human_duration(turn.as_secs_f64())
+        ),
+        _ => what,
+    }
+}
+
+fn activity(thread: &ThreadStack) -> String {
     let js: Vec<&Frame> = thread
         .frames
         .iter()

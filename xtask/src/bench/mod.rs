@@ -68,8 +68,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2.0)]
     window: f64,
     /// The workload: cpu (xtask/bench/cpu-bound.js), gc (xtask/bench/gc-heavy.js)
-    /// or switch (xtask/bench/switchy.js: thousands of context switches a second).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gc", "switch"])]
+    /// switch (xtask/bench/switchy.js: thousands of context switches a second)
+    /// or syscall (xtask/bench/syscally.js: hundreds of thousands of system calls a second).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gc", "switch", "syscall"])]
     workload: String,
 }
 
@@ -83,7 +84,18 @@ impl BenchArgs {
         match self.workload.as_str() {
             "gc" => "gc-heavy.js",
             "switch" => "switchy.js",
+            "syscall" => "syscally.js",
             _ => "cpu-bound.js",
+        }
+    }
+
+    /// The report's file name under `target/bench/`, without extension.
+    fn report_name(&self) -> &'static str {
+        match self.workload.as_str() {
+            "gc" => "gc",
+            "switch" => "switch",
+            "syscall" => "syscall",
+            _ => "record",
         }
     }
 
@@ -264,6 +276,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         vec!["nodeprof-gc".into()]
     } else if args.workload == "switch" {
         vec!["nodeprof-offcpu-99".into(), "nodeprof-99".into()]
+    } else if args.workload == "syscall" {
+        vec!["nodeprof-99".into()]
     } else {
         [
             "nodeprof-99",
@@ -337,7 +351,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let _ = fs::remove_dir_all(&cx.tmp);
         println!();
         println!("{report}");
-        let out = bench_dir.join(format!("{}-paired.md", args.subject()));
+        let out = bench_dir.join(format!("{}-paired.md", args.report_name()));
         fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
         println!("bench: written to {}", out.display());
         return Ok(());
@@ -384,7 +398,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let report = report(args, &cx, &variants, &runs, started.elapsed())?;
     println!();
     println!("{report}");
-    let out = bench_dir.join(format!("{}.md", args.subject()));
+    let out = bench_dir.join(format!("{}.md", args.report_name()));
     fs::write(&out, &report).with_context(|| format!("cannot write {}", out.display()))?;
     println!("bench: written to {}", out.display());
     Ok(())
