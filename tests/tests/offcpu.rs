@@ -240,6 +240,14 @@ fn event_loop_turns_that_block_are_found_and_named() {
     check_long_turns("blocking", &[], "blockTheLoop");
 }
 
+/// A loopback HTTP server whose handler blocks 300 ms on one request a
+/// second: the turns that ran the handler are found, measured and named.
+#[test]
+fn a_server_handler_that_blocks_is_found_and_named() {
+    let _serial = serial();
+    check_long_turns("server", &[], "handleSlowRequest");
+}
+
 /// `execSync` blocks the loop while waiting in a loop of its own (its own
 /// epoll instance on the same thread): still one long turn, named, with
 /// `--wall` showing where it waited.
