@@ -1,14 +1,17 @@
 //! Output files of a profile. Their paths are checked and their temporary
 //! files created before sampling starts, so a bad path fails at once rather
-//! than after minutes of recording. Each file is written under a hidden
-//! temporary name in the same directory and renamed into place only when
-//! complete: a file under its final name is always whole. Never overwritten;
-//! never reached through a symlink.
+//! than after minutes of recording. Each file is written as an unnamed file
+//! of the destination's directory (`O_TMPFILE`) and linked under its name
+//! only when complete: a file under its final name is always whole, and a
+//! nodeprof killed midway leaves nothing behind. File systems without
+//! `O_TMPFILE` get a hidden temporary name, renamed into place. Never
+//! overwritten; never reached through a symlink.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -48,8 +51,7 @@ fn written_list(written: &[PathBuf]) -> String {
 struct Pending {
     format: Format,
     path: PathBuf,
-    temporary: PathBuf,
-    file: Option<File>,
+    temporary: Option<TempFile>,
 }
 
 pub struct OutputFiles {
@@ -75,16 +77,14 @@ impl OutputFiles {
             if path.symlink_metadata().is_ok() {
                 return Err(FileError::Exists(path));
             }
-            let temporary = temporary_name(&path);
-            let file = create_new(&temporary).map_err(|source| FileError::Create {
+            let temporary = TempFile::new_for(&path, 0o644).map_err(|source| FileError::Create {
                 path: path.clone(),
                 source,
             })?;
             created.pending.push(Pending {
                 format,
                 path,
-                temporary,
-                file: Some(file),
+                temporary: Some(temporary),
             });
         }
         Ok(created)
@@ -95,9 +95,11 @@ impl OutputFiles {
     pub fn write(mut self, profile: &Profile, title: &str) -> Result<Vec<PathBuf>, WriteError> {
         let mut written = Vec::new();
         for pending in &mut self.pending {
-            let file = pending.file.take().expect("each file is written once");
-            let result = write_complete(file, |w| pending.format.write(profile, title, w))
-                .and_then(|()| rename_new(&pending.temporary, &pending.path));
+            let mut temporary = pending.temporary.take().expect("each file is written once");
+            let result = write_complete(temporary.file(), |w| {
+                pending.format.write(profile, title, w)
+            })
+            .and_then(|()| Ok(temporary.persist(&pending.path)?));
             match result {
                 Ok(()) => written.push(pending.path.clone()),
                 Err(source) => {
@@ -118,23 +120,13 @@ impl OutputFiles {
     }
 }
 
-impl Drop for OutputFiles {
-    fn drop(&mut self) {
-        // Whatever was not renamed into place is incomplete.
-        for pending in &self.pending {
-            let _ = std::fs::remove_file(&pending.temporary);
-        }
-    }
-}
-
 /// A capture file (heap snapshot, core) being written: mode 0600 (it holds
 /// the target's secrets), under a temporary name in the destination's
 /// directory, renamed to the destination only by [`CaptureFile::persist`],
 /// and removed when dropped unpersisted, so no partial file ever carries the
 /// name the user asked for.
 pub struct CaptureFile {
-    file: Option<File>,
-    temp: PathBuf,
+    temporary: TempFile,
     path: PathBuf,
 }
 
@@ -144,26 +136,18 @@ impl CaptureFile {
         if std::fs::symlink_metadata(path).is_ok() {
             return Err(FileError::Exists(path.to_path_buf()));
         }
-        let temp = temporary_name(path);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|source| FileError::Create {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let temporary = TempFile::new_for(path, 0o600).map_err(|source| FileError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(CaptureFile {
-            file: Some(file),
-            temp,
+            temporary,
             path: path.to_path_buf(),
         })
     }
 
     pub fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("open until persisted")
+        self.temporary.file()
     }
 
     pub fn path(&self) -> &Path {
@@ -181,30 +165,17 @@ impl CaptureFile {
     /// Syncs the file and gives it its name, never replacing a file that
     /// appeared there meanwhile.
     pub fn persist(mut self) -> Result<PathBuf, FileError> {
-        let file = self.file.take().expect("open until persisted");
         let create = |source| FileError::Create {
             path: self.path.clone(),
             source,
         };
-        file.sync_all().map_err(create)?;
-        drop(file);
-        match rename_new(&self.temp, &self.path) {
-            Ok(()) => {}
-            Err(OutputError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(FileError::Exists(self.path.clone()));
+        self.temporary.file().sync_all().map_err(create)?;
+        match self.temporary.persist(&self.path) {
+            Ok(()) => Ok(self.path.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(FileError::Exists(self.path.clone()))
             }
-            Err(OutputError::Io(e)) => return Err(create(e)),
-            Err(e) => return Err(create(std::io::Error::other(e.to_string()))),
-        }
-        self.temp = PathBuf::new();
-        Ok(self.path.clone())
-    }
-}
-
-impl Drop for CaptureFile {
-    fn drop(&mut self) {
-        if !self.temp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.temp);
+            Err(e) => Err(create(e)),
         }
     }
 }
@@ -246,7 +217,7 @@ pub fn available_memory() -> Option<u64> {
 
 /// Writes through a buffer and to the disk: a full disk fails here, not later.
 fn write_complete(
-    file: File,
+    file: &mut File,
     write: impl FnOnce(&mut dyn Write) -> Result<(), OutputError>,
 ) -> Result<(), OutputError> {
     let mut w = BufWriter::new(file);
@@ -258,6 +229,101 @@ fn write_complete(
     Ok(())
 }
 
+/// A file being written for `dest`, nameless until [`TempFile::persist`]:
+/// an `O_TMPFILE` file of `dest`'s directory, which disappears with its
+/// last descriptor (even after SIGKILL); or, where the file system has no
+/// `O_TMPFILE`, a hidden name there, removed when dropped unpersisted.
+struct TempFile {
+    file: File,
+    /// The hidden name, for file systems without `O_TMPFILE`.
+    named: Option<PathBuf>,
+}
+
+impl TempFile {
+    fn new_for(dest: &Path, mode: u32) -> std::io::Result<TempFile> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let unnamed = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .mode(mode)
+            .open(dir);
+        match unnamed {
+            Ok(file) => Ok(TempFile { file, named: None }),
+            // EOPNOTSUPP (no O_TMPFILE here), EISDIR (a kernel before it).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                TempFile::named_for(dest, mode)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The fallback: a hidden name beside `dest`.
+    fn named_for(dest: &Path, mode: u32) -> std::io::Result<TempFile> {
+        let name = temporary_name(dest);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(mode)
+            .open(&name)?;
+        Ok(TempFile {
+            file,
+            named: Some(name),
+        })
+    }
+
+    fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Gives the file the name `dest`, never replacing anything there
+    /// (`AlreadyExists` then).
+    fn persist(mut self, dest: &Path) -> std::io::Result<()> {
+        match self.named.take() {
+            None => {
+                // linkat through /proc needs no capability, unlike AT_EMPTY_PATH.
+                let fd = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::from);
+                let (from_c, to_c) = (c(Path::new(&fd))?, c(dest)?);
+                // SAFETY: valid NUL-terminated paths.
+                let rc = unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        from_c.as_ptr(),
+                        libc::AT_FDCWD,
+                        to_c.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+            Some(name) => {
+                let renamed = rename_new(&name, dest);
+                if renamed.is_err() {
+                    self.named = Some(name);
+                }
+                renamed
+            }
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // A named file not persisted is incomplete; an unnamed one goes by itself.
+        if let Some(name) = &self.named {
+            let _ = std::fs::remove_file(name);
+        }
+    }
+}
+
 /// `dir/.name.nodeprof-PID.tmp`: hidden, and unique to this nodeprof, so a
 /// killed run's leftover never blocks the next one.
 fn temporary_name(path: &Path) -> PathBuf {
@@ -266,7 +332,7 @@ fn temporary_name(path: &Path) -> PathBuf {
 }
 
 /// Renames `from` to `to` unless `to` exists (renameat2 RENAME_NOREPLACE).
-fn rename_new(from: &Path, to: &Path) -> Result<(), OutputError> {
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::from);
     let (from_c, to_c) = (c(from)?, c(to)?);
     // SAFETY: valid NUL-terminated paths relative to the current directory.
@@ -284,22 +350,13 @@ fn rename_new(from: &Path, to: &Path) -> Result<(), OutputError> {
     }
     let error = std::io::Error::last_os_error();
     if error.raw_os_error() != Some(libc::EINVAL) {
-        return Err(OutputError::Io(error));
+        return Err(error);
     }
     // NFS and some FUSE file systems have no RENAME_NOREPLACE: a hard link
     // refuses an existing name too.
     std::fs::hard_link(from, to)?;
     let _ = std::fs::remove_file(from);
     Ok(())
-}
-
-fn create_new(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(path)
 }
 
 /// `nodeprof-<pid>-<UTC date>-<time>` in the current directory.
@@ -352,7 +409,7 @@ mod tests {
         file.file().write_all(b"data").unwrap();
         assert!(!path.exists());
         let listed = || std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(listed(), 1);
+        assert_eq!(listed(), 0, "the file being written has no name");
         let written = file.persist().unwrap();
         assert_eq!(std::fs::read(&written).unwrap(), b"data");
         let mode = std::fs::metadata(&written).unwrap().permissions().mode();
@@ -366,6 +423,29 @@ mod tests {
         assert_eq!(listed(), 1);
         std::os::unix::fs::symlink("/nonexistent", dir.path().join("e")).unwrap();
         assert!(CaptureFile::create(&dir.path().join("e")).is_err());
+    }
+
+    /// Where a file system has no O_TMPFILE: a hidden name, renamed into
+    /// place, never over an existing file, removed when dropped.
+    #[test]
+    fn named_temporary_files_behave_the_same() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let listed = || std::fs::read_dir(dir.path()).unwrap().count();
+        let dest = dir.path().join("a.svg");
+        let mut temporary = TempFile::named_for(&dest, 0o600).unwrap();
+        temporary.file().write_all(b"x").unwrap();
+        assert_eq!(listed(), 1);
+        temporary.persist(&dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"x");
+        assert_eq!(listed(), 1);
+        let again = TempFile::named_for(&dest, 0o600).unwrap();
+        let error = again.persist(&dest).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"x");
+        assert_eq!(listed(), 1, "the refused temporary file stayed");
+        drop(TempFile::named_for(&dir.path().join("b.svg"), 0o600).unwrap());
+        assert_eq!(listed(), 1);
     }
 
     #[test]
