@@ -351,7 +351,14 @@ fn no_loop_attaches_no_tracepoint() {
         let recording = spawn_nodeprof(&record_args(target.pid, &prefix, &args), dir.path());
         recording.wait_sampling(RUN_TIMEOUT);
         // The tracepoints are attached right after the sampler.
-        std::thread::sleep(Duration::from_millis(500));
+        let cpus = online_cpus();
+        if extra.is_empty() {
+            wait_until(Duration::from_secs(10), || {
+                perf_attachments(recording.proc.pid) > cpus
+            });
+        } else {
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let attached = perf_attachments(recording.proc.pid);
         let run = recording.finish(RUN_TIMEOUT);
         run.assert_success();

@@ -99,6 +99,11 @@ fn attach_sites(
                 probe.detach_calls_of(pid);
                 return Err(e.into());
             }
+            // A process that died meanwhile fails every attach: say that.
+            if !crate::target::is_alive(pid) {
+                probe.detach_calls_of(pid);
+                return Err(crate::target::TargetError::Exited(pid).into());
+            }
             failed.push((index, format!("{}: {e}", site.symbol)));
         }
     }

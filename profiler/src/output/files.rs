@@ -284,20 +284,28 @@ impl TempFile {
     fn persist(mut self, dest: &Path) -> std::io::Result<()> {
         match self.named.take() {
             None => {
-                // linkat through /proc needs no capability, unlike AT_EMPTY_PATH.
-                let fd = format!("/proc/self/fd/{}", self.file.as_raw_fd());
                 let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::from);
-                let (from_c, to_c) = (c(Path::new(&fd))?, c(dest)?);
-                // SAFETY: valid NUL-terminated paths.
-                let rc = unsafe {
+                let to_c = c(dest)?;
+                let fd = self.file.as_raw_fd();
+                // linkat through /proc needs no capability, unlike AT_EMPTY_PATH;
+                // the latter serves where /proc is not this process's.
+                let through_proc = c(Path::new(&format!("/proc/self/fd/{fd}")))?;
+                // SAFETY: valid NUL-terminated paths and an open descriptor.
+                let mut rc = unsafe {
                     libc::linkat(
                         libc::AT_FDCWD,
-                        from_c.as_ptr(),
+                        through_proc.as_ptr(),
                         libc::AT_FDCWD,
                         to_c.as_ptr(),
                         libc::AT_SYMLINK_FOLLOW,
                     )
                 };
+                if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+                    // SAFETY: as above.
+                    rc = unsafe {
+                        libc::linkat(fd, c"".as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::AT_EMPTY_PATH)
+                    };
+                }
                 if rc == 0 {
                     Ok(())
                 } else {

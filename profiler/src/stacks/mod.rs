@@ -133,10 +133,10 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             }
             symbolizer.refresh();
             tracing::debug!("V8 layout read after {:?}", started.elapsed());
-            // Through /proc: the very file, even in another mount namespace.
-            let clock = LoopClock::find(Path::new(&format!("/proc/{pid}/exe")));
-            (symbolizer, discovery.and_then(|found| found.v8.ok()), clock)
+            (symbolizer, discovery.and_then(|found| found.v8.ok()))
         });
+        // Through /proc: the very file, even in another mount namespace.
+        let clock = scope.spawn(|| LoopClock::find(Path::new(&format!("/proc/{pid}/exe"))));
         let unwinder = scope.spawn(|| {
             let unwinder = read_maps(pid).map(|maps| unwind::Unwinder::for_process(pid, &maps));
             tracing::debug!("unwind data read after {:?}", started.elapsed());
@@ -158,6 +158,15 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
         }
         let registers_ns = crate::clock::monotonic_ns();
         tracing::debug!("registers read after {:?}", started.elapsed());
+        // Beside the registers: the turn may end while the rest is read.
+        let loop_turn = clock
+            .join()
+            .expect("the loop clock thread does not panic")
+            .and_then(|clock| {
+                let bias = clock.load_bias(|| read_maps(pid).unwrap_or_default(), &target.exe)?;
+                let started_ms = clock.turn_started_ms(&ProcessMemory::new(pid), bias)?;
+                uv::turn_age(started_ms, registers_ns)
+            });
         let running: Vec<u32> = listed
             .iter()
             .filter(|t| t.state == ThreadState::Running)
@@ -168,13 +177,7 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             probe.load_sampler()?;
             tracing::debug!("sampler loaded after {:?}", started.elapsed());
         }
-        let (symbolizer, v8, clock) = naming.join().expect("the naming thread does not panic");
-        // The turn's start does not move while the turn runs: read after the registers.
-        let loop_turn = clock.and_then(|clock| {
-            let bias = clock.load_bias(|| read_maps(pid).unwrap_or_default(), &target.exe)?;
-            let started_ms = clock.turn_started_ms(&ProcessMemory::new(pid), bias)?;
-            Some(uv::turn_age(started_ms, registers_ns))
-        });
+        let (symbolizer, v8) = naming.join().expect("the naming thread does not panic");
         let mut collection = Collection::default();
         let mut window_ms = 0;
         if !running.is_empty() {

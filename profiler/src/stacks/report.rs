@@ -110,7 +110,9 @@ impl DumpReport {
 /// for a main thread that is not idle, how long its event-loop turn has run.
 pub fn verdict(thread: &ThreadStack) -> String {
     let what = activity(thread);
-    let idle = matches!(&thread.syscall, Some(call) if call.is_event_loop_wait());
+    // In epoll with JS below it is a synchronous call's own loop (execSync), not idle.
+    let has_js = thread.frames.iter().any(|f| f.kind == FrameKind::Js);
+    let idle = matches!(&thread.syscall, Some(call) if call.is_event_loop_wait()) && !has_js;
     match thread.loop_turn {
         Some(turn) if !idle => format!(
             "{what}; event-loop turn running for {}",

@@ -43,6 +43,18 @@ pub enum TargetError {
     NotExecutable(String),
 }
 
+/// Whether process `pid` still runs code (a zombie still has /proc/PID).
+pub fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
 /// A process nodeprof looks at, by its pid in nodeprof's (root) pid namespace.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -117,15 +129,7 @@ impl Target {
     }
 
     pub fn is_alive(&self) -> bool {
-        // A zombie still has /proc/PID but no longer runs code.
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    != Some("Z")
-            }
-            Err(_) => false,
-        }
+        is_alive(self.pid)
     }
 }
 
