@@ -1055,3 +1055,69 @@ fn a_process_that_execs_keeps_its_heap_readings() {
         run.stdout
     );
 }
+
+/// SIGTERM while a snapshot is being written: it is abandoned as `nodeprof
+/// snapshot` abandons one (no file, not even a partial one; the inspector
+/// watch opened closed again), and the target serves on.
+#[test]
+fn sigterm_while_a_snapshot_is_written_leaves_no_file_and_closes_the_inspector() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let grow = schedule("grow", 120, &[], dir.path());
+    let port = port_of(&grow);
+    let pid = grow.pid.to_string();
+    // Crossed once the heap is large enough for a snapshot of seconds.
+    let args = watch_args(
+        &out,
+        &[
+            "-p",
+            &pid,
+            "--mem",
+            "60M",
+            "--mem-of",
+            "heap",
+            "--mem-count",
+            "1",
+            "--interval",
+            "300ms",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    // The snapshot's file, under its temporary name, is being written.
+    let writing = || {
+        std::fs::read_dir(&out).unwrap().flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(".snapshot-") && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), writing),
+        "no snapshot written: {}",
+        watch.stdout_so_far()
+    );
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(150));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
+    let failed = of_type(&lines, "capture-failed");
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert_eq!(failed[0]["action"], "snapshot");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("terminated (SIGTERM); no file written"),
+        "{error}"
+    );
+    assert_eq!(dir_entries(&out), Vec::<String>::new(), "no file, no partial file");
+    assert!(
+        !listening_ports(grow.pid)
+            .iter()
+            .any(|p| (9229..9240).contains(p)),
+        "the inspector is still listening"
+    );
+    assert_not_stopped(grow.pid);
+    assert_eq!(http_get(port).as_deref(), Some("ok\n"));
+}
