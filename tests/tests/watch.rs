@@ -533,7 +533,15 @@ fn an_unknown_action_is_one_error_line() {
     let idle = schedule("idle", 5, &[], dir.path());
     let pid = idle.pid.to_string();
     let run = run_nodeprof(
-        &["watch", "-p", &pid, "--mem", "1G", "--mem-action", "snapshot,heapdump"],
+        &[
+            "watch",
+            "-p",
+            &pid,
+            "--mem",
+            "1G",
+            "--mem-action",
+            "snapshot,heapdump",
+        ],
         dir.path(),
         Duration::from_secs(20),
     );
@@ -662,15 +670,20 @@ fn port_of(p: &Proc) -> u16 {
 }
 
 fn mode_of(path: &Path) -> u32 {
-    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
-        & 0o777
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
 }
 
 /// Not stopped: neither the process nor any thread traced or stopped.
 fn assert_not_stopped(pid: u32) {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
-        let state = stat.rsplit_once(')').unwrap().1.split_whitespace().next().unwrap();
+        let state = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap();
         assert!(
             !matches!(state, "t" | "T"),
             "a thread of {pid} is stopped: {stat}"
@@ -781,7 +794,9 @@ fn heap_growth_is_snapshotted_and_the_diff_of_two_names_the_growing_class() {
     assert_eq!(first["name"], "Growing", "{diff}");
     assert!(first["count_delta"].as_i64().unwrap() >= 25_000, "{first}");
     // Its inspector closed again; it runs on.
-    assert!(!listening_ports(grow.pid).iter().any(|p| (9229..9240).contains(p)));
+    assert!(!listening_ports(grow.pid)
+        .iter()
+        .any(|p| (9229..9240).contains(p)));
     assert!(grow.is_running());
 }
 
@@ -840,24 +855,27 @@ fn memory_with_the_core_action_writes_a_core_gdb_loads_and_the_target_runs_on() 
     assert_eq!(mode_of(&core), 0o600);
     // Counted as what it takes on disk: never more than its length.
     let bytes = c["bytes"].as_u64().unwrap();
-    assert!(bytes > 0 && bytes <= std::fs::metadata(&core).unwrap().len(), "{c}");
-    assert!(c["detail"].as_str().unwrap().contains("then resumed"), "{c}");
+    assert!(
+        bytes > 0 && bytes <= std::fs::metadata(&core).unwrap().len(),
+        "{c}"
+    );
+    assert!(
+        c["detail"].as_str().unwrap().contains("then resumed"),
+        "{c}"
+    );
     let gdb = std::process::Command::new("gdb")
         .args(["-batch", "-nx", "-ex", "info threads"])
         .arg(node())
         .arg(&core)
         .output()
         .expect("run gdb (cargo xtask bootstrap installs it)");
-    let text = String::from_utf8_lossy(&gdb.stdout).into_owned()
-        + &String::from_utf8_lossy(&gdb.stderr);
+    let text =
+        String::from_utf8_lossy(&gdb.stdout).into_owned() + &String::from_utf8_lossy(&gdb.stderr);
     assert!(
         text.contains(&format!("(LWP {})", grow.pid)),
         "main thread missing:\n{text}"
     );
-    let listed = text
-        .lines()
-        .filter(|l| l.contains("LWP "))
-        .count();
+    let listed = text.lines().filter(|l| l.contains("LWP ")).count();
     assert!(listed >= 5, "gdb lists {listed} threads:\n{text}");
     assert!(!text.contains("Cannot access memory"), "{text}");
     assert!(!text.contains("not in executable format"), "{text}");
@@ -917,7 +935,11 @@ fn sigterm_while_a_core_is_written_resumes_the_target_and_leaves_no_file() {
     assert_eq!(of_type(&lines, "end")[0]["reason"], "terminated");
     assert_not_stopped(big.pid);
     assert!(big.is_running());
-    assert_eq!(dir_entries(&out), Vec::<String>::new(), "no file, no partial file");
+    assert_eq!(
+        dir_entries(&out),
+        Vec::<String>::new(),
+        "no file, no partial file"
+    );
 }
 
 /// Whether a running watch has printed a line of `kind` about `pid`.
@@ -988,7 +1010,12 @@ fn all_picks_up_node_processes_started_after_watch() {
         .filter(ours)
         .map(|l| l["pid"].as_u64().unwrap())
         .collect();
-    assert_eq!(watched, [master.pid as u64, worker as u64], "{}", run.stdout);
+    assert_eq!(
+        watched,
+        [master.pid as u64, worker as u64],
+        "{}",
+        run.stdout
+    );
     assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
     assert_eq!(of_type(&lines, "end")[0]["reason"], "terminated");
 }
@@ -1111,7 +1138,11 @@ fn sigterm_while_a_snapshot_is_written_leaves_no_file_and_closes_the_inspector()
         error.contains("terminated (SIGTERM); no file written"),
         "{error}"
     );
-    assert_eq!(dir_entries(&out), Vec::<String>::new(), "no file, no partial file");
+    assert_eq!(
+        dir_entries(&out),
+        Vec::<String>::new(),
+        "no file, no partial file"
+    );
     assert!(
         !listening_ports(grow.pid)
             .iter()

@@ -771,8 +771,8 @@ impl Job {
     /// and closed again if it was not listening), into a 0600 file named
     /// when complete; one whose expected size exceeds [`Job::room`] is not taken.
     fn snapshot(&self, at: SystemTime) -> Result<Done, String> {
-        let mut file =
-            CaptureFile::create(&self.path("snapshot", at, "heapsnapshot")).map_err(|e| e.to_string())?;
+        let mut file = CaptureFile::create(&self.path("snapshot", at, "heapsnapshot"))
+            .map_err(|e| e.to_string())?;
         let options = SnapshotOptions {
             force: false,
             quiet: true,
@@ -790,7 +790,9 @@ impl Job {
         let path = file.persist().map_err(|e| e.to_string())?;
         let inspector = match (taken.opened, taken.closed) {
             (true, true) => "inspector started with SIGUSR1, closed again",
-            (true, false) => "inspector started with SIGUSR1 did NOT close: its port may still listen",
+            (true, false) => {
+                "inspector started with SIGUSR1 did NOT close: its port may still listen"
+            }
             (false, _) => "inspector already listening, left open",
         };
         Ok(Done {

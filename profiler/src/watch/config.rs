@@ -453,14 +453,20 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        assert_eq!(s.actions[&Trigger::Memory], [Action::Core, Action::Snapshot]);
+        assert_eq!(
+            s.actions[&Trigger::Memory],
+            [Action::Core, Action::Snapshot]
+        );
         let err = Config {
             cpu_action: Some("heapdump".into()),
             ..base()
         }
         .resolve()
         .unwrap_err();
-        assert!(err.contains("--cpu-action: unknown action \"heapdump\""), "{err}");
+        assert!(
+            err.contains("--cpu-action: unknown action \"heapdump\""),
+            "{err}"
+        );
         assert!(Config {
             command: None,
             cpu_action: Some("command".into()),

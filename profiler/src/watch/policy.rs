@@ -625,15 +625,21 @@ mod tests {
         assert_eq!(captures(&d), [(1, Trigger::Memory)]);
         // The snapshot: RSS five times over, a core busy, for 8 s.
         for t in 3..=10 {
-            assert!(p.check(t * S, &[reading(10 << 30, 100.0)], &Disk::Ok).is_empty());
+            assert!(p
+                .check(t * S, &[reading(10 << 30, 100.0)], &Disk::Ok)
+                .is_empty());
         }
         p.finished(1, 10 * S);
         // Its memory stays up through the cool-down: still nothing.
         for t in 11..20 {
-            assert!(p.check(t * S, &[reading(10 << 30, 100.0)], &Disk::Ok).is_empty());
+            assert!(p
+                .check(t * S, &[reading(10 << 30, 100.0)], &Disk::Ok)
+                .is_empty());
         }
         // After it, the counters start from zero: two checks again.
-        assert!(p.check(20 * S, &[reading(2 << 30, 10.0)], &Disk::Ok).is_empty());
+        assert!(p
+            .check(20 * S, &[reading(2 << 30, 10.0)], &Disk::Ok)
+            .is_empty());
         let d = p.check(21 * S, &[reading(2 << 30, 10.0)], &Disk::Ok);
         assert_eq!(captures(&d), [(1, Trigger::Memory)]);
     }
