@@ -518,6 +518,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pid: args.pid,
                 output: args.output,
                 capture: SnapshotOptions {
+                    room: None,
                     force: args.force,
                     quiet: args.quiet,
                 },

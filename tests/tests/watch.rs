@@ -1,7 +1,9 @@
 //! `nodeprof watch` against node processes that cross thresholds on a
-//! schedule (`fixtures/watch/schedule.js`): exactly the expected captures,
-//! none for a flapping process, the limit and the disk budget hold, a loop
-//! blocked for good is caught, processes started later are picked up.
+//! schedule (`fixtures/watch/schedule.js`): exactly the expected captures
+//! (profiles, dumps, snapshots, cores, commands), none for a flapping
+//! process, the limit and the disk budget hold, a loop blocked for good is
+//! caught, processes started later are picked up, SIGTERM never leaves a
+//! target stopped.
 //!
 //! Thresholds are low (CPU 15 % of a core) because the test machine is
 //! shared: a spinning fixture may get well under a whole core, and an idle
@@ -525,24 +527,25 @@ fn heap_over_threshold_runs_the_command_with_pid_and_reason() {
 }
 
 #[test]
-fn an_action_this_build_lacks_is_one_error_line() {
+fn an_unknown_action_is_one_error_line() {
     let _serial = serial();
     let dir = scratch_dir();
     let idle = schedule("idle", 5, &[], dir.path());
     let pid = idle.pid.to_string();
-    // Memory's default action is a heap snapshot.
     let run = run_nodeprof(
-        &["watch", "-p", &pid, "--mem", "1G"],
+        &[
+            "watch",
+            "-p",
+            &pid,
+            "--mem",
+            "1G",
+            "--mem-action",
+            "snapshot,heapdump",
+        ],
         dir.path(),
         Duration::from_secs(20),
     );
-    run.assert_error("snapshot, is not available in this build");
-    let run = run_nodeprof(
-        &["watch", "-p", &pid, "--cpu", "90", "--cpu-action", "core"],
-        dir.path(),
-        Duration::from_secs(20),
-    );
-    run.assert_error("\"core\" is not available in this build");
+    run.assert_error("--mem-action: unknown action \"heapdump\"");
 }
 
 #[test]
@@ -656,4 +659,496 @@ fn one_capture_at_a_time_on_the_host() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("cpu-"))
         .collect();
     assert!(written.is_empty());
+}
+
+/// The port a `grow` fixture serves on.
+fn port_of(p: &Proc) -> u16 {
+    p.wait_for_line("port", Duration::from_secs(10))
+        .trim_start_matches("port ")
+        .parse()
+        .unwrap()
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+}
+
+/// Not stopped: neither the process nor any thread traced or stopped.
+fn assert_not_stopped(pid: u32) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        let state = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap();
+        assert!(
+            !matches!(state, "t" | "T"),
+            "a thread of {pid} is stopped: {stat}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "{pid} is still traced");
+}
+
+#[test]
+fn heap_growth_is_snapshotted_and_the_diff_of_two_names_the_growing_class() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    // Long-lived: a snapshot stalls it for seconds on a loaded machine, and
+    // its own timer would end it meanwhile.
+    let grow = schedule("grow", 90, &[], dir.path());
+    let port = port_of(&grow);
+    let pid = grow.pid.to_string();
+    // Memory's default action: a heap snapshot. Two allowed, a short
+    // cool-down: the second one comes a few seconds of growth later.
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--mem",
+            "12M",
+            "--mem-of",
+            "heap",
+            "--mem-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--cooldown",
+            "1s",
+            "--limit",
+            "2/hour",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(120), || watch
+            .stdout_so_far()
+            .matches("\"type\":\"capture")
+            .count()
+            >= 2),
+        "not two captures: {}",
+        watch.stdout_so_far()
+    );
+    // The target went on serving.
+    assert_eq!(
+        http_get(port).as_deref(),
+        Some("ok\n"),
+        "{}",
+        watch.stdout_so_far()
+    );
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(30));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 2, "{}", run.stdout);
+    let mut snapshots = Vec::new();
+    for c in &captures {
+        assert_eq!(c["action"], "snapshot", "{c}");
+        assert_eq!(c["trigger"], "memory");
+        assert!(
+            c["reading"]["heap_used_bytes"].as_u64().unwrap() >= 12 << 20,
+            "{c}"
+        );
+        let files = files_of(c);
+        assert_eq!(files.len(), 1, "{c}");
+        let file = &files[0];
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with(&format!("snapshot-{}-", grow.pid)) && name.ends_with(".heapsnapshot"),
+            "{name}"
+        );
+        assert_eq!(mode_of(file), 0o600, "{name}");
+        assert_eq!(
+            c["bytes"].as_u64().unwrap(),
+            std::fs::metadata(file).unwrap().len()
+        );
+        assert!(
+            c["detail"].as_str().unwrap().contains("closed again"),
+            "{c}"
+        );
+        snapshots.push(file.clone());
+    }
+    // The second came after the first's cool-down, with more heap.
+    let at = |c: &Value| c["at_s"].as_f64().unwrap();
+    assert!(at(captures[1]) >= at(captures[0]) + 1.0, "{}", run.stdout);
+    let heap = |c: &Value| c["reading"]["heap_used_bytes"].as_u64().unwrap();
+    assert!(heap(captures[1]) > heap(captures[0]), "{}", run.stdout);
+    let (a, b) = (
+        snapshots[0].display().to_string(),
+        snapshots[1].display().to_string(),
+    );
+    let diff = run_nodeprof(
+        &["heap", "diff", &a, &b, "--json"],
+        dir.path(),
+        Duration::from_secs(120),
+    );
+    diff.assert_success();
+    let diff: Value = serde_json::from_str(&diff.stdout).unwrap();
+    let first = &diff["classes"][0];
+    assert_eq!(first["name"], "Growing", "{diff}");
+    assert!(first["count_delta"].as_i64().unwrap() >= 25_000, "{first}");
+    // Its inspector closed again; it runs on.
+    assert!(!listening_ports(grow.pid)
+        .iter()
+        .any(|p| (9229..9240).contains(p)));
+    assert!(grow.is_running());
+}
+
+#[test]
+fn memory_with_the_core_action_writes_a_core_gdb_loads_and_the_target_runs_on() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let grow = schedule("grow", 30, &[], dir.path());
+    let port = port_of(&grow);
+    let pid = grow.pid.to_string();
+    let args = watch_args(
+        dir.path(),
+        &[
+            "-p",
+            &pid,
+            "--mem",
+            "20M",
+            "--mem-of",
+            "heap",
+            "--mem-count",
+            "2",
+            "--interval",
+            "300ms",
+            "--mem-action",
+            "core",
+            "--limit",
+            "1/hour",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(60), || watch
+            .stdout_so_far()
+            .contains("\"type\":\"capture")),
+        "no capture: {}",
+        watch.stdout_so_far()
+    );
+    assert_not_stopped(grow.pid);
+    assert_eq!(http_get(port).as_deref(), Some("ok\n"));
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(30));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    let captures = of_type(&lines, "capture");
+    assert_eq!(captures.len(), 1, "{}", run.stdout);
+    let c = captures[0];
+    assert_eq!(c["action"], "core");
+    assert_eq!(c["trigger"], "memory");
+    let core = files_of(c)[0].clone();
+    let name = core.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with(&format!("core-{}-", grow.pid)) && name.ends_with(".core"),
+        "{name}"
+    );
+    assert_eq!(mode_of(&core), 0o600);
+    // Counted as what it takes on disk: never more than its length.
+    let bytes = c["bytes"].as_u64().unwrap();
+    assert!(
+        bytes > 0 && bytes <= std::fs::metadata(&core).unwrap().len(),
+        "{c}"
+    );
+    assert!(
+        c["detail"].as_str().unwrap().contains("then resumed"),
+        "{c}"
+    );
+    let gdb = std::process::Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "info threads"])
+        .arg(node())
+        .arg(&core)
+        .output()
+        .expect("run gdb (cargo xtask bootstrap installs it)");
+    let text =
+        String::from_utf8_lossy(&gdb.stdout).into_owned() + &String::from_utf8_lossy(&gdb.stderr);
+    assert!(
+        text.contains(&format!("(LWP {})", grow.pid)),
+        "main thread missing:\n{text}"
+    );
+    let listed = text.lines().filter(|l| l.contains("LWP ")).count();
+    assert!(listed >= 5, "gdb lists {listed} threads:\n{text}");
+    assert!(!text.contains("Cannot access memory"), "{text}");
+    assert!(!text.contains("not in executable format"), "{text}");
+    assert_not_stopped(grow.pid);
+    assert_eq!(http_get(port).as_deref(), Some("ok\n"));
+}
+
+#[test]
+fn sigterm_while_a_core_is_written_resumes_the_target_and_leaves_no_file() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // 512 MiB of non-zero memory: the core takes long enough to be caught
+    // while the target is stopped.
+    let big = schedule("big", 60, &[], dir.path());
+    big.wait_for_line("held", Duration::from_secs(30));
+    let pid = big.pid.to_string();
+    let args = watch_args(
+        &out,
+        &[
+            "-p",
+            &pid,
+            "--mem",
+            "256M",
+            "--mem-count",
+            "1",
+            "--interval",
+            "300ms",
+            "--mem-action",
+            "core",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    let traced = || {
+        std::fs::read_to_string(format!("/proc/{}/status", big.pid))
+            .is_ok_and(|s| !s.contains("TracerPid:\t0"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), traced),
+        "the core never stopped the target: {}",
+        watch.stdout_so_far()
+    );
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(30));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
+    let failed = of_type(&lines, "capture-failed");
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("terminated (SIGTERM): the target was resumed and no file written"),
+        "{error}"
+    );
+    assert_eq!(of_type(&lines, "end")[0]["reason"], "terminated");
+    assert_not_stopped(big.pid);
+    assert!(big.is_running());
+    assert_eq!(
+        dir_entries(&out),
+        Vec::<String>::new(),
+        "no file, no partial file"
+    );
+}
+
+/// Whether a running watch has printed a line of `kind` about `pid`.
+fn said(watch: &NodeprofProc, kind: &str, pid: u32) -> bool {
+    watch.stdout_so_far().lines().any(|l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["type"] == kind && v["pid"] == pid)
+    })
+}
+
+#[test]
+fn all_picks_up_node_processes_started_after_watch() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let marker = format!("watch-all-test-{}", std::process::id());
+    // Other node processes on the machine are watched too: the threshold is
+    // one no process reaches, and only our own pids are looked at.
+    let args = watch_args(
+        dir.path(),
+        &[
+            "--all",
+            "--keep-waiting",
+            "--cpu",
+            "100000",
+            "--interval",
+            "300ms",
+            "--cpu-action",
+            "command",
+            "--command",
+            "true",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    assert!(wait_until(Duration::from_secs(20), || !bpf_prog_ids(
+        watch.proc.pid
+    )
+    .is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    let master = schedule("cluster", 5, &[&marker], dir.path());
+    let worker: u32 = master
+        .wait_for_line("worker", Duration::from_secs(10))
+        .trim_start_matches("worker ")
+        .parse()
+        .unwrap();
+    for pid in [master.pid, worker] {
+        assert!(
+            wait_until(Duration::from_secs(20), || said(&watch, "watch", pid)),
+            "{pid} not watched: {}",
+            watch.stdout_so_far()
+        );
+    }
+    // Both end with the fixture's 5 s; watch says so and keeps waiting.
+    for pid in [master.pid, worker] {
+        assert!(
+            wait_until(Duration::from_secs(20), || said(&watch, "exit", pid)),
+            "{pid}'s exit not seen: {}",
+            watch.stdout_so_far()
+        );
+    }
+    assert!(watch.proc.is_running(), "--keep-waiting");
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(30));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    let ours = |l: &&Value| l["pid"] == master.pid || l["pid"] == worker;
+    let watched: Vec<u64> = of_type(&lines, "watch")
+        .into_iter()
+        .filter(ours)
+        .map(|l| l["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        watched,
+        [master.pid as u64, worker as u64],
+        "{}",
+        run.stdout
+    );
+    assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
+    assert_eq!(of_type(&lines, "end")[0]["reason"], "terminated");
+}
+
+/// A watched node 24 process that execs node 20 (`fixtures/exec/execve.js`):
+/// watch says so and its heap readings come from the new program's GCs (the
+/// probes on the old image never fire again).
+#[test]
+fn a_process_that_execs_keeps_its_heap_readings() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let marker = format!("watch-exec-test-{}", std::process::id());
+    let args = watch_args(
+        dir.path(),
+        &[
+            "--name",
+            &marker,
+            "--cpu",
+            "100000",
+            "--interval",
+            "300ms",
+            "--readings",
+        ],
+    );
+    let watch = spawn_nodeprof(&args, dir.path());
+    assert!(wait_until(Duration::from_secs(20), || !bpf_prog_ids(
+        watch.proc.pid
+    )
+    .is_empty()));
+    // It spins for a second (watch finds it by the marker meanwhile), then
+    // execs node 20 running after.js, which churns for 5 s.
+    let next = node_major(20);
+    let target = Proc::node(
+        &node_major(24),
+        &[],
+        "exec/execve.js",
+        &[next.to_str().unwrap(), "5", &marker],
+        dir.path(),
+    );
+    target.wait_for_line("ready", Duration::from_secs(20));
+    let run = watch.finish(Duration::from_secs(60));
+    run.assert_success();
+    let lines = lines(&run);
+    let exec = lines
+        .iter()
+        .position(|l| l["type"] == "exec" && l["pid"] == target.pid)
+        .unwrap_or_else(|| panic!("no exec line: {}", run.stdout));
+    assert_eq!(
+        lines[exec]["exe"].as_str().unwrap(),
+        std::fs::canonicalize(&next).unwrap().to_str().unwrap(),
+        "{}",
+        lines[exec]
+    );
+    // The heap figures of the old program went with it at the exec: a heap
+    // reading after it comes from a GC the new probes traced.
+    let heaps: Vec<u64> = lines[exec..]
+        .iter()
+        .filter(|l| l["type"] == "reading" && l["reading"]["pid"] == target.pid)
+        .filter_map(|l| l["reading"]["heap_used_bytes"].as_u64())
+        .collect();
+    assert!(
+        !heaps.is_empty(),
+        "no heap reading after the exec:\n{}",
+        run.stdout
+    );
+}
+
+/// SIGTERM while a snapshot is being written: it is abandoned as `nodeprof
+/// snapshot` abandons one (no file, not even a partial one; the inspector
+/// watch opened closed again), and the target serves on.
+#[test]
+fn sigterm_while_a_snapshot_is_written_leaves_no_file_and_closes_the_inspector() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let grow = schedule("grow", 120, &[], dir.path());
+    let port = port_of(&grow);
+    let pid = grow.pid.to_string();
+    // Crossed once the heap is large enough for a snapshot of seconds.
+    let args = watch_args(
+        &out,
+        &[
+            "-p",
+            &pid,
+            "--mem",
+            "60M",
+            "--mem-of",
+            "heap",
+            "--mem-count",
+            "1",
+            "--interval",
+            "300ms",
+        ],
+    );
+    let mut watch = spawn_nodeprof(&args, dir.path());
+    // The snapshot's file, under its temporary name, is being written.
+    let writing = || {
+        std::fs::read_dir(&out).unwrap().flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(".snapshot-") && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), writing),
+        "no snapshot written: {}",
+        watch.stdout_so_far()
+    );
+    watch.proc.signal(libc::SIGTERM);
+    let _ = watch.proc.wait(Duration::from_secs(150));
+    let run = watch.finish(Duration::from_secs(1));
+    run.assert_success();
+    let lines = lines(&run);
+    assert!(of_type(&lines, "capture").is_empty(), "{}", run.stdout);
+    let failed = of_type(&lines, "capture-failed");
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert_eq!(failed[0]["action"], "snapshot");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("terminated (SIGTERM); no file written"),
+        "{error}"
+    );
+    assert_eq!(
+        dir_entries(&out),
+        Vec::<String>::new(),
+        "no file, no partial file"
+    );
+    assert!(
+        !listening_ports(grow.pid)
+            .iter()
+            .any(|p| (9229..9240).contains(p)),
+        "the inspector is still listening"
+    );
+    assert_not_stopped(grow.pid);
+    assert_eq!(http_get(port).as_deref(), Some("ok\n"));
 }

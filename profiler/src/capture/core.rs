@@ -304,6 +304,12 @@ pub fn expected_size(pid: u32, options: &CoreOptions) -> Result<(u64, u32), Core
     Ok((regions(pid, filter)?.1, filter))
 }
 
+/// The free disk a core of `expected` bytes ([`expected_size`]) needs:
+/// mappings may grow between the estimate and the stop, so with a margin.
+pub fn disk_needed(expected: u64) -> u64 {
+    expected + expected / 10 + (16 << 20)
+}
+
 /// elfcore's process view (auxv, mapped files) with nodeprof's mappings and
 /// thread notes.
 struct Filtered {

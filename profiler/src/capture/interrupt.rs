@@ -35,6 +35,12 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Stops running captures as if `signal` had arrived, for a caller that
+/// handles the signals itself (`watch`, through tokio) instead of [`install`].
+pub fn request(signal: i32) {
+    on_signal(signal);
+}
+
 /// The signal that asked nodeprof to stop, if one did.
 pub fn pending() -> Option<i32> {
     match PENDING.load(Ordering::SeqCst) {

@@ -29,6 +29,9 @@ pub struct SnapshotOptions {
     /// Take the snapshot even when free memory or disk look too small.
     pub force: bool,
     pub quiet: bool,
+    /// Bytes the caller lets the file take (a disk budget): a snapshot
+    /// expected to be larger is not taken, even with `force`.
+    pub room: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,15 @@ pub enum SnapshotError {
         free: String,
         what: &'static str,
         hint: &'static str,
+    },
+    #[error(
+        "a snapshot of process {pid} (heap {heap}) is expected to take about {need} on disk, more than the {room} left to it; not taken"
+    )]
+    NoRoom {
+        pid: u32,
+        heap: String,
+        need: String,
+        room: String,
     },
     #[error("the disk is full; no file written")]
     DiskFull,
@@ -508,10 +520,19 @@ fn check_room(
     dir: &std::path::Path,
     options: &SnapshotOptions,
 ) -> Result<(), SnapshotError> {
+    let b = crate::output::format_bytes;
+    let need_disk = expected_file_size(used);
+    if let Some(room) = options.room.filter(|&room| need_disk > room) {
+        return Err(SnapshotError::NoRoom {
+            pid,
+            heap: b(used),
+            need: b(need_disk),
+            room: b(room),
+        });
+    }
     if options.force {
         return Ok(());
     }
-    let b = crate::output::format_bytes;
     let need_memory = used * 8 + (64 << 20);
     if let Some(free) = output::available_memory() {
         if free < need_memory {
@@ -525,7 +546,6 @@ fn check_room(
             });
         }
     }
-    let need_disk = used * 2 + (16 << 20);
     if let Ok(free) = output::free_disk(dir) {
         if free < need_disk {
             return Err(SnapshotError::TooLarge {
@@ -539,4 +559,10 @@ fn check_room(
         }
     }
     Ok(())
+}
+
+/// What the file of a snapshot of a heap of `used` bytes is expected to
+/// take: larger than the heap (every edge spelled out), with a margin.
+fn expected_file_size(used: u64) -> u64 {
+    used * 2 + (16 << 20)
 }

@@ -65,8 +65,7 @@ pub fn run(options: &CoreCommand) -> Result<CoreReport, CoreCommandError> {
         action: "read the free disk space",
         source,
     })?;
-    // Mappings may grow between this estimate and the stop: keep a margin.
-    let need = expected + expected / 10 + (16 << 20);
+    let need = core::disk_needed(expected);
     if free < need && !options.force {
         return Err(CoreCommandError::NoSpace {
             dir: file.dir().display().to_string(),

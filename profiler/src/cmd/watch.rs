@@ -18,17 +18,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
+use crate::capture::core::{self, CoreOptions};
 use crate::capture::cpu::{self, CaptureError, CpuOptions};
-use crate::capture::StopReason;
+use crate::capture::snapshot::{self, SnapshotOptions};
+use crate::capture::{interrupt, StopReason};
 use crate::clock::monotonic_ns;
 use crate::collect::ThreadEventCollector;
 use crate::eventloop::{self, LoopReport};
 use crate::gc::{leak, GcFleet, LeakDetector};
-use crate::output::{FileError, Format, OutputFiles, Report, Summary};
+use crate::output::{CaptureFile, FileError, Format, OutputFiles, Report, Summary};
 use crate::probe::{self, Probe, ProbeError};
 use crate::profile::FrameKind;
 use crate::stacks::report::DumpReport;
-use crate::target::Target;
+use crate::target::{Runtime, Target};
 use crate::watch::{
     human, Action, Decision, Disk, LoopMeter, Policy, Reading, Select, Settings, Trigger,
 };
@@ -89,6 +91,8 @@ pub fn run(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, Watc
 /// One watched process.
 struct Watched {
     target: Target,
+    /// Tells an exec: the GC probes must move to the new image.
+    runtime: Runtime,
     /// utime + stime in clock ticks, and when read.
     cpu: Option<(u64, Instant)>,
     meter: LoopMeter,
@@ -243,6 +247,11 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
                 break WatchEnd::TargetsGone;
             }
         }
+        for w in watched.values_mut() {
+            if let Some(line) = monitor.follow_exec(w) {
+                emit(out, line);
+            }
+        }
         // A process found in this check is read from the next one: a
         // reading needs an interval behind it.
         let readings: Vec<Reading> = watched
@@ -331,6 +340,14 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
         }
     };
     stopping.store(true, Ordering::SeqCst);
+    if let WatchEnd::Stopped(reason) = end {
+        // A snapshot or core under way stops as its command's would: the
+        // inspector closed, the target resumed, no partial file.
+        interrupt::request(match reason {
+            StopReason::Interrupted => libc::SIGINT,
+            _ => libc::SIGTERM,
+        });
+    }
     if let Some(r) = running {
         // A capture is never cut off in a state that leaves its target
         // stopped: the profile ends at the signal too, and is written.
@@ -341,6 +358,15 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
                 json: json!({"type": "finishing", "pid": r.pid}),
             },
         );
+        // Signals still count meanwhile: a second one cuts short the wait
+        // for an inspector to close behind an abandoned snapshot.
+        while !r.handle.is_finished() {
+            tokio::select! {
+                _ = interrupt.recv() => interrupt::request(libc::SIGINT),
+                _ = terminate.recv() => interrupt::request(libc::SIGTERM),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
         for line in r.handle.join().unwrap_or_default() {
             emit(out, line);
         }
@@ -382,7 +408,11 @@ impl Monitor {
             Err(e) => notes.push(format!("GC not traced: {e}")),
         }
         let command_line = command_line(pid);
+        let mut runtime = Runtime::new(pid);
+        // The first look: the executable as adopted.
+        let _ = runtime.poll();
         let mut w = Watched {
+            runtime,
             cpu: None,
             // From now: attaching took time the loop was not watched.
             meter: LoopMeter::new(monotonic_ns()),
@@ -404,6 +434,41 @@ impl Monitor {
             json: json!({"type": "watch", "pid": pid, "command": command_line, "notes": notes}),
         };
         (line, w)
+    }
+
+    /// A process that exec'd: its GC probes sat on the old image and are
+    /// moved to the new one (as `record` does), and the heap figures of the
+    /// old program are dropped. CPU, RSS and loop readings carry on.
+    fn follow_exec(&mut self, w: &mut Watched) -> Option<Line> {
+        let found = w.runtime.poll()?;
+        let pid = w.target.pid;
+        self.gc.detach(&mut self.probe, pid);
+        w.heap_used = None;
+        w.heap_after_full = None;
+        w.leaks.clear();
+        w.leak_since_check = false;
+        if let Ok(target) = Target::inspect(pid) {
+            w.target = target;
+        }
+        let mut notes = Vec::new();
+        if found.v8.is_ok() {
+            match self.gc.attach(&mut self.probe, pid) {
+                Ok(missing) => notes.extend(missing),
+                Err(e) => notes.push(format!("GC not traced: {e}")),
+            }
+        } else {
+            notes.push("no V8 in it: no heap readings".into());
+        }
+        let exe = found.exe.display().to_string();
+        let mut text = format!("pid {pid} exec'd {exe}");
+        for note in &notes {
+            text.push_str("; ");
+            text.push_str(note);
+        }
+        Some(Line {
+            text,
+            json: json!({"type": "exec", "pid": pid, "exe": exe, "notes": notes}),
+        })
     }
 
     fn forget(&mut self, pid: u32) {
@@ -668,10 +733,8 @@ impl Job {
                 Action::Profile => self.profile(started),
                 Action::Command => self.command(started),
                 Action::Dump => self.dump(started),
-                // Refused when the settings were read (Action::available).
-                Action::Snapshot | Action::Core => {
-                    Err(format!("{} is not available in this build", action.name()))
-                }
+                Action::Snapshot => self.snapshot(started),
+                Action::Core => self.core(started),
             };
             lines.push(self.line(action, result));
         }
@@ -682,6 +745,105 @@ impl Job {
         self.options
             .out
             .join(format!("{kind}-{}-{}", self.target.pid, utc_stamp(at)))
+    }
+
+    /// `<kind>-<pid>-<UTC time>.<extension>` in `--out`.
+    fn path(&self, kind: &str, at: SystemTime, extension: &str) -> PathBuf {
+        let mut path = self.stem(kind, at).into_os_string();
+        path.push(".");
+        path.push(extension);
+        PathBuf::from(path)
+    }
+
+    /// Bytes a capture may take: what `--max-disk` has left, and what the
+    /// disk has above `--min-free`.
+    fn room(&self) -> Option<u64> {
+        let out = &self.options.out;
+        let budget = self.options.max_disk.map(|budget| {
+            let used: u64 = our_files(out).iter().map(|f| f.2).sum();
+            budget.saturating_sub(used)
+        });
+        let above_floor = free_bytes(out).map(|free| free.saturating_sub(self.options.min_free));
+        budget.into_iter().chain(above_floor).min()
+    }
+
+    /// A heap snapshot through the target's inspector (started with SIGUSR1
+    /// and closed again if it was not listening), into a 0600 file named
+    /// when complete; one whose expected size exceeds [`Job::room`] is not taken.
+    fn snapshot(&self, at: SystemTime) -> Result<Done, String> {
+        let mut file = CaptureFile::create(&self.path("snapshot", at, "heapsnapshot"))
+            .map_err(|e| e.to_string())?;
+        let options = SnapshotOptions {
+            force: false,
+            quiet: true,
+            room: self.room(),
+        };
+        let dir = file.dir();
+        let taken = snapshot::capture(
+            &self.target,
+            file.file(),
+            &dir,
+            &options,
+            &indicatif::ProgressBar::hidden(),
+        )
+        .map_err(|e| e.to_string())?;
+        let path = file.persist().map_err(|e| e.to_string())?;
+        let inspector = match (taken.opened, taken.closed) {
+            (true, true) => "inspector started with SIGUSR1, closed again",
+            (true, false) => {
+                "inspector started with SIGUSR1 did NOT close: its port may still listen"
+            }
+            (false, _) => "inspector already listening, left open",
+        };
+        Ok(Done {
+            files: vec![path],
+            detail: format!(
+                "heap {} used of {}; the target's JS waited {:.1} s; {inspector}",
+                human(taken.heap_used),
+                human(taken.heap_total),
+                taken.took.as_secs_f64()
+            ),
+        })
+    }
+
+    /// A core file: every thread stopped while its memory is written, then
+    /// resumed (on every path, capture::core's guarantee); refused when its
+    /// expected size exceeds [`Job::room`].
+    fn core(&self, at: SystemTime) -> Result<Done, String> {
+        let pid = self.target.pid;
+        let options = CoreOptions {
+            quiet: true,
+            ..CoreOptions::default()
+        };
+        let (expected, _) = core::expected_size(pid, &options).map_err(|e| e.to_string())?;
+        let need = core::disk_needed(expected);
+        if let Some(room) = self.room().filter(|&room| need > room) {
+            return Err(format!(
+                "the core is expected to take about {}, more than the {} --max-disk and --min-free leave; not taken",
+                human(need),
+                human(room)
+            ));
+        }
+        let mut file =
+            CaptureFile::create(&self.path("core", at, "core")).map_err(|e| e.to_string())?;
+        let taken = core::capture(
+            pid,
+            &options,
+            file.file(),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .map_err(|e| e.to_string())?;
+        let path = file.persist().map_err(|e| e.to_string())?;
+        Ok(Done {
+            detail: format!(
+                "{} threads stopped for {:.1} ms, then resumed; read it with gdb {} {}",
+                taken.threads,
+                taken.stopped.as_secs_f64() * 1e3,
+                self.target.exe.display(),
+                path.display()
+            ),
+            files: vec![path],
+        })
     }
 
     /// A CPU profile of the next `profile_duration`, in every format.
@@ -749,9 +911,7 @@ impl Job {
     /// prints them, in a text file; the main thread's verdict is the detail.
     fn dump(&self, at: SystemTime) -> Result<Done, String> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut path = self.stem("dump", at).into_os_string();
-        path.push(".txt");
-        let path = PathBuf::from(path);
+        let path = self.path("dump", at, "txt");
         let stacks =
             crate::stacks::capture(self.target.pid, crate::stacks::SampleWindow::default())
                 .map_err(|e| e.to_string())?;
@@ -782,9 +942,7 @@ impl Job {
     /// output goes to a log file beside the captures.
     fn command(&self, at: SystemTime) -> Result<Done, String> {
         let command = self.options.command.as_deref().unwrap_or_default();
-        let mut log_path = self.stem("command", at).into_os_string();
-        log_path.push(".log");
-        let log_path = PathBuf::from(log_path);
+        let log_path = self.path("command", at, "log");
         let log = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -838,7 +996,7 @@ impl Job {
                     .files
                     .iter()
                     .filter_map(|f| std::fs::metadata(f).ok())
-                    .map(|m| m.len())
+                    .map(|m| disk_bytes(&m))
                     .sum();
                 let names: Vec<String> =
                     done.files.iter().map(|f| f.display().to_string()).collect();
@@ -970,12 +1128,19 @@ fn our_files(dir: &Path) -> Vec<(String, PathBuf, u64, SystemTime)> {
                 (
                     stem,
                     e.path(),
-                    meta.len(),
+                    disk_bytes(&meta),
                     meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 )
             })
         })
         .collect()
+}
+
+/// What a file takes on disk: a core's pages never touched are holes, so
+/// its length says more than it holds.
+fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.len().min(meta.blocks() * 512)
 }
 
 fn disk_state(options: &Settings) -> Disk {

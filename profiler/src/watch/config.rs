@@ -44,38 +44,23 @@ impl Action {
         }
     }
 
-    /// Whether this build can take this capture (`snapshot` and `core`
-    /// arrive with their commands).
-    pub fn available(self) -> bool {
-        match self {
-            Action::Profile | Action::Command | Action::Dump => true,
-            Action::Snapshot | Action::Core => false,
-        }
-    }
-
     fn parse(name: &str) -> Result<Action, String> {
-        let action = Action::ALL
+        Action::ALL
             .into_iter()
             .find(|a| a.name() == name)
             .ok_or_else(|| {
                 format!("unknown action {name:?} (profile, dump, snapshot, core, command)")
-            })?;
-        if !action.available() {
-            return Err(format!(
-                "action {name:?} is not available in this build (`nodeprof {name}` is not part of it yet)"
-            ));
-        }
-        Ok(action)
+            })
     }
 
-    /// The defaults users expect, less what this build lacks.
+    /// The defaults users expect: what shows where the CPU goes, what holds
+    /// the memory, and what the blocked loop is doing (then where it spins).
     fn defaults(trigger: Trigger) -> Vec<Action> {
-        let all: &[Action] = match trigger {
-            Trigger::Cpu => &[Action::Profile],
-            Trigger::Memory | Trigger::Leak => &[Action::Snapshot],
-            Trigger::LoopBlocked => &[Action::Dump, Action::Profile],
-        };
-        all.iter().copied().filter(|a| a.available()).collect()
+        match trigger {
+            Trigger::Cpu => vec![Action::Profile],
+            Trigger::Memory | Trigger::Leak => vec![Action::Snapshot],
+            Trigger::LoopBlocked => vec![Action::Dump, Action::Profile],
+        }
     }
 }
 
@@ -289,12 +274,6 @@ impl Config {
                     .collect::<Result<Vec<_>, _>>()?,
                 None => Action::defaults(trigger),
             };
-            if on && list.is_empty() {
-                return Err(format!(
-                    "--{key}: the default, snapshot, is not available in this build: \
-                     choose profile or command"
-                ));
-            }
             if on {
                 actions.insert(trigger, list);
             }
@@ -446,43 +425,48 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_actions_are_refused_up_front() {
+    fn actions_default_by_trigger_and_unknown_ones_are_refused() {
         let base = || Config {
             pid: Some(vec![1]),
             cpu: Some(90.0),
             ..Config::default()
         };
-        for action in Action::ALL.into_iter().filter(|a| !a.available()) {
-            let err = Config {
-                cpu_action: Some(action.name().into()),
-                ..base()
-            }
-            .resolve()
-            .unwrap_err();
-            assert!(err.contains("not available in this build"), "{err}");
-        }
-        // A memory threshold needs an action this build has.
-        if !Action::Snapshot.available() {
-            let err = Config {
-                mem: Some("1G".into()),
-                ..base()
-            }
-            .resolve()
-            .unwrap_err();
-            assert!(err.contains("--mem-action"), "{err}");
-        }
-        // The blocked-loop default keeps what exists.
         let s = Config {
+            mem: Some("1G".into()),
+            on_leak: Some(true),
             loop_blocked: Some("500ms".into()),
             ..base()
         }
         .resolve()
         .unwrap();
-        let expected: Vec<Action> = [Action::Dump, Action::Profile]
-            .into_iter()
-            .filter(|a| a.available())
-            .collect();
-        assert_eq!(s.actions[&Trigger::LoopBlocked], expected);
+        assert_eq!(s.actions[&Trigger::Cpu], [Action::Profile]);
+        assert_eq!(s.actions[&Trigger::Memory], [Action::Snapshot]);
+        assert_eq!(s.actions[&Trigger::Leak], [Action::Snapshot]);
+        assert_eq!(
+            s.actions[&Trigger::LoopBlocked],
+            [Action::Dump, Action::Profile]
+        );
+        let s = Config {
+            mem: Some("1G".into()),
+            mem_action: Some("core, snapshot".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.actions[&Trigger::Memory],
+            [Action::Core, Action::Snapshot]
+        );
+        let err = Config {
+            cpu_action: Some("heapdump".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.contains("--cpu-action: unknown action \"heapdump\""),
+            "{err}"
+        );
         assert!(Config {
             command: None,
             cpu_action: Some("command".into()),

@@ -597,6 +597,53 @@ mod tests {
         assert_eq!(captures(&d), [(1, Trigger::Cpu)]);
     }
 
+    /// The avalanche of the cpu-memory-monitor guide: a heap snapshot stalls
+    /// its target and raises its memory and CPU. Those readings, while it
+    /// runs and through the cool-down, trigger nothing, for any trigger.
+    #[test]
+    fn a_snapshots_own_memory_and_cpu_trigger_nothing() {
+        let mut p = policy(
+            Thresholds {
+                cpu: Some((90.0, 2)),
+                mem: Some((1 << 30, MemOf::Rss, 2)),
+                ..Thresholds::default()
+            },
+            Limits {
+                max: 100,
+                cooldown: Duration::from_secs(10),
+                ..Limits::default()
+            },
+        );
+        let reading = |rss: u64, cpu: f64| Reading {
+            pid: 1,
+            rss_bytes: Some(rss),
+            cpu_percent: Some(cpu),
+            ..Reading::default()
+        };
+        assert!(p.check(S, &[reading(2 << 30, 10.0)], &Disk::Ok).is_empty());
+        let d = p.check(2 * S, &[reading(2 << 30, 10.0)], &Disk::Ok);
+        assert_eq!(captures(&d), [(1, Trigger::Memory)]);
+        // The snapshot: RSS five times over, a core busy, for 8 s.
+        for t in 3..=10 {
+            assert!(p
+                .check(t * S, &[reading(10 << 30, 100.0)], &Disk::Ok)
+                .is_empty());
+        }
+        p.finished(1, 10 * S);
+        // Its memory stays up through the cool-down: still nothing.
+        for t in 11..20 {
+            assert!(p
+                .check(t * S, &[reading(10 << 30, 100.0)], &Disk::Ok)
+                .is_empty());
+        }
+        // After it, the counters start from zero: two checks again.
+        assert!(p
+            .check(20 * S, &[reading(2 << 30, 10.0)], &Disk::Ok)
+            .is_empty());
+        let d = p.check(21 * S, &[reading(2 << 30, 10.0)], &Disk::Ok);
+        assert_eq!(captures(&d), [(1, Trigger::Memory)]);
+    }
+
     #[test]
     fn the_limit_holds_and_is_said_once() {
         let limits = Limits {

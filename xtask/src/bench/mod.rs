@@ -51,7 +51,8 @@ pub struct BenchArgs {
     rounds: usize,
     /// Variants to run, comma-separated, from: nodeprof-HZ, perf-HZ (with
     /// stacks, `-g`), perf-nostack-HZ (the sampling interrupt alone: the floor
-    /// any sampler pays), nodeprof-gc (the baseline always runs). Default:
+    /// any sampler pays), nodeprof-gc, nodeprof-watch (`watch` reading every
+    /// second, never capturing) (the baseline always runs). Default:
     /// nodeprof and perf at 99 and 999 Hz and perf-nostack-999, or nodeprof-gc
     /// with `--workload gc`.
     #[arg(long, value_delimiter = ',')]
@@ -132,6 +133,9 @@ fn parse_variant(tag: &str) -> Result<Variant> {
     if tag == "nodeprof-gc" {
         return Ok(Variant::NodeprofGc);
     }
+    if tag == "nodeprof-watch" {
+        return Ok(Variant::NodeprofWatch);
+    }
     if let Some(hz) = tag.strip_prefix("nodeprof-offcpu-") {
         let hz = hz
             .parse()
@@ -149,7 +153,7 @@ fn parse_variant(tag: &str) -> Result<Variant> {
         "perf" => Ok(Variant::Perf(hz)),
         "perf-nostack" => Ok(Variant::PerfNoStack(hz)),
         _ => {
-            bail!("unknown variant {tag:?} (nodeprof-HZ, nodeprof-offcpu-HZ, perf-HZ, perf-nostack-HZ or nodeprof-gc)")
+            bail!("unknown variant {tag:?} (nodeprof-HZ, nodeprof-offcpu-HZ, perf-HZ, perf-nostack-HZ, nodeprof-gc or nodeprof-watch)")
         }
     }
 }
@@ -159,6 +163,8 @@ const GOAL_SLOWDOWN_99: f64 = 1.0;
 const GOAL_SLOWDOWN_999: f64 = 2.0;
 const GOAL_SLOWDOWN_GC: f64 = 2.0;
 const GOAL_SLOWDOWN_OFF_CPU: f64 = 2.0;
+/// "No measurable slowdown": under what the paired method resolves.
+const GOAL_SLOWDOWN_WATCH: f64 = 1.0;
 const GOAL_CPU_99: f64 = 1.0;
 const GOAL_RSS_MIB: f64 = 64.0;
 
@@ -178,6 +184,8 @@ enum Variant {
     NodeprofGc,
     /// `record --off-cpu`: a sched_switch hit per context switch.
     NodeprofOffCpu(u32),
+    /// `watch` with no capture: its loop tracepoints, GC uprobes and `/proc` reads.
+    NodeprofWatch,
 }
 
 impl Variant {
@@ -188,6 +196,7 @@ impl Variant {
             Variant::Nodeprof(_) => Some(GOAL_SLOWDOWN_999),
             Variant::NodeprofGc => Some(GOAL_SLOWDOWN_GC),
             Variant::NodeprofOffCpu(_) => Some(GOAL_SLOWDOWN_OFF_CPU),
+            Variant::NodeprofWatch => Some(GOAL_SLOWDOWN_WATCH),
             Variant::Baseline | Variant::Perf(_) | Variant::PerfNoStack(_) => None,
         }
     }
@@ -204,6 +213,7 @@ impl Variant {
             Variant::PerfNoStack(hz) => format!("perf record -F {hz}, no stacks"),
             Variant::NodeprofGc => "nodeprof gc".into(),
             Variant::NodeprofOffCpu(hz) => format!("nodeprof record --off-cpu -F {hz}"),
+            Variant::NodeprofWatch => "nodeprof watch (no capture)".into(),
         }
     }
 
@@ -215,6 +225,7 @@ impl Variant {
             Variant::PerfNoStack(hz) => format!("perf-nostack-{hz}"),
             Variant::NodeprofGc => "nodeprof-gc".into(),
             Variant::NodeprofOffCpu(hz) => format!("nodeprof-offcpu-{hz}"),
+            Variant::NodeprofWatch => "nodeprof-watch".into(),
         }
     }
 }
@@ -306,7 +317,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let with_nodeprof = variants.iter().any(|v| {
         matches!(
             v,
-            Variant::Nodeprof(_) | Variant::NodeprofGc | Variant::NodeprofOffCpu(_)
+            Variant::Nodeprof(_)
+                | Variant::NodeprofGc
+                | Variant::NodeprofOffCpu(_)
+                | Variant::NodeprofWatch
         )
     });
     util::require_root("bench")?;
@@ -628,6 +642,13 @@ fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -
         Variant::NodeprofGc => {
             let mut cmd = Command::new(&cx.nodeprof);
             cmd.args(["gc", "-p", &pid, "--json"]);
+            Some(cmd)
+        }
+        Variant::NodeprofWatch => {
+            // A threshold no process reaches: every check, never a capture.
+            let mut cmd = Command::new(&cx.nodeprof);
+            cmd.args(["watch", "-p", &pid, "--json", "--cpu", "100000", "--out"])
+                .arg(&cx.tmp);
             Some(cmd)
         }
         Variant::NodeprofOffCpu(hz) => {
@@ -973,7 +994,7 @@ fn report(
             }
             Variant::Perf(_) => "reference".into(),
             Variant::PerfNoStack(_) => "floor: the sampling interrupt alone".into(),
-            Variant::NodeprofGc | Variant::NodeprofOffCpu(_) => {
+            Variant::NodeprofGc | Variant::NodeprofOffCpu(_) | Variant::NodeprofWatch => {
                 let goal = variant.slowdown_goal().expect("nodeprof has goals");
                 format!("slowdown ≤ {goal} % {}", mark(slowdown <= goal))
             }
