@@ -910,22 +910,17 @@ impl Job {
     /// Every thread's state, system call and stack now, as `nodeprof dump`
     /// prints them, in a text file; the main thread's verdict is the detail.
     fn dump(&self, at: SystemTime) -> Result<Done, String> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.path("dump", at, "txt");
+        // Named only when complete, like every capture.
+        let mut file =
+            CaptureFile::create(&self.path("dump", at, "txt")).map_err(|e| e.to_string())?;
         let stacks =
             crate::stacks::capture(self.target.pid, crate::stacks::SampleWindow::default())
                 .map_err(|e| e.to_string())?;
         let report = DumpReport::of(&stacks);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         report
-            .write_text(&mut file)
-            .and_then(|()| file.flush())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .write_text(file.file())
+            .map_err(|e| format!("cannot write {}: {e}", file.path().display()))?;
+        let path = file.persist().map_err(|e| e.to_string())?;
         let detail = report
             .threads
             .iter()
