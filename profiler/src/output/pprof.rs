@@ -14,7 +14,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
 
-use super::{frame_label, OutputError};
+use super::OutputError;
 use crate::clock::monotonic_ns;
 use crate::profile::{Frame, FrameId, FrameKind, Profile, StackId};
 
@@ -204,7 +204,9 @@ impl Table {
                 self.functions.push(Function {
                     id: f,
                     name: strings.id(&key.0),
-                    system_name: strings.id(&frame_label(frame)),
+                    // pprof shortens C++ names itself for display; the
+                    // system name is the symbol as it was found.
+                    system_name: strings.id(&key.0),
                     filename: strings.id(&key.1),
                     start_line,
                 });
@@ -401,7 +403,7 @@ mod tests {
             .unwrap();
         assert_eq!(string(&p, fib.filename), "file:///app/fib.js");
         assert_eq!(fib.start_line, 3);
-        assert_eq!(string(&p, fib.system_name), "fib file:///app/fib.js:3");
+        assert_eq!(string(&p, fib.system_name), "fib");
         let write = p
             .function
             .iter()

@@ -143,12 +143,20 @@ impl Summary {
             }
         }
         let rank = |counts: HashMap<&Frame, u64>| {
-            let mut stats: Vec<FunctionStat> = counts
+            // One row per label: the same function of two isolates (main
+            // thread and a worker) has two script ids but reads the same.
+            let mut rows: HashMap<(String, FrameKind, &str), u64> = HashMap::new();
+            for (f, n) in counts {
+                *rows
+                    .entry((frame_label(f), f.kind, f.location.as_str()))
+                    .or_default() += n;
+            }
+            let mut stats: Vec<FunctionStat> = rows
                 .into_iter()
-                .map(|(f, n)| FunctionStat {
-                    label: frame_label(f),
-                    kind: f.kind,
-                    location: f.location.clone(),
+                .map(|((label, kind, location), n)| FunctionStat {
+                    label,
+                    kind,
+                    location: location.to_string(),
                     samples: n,
                     percent: 100.0 * n as f64 / total.max(1) as f64,
                 })
@@ -386,6 +394,27 @@ mod tests {
         assert!(s.top_total.iter().all(|f| f.percent <= 100.0));
         let self_sum: u64 = s.top_self.iter().map(|f| f.samples).sum();
         assert_eq!(self_sum, 9);
+    }
+
+    #[test]
+    fn one_row_per_function_across_isolates() {
+        let mut p = Profile::new(1, 99, 0);
+        let main = p.intern_frame(Frame {
+            script_id: Some(3),
+            ..js("hot", "file:///a.js", 1, 0)
+        });
+        let worker = p.intern_frame(Frame {
+            script_id: Some(9),
+            ..js("hot", "file:///a.js", 1, 0)
+        });
+        let a = p.intern_stack(vec![main]);
+        let b = p.intern_stack(vec![worker]);
+        p.add_sample(1, 1, "main", a);
+        p.add_sample(2, 2, "worker 1", b);
+        let s = Summary::from_profile(&p, 10);
+        assert_eq!(s.js_self.len(), 1);
+        assert_eq!(s.js_self[0].samples, 2);
+        assert_eq!(s.top_total[0].samples, 2);
     }
 
     #[test]
