@@ -7,6 +7,10 @@
 //!   file and line; the sample counts equal the `.cpuprofile`'s; every
 //!   sample carries its thread's name and tid; every JS function's leaf
 //!   samples are the same in both files.
+//! - `summary_leads_with_js_functions`: the terminal summary of the same
+//!   kind of run lists JS functions first (hotLoop at the top, none of the
+//!   boilerplate every node stack has), and `--summary native` lists
+//!   native frames.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -271,4 +275,71 @@ fn pprof_reads_as_go_tool_pprof_expects() {
     }
     assert!(!cpu_leaf.is_empty(), "no JS leaf samples in the .cpuprofile");
     assert_eq!(np_leaf, cpu_leaf, "JS leaf samples, pprof vs .cpuprofile");
+}
+
+/// The rows of the summary table whose title starts with `title`.
+fn table_rows<'a>(stdout: &'a str, title: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(title))
+        .skip(2)
+        .take_while(|l| l.starts_with("  "))
+        .collect()
+}
+
+#[test]
+fn summary_leads_with_js_functions() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(22);
+    let busy = fixture("busy.js");
+    let mut texts = Vec::new();
+    for view in ["js", "native"] {
+        let prefix = dir.path().join(view);
+        let args: Vec<String> = [
+            "record",
+            "-q",
+            "-F",
+            "199",
+            "--summary",
+            view,
+            "--format",
+            "cpuprofile,folded",
+            "-o",
+            &prefix.display().to_string(),
+            "--",
+            &node.display().to_string(),
+            &busy.display().to_string(),
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let run = run_nodeprof(&args, dir.path(), RUN_TIMEOUT);
+        run.assert_success();
+        texts.push(run.stdout);
+    }
+    let (js, native) = (&texts[0], &texts[1]);
+
+    let self_rows = table_rows(js, "Top JS functions by self time");
+    let first = self_rows.first().unwrap_or_else(|| panic!("no JS self table:\n{js}"));
+    assert!(
+        first.contains(" hotLoop file://") && first.contains("/busy.js:12"),
+        "hotLoop (its ieee754::sin counted for it) leads the JS self table:\n{js}"
+    );
+    let total_rows = table_rows(js, "Top JS functions by total time");
+    assert!(!total_rows.is_empty(), "no JS total table:\n{js}");
+    for boilerplate in ["Builtins_JSEntry", "uv_run", "node::Start", "ieee754"] {
+        assert!(
+            !self_rows.iter().chain(&total_rows).any(|r| r.contains(boilerplate)),
+            "{boilerplate} in the JS tables:\n{js}"
+        );
+    }
+    assert!(js.contains("Native functions: --summary native"), "{js}");
+
+    let native_total = table_rows(native, "Top functions by total time");
+    assert!(
+        native_total.iter().any(|r| r.contains("node::Start")),
+        "--summary native lists native frames:\n{native}"
+    );
+    assert!(!native.contains("Top JS functions"), "{native}");
 }
