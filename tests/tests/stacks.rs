@@ -5,6 +5,10 @@
 //! - `libc_leaves_keep_their_callers`: libc_paths.js (fs.statSync,
 //!   JSON.stringify, Buffer copies) launched on node 22 at 999 Hz: the share
 //!   of main-thread samples whose stack stops before `node::Start`/`main`.
+//!   Ignored until the fix: it fails today (0.73 %, 20 of 2,722 samples:
+//!   `malloc`, `open64`, `mmap`, unnamed libc code, and a few before `main`
+//!   or in `_Exit`), and is the measurement the fix must bring under 0.2 %
+//!   (`cargo test -p nodeprof-tests --test stacks -- --ignored --nocapture`).
 
 use std::time::Duration;
 
@@ -44,6 +48,7 @@ fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Output
 }
 
 #[test]
+#[ignore = "issue 14 item 3: fails (0.73 % truncated) until libc leaves are unwound with .eh_frame"]
 fn libc_leaves_keep_their_callers() {
     let _lock = serial();
     let dir = scratch_dir();
