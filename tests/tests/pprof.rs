@@ -7,6 +7,9 @@
 //!   file and line; the sample counts equal the `.cpuprofile`'s; every
 //!   sample carries its thread's name and tid; every JS function's leaf
 //!   samples are the same in both files.
+//! - `wall_profile_is_wall_time`: `record --wall --format pprof`: go reads
+//!   wall nanoseconds as the default sample type, with the on-CPU part as
+//!   `cpu` nanoseconds beside it.
 //! - `summary_leads_with_js_functions`: the terminal summary of the same
 //!   kind of run lists JS functions first (hotLoop at the top, none of the
 //!   boilerplate every node stack has), and `--summary native` lists
@@ -342,4 +345,55 @@ fn summary_leads_with_js_functions() {
         "--summary native lists native frames:\n{native}"
     );
     assert!(!native.contains("Top JS functions"), "{native}");
+}
+
+#[test]
+fn wall_profile_is_wall_time() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let prefix = dir.path().join("wall");
+    let node = node_major(22);
+    let busy = fixture("busy.js");
+    let args: Vec<String> = [
+        "record",
+        "-q",
+        "--wall",
+        "--format",
+        "cpuprofile,folded,pprof",
+        "-o",
+        &prefix.display().to_string(),
+        "--",
+        &node.display().to_string(),
+        &busy.display().to_string(),
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = run_nodeprof(&args, dir.path(), RUN_TIMEOUT);
+    run.assert_success();
+    let out = Outputs::load_formats(&prefix, &["cpuprofile", "folded"]);
+    let file = prefix.with_extension("pb.gz");
+    let text = go_pprof(&["-raw"], &file);
+    let raw = parse_raw(&text);
+    assert_eq!(
+        raw.sample_types,
+        ["samples/count", "wall/nanoseconds[dflt]", "cpu/nanoseconds"],
+        "{text}"
+    );
+    let total: u64 = raw.samples.iter().map(|s| s.count).sum();
+    assert_eq!(total, out.sample_count() as u64);
+    assert!(text.contains("PeriodType: wall nanoseconds"), "{text}");
+    // The spinning main thread is on CPU, node's idle helper threads are not.
+    let (mut wall, mut cpu) = (0u64, 0u64);
+    for line in text.lines().skip_while(|l| !l.starts_with("Samples:")).skip(2) {
+        let Some((values, _)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let v: Vec<u64> = values.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        if v.len() == 3 {
+            wall += v[1];
+            cpu += v[2];
+        }
+    }
+    assert!(cpu > 0 && cpu < wall, "cpu {cpu} ns of wall {wall} ns");
 }
