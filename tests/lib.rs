@@ -1015,6 +1015,39 @@ impl Outputs {
         per
     }
 
+    /// Stacks of thread `thread` that stop before the thread's start: no
+    /// `node::Start`, `main` or `start_thread` frame (a frame-pointer walk
+    /// lost at a leaf without a frame pointer, e.g. libc's `memmove`).
+    /// `(program)` and GC-pause stacks are not counted. Returns the
+    /// truncated and counted samples, and the truncated ones by innermost
+    /// user-space frame (kernel frames, `_[k]`, skipped).
+    pub fn truncated_stacks(&self, thread: &str) -> (u64, u64, BTreeMap<String, u64>) {
+        let reached = |f: &String| {
+            f.starts_with("node::Start") || f == "main" || f == "start_thread"
+        };
+        let (mut truncated, mut counted) = (0, 0);
+        let mut leaves = BTreeMap::new();
+        for s in self.folded.iter().filter(|s| s.thread == thread) {
+            if s.frames.is_empty() || s.frames.iter().all(|f| f.starts_with('(')) {
+                continue;
+            }
+            counted += s.count;
+            if s.frames.iter().any(reached) {
+                continue;
+            }
+            truncated += s.count;
+            let leaf = s
+                .frames
+                .iter()
+                .rev()
+                .find(|f| !f.ends_with("_[k]"))
+                .cloned()
+                .unwrap_or_else(|| "(kernel only)".into());
+            *leaves.entry(leaf).or_default() += s.count;
+        }
+        (truncated, counted, leaves)
+    }
+
     /// A short excerpt of the folded file for failure messages.
     pub fn folded_excerpt(&self) -> String {
         let mut stacks = self.folded.clone();

@@ -365,6 +365,11 @@ struct RecordArgs {
     /// Functions listed in the summary (0: all).
     #[arg(long, default_value_t = 15)]
     top: usize,
+    /// Which functions the summary lists: `js` (JS functions, native code
+    /// counted for its JS caller, as DevTools does) or `native` (every
+    /// frame, C++ and kernel included).
+    #[arg(long, value_parser = ["js", "native"], default_value = "js")]
+    summary: String,
     /// No progress line.
     #[arg(short, long)]
     quiet: bool,
@@ -571,6 +576,7 @@ impl RecordArgs {
             output: self.output,
             formats: self.format,
             top: self.top,
+            native_summary: self.summary == "native",
             blocked: Duration::from_millis(self.blocked_ms),
             keep_running: self.keep_running,
         }
@@ -788,7 +794,10 @@ mod tests {
     fn formats_and_rules_parse_by_name() {
         let options = record(&["record", "-p", "1", "--format", "svg,cpuprofile"]);
         assert_eq!(options.formats, [Format::Svg, Format::Cpuprofile]);
-        assert_eq!(record(&["record", "-p", "1"]).formats, Format::ALL);
+        assert_eq!(record(&["record", "-p", "1"]).formats, Format::DEFAULT);
+        assert!(!record(&["record", "-p", "1"]).native_summary);
+        assert!(record(&["record", "-p", "1", "--summary", "native"]).native_summary);
+        assert!(Cli::try_parse_from(["nodeprof", "record", "-p", "1", "--summary", "c"]).is_err());
         let cli =
             Cli::try_parse_from(["nodeprof", "heap", "summary", "f", "--rules", "memlab"]).unwrap();
         let Command::Heap(heap) = cli.command else {

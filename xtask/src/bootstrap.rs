@@ -429,6 +429,12 @@ const TOOLS: &[Tool] = &[
         check: &["-V"],
         package: "iproute2",
     },
+    // The pprof tests read nodeprof's profiles with `go tool pprof`, the reference reader.
+    Tool {
+        command: "go",
+        check: &["version"],
+        package: "golang-go",
+    },
 ];
 
 fn tool_version(tool: &Tool) -> Option<String> {

@@ -31,6 +31,8 @@ pub struct RecordOptions {
     pub formats: Vec<Format>,
     /// Top functions in the printed summary.
     pub top: usize,
+    /// The summary lists native functions, not JS ones.
+    pub native_summary: bool,
     /// Event-loop turns longer than this are listed with what ran in them.
     pub blocked: std::time::Duration,
     /// A launched command keeps running after the recording ends.
@@ -154,7 +156,14 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         loops: capture
             .loops()
             .map(|loops| LoopReport::of(&loops, &profile, options.blocked)),
-        summary: Summary::from_profile(&profile, options.top),
+        summary: {
+            let summary = Summary::from_profile(&profile, options.top);
+            if options.native_summary {
+                summary.native()
+            } else {
+                summary
+            }
+        },
         gc: capture.gc_summary(),
         stop: capture.stop,
         target,

@@ -846,11 +846,11 @@ impl Job {
         })
     }
 
-    /// A CPU profile of the next `profile_duration`, in every format.
+    /// A CPU profile of the next `profile_duration`, in the default formats.
     fn profile(&self, at: SystemTime) -> Result<Done, String> {
         let stem = self.stem("cpu", at);
         let files =
-            OutputFiles::create(&stem, &Format::ALL).map_err(|e: FileError| e.to_string())?;
+            OutputFiles::create(&stem, &Format::DEFAULT).map_err(|e: FileError| e.to_string())?;
         let sampling = CpuOptions {
             frequency_hz: 99,
             clock: cpu::Clock::Cpu,
@@ -874,7 +874,7 @@ impl Job {
         let written = files.write(&profile, &title).map_err(|e| e.to_string())?;
         let summary = Summary::from_profile(&profile, 20);
         let mut detail = summary
-            .top_self
+            .js_self
             .iter()
             .find(|f| f.kind == FrameKind::Js)
             .map(|f| format!("hottest JS function {} ({:.0} %)", f.label, f.percent))

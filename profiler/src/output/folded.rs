@@ -7,7 +7,7 @@ use super::{frame_label, OutputError};
 use crate::profile::{Frame, FrameKind, Profile, StackId};
 
 /// `;` separates frames and a newline ends the record, so neither may appear inside one.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.replace(';', ":").replace(['\n', '\r'], "")
 }
 
@@ -15,8 +15,8 @@ fn clean(s: &str) -> String {
 /// `_[j]` annotations (coloured by `--colors js`, hidden in the labels);
 /// `annotate_js` also marks JS frames `_[j]`, which the flame graph uses so
 /// JS with a script path is green rather than the palette's `:` heuristic.
-fn field(frame: &Frame, annotate_js: bool) -> String {
-    let mut s = clean(&frame_label(frame));
+fn field(frame: &Frame, annotate_js: bool, label: fn(&Frame) -> String) -> String {
+    let mut s = clean(&label(frame));
     match frame.kind {
         FrameKind::Kernel => s.push_str("_[k]"),
         FrameKind::Jit => s.push_str("_[j]"),
@@ -26,7 +26,12 @@ fn field(frame: &Frame, annotate_js: bool) -> String {
     s
 }
 
-pub(crate) fn fold(profile: &Profile, annotate_js: bool) -> Vec<String> {
+/// The folded lines, each frame named by `label`.
+pub(crate) fn fold(
+    profile: &Profile,
+    annotate_js: bool,
+    label: fn(&Frame) -> String,
+) -> Vec<String> {
     let mut per_stack: HashMap<(u32, StackId), u64> = HashMap::new();
     for s in &profile.samples {
         *per_stack.entry((s.tid, s.stack)).or_default() += 1;
@@ -34,7 +39,7 @@ pub(crate) fn fold(profile: &Profile, annotate_js: bool) -> Vec<String> {
     let fields: Vec<String> = profile
         .frames()
         .iter()
-        .map(|f| field(f, annotate_js))
+        .map(|f| field(f, annotate_js, label))
         .collect();
     // Keyed by thread *name*, so a pool of same-named threads folds into one tower.
     let mut merged: HashMap<String, u64> = HashMap::new();
@@ -65,7 +70,7 @@ pub(crate) fn fold(profile: &Profile, annotate_js: bool) -> Vec<String> {
 
 /// The folded lines of `profile`, sorted, one per distinct (thread name, stack).
 pub fn folded_lines(profile: &Profile) -> Vec<String> {
-    fold(profile, false)
+    fold(profile, false, frame_label)
 }
 
 pub fn write_folded(profile: &Profile, mut w: impl Write) -> Result<(), OutputError> {
@@ -99,7 +104,7 @@ mod tests {
 
     #[test]
     fn annotated_for_flame_graph() {
-        let lines = fold(&sample_profile(), true);
+        let lines = fold(&sample_profile(), true, frame_label);
         assert!(lines.contains(
             &"node;node::Start;main file:///app/main.js:1_[j];fib file:///app/fib.js:3_[j] 1"
                 .to_string()

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::str::FromStr;
 
-use super::{write_cpuprofile, write_flamegraph, write_folded, OutputError};
+use super::{write_cpuprofile, write_flamegraph, write_folded, write_pprof, OutputError};
 use crate::profile::Profile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,10 +15,21 @@ pub enum Format {
     Folded,
     /// Flame graph SVG.
     Svg,
+    /// pprof's gzipped `profile.proto` (go tool pprof, continuous-profiling backends).
+    Pprof,
 }
 
 impl Format {
-    pub const ALL: [Format; 3] = [Format::Cpuprofile, Format::Folded, Format::Svg];
+    pub const ALL: [Format; 4] = [
+        Format::Cpuprofile,
+        Format::Folded,
+        Format::Svg,
+        Format::Pprof,
+    ];
+
+    /// What `record` and `watch` write unless told otherwise: the files a
+    /// person opens; pprof is for backends, asked for by name.
+    pub const DEFAULT: [Format; 3] = [Format::Cpuprofile, Format::Folded, Format::Svg];
 
     /// The name on the command line, which is also the file extension.
     pub fn name(self) -> &'static str {
@@ -26,11 +37,16 @@ impl Format {
             Format::Cpuprofile => "cpuprofile",
             Format::Folded => "folded",
             Format::Svg => "svg",
+            Format::Pprof => "pprof",
         }
     }
 
     pub fn extension(self) -> &'static str {
-        self.name()
+        match self {
+            // `go tool pprof` and the backends expect a gzipped protobuf by this name.
+            Format::Pprof => "pb.gz",
+            f => f.name(),
+        }
     }
 
     /// One line for `--help`.
@@ -39,6 +55,7 @@ impl Format {
             Format::Cpuprofile => "Chrome DevTools / VS Code / speedscope profile",
             Format::Folded => "folded stacks (`frame;frame count`), input of flamegraph tools",
             Format::Svg => "flame graph SVG",
+            Format::Pprof => "pprof profile.proto, gzipped (go tool pprof, Pyroscope, Parca, Datadog)",
         }
     }
 
@@ -53,6 +70,7 @@ impl Format {
             Format::Cpuprofile => write_cpuprofile(profile, w),
             Format::Folded => write_folded(profile, w),
             Format::Svg => write_flamegraph(profile, title, w),
+            Format::Pprof => write_pprof(profile, w),
         }
     }
 }

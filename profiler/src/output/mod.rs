@@ -1,12 +1,14 @@
 //! Writers that turn a [`Profile`](crate::profile::Profile) into files and text
-//! for people and tools: `.cpuprofile` JSON, folded stacks, a flame graph SVG
-//! and a terminal summary.
+//! for people and tools: `.cpuprofile` JSON, folded stacks, a flame graph SVG,
+//! pprof's `profile.proto` and a terminal summary.
 
 mod cpuprofile;
 mod files;
 mod flamegraph;
 mod folded;
 mod format;
+mod label;
+mod pprof;
 mod summary;
 
 pub use cpuprofile::{validate_cpuprofile, write_cpuprofile};
@@ -17,6 +19,8 @@ pub use files::{
 pub use flamegraph::write_flamegraph;
 pub use folded::{folded_lines, write_folded};
 pub use format::Format;
+pub use label::{short_label, short_native_name};
+pub use pprof::write_pprof;
 pub use summary::{frame_label, FunctionStat, Summary, ThreadStat};
 
 /// A result shown to a person as text. Commands with `--json` serialize the

@@ -64,6 +64,17 @@ pub struct Summary {
     pub top_self: Vec<FunctionStat>,
     /// Functions by samples where they were anywhere on the stack.
     pub top_total: Vec<FunctionStat>,
+    /// JS functions (and DevTools' pseudo frames such as `(garbage
+    /// collector)`) by self samples, native code charged to the innermost
+    /// JS frame that called it, as DevTools and `node --cpu-prof` count.
+    pub js_self: Vec<FunctionStat>,
+    /// JS functions by samples where they were anywhere on the stack.
+    pub js_total: Vec<FunctionStat>,
+    /// Samples with a JS or pseudo frame on the stack: what `js_self` shares.
+    pub js_samples: u64,
+    /// The text leads with the native tables (`--summary native`) instead
+    /// of the JS ones.
+    pub native_view: bool,
 }
 
 impl Summary {
@@ -102,6 +113,9 @@ impl Summary {
         let program = Frame::meta("(program)");
         let mut self_counts: HashMap<&Frame, u64> = HashMap::new();
         let mut total_counts: HashMap<&Frame, u64> = HashMap::new();
+        let mut js_self: HashMap<&Frame, u64> = HashMap::new();
+        let mut js_total: HashMap<&Frame, u64> = HashMap::new();
+        let mut js_samples = 0;
         for (&stack, &n) in &per_stack {
             let frames: Vec<&Frame> = profile
                 .stack(stack)
@@ -110,6 +124,18 @@ impl Summary {
                 .collect();
             let leaf = frames.last().copied().unwrap_or(&program);
             *self_counts.entry(leaf).or_default() += n;
+            if let Some(&js) = frames.iter().rev().find(|f| counts_as_js(f)).or(
+                // An empty stack is `(program)`, as in the `.cpuprofile`.
+                frames.is_empty().then_some(&leaf),
+            ) {
+                *js_self.entry(js).or_default() += n;
+                js_samples += n;
+                let distinct: HashSet<&Frame> =
+                    frames.iter().copied().filter(|f| counts_as_js(f)).chain([js]).collect();
+                for f in distinct {
+                    *js_total.entry(f).or_default() += n;
+                }
+            }
             // Once per sample: recursion must not push a share past 100%.
             let distinct: HashSet<&Frame> = frames.into_iter().chain([leaf]).collect();
             for f in distinct {
@@ -117,12 +143,20 @@ impl Summary {
             }
         }
         let rank = |counts: HashMap<&Frame, u64>| {
-            let mut stats: Vec<FunctionStat> = counts
+            // One row per label: the same function of two isolates (main
+            // thread and a worker) has two script ids but reads the same.
+            let mut rows: HashMap<(String, FrameKind, &str), u64> = HashMap::new();
+            for (f, n) in counts {
+                *rows
+                    .entry((frame_label(f), f.kind, f.location.as_str()))
+                    .or_default() += n;
+            }
+            let mut stats: Vec<FunctionStat> = rows
                 .into_iter()
-                .map(|(f, n)| FunctionStat {
-                    label: frame_label(f),
-                    kind: f.kind,
-                    location: f.location.clone(),
+                .map(|((label, kind, location), n)| FunctionStat {
+                    label,
+                    kind,
+                    location: location.to_string(),
                     samples: n,
                     percent: 100.0 * n as f64 / total.max(1) as f64,
                 })
@@ -147,8 +181,26 @@ impl Summary {
             threads,
             top_self: rank(self_counts),
             top_total: rank(total_counts),
+            js_self: rank(js_self),
+            js_total: rank(js_total),
+            js_samples,
+            native_view: false,
         }
     }
+
+    /// The same summary, its text leading with native code (`--summary native`).
+    pub fn native(self) -> Summary {
+        Summary {
+            native_view: true,
+            ..self
+        }
+    }
+}
+
+/// Frames the JS view keeps: JS functions and DevTools' pseudo frames
+/// (`(garbage collector)`, `(program)`); native code is charged to them.
+fn counts_as_js(frame: &Frame) -> bool {
+    matches!(frame.kind, FrameKind::Js | FrameKind::Meta)
 }
 
 /// What a table row adds after the label so native code from different
@@ -223,13 +275,36 @@ impl Report for Summary {
             write!(out, " ({})", threads.join(", "))?;
         }
         writeln!(out)?;
-        table(out, "Top functions by self time:", "self", &self.top_self)?;
+        if self.native_view {
+            table(out, "Top functions by self time:", "self", &self.top_self)?;
+            return table(
+                out,
+                "Top functions by total time:",
+                "total",
+                &self.top_total,
+            );
+        }
         table(
             out,
-            "Top functions by total time:",
+            "Top JS functions by self time (native code counted for its JS caller):",
+            "self",
+            &self.js_self,
+        )?;
+        table(
+            out,
+            "Top JS functions by total time:",
             "total",
-            &self.top_total,
-        )
+            &self.js_total,
+        )?;
+        let native = self.samples - self.js_samples;
+        if native > 0 {
+            writeln!(
+                out,
+                "\n{native} samples ({:.1} %) ran native code with no JS frame on the stack (libuv threads, V8's helpers).",
+                100.0 * native as f64 / self.samples.max(1) as f64
+            )?;
+        }
+        writeln!(out, "Native functions: --summary native")
     }
 }
 
@@ -322,6 +397,27 @@ mod tests {
     }
 
     #[test]
+    fn one_row_per_function_across_isolates() {
+        let mut p = Profile::new(1, 99, 0);
+        let main = p.intern_frame(Frame {
+            script_id: Some(3),
+            ..js("hot", "file:///a.js", 1, 0)
+        });
+        let worker = p.intern_frame(Frame {
+            script_id: Some(9),
+            ..js("hot", "file:///a.js", 1, 0)
+        });
+        let a = p.intern_stack(vec![main]);
+        let b = p.intern_stack(vec![worker]);
+        p.add_sample(1, 1, "main", a);
+        p.add_sample(2, 2, "worker 1", b);
+        let s = Summary::from_profile(&p, 10);
+        assert_eq!(s.js_self.len(), 1);
+        assert_eq!(s.js_self[0].samples, 2);
+        assert_eq!(s.top_total[0].samples, 2);
+    }
+
+    #[test]
     fn top_zero_lists_everything() {
         let all = Summary::from_profile(&sample_profile(), 0);
         assert!(!all.top_self.is_empty());
@@ -341,8 +437,43 @@ mod tests {
     }
 
     #[test]
+    fn js_view_charges_native_code_to_its_js_caller() {
+        let s = Summary::from_profile(&sample_profile(), 10);
+        let rows = |stats: &[FunctionStat]| -> Vec<(String, u64)> {
+            stats.iter().map(|f| (f.label.clone(), f.samples)).collect()
+        };
+        assert_eq!(
+            rows(&s.js_self),
+            [
+                ("fib file:///app/fib.js:3".to_string(), 3),
+                ("(program)".to_string(), 2),
+                ("(garbage collector)".to_string(), 1),
+                // write and ksys_write under a builtin, called from main.
+                ("main file:///app/main.js:1".to_string(), 1),
+            ]
+        );
+        assert_eq!(
+            rows(&s.js_total),
+            [
+                ("main file:///app/main.js:1".to_string(), 4),
+                ("fib file:///app/fib.js:3".to_string(), 3),
+                ("(program)".to_string(), 2),
+                ("(garbage collector)".to_string(), 1),
+            ]
+        );
+        // The libuv worker samples have no JS frame.
+        assert_eq!(s.js_samples, 7);
+        let text = s.to_text();
+        assert!(text.contains("\nTop JS functions by self time (native code counted for its JS caller):\n    self   samples  function\n   33.3%         3  fib file:///app/fib.js:3\n"), "{text}");
+        assert!(text.contains("\nTop JS functions by total time:\n   total   samples  function\n   44.4%         4  main file:///app/main.js:1\n"), "{text}");
+        assert!(text.contains("\n2 samples (22.2 %) ran native code with no JS frame"), "{text}");
+        assert!(text.contains("Native functions: --summary native\n"), "{text}");
+        assert!(!text.contains("node::Start"), "{text}");
+    }
+
+    #[test]
     fn display() {
-        let text = Summary::from_profile(&sample_profile(), 10).to_text();
+        let text = Summary::from_profile(&sample_profile(), 10).native().to_text();
         assert!(text.contains("Duration:        0.0 s\n"), "{text}");
         assert!(
             text.contains("Samples:         9 (at 99 Hz per CPU)\n"),
@@ -368,9 +499,11 @@ mod tests {
         let s = Summary::from_profile(&p, 5);
         assert_eq!((s.samples, s.thread_count, s.lost_samples), (0, 0, 3));
         assert!(s.top_self.is_empty() && s.top_total.is_empty());
+        assert!(s.js_self.is_empty() && s.js_total.is_empty());
         let text = s.to_text();
         assert!(text.contains("Duration:        2.3 s\n"), "{text}");
         assert!(text.contains("Threads sampled: 0\n"), "{text}");
         assert_eq!(text.matches("(no samples)").count(), 2);
+        assert_eq!(s.native().to_text().matches("(no samples)").count(), 2);
     }
 }

@@ -13,7 +13,7 @@ use super::policy::{Limits, MemOf, Thresholds, Trigger};
 /// What a trigger does. Each variant is one capture function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
-    /// A CPU profile of the next `--profile-duration`, in every format.
+    /// A CPU profile of the next `--profile-duration`, in `record`'s default formats.
     Profile,
     /// Every thread's stack, without stopping the process.
     Dump,
