@@ -384,3 +384,38 @@ fn sigint_during_a_snapshot_leaves_no_file() {
     assert_only_http_listening(&target);
     assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
 }
+
+/// `--count 2 --interval 3s` of a leaking server: two numbered files, and
+/// the diff printed after them names the growing class first.
+#[test]
+fn two_snapshots_and_what_grew_between_them() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(&node_major(24), &["idle", "--leak-per-s", "20000"], dir.path());
+    let out = dir.path().join("leak.heapsnapshot");
+    let run = snapshot(
+        target.proc.pid,
+        &out,
+        &["--count", "2", "--interval", "3s"],
+        dir.path(),
+    );
+    run.assert_success();
+    for n in [1, 2] {
+        let file = dir.path().join(format!("leak-{n}.heapsnapshot"));
+        assert!(file.exists(), "{} missing:\n{}", file.display(), run.stdout);
+    }
+    assert!(!out.exists(), "an unnumbered file was written");
+    let grew = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("What grew"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no diff in:\n{}", run.stdout));
+    assert!(
+        grew.starts_with("CaptureGrowth +"),
+        "the growing class does not top the diff: {grew}\n{}",
+        run.stdout
+    );
+    assert_running(target.proc.pid);
+    assert_only_http_listening(&target);
+}
