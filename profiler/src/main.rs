@@ -101,6 +101,10 @@ struct SnapshotArgs {
     /// Time between snapshots (e.g. 30s, 2m).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     interval: Duration,
+    /// The heap of this worker thread (its `threadId`: 1 is the first
+    /// worker) instead of the main thread's.
+    #[arg(long, value_name = "THREAD_ID")]
+    worker: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -532,6 +536,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 capture: SnapshotOptions {
                     force: args.force,
                     quiet: args.quiet,
+                    worker: args.worker,
                 },
                 count: args.count,
                 interval: args.interval,

@@ -419,3 +419,44 @@ fn two_snapshots_and_what_grew_between_them() {
     assert_running(target.proc.pid);
     assert_only_http_listening(&target);
 }
+
+/// `--worker 1`: the first worker's heap — its own class, not the main
+/// thread's; a worker that does not exist is one line naming those that do.
+fn snapshot_of_a_worker(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(&node_major(major), &["idle", "--workers", "1"], dir.path());
+    let out = dir.path().join("worker.heapsnapshot");
+    let run = snapshot(target.proc.pid, &out, &["--worker", "1"], dir.path());
+    run.assert_success();
+    let counts = class_counts(&out, dir.path());
+    assert_eq!(
+        counts.get("CaptureWorkerOnly"),
+        Some(&2500),
+        "node {major}: the worker's class in its snapshot: {counts:?}"
+    );
+    assert!(
+        !counts.contains_key("CaptureLeak"),
+        "node {major}: the main thread's class in the worker's snapshot"
+    );
+    snapshot(
+        target.proc.pid,
+        &dir.path().join("none.heapsnapshot"),
+        &["--worker", "7"],
+        dir.path(),
+    )
+    .assert_error("no worker thread 7");
+    assert!(!dir.path().join("none.heapsnapshot").exists());
+    assert_running(target.proc.pid);
+    assert_only_http_listening(&target);
+}
+
+#[test]
+fn snapshot_of_a_worker_node20() {
+    snapshot_of_a_worker(20);
+}
+
+#[test]
+fn snapshot_of_a_worker_node24() {
+    snapshot_of_a_worker(24);
+}
