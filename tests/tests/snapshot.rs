@@ -452,11 +452,26 @@ fn snapshot_of_a_worker(major: u32) {
 }
 
 #[test]
+fn snapshot_of_a_worker_node18() {
+    snapshot_of_a_worker(18);
+}
+
+#[test]
 fn snapshot_of_a_worker_node20() {
     snapshot_of_a_worker(20);
 }
 
 #[test]
+fn snapshot_of_a_worker_node22() {
+    snapshot_of_a_worker(22);
+}
+
+#[test]
 fn snapshot_of_a_worker_node24() {
     snapshot_of_a_worker(24);
+}
+
+#[test]
+fn snapshot_of_a_worker_node26() {
+    snapshot_of_a_worker(26);
 }
