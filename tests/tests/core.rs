@@ -477,6 +477,64 @@ fn dump_core_of_a_blocked_main_thread_node26() {
     dump_core_of_a_blocked_main_thread(26);
 }
 
+/// A core the kernel writes when hang.js, blocked as above, is killed by
+/// SIGABRT (`core_pattern` is `core` here: the file lands in its working
+/// directory; `ulimit -c unlimited` for it alone).
+fn dump_core_written_by_the_kernel(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(major);
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    assert_eq!(
+        pattern.trim(),
+        "core",
+        "this test needs the kernel to write cores as ./core"
+    );
+    let fifo = dir.path().join("config.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"ulimit -c unlimited; exec "$0" "$1" fifo "$2""#)
+        .arg(&node)
+        .arg(fixture(HANG))
+        .arg(&fifo)
+        .current_dir(dir.path());
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_for_line("ready", READY_TIMEOUT);
+    wait_in_syscall(proc.pid, proc.pid, &[SYS_OPENAT], READY_TIMEOUT);
+    let live = run_nodeprof(&["dump", "-p", &proc.pid.to_string()], dir.path(), RUN_TIMEOUT);
+    live.assert_success();
+    send_signal(proc.pid, libc::SIGABRT);
+    let status = proc.wait(Duration::from_secs(60));
+    assert!(
+        std::os::unix::process::ExitStatusExt::core_dumped(&status),
+        "no core dumped: {status:?}"
+    );
+    let file = dir.path().join("core");
+    let dump = dump_core(&file, &node, dir.path());
+    let verdict = verdict_of(&dump.stdout);
+    assert!(
+        verdict.starts_with(&format!(
+            "blocked in a synchronous call: openat {}",
+            fifo.display()
+        )) && verdict.contains("← readFileSync ← loadConfig ← handleRequest"),
+        "verdict {verdict:?}"
+    );
+    for name in ["loadConfig", "handleRequest"] {
+        assert_eq!(js_line(&dump.stdout, name), js_line(&live.stdout, name));
+    }
+}
+
+#[test]
+fn dump_core_written_by_the_kernel_node20() {
+    dump_core_written_by_the_kernel(20);
+}
+
+#[test]
+fn dump_core_written_by_the_kernel_node24() {
+    dump_core_written_by_the_kernel(24);
+}
+
 /// hang.js spinning in a catastrophic regex inside `checkInput`: the core's
 /// verdict is the running JS function, at the live dump's position.
 fn dump_core_of_a_spinning_main_thread(major: u32) {

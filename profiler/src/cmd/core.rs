@@ -69,8 +69,8 @@ pub fn run(options: &CoreCommand) -> Result<CoreReport, CoreCommandError> {
         action: "read the free disk space",
         source,
     })?;
-    // Compressed, a guess: node's heaps and stacks shrank 4–5 times with
-    // zstd -1 in our cores; half is the cautious side of that.
+    // Compressed, a guess: a node core's data shrank about 5 times with
+    // zstd -1 in our runs; half is the cautious side of that.
     let expected = match options.capture.compress {
         None => expected,
         Some(_) => expected / 2,
