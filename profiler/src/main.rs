@@ -419,7 +419,7 @@ struct DumpArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "pid")]
     core: Option<PathBuf>,
     /// With --core: the node binary the process ran (its V8 layout, unwind tables and symbols).
-    #[arg(long, value_name = "NODE", requires = "core")]
+    #[arg(long, value_name = "NODE", conflicts_with = "pid")]
     exe: Option<PathBuf>,
     /// One JSON object per thread and line instead of text.
     #[arg(long)]
