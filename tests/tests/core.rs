@@ -403,12 +403,26 @@ fn dump_core_of_a_blocked_main_thread(major: u32) {
     let dir = scratch_dir();
     let node = node_major(major);
     let fifo = dir.path().join("config.fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let proc = Proc::node(&node, &[], HANG, &["fifo", fifo.to_str().unwrap()], dir.path());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let proc = Proc::node(
+        &node,
+        &[],
+        HANG,
+        &["fifo", fifo.to_str().unwrap()],
+        dir.path(),
+    );
     proc.wait_for_line("ready", READY_TIMEOUT);
     wait_in_syscall(proc.pid, proc.pid, &[SYS_OPENAT], READY_TIMEOUT);
 
-    let live = run_nodeprof(&["dump", "-p", &proc.pid.to_string()], dir.path(), RUN_TIMEOUT);
+    let live = run_nodeprof(
+        &["dump", "-p", &proc.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
     live.assert_success();
     let ours = dir.path().join("hang.core");
     core(proc.pid, &ours, &[], dir.path()).assert_success();
@@ -427,7 +441,8 @@ fn dump_core_of_a_blocked_main_thread(major: u32) {
             file.display()
         );
         assert!(
-            dump.stdout.contains(&format!("read from the core file {}", file.display())),
+            dump.stdout
+                .contains(&format!("read from the core file {}", file.display())),
             "{}",
             dump.stdout
         );
@@ -491,7 +506,11 @@ fn dump_core_written_by_the_kernel(major: u32) {
         "this test needs the kernel to write cores as ./core"
     );
     let fifo = dir.path().join("config.fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(r#"ulimit -c unlimited; exec "$0" "$1" fifo "$2""#)
@@ -502,7 +521,11 @@ fn dump_core_written_by_the_kernel(major: u32) {
     let mut proc = Proc::spawn(cmd);
     proc.wait_for_line("ready", READY_TIMEOUT);
     wait_in_syscall(proc.pid, proc.pid, &[SYS_OPENAT], READY_TIMEOUT);
-    let live = run_nodeprof(&["dump", "-p", &proc.pid.to_string()], dir.path(), RUN_TIMEOUT);
+    let live = run_nodeprof(
+        &["dump", "-p", &proc.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
     live.assert_success();
     send_signal(proc.pid, libc::SIGABRT);
     let status = proc.wait(Duration::from_secs(60));
@@ -544,7 +567,11 @@ fn dump_core_of_a_spinning_main_thread(major: u32) {
     let proc = Proc::node(&node, &[], HANG, &["regex", "-"], dir.path());
     proc.wait_for_line("ready", READY_TIMEOUT);
     wait_in_syscall(proc.pid, proc.pid, &["running"], READY_TIMEOUT);
-    let live = run_nodeprof(&["dump", "-p", &proc.pid.to_string()], dir.path(), RUN_TIMEOUT);
+    let live = run_nodeprof(
+        &["dump", "-p", &proc.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
     live.assert_success();
     let ours = dir.path().join("spin.core");
     core(proc.pid, &ours, &[], dir.path()).assert_success();
@@ -587,14 +614,34 @@ fn dump_core_bad_input_is_one_line_errors() {
     };
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "not a core\n").unwrap();
-    dump(&["--core".as_ref(), text.as_os_str(), "--exe".as_ref(), node24.as_os_str()])
-        .assert_error("not an ELF file");
-    dump(&["--core".as_ref(), node24.as_os_str(), "--exe".as_ref(), node24.as_os_str()])
-        .assert_error("is not a core file");
-    dump(&["--core".as_ref(), file.as_os_str(), "--exe".as_ref(), node20.as_os_str()])
-        .assert_error("was not taken from");
+    dump(&[
+        "--core".as_ref(),
+        text.as_os_str(),
+        "--exe".as_ref(),
+        node24.as_os_str(),
+    ])
+    .assert_error("not an ELF file");
+    dump(&[
+        "--core".as_ref(),
+        node24.as_os_str(),
+        "--exe".as_ref(),
+        node24.as_os_str(),
+    ])
+    .assert_error("is not a core file");
+    dump(&[
+        "--core".as_ref(),
+        file.as_os_str(),
+        "--exe".as_ref(),
+        node20.as_os_str(),
+    ])
+    .assert_error("was not taken from");
     dump(&["--core".as_ref(), file.as_os_str()]).assert_error("needs --exe");
     let missing = dir.path().join("missing.core");
-    dump(&["--core".as_ref(), missing.as_os_str(), "--exe".as_ref(), node24.as_os_str()])
-        .assert_error("cannot read");
+    dump(&[
+        "--core".as_ref(),
+        missing.as_os_str(),
+        "--exe".as_ref(),
+        node24.as_os_str(),
+    ])
+    .assert_error("cannot read");
 }

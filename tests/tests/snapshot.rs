@@ -391,7 +391,11 @@ fn sigint_during_a_snapshot_leaves_no_file() {
 fn two_snapshots_and_what_grew_between_them() {
     let _lock = serial();
     let dir = scratch_dir();
-    let target = start(&node_major(24), &["idle", "--leak-per-s", "20000"], dir.path());
+    let target = start(
+        &node_major(24),
+        &["idle", "--leak-per-s", "20000"],
+        dir.path(),
+    );
     let out = dir.path().join("leak.heapsnapshot");
     let run = snapshot(
         target.proc.pid,

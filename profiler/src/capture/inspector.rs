@@ -256,14 +256,18 @@ impl Session {
     /// Sends the following requests to worker thread `thread_id` (its
     /// `threadId`, which the inspector calls `workerId`).
     pub fn attach_worker(&mut self, thread_id: u32) -> Result<(), InspectorError> {
-        let id = self.send("NodeWorker.enable", json!({ "waitForDebuggerOnStart": false }))?;
+        let id = self.send(
+            "NodeWorker.enable",
+            json!({ "waitForDebuggerOnStart": false }),
+        )?;
         // Node announces every worker (attachedToWorker) before it answers.
         let mut workers: Vec<(String, String)> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             match self.next_message()? {
                 Incoming::Event(method, params) if method == "NodeWorker.attachedToWorker" => {
-                    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+                    let text =
+                        |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
                     workers.push((
                         text(params.pointer("/workerInfo/workerId")),
                         text(params.get("sessionId")),

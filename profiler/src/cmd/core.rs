@@ -58,10 +58,7 @@ pub fn run(options: &CoreCommand) -> Result<CoreReport, CoreCommandError> {
         }
         .into());
     }
-    let extension = options
-        .capture
-        .compress
-        .map_or("core", |c| c.extension());
+    let extension = options.capture.compress.map_or("core", |c| c.extension());
     let path = output::capture_path(options.output.as_deref(), target.pid, extension);
     let mut file = CaptureFile::create(&path)?;
     let (expected, _) = core::expected_size(target.pid, &options.capture)?;

@@ -24,10 +24,7 @@ pub enum DumpSource {
     Pid(u32),
     /// A core file, and the executable the process ran (required: checked at run time, so its
     /// absence is one clear line).
-    Core {
-        core: PathBuf,
-        exe: Option<PathBuf>,
-    },
+    Core { core: PathBuf, exe: Option<PathBuf> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +44,10 @@ pub enum DumpError {
 pub fn run(options: &DumpOptions, out: &mut dyn Write) -> Result<DumpReport, DumpError> {
     let stacks = match &options.source {
         DumpSource::Pid(pid) => stacks::capture(*pid, SampleWindow::default())?,
-        DumpSource::Core { core, exe: Some(exe) } => stacks::from_core(core, exe)?,
+        DumpSource::Core {
+            core,
+            exe: Some(exe),
+        } => stacks::from_core(core, exe)?,
         DumpSource::Core { core, exe: None } => {
             // A file that is no core says so first.
             let named = stacks::executable_in_core(core)?;

@@ -104,7 +104,9 @@ fn wait(duration: Duration) -> Result<(), SnapshotCommandError> {
     let end = Instant::now() + duration;
     while Instant::now() < end {
         if let Some(signal) = interrupt::pending() {
-            return Err(SnapshotCommandError::Interrupted(interrupt::describe(signal)));
+            return Err(SnapshotCommandError::Interrupted(interrupt::describe(
+                signal,
+            )));
         }
         std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
     }
@@ -199,7 +201,10 @@ impl Report for SnapshotsReport {
             snapshot.write_text(out)?;
         }
         if let Some(diff) = &self.diff {
-            let (first, last) = (&self.snapshots[0].path, &self.snapshots[self.snapshots.len() - 1].path);
+            let (first, last) = (
+                &self.snapshots[0].path,
+                &self.snapshots[self.snapshots.len() - 1].path,
+            );
             writeln!(out)?;
             writeln!(
                 out,

@@ -58,6 +58,7 @@ mod reg {
     pub const RSP: usize = 19;
     pub const COUNT: usize = 27;
 }
+const _: () = assert!(reg::COUNT * 8 + PRSTATUS_REGS <= PRSTATUS_SIZE);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreFileError {
@@ -94,6 +95,9 @@ struct Segment {
     executable: bool,
 }
 
+/// The file on this host behind a path, and its code's file offset ranges.
+type Backing = (Option<Arc<File>>, Arc<[(u64, u64)]>);
+
 /// One `NT_FILE` entry, and the file on this host that backs it.
 #[derive(Debug, Clone)]
 struct FileMapping {
@@ -102,7 +106,6 @@ struct FileMapping {
     /// File offset ranges of the file's executable segments.
     code: Arc<[(u64, u64)]>,
 }
-
 
 /// A core file opened for reading.
 pub struct CoreFile {
@@ -139,20 +142,21 @@ impl CoreFile {
         // The executable: the file mapped where the entry point is.
         let entry = auxv(AT_ENTRY);
         let exe_path = executable_of(&memory, entry);
-        check_exe(&memory, &exe_path, &exe_file, entry).map_err(|why| {
-            CoreFileError::OtherExe {
-                core: shown.clone(),
-                exe: exe.display().to_string(),
-                ran: exe_path.clone(),
-                why,
-            }
+        check_exe(&memory, &exe_path, &exe_file, entry).map_err(|why| CoreFileError::OtherExe {
+            core: shown.clone(),
+            exe: exe.display().to_string(),
+            ran: exe_path.clone(),
+            why,
         })?;
 
         // Open each file once, verified against the core's copy of its
         // first page.
         let exe_file = Arc::new(exe_file);
-        let mut opened: HashMap<String, (Option<Arc<File>>, Arc<[(u64, u64)]>)> = HashMap::new();
-        opened.insert(exe_path.clone(), (Some(exe_file.clone()), code_ranges(&exe_file).into()));
+        let mut opened: HashMap<String, Backing> = HashMap::new();
+        opened.insert(
+            exe_path.clone(),
+            (Some(exe_file.clone()), code_ranges(&exe_file).into()),
+        );
         for i in 0..memory.files.len() {
             let path = memory.files[i].mapping.path.clone();
             if !opened.contains_key(&path) {
@@ -186,13 +190,16 @@ impl CoreFile {
             vdso: auxv(AT_SYSINFO_EHDR),
         })
     }
-
 }
 
 /// The executable a core's process ran, as it saw it (its `NT_FILE` path).
 pub fn executable_named(path: &Path) -> Result<String, CoreFileError> {
     let (memory, notes) = read_headers(path)?;
-    let entry = notes.auxv.iter().find(|(k, _)| *k == AT_ENTRY).map(|(_, v)| *v);
+    let entry = notes
+        .auxv
+        .iter()
+        .find(|(k, _)| *k == AT_ENTRY)
+        .map(|(_, v)| *v);
     Ok(executable_of(&memory, entry))
 }
 
@@ -366,28 +373,29 @@ impl Notes {
             desc.get(at..at + 8)
                 .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
         };
-        let word32 =
-            |at: usize| -> u32 { desc.get(at..at + 4).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default())) };
+        let word32 = |at: usize| -> u32 {
+            desc.get(at..at + 4)
+                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+        };
         match (name, kind) {
             (b"CORE", NT_PRSTATUS) if desc.len() >= PRSTATUS_SIZE => {
                 let r = |i: usize| word(PRSTATUS_REGS + 8 * i);
-                debug_assert!(reg::COUNT * 8 + PRSTATUS_REGS <= PRSTATUS_SIZE);
                 self.threads.push(ThreadRegs {
-                        tid: word32(PRSTATUS_PID),
-                        ip: r(reg::RIP),
-                        sp: r(reg::RSP),
-                        bp: r(reg::RBP),
-                        user: r(reg::CS) & 3 == 3,
-                        syscall_nr: r(reg::ORIG_RAX) as i64,
-                        args: [
-                            r(reg::RDI),
-                            r(reg::RSI),
-                            r(reg::RDX),
-                            r(reg::R10),
-                            r(reg::R8),
-                            r(reg::R9),
-                        ],
-                        kernel_stack: Vec::new(),
+                    tid: word32(PRSTATUS_PID),
+                    ip: r(reg::RIP),
+                    sp: r(reg::RSP),
+                    bp: r(reg::RBP),
+                    user: r(reg::CS) & 3 == 3,
+                    syscall_nr: r(reg::ORIG_RAX) as i64,
+                    args: [
+                        r(reg::RDI),
+                        r(reg::RSI),
+                        r(reg::RDX),
+                        r(reg::R10),
+                        r(reg::R8),
+                        r(reg::R9),
+                    ],
+                    kernel_stack: Vec::new(),
                 });
             }
             (b"CORE", NT_PRPSINFO) if desc.len() >= PRPSINFO_FNAME + 16 => {
@@ -493,12 +501,16 @@ impl CoreMemory {
             return Ok(None);
         };
         let n = buf.len().min((fm.mapping.end - at) as usize);
-        let got = read_up_to(file, fm.mapping.offset + (at - fm.mapping.start), &mut buf[..n])
-            .map_err(|source| MemoryError::Io {
-                addr: at,
-                len: n,
-                source,
-            })?;
+        let got = read_up_to(
+            file,
+            fm.mapping.offset + (at - fm.mapping.start),
+            &mut buf[..n],
+        )
+        .map_err(|source| MemoryError::Io {
+            addr: at,
+            len: n,
+            source,
+        })?;
         Ok((got > 0).then_some(got))
     }
 }
@@ -547,9 +559,12 @@ impl Image for CoreFile {
             let m = &fm.mapping;
             if fm.file.is_none() {
                 // Only the core's own segment says whether it was code.
-                if let Some(s) = self.memory.segments.iter().find(|s| {
-                    s.vaddr == m.start && s.vaddr + s.memsz == m.end && s.executable
-                }) {
+                if let Some(s) = self
+                    .memory
+                    .segments
+                    .iter()
+                    .find(|s| s.vaddr == m.start && s.vaddr + s.memsz == m.end && s.executable)
+                {
                     out.push(Mapping {
                         executable: true,
                         end: s.vaddr + s.memsz,
@@ -573,7 +588,12 @@ impl Image for CoreFile {
             }
         }
         for s in self.memory.segments.iter().filter(|s| s.executable) {
-            if self.memory.files.iter().any(|f| f.mapping.contains(s.vaddr)) {
+            if self
+                .memory
+                .files
+                .iter()
+                .any(|f| f.mapping.contains(s.vaddr))
+            {
                 continue;
             }
             let path = if Some(s.vaddr) == self.vdso {
@@ -638,14 +658,26 @@ mod tests {
     #[test]
     fn nt_file_entries_parse() {
         let mut desc = Vec::new();
-        for w in [2u64, 4096, 0x400000, 0x401000, 0, 0x7f00_0000_0000, 0x7f00_0000_2000, 3] {
+        for w in [
+            2u64,
+            4096,
+            0x400000,
+            0x401000,
+            0,
+            0x7f00_0000_0000,
+            0x7f00_0000_2000,
+            3,
+        ] {
             desc.extend_from_slice(&w.to_le_bytes());
         }
         desc.extend_from_slice(b"/usr/bin/node\0/lib/libc.so.6\0");
         let files = parse_nt_file(&desc);
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].path, "/usr/bin/node");
-        assert_eq!((files[0].start, files[0].end, files[0].offset), (0x400000, 0x401000, 0));
+        assert_eq!(
+            (files[0].start, files[0].end, files[0].offset),
+            (0x400000, 0x401000, 0)
+        );
         assert_eq!(files[1].offset, 3 * 4096);
         assert_eq!(files[1].path, "/lib/libc.so.6");
         // Truncated: no panic, what is whole is kept.

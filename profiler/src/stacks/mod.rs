@@ -291,42 +291,37 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
     for info in listed {
         let frames_of =
             |sample: usize| symbolized[collection.samples[sample].stack as usize].clone();
-        let (source, frames, syscall, sampled_js) =
-            if let Some(&(newest, count)) = sampled.get(&info.tid) {
-                let js = js_leaders(&collection, &symbolized, info.tid);
-                (
-                    StackSource::Sampled {
-                        samples: count,
-                        window_ms,
-                    },
-                    frames_of(newest),
-                    None,
-                    js,
-                )
-            } else if let Some(&sample) = walked.get(&info.tid) {
-                let r = &regs[&info.tid];
-                let syscall = (r.syscall_nr >= 0 && r.user).then(|| {
-                    syscalls::decode(r.syscall_nr, r.args, &*mem, |fd| image.fd_target(fd))
-                });
-                let source = match origin {
-                    Origin::Live => StackSource::Registers,
-                    Origin::Core { .. } => StackSource::Core,
-                };
-                (
-                    source,
-                    frames_of(sample),
-                    syscall,
-                    Vec::new(),
-                )
-            } else {
-                let reason = "the thread exited while being read".to_string();
-                (
-                    StackSource::Unavailable { reason },
-                    Vec::new(),
-                    None,
-                    Vec::new(),
-                )
+        let (source, frames, syscall, sampled_js) = if let Some(&(newest, count)) =
+            sampled.get(&info.tid)
+        {
+            let js = js_leaders(&collection, &symbolized, info.tid);
+            (
+                StackSource::Sampled {
+                    samples: count,
+                    window_ms,
+                },
+                frames_of(newest),
+                None,
+                js,
+            )
+        } else if let Some(&sample) = walked.get(&info.tid) {
+            let r = &regs[&info.tid];
+            let syscall = (r.syscall_nr >= 0 && r.user)
+                .then(|| syscalls::decode(r.syscall_nr, r.args, &*mem, |fd| image.fd_target(fd)));
+            let source = match origin {
+                Origin::Live => StackSource::Registers,
+                Origin::Core { .. } => StackSource::Core,
             };
+            (source, frames_of(sample), syscall, Vec::new())
+        } else {
+            let reason = "the thread exited while being read".to_string();
+            (
+                StackSource::Unavailable { reason },
+                Vec::new(),
+                None,
+                Vec::new(),
+            )
+        };
         out.push(ThreadStack {
             info,
             syscall,
@@ -482,11 +477,7 @@ pub fn from_core(core: &Path, exe: &Path) -> Result<Stacks, StacksError> {
             off_cpu: None,
         })
         .collect();
-    let regs = file
-        .threads
-        .iter()
-        .map(|t| (t.tid, t.clone()))
-        .collect();
+    let regs = file.threads.iter().map(|t| (t.tid, t.clone())).collect();
     Ok(assemble(
         Snapshot {
             image,

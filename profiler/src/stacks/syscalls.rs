@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::v8::memory::Memory;
 
-
 /// A system call in progress, decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Syscall {
@@ -191,9 +190,11 @@ mod tests {
         let me = std::process::id();
         let mem = ProcessMemory::new(me);
         let image = ProcessImage::new(me);
-        let decode = |nr, args, mem: &ProcessMemory| decode(nr, args, mem, |fd| image.fd_target(fd));
+        let decode =
+            |nr, args, mem: &ProcessMemory| decode(nr, args, mem, |fd| image.fd_target(fd));
         let path = c"/tmp/some file.fifo";
-        let open = decode(257,
+        let open = decode(
+            257,
             [-100i64 as u64, path.as_ptr() as u64, 0, 0, 0, 0],
             &mem,
         );

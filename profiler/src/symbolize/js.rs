@@ -12,9 +12,7 @@ use crate::image::SharedMemory;
 use crate::profile::{Frame, FrameKind};
 use crate::target::V8Runtime;
 use crate::v8::memory::MemoryExt;
-use crate::v8::{
-    CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, V8Layout,
-};
+use crate::v8::{CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, V8Layout};
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
 /// labelled `[unknown JS]` rather than growing memory without bound.

@@ -24,8 +24,8 @@ use blazesym::symbolize::{self, source, Input};
 use nodeprof_common::UserFrame;
 
 use crate::collect::{Collection, RawStack, TOS_FRAME_MARKER};
-use crate::profile::{Frame, FrameKind};
 use crate::image::{Image, Mapping, ProcessImage};
+use crate::profile::{Frame, FrameKind};
 use crate::target::{Discovery, Target};
 
 /// Re-reading `/proc/PID/maps` at most this often while new code appears.
@@ -180,10 +180,7 @@ impl Symbolizer {
         mappings.sort_by_key(|(m, _)| m.start);
         self.mappings = mappings;
         if self.perf_map_file.is_none() {
-            self.perf_map_file = self
-                .perf_map_path
-                .as_ref()
-                .and_then(|p| File::open(p).ok());
+            self.perf_map_file = self.perf_map_path.as_ref().and_then(|p| File::open(p).ok());
         }
     }
 

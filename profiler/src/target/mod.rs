@@ -5,8 +5,8 @@
 mod launch;
 mod runtime;
 
-pub use launch::Launched;
 pub use crate::image::executable_mappings as read_maps;
+pub use launch::Launched;
 pub use runtime::{discover, Discovery, Runtime, V8Runtime};
 
 use std::fs;
