@@ -210,6 +210,20 @@ pub fn monotonic_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
+/// Waits until thread `tid` of `pid` sits in one of `syscalls` (numbers as
+/// `/proc/PID/task/TID/syscall` prints them; `running` for user mode):
+/// the kernel's word that it hangs where a test wants it. Panics on timeout.
+pub fn wait_in_syscall(pid: u32, tid: u32, syscalls: &[&str], timeout: Duration) {
+    let path = format!("/proc/{pid}/task/{tid}/syscall");
+    let mut last = String::new();
+    let reached = wait_until(timeout, || {
+        last = std::fs::read_to_string(&path).unwrap_or_default();
+        let first = last.split_whitespace().next().unwrap_or("");
+        syscalls.contains(&first)
+    });
+    assert!(reached, "thread {tid} of {pid} not in {syscalls:?}: {last}");
+}
+
 /// Sends `signal` to a process this test started.
 pub fn send_signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) on a pid we own.

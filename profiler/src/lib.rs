@@ -21,7 +21,9 @@ pub(crate) mod caps;
 pub(crate) mod capture;
 pub(crate) mod clock;
 pub(crate) mod collect;
+pub(crate) mod corefile;
 pub(crate) mod eventloop;
+pub(crate) mod image;
 pub(crate) mod probe;
 pub(crate) mod profile;
 pub(crate) mod stacks;
@@ -32,7 +34,7 @@ pub(crate) mod target;
 #[allow(dead_code)]
 pub(crate) mod v8;
 
-pub use capture::core::CoreOptions;
+pub use capture::core::{Compression, CoreOptions};
 pub use capture::cpu::{Clock, CpuOptions};
 pub use capture::snapshot::SnapshotOptions;
 pub use probe::{call_tracer_loaded, sampler_loaded};
@@ -58,6 +60,8 @@ mod layering {
         ("profile", 1),
         ("output", 1),
         ("v8", 0),
+        ("image", 0),
+        ("corefile", 0),
         ("clock", 0),
         ("caps", 0),
     ];

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use nodeprof::cmd::core::CoreCommand;
-use nodeprof::cmd::dump::DumpOptions;
+use nodeprof::cmd::dump::{DumpOptions, DumpSource};
 use nodeprof::cmd::heap::{HeapCommand as Heap, HeapOptions, RetainersOf};
 use nodeprof::cmd::record::{RecordOptions, TargetSpec};
 use nodeprof::cmd::snapshot::SnapshotCommand;
@@ -16,7 +16,7 @@ use nodeprof::cmd::{self, gc::GcOptions};
 use nodeprof::heap::graph::Rules;
 use nodeprof::output::{Format, Report};
 use nodeprof::watch::Config as WatchConfig;
-use nodeprof::{Clock, CoreOptions, CpuOptions, SnapshotOptions};
+use nodeprof::{Clock, Compression, CoreOptions, CpuOptions, SnapshotOptions};
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +94,17 @@ struct SnapshotArgs {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// Take this many snapshots (FILE-1, FILE-2…), then print what grew
+    /// between the first and the last (as `nodeprof heap diff`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    count: u32,
+    /// Time between snapshots (e.g. 30s, 2m).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    interval: Duration,
+    /// The heap of this worker thread (its `threadId`: 1 is the first
+    /// worker) instead of the main thread's.
+    #[arg(long, value_name = "THREAD_ID")]
+    worker: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +134,9 @@ struct CoreArgs {
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// Compress the core as it is written (FILE.core.zst; `zstd -d` restores it).
+    #[arg(long, value_enum, value_name = "zstd")]
+    compress: Option<Compression>,
 }
 
 /// `watch`'s flags: the same keys as its TOML file (`nodeprof::watch::Config`).
@@ -406,10 +420,17 @@ struct RecordArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["pid", "core"])))]
 struct DumpArgs {
     /// Process to dump (all of its threads).
     #[arg(short, long)]
-    pid: u32,
+    pid: Option<u32>,
+    /// A core file to read instead of a live process (`nodeprof core`, the kernel's, or gdb's gcore).
+    #[arg(long, value_name = "FILE", conflicts_with = "pid")]
+    core: Option<PathBuf>,
+    /// With --core: the node binary the process ran (its V8 layout, unwind tables and symbols).
+    #[arg(long, value_name = "NODE", conflicts_with = "pid")]
+    exe: Option<PathBuf>,
     /// One JSON object per thread and line instead of text.
     #[arg(long)]
     json: bool,
@@ -526,9 +547,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     room: None,
                     force: args.force,
                     quiet: args.quiet,
+                    worker: args.worker,
                 },
+                count: args.count,
+                interval: args.interval,
             };
-            print(&cmd::snapshot::run(&command)?, &mut stdout)?
+            print(&cmd::snapshot::run_all(&command)?, &mut stdout)?
         }
         Command::Core(args) => print(&cmd::core::run(&args.into_options())?, &mut stdout)?,
         Command::Watch(args) => {
@@ -601,6 +625,7 @@ impl CoreArgs {
                 file_backed: either(self.file_backed, self.no_file_backed),
                 huge: either(self.huge, self.no_huge),
                 quiet: self.quiet,
+                compress: self.compress,
             },
             force: self.force,
         }
@@ -610,7 +635,13 @@ impl CoreArgs {
 impl DumpArgs {
     fn into_options(self) -> DumpOptions {
         DumpOptions {
-            pid: self.pid,
+            source: match (self.pid, self.core) {
+                (Some(pid), _) => DumpSource::Pid(pid),
+                (None, core) => DumpSource::Core {
+                    core: core.unwrap_or_default(),
+                    exe: self.exe,
+                },
+            },
             json: self.json,
         }
     }
@@ -738,8 +769,32 @@ mod tests {
             panic!("not dump")
         };
         let options = args.into_options();
-        assert_eq!((options.pid, options.json), (7, true));
+        assert_eq!((options.source, options.json), (DumpSource::Pid(7), true));
         assert!(Cli::try_parse_from(["nodeprof", "dump"]).is_err());
+        let core = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["nodeprof", "dump"].iter().chain(args)).ok()?;
+            let Command::Dump(args) = cli.command else {
+                panic!("not dump")
+            };
+            Some(args.into_options().source)
+        };
+        assert_eq!(
+            core(&["--core", "c", "--exe", "n"]),
+            Some(DumpSource::Core {
+                core: "c".into(),
+                exe: Some("n".into())
+            })
+        );
+        // Missing --exe is the command's own one-line error.
+        assert_eq!(
+            core(&["--core", "c"]),
+            Some(DumpSource::Core {
+                core: "c".into(),
+                exe: None
+            })
+        );
+        assert_eq!(core(&["--core", "c", "-p", "7"]), None);
+        assert_eq!(core(&["-p", "7", "--exe", "n"]), None);
     }
 
     #[test]

@@ -140,7 +140,14 @@ fn gdb_loads_a_core_of_node_with_workers(major: u32) {
         0o600
     );
 
-    let text = gdb(&node, &out);
+    assert_gdb_reads(&node, &out, pid, threads, major);
+}
+
+/// gdb loads `core` of node `major` with `threads` threads, two of them
+/// workers: every thread listed, no missing memory, the main thread in the
+/// event loop.
+fn assert_gdb_reads(node: &Path, core: &Path, pid: u32, threads: usize, major: u32) {
+    let text = gdb(node, core);
     let listed = text
         .lines()
         .map(|l| l.trim_start().trim_start_matches('*').trim_start())
@@ -175,6 +182,52 @@ fn gdb_loads_a_core_of_node_with_workers(major: u32) {
         text.matches("node::worker::Worker::Run").count() >= 2,
         "node {major}: worker threads' backtraces:\n{text}"
     );
+}
+
+/// `--compress zstd`: a `.core.zst` file, 0600, that `zstd -d` turns into a
+/// core gdb reads like an uncompressed one.
+#[test]
+fn a_zstd_core_decompresses_into_a_core_gdb_reads() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(24);
+    let target = start(&node, &["idle", "--workers", "2"], dir.path());
+    let pid = target.proc.pid;
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    let run = core(pid, dir.path(), &["--compress", "zstd"], dir.path());
+    run.assert_success();
+    assert_not_stopped(pid);
+    assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
+    let written = core_files(dir.path());
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(written[0].ends_with(".core.zst"), "{written:?}");
+    let zst = dir.path().join(&written[0]);
+    let mode = std::fs::metadata(&zst).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(
+        run.stdout.contains("(zstd)") && run.stdout.contains("zstd -d"),
+        "{}",
+        run.stdout
+    );
+    let status = Command::new("zstd")
+        .args(["-d", "-q"])
+        .arg(&zst)
+        .status()
+        .expect("run zstd (cargo xtask bootstrap installs it)");
+    assert!(status.success(), "zstd -d failed");
+    let plain = zst.with_extension("");
+    let (packed, unpacked) = (
+        std::fs::metadata(&zst).unwrap().len(),
+        std::fs::metadata(&plain).unwrap().len(),
+    );
+    eprintln!("zstd core: {packed} bytes, {unpacked} decompressed");
+    assert!(packed < unpacked / 2, "{packed} of {unpacked} bytes");
+    assert_gdb_reads(&node, &plain, pid, threads, 24);
 }
 
 #[test]
@@ -276,4 +329,319 @@ fn sigint_during_a_core_resumes_the_target() {
     assert_not_stopped(pid);
     assert_eq!(core_files(dir.path()), Vec::<String>::new());
     assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
+}
+
+// `nodeprof dump --core FILE --exe NODE`: the JS a core was stuck in, named
+// as the live `dump` names it.
+
+const HANG: &str = "dump/hang.js";
+const SYS_OPENAT: &str = "257";
+
+/// The frame lines of the main thread's block of a dump.
+fn main_thread_frames(dump: &str) -> Vec<String> {
+    dump.lines()
+        .skip_while(|l| !l.ends_with("main thread"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+fn verdict_of(dump: &str) -> String {
+    dump.lines()
+        .find_map(|l| l.trim_start().strip_prefix("=> "))
+        .unwrap_or_else(|| panic!("no verdict in:\n{dump}"))
+        .to_string()
+}
+
+/// The line of JS function `name` at hang.js in the main thread's stack.
+fn js_line(dump: &str, name: &str) -> String {
+    main_thread_frames(dump)
+        .into_iter()
+        .find(|l| l.starts_with(&format!("{name} (file://")) && l.contains("hang.js:"))
+        .unwrap_or_else(|| panic!("no JS frame {name} (…hang.js:…) in:\n{dump}"))
+}
+
+fn dump_core(core: &Path, exe: &Path, dir: &Path) -> Run {
+    let run = run_nodeprof(
+        &[
+            "dump".as_ref(),
+            "--core".as_ref(),
+            core.as_os_str(),
+            "--exe".as_ref(),
+            exe.as_os_str(),
+        ],
+        dir,
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    eprintln!("{}", run.stdout);
+    run
+}
+
+/// A core written by gdb's gcore; the target is resumed when gcore ends.
+fn gcore(pid: u32, prefix: &Path) -> std::path::PathBuf {
+    let out = Command::new("gcore")
+        .arg("-o")
+        .arg(prefix)
+        .arg(pid.to_string())
+        .output()
+        .expect("run gcore (cargo xtask bootstrap installs gdb)");
+    assert!(
+        out.status.success(),
+        "gcore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    prefix.with_extension(pid.to_string())
+}
+
+/// hang.js's main thread blocked in `readFileSync` on a FIFO inside
+/// `loadConfig`: the live dump, then a core by nodeprof and one by gcore;
+/// both name the same call and JS frames, at the same positions.
+fn dump_core_of_a_blocked_main_thread(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(major);
+    let fifo = dir.path().join("config.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let proc = Proc::node(
+        &node,
+        &[],
+        HANG,
+        &["fifo", fifo.to_str().unwrap()],
+        dir.path(),
+    );
+    proc.wait_for_line("ready", READY_TIMEOUT);
+    wait_in_syscall(proc.pid, proc.pid, &[SYS_OPENAT], READY_TIMEOUT);
+
+    let live = run_nodeprof(
+        &["dump", "-p", &proc.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    live.assert_success();
+    let ours = dir.path().join("hang.core");
+    core(proc.pid, &ours, &[], dir.path()).assert_success();
+    let theirs = gcore(proc.pid, &dir.path().join("gcore"));
+    assert_not_stopped(proc.pid);
+
+    for file in [&ours, &theirs] {
+        let dump = dump_core(file, &node, dir.path());
+        let verdict = verdict_of(&dump.stdout);
+        assert!(
+            verdict.starts_with(&format!(
+                "blocked in a synchronous call: openat {}",
+                fifo.display()
+            )) && verdict.contains("← readFileSync ← loadConfig ← handleRequest"),
+            "{}: verdict {verdict:?}",
+            file.display()
+        );
+        assert!(
+            dump.stdout
+                .contains(&format!("read from the core file {}", file.display())),
+            "{}",
+            dump.stdout
+        );
+        for name in ["loadConfig", "handleRequest"] {
+            assert_eq!(
+                js_line(&dump.stdout, name),
+                js_line(&live.stdout, name),
+                "{name} in the core of {} and in the live dump",
+                file.display()
+            );
+        }
+        // libc's openat wrapper, under node's own fs binding: the native
+        // frames too.
+        let frames = main_thread_frames(&dump.stdout);
+        assert!(
+            frames.iter().any(|l| l.contains("(node)")),
+            "no frame of node itself: {frames:#?}"
+        );
+    }
+    // The target was resumed: it reads the FIFO once written.
+    std::fs::write(&fifo, b"hello").unwrap();
+    proc.wait_for_line("done", READY_TIMEOUT);
+}
+
+#[test]
+fn dump_core_of_a_blocked_main_thread_node18() {
+    dump_core_of_a_blocked_main_thread(18);
+}
+
+#[test]
+fn dump_core_of_a_blocked_main_thread_node20() {
+    dump_core_of_a_blocked_main_thread(20);
+}
+
+#[test]
+fn dump_core_of_a_blocked_main_thread_node22() {
+    dump_core_of_a_blocked_main_thread(22);
+}
+
+#[test]
+fn dump_core_of_a_blocked_main_thread_node24() {
+    dump_core_of_a_blocked_main_thread(24);
+}
+
+#[test]
+fn dump_core_of_a_blocked_main_thread_node26() {
+    dump_core_of_a_blocked_main_thread(26);
+}
+
+/// A core the kernel writes when hang.js, blocked as above, is killed by
+/// SIGABRT (`core_pattern` is `core` here: the file lands in its working
+/// directory; `ulimit -c unlimited` for it alone).
+fn dump_core_written_by_the_kernel(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(major);
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    assert_eq!(
+        pattern.trim(),
+        "core",
+        "this test needs the kernel to write cores as ./core"
+    );
+    let fifo = dir.path().join("config.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"ulimit -c unlimited; exec "$0" "$1" fifo "$2""#)
+        .arg(&node)
+        .arg(fixture(HANG))
+        .arg(&fifo)
+        .current_dir(dir.path());
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_for_line("ready", READY_TIMEOUT);
+    wait_in_syscall(proc.pid, proc.pid, &[SYS_OPENAT], READY_TIMEOUT);
+    let live = run_nodeprof(
+        &["dump", "-p", &proc.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    live.assert_success();
+    send_signal(proc.pid, libc::SIGABRT);
+    let status = proc.wait(Duration::from_secs(60));
+    assert!(
+        std::os::unix::process::ExitStatusExt::core_dumped(&status),
+        "no core dumped: {status:?}"
+    );
+    let file = dir.path().join("core");
+    let dump = dump_core(&file, &node, dir.path());
+    let verdict = verdict_of(&dump.stdout);
+    assert!(
+        verdict.starts_with(&format!(
+            "blocked in a synchronous call: openat {}",
+            fifo.display()
+        )) && verdict.contains("← readFileSync ← loadConfig ← handleRequest"),
+        "verdict {verdict:?}"
+    );
+    for name in ["loadConfig", "handleRequest"] {
+        assert_eq!(js_line(&dump.stdout, name), js_line(&live.stdout, name));
+    }
+}
+
+#[test]
+fn dump_core_written_by_the_kernel_node20() {
+    dump_core_written_by_the_kernel(20);
+}
+
+#[test]
+fn dump_core_written_by_the_kernel_node24() {
+    dump_core_written_by_the_kernel(24);
+}
+
+/// hang.js spinning in a catastrophic regex inside `checkInput`: the core's
+/// verdict is the running JS function, at the live dump's position.
+fn dump_core_of_a_spinning_main_thread(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(major);
+    let proc = Proc::node(&node, &[], HANG, &["regex", "-"], dir.path());
+    proc.wait_for_line("ready", READY_TIMEOUT);
+    wait_in_syscall(proc.pid, proc.pid, &["running"], READY_TIMEOUT);
+    let live = run_nodeprof(
+        &["dump", "-p", &proc.pid.to_string()],
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    live.assert_success();
+    let ours = dir.path().join("spin.core");
+    core(proc.pid, &ours, &[], dir.path()).assert_success();
+    assert_not_stopped(proc.pid);
+    let dump = dump_core(&ours, &node, dir.path());
+    let verdict = verdict_of(&dump.stdout);
+    assert!(
+        verdict.starts_with("running JavaScript: checkInput ← start"),
+        "verdict {verdict:?}"
+    );
+    assert_eq!(
+        js_line(&dump.stdout, "checkInput"),
+        js_line(&live.stdout, "checkInput")
+    );
+}
+
+#[test]
+fn dump_core_of_a_spinning_main_thread_node20() {
+    dump_core_of_a_spinning_main_thread(20);
+}
+
+#[test]
+fn dump_core_of_a_spinning_main_thread_node24() {
+    dump_core_of_a_spinning_main_thread(24);
+}
+
+/// Not a core, a core of another node, no --exe: one line each.
+#[test]
+fn dump_core_bad_input_is_one_line_errors() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let (node20, node24) = (node_major(20), node_major(24));
+    let target = start(&node24, &["idle"], dir.path());
+    let file = dir.path().join("idle.core");
+    core(target.proc.pid, &file, &[], dir.path()).assert_success();
+    let dump = |args: &[&std::ffi::OsStr]| {
+        let mut all: Vec<&std::ffi::OsStr> = vec!["dump".as_ref()];
+        all.extend_from_slice(args);
+        run_nodeprof(&all, dir.path(), RUN_TIMEOUT)
+    };
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a core\n").unwrap();
+    dump(&[
+        "--core".as_ref(),
+        text.as_os_str(),
+        "--exe".as_ref(),
+        node24.as_os_str(),
+    ])
+    .assert_error("not an ELF file");
+    dump(&[
+        "--core".as_ref(),
+        node24.as_os_str(),
+        "--exe".as_ref(),
+        node24.as_os_str(),
+    ])
+    .assert_error("is not a core file");
+    dump(&[
+        "--core".as_ref(),
+        file.as_os_str(),
+        "--exe".as_ref(),
+        node20.as_os_str(),
+    ])
+    .assert_error("was not taken from");
+    dump(&["--core".as_ref(), file.as_os_str()]).assert_error("needs --exe");
+    let missing = dir.path().join("missing.core");
+    dump(&[
+        "--core".as_ref(),
+        missing.as_os_str(),
+        "--exe".as_ref(),
+        node24.as_os_str(),
+    ])
+    .assert_error("cannot read");
 }

@@ -81,22 +81,9 @@ impl Fixture {
         }
     }
 
-    /// Waits until the main thread sits in one of `syscalls` (numbers as
-    /// `/proc/PID/syscall` prints them; `running` for user mode): the
-    /// kernel's word that it hangs where the test wants it.
+    /// Waits until the main thread sits in one of `syscalls`.
     fn wait_main_in(&self, syscalls: &[&str]) {
-        let path = format!("/proc/{}/task/{}/syscall", self.pid, self.pid);
-        let mut last = String::new();
-        let reached = wait_until(READY_TIMEOUT, || {
-            last = std::fs::read_to_string(&path).unwrap_or_default();
-            let first = last.split_whitespace().next().unwrap_or("");
-            syscalls.contains(&first)
-        });
-        assert!(
-            reached,
-            "main thread of {} not in {syscalls:?}: {last}",
-            self.pid
-        );
+        wait_in_syscall(self.pid, self.pid, syscalls, READY_TIMEOUT);
     }
 
     /// The worker's answer to `word` on loopback TCP.

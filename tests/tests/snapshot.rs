@@ -384,3 +384,98 @@ fn sigint_during_a_snapshot_leaves_no_file() {
     assert_only_http_listening(&target);
     assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
 }
+
+/// `--count 2 --interval 3s` of a leaking server: two numbered files, and
+/// the diff printed after them names the growing class first.
+#[test]
+fn two_snapshots_and_what_grew_between_them() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(
+        &node_major(24),
+        &["idle", "--leak-per-s", "20000"],
+        dir.path(),
+    );
+    let out = dir.path().join("leak.heapsnapshot");
+    let run = snapshot(
+        target.proc.pid,
+        &out,
+        &["--count", "2", "--interval", "3s"],
+        dir.path(),
+    );
+    run.assert_success();
+    for n in [1, 2] {
+        let file = dir.path().join(format!("leak-{n}.heapsnapshot"));
+        assert!(file.exists(), "{} missing:\n{}", file.display(), run.stdout);
+    }
+    assert!(!out.exists(), "an unnumbered file was written");
+    let grew = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("What grew"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no diff in:\n{}", run.stdout));
+    assert!(
+        grew.starts_with("CaptureGrowth +"),
+        "the growing class does not top the diff: {grew}\n{}",
+        run.stdout
+    );
+    assert_running(target.proc.pid);
+    assert_only_http_listening(&target);
+}
+
+/// `--worker 1`: the first worker's heap — its own class, not the main
+/// thread's; a worker that does not exist is one line naming those that do.
+fn snapshot_of_a_worker(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(&node_major(major), &["idle", "--workers", "1"], dir.path());
+    let out = dir.path().join("worker.heapsnapshot");
+    let run = snapshot(target.proc.pid, &out, &["--worker", "1"], dir.path());
+    run.assert_success();
+    let counts = class_counts(&out, dir.path());
+    assert_eq!(
+        counts.get("CaptureWorkerOnly"),
+        Some(&2500),
+        "node {major}: the worker's class in its snapshot: {counts:?}"
+    );
+    assert!(
+        !counts.contains_key("CaptureLeak"),
+        "node {major}: the main thread's class in the worker's snapshot"
+    );
+    snapshot(
+        target.proc.pid,
+        &dir.path().join("none.heapsnapshot"),
+        &["--worker", "7"],
+        dir.path(),
+    )
+    .assert_error("no worker thread 7");
+    assert!(!dir.path().join("none.heapsnapshot").exists());
+    assert_running(target.proc.pid);
+    assert_only_http_listening(&target);
+}
+
+#[test]
+fn snapshot_of_a_worker_node18() {
+    snapshot_of_a_worker(18);
+}
+
+#[test]
+fn snapshot_of_a_worker_node20() {
+    snapshot_of_a_worker(20);
+}
+
+#[test]
+fn snapshot_of_a_worker_node22() {
+    snapshot_of_a_worker(22);
+}
+
+#[test]
+fn snapshot_of_a_worker_node24() {
+    snapshot_of_a_worker(24);
+}
+
+#[test]
+fn snapshot_of_a_worker_node26() {
+    snapshot_of_a_worker(26);
+}

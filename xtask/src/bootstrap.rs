@@ -423,6 +423,12 @@ const TOOLS: &[Tool] = &[
         check: &["--version"],
         package: "gdb",
     },
+    // The core tests decompress `nodeprof core --compress zstd`'s files.
+    Tool {
+        command: "zstd",
+        check: &["--version"],
+        package: "zstd",
+    },
     // The snapshot tests bring up loopback in a fresh network namespace.
     Tool {
         command: "ip",

@@ -95,7 +95,7 @@ impl BlockedStacks {
             let mut record = stacks::empty_record(self.pid, thread);
             stacks::walk_registers(
                 &mut record,
-                &regs,
+                &stacks::thread_regs(thread.tid, &regs),
                 &self.unwinder,
                 &self.mem,
                 self.layout.as_deref(),
@@ -165,7 +165,7 @@ impl BlockedStacks {
             let mut record = stacks::empty_record(self.pid, &info);
             stacks::walk_registers(
                 &mut record,
-                &regs,
+                &stacks::thread_regs(tid, &regs),
                 &self.unwinder,
                 &self.mem,
                 self.layout.as_deref(),

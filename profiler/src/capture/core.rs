@@ -37,6 +37,28 @@ pub struct CoreOptions {
     pub huge: Option<bool>,
     /// No progress bar.
     pub quiet: bool,
+    /// Compress the file as it is written.
+    pub compress: Option<Compression>,
+}
+
+/// How a core is compressed as it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// Zstandard, level 1 (`zstd -d` restores the core): the target stays
+    /// stopped while it compresses, so speed over ratio.
+    Zstd,
+}
+
+/// zstd level 1: the fastest of the standard levels.
+const ZSTD_LEVEL: i32 = 1;
+
+impl Compression {
+    /// The file name's extension after `.core`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Zstd => "core.zst",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +98,7 @@ pub struct CoreCapture {
     /// From the first thread's stop to the last thread's resume.
     pub stopped: Duration,
     pub filter: u32,
+    pub compressed: Option<Compression>,
 }
 
 /// A mapping of the target, as `/proc/PID/smaps` shows it.
@@ -457,10 +480,10 @@ impl ProcessInfoSource for Filtered {
     }
 }
 
-/// Where elfcore's bytes go: buffered, all-zero pieces skipped as holes,
-/// stopped by a signal, counted for the progress bar.
+/// Where elfcore's bytes go: buffered, all-zero pieces skipped as holes
+/// (or compressed), stopped by a signal, counted for the progress bar.
 struct Sink<'a> {
-    file: &'a mut File,
+    out: Output<'a>,
     buf: Vec<u8>,
     pos: u64,
     data: u64,
@@ -469,20 +492,51 @@ struct Sink<'a> {
 
 const SINK_BUFFER: usize = 1 << 20;
 
+/// The file, written sparse or through a compressor.
+enum Output<'a> {
+    Sparse(&'a mut File),
+    /// Streaming: zstd holds a window, not the core.
+    Zstd(zstd::stream::write::Encoder<'static, &'a mut File>),
+}
+
+impl Output<'_> {
+    fn new(file: &mut File, compress: Option<Compression>) -> io::Result<Output<'_>> {
+        Ok(match compress {
+            None => Output::Sparse(file),
+            Some(Compression::Zstd) => {
+                Output::Zstd(zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)?)
+            }
+        })
+    }
+}
+
 impl Sink<'_> {
     fn flush_buf(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
+            match &mut self.out {
+                Output::Sparse(file) => file.write_all(&self.buf)?,
+                Output::Zstd(encoder) => encoder.write_all(&self.buf)?,
+            }
             self.buf.clear();
         }
         Ok(())
     }
 
-    /// Flushes and gives the file its full length (a trailing hole included).
+    /// Flushes and ends the file: a sparse one gets its full length (a
+    /// trailing hole included), a compressed one its last frame. Returns the
+    /// file's size.
     fn finish(mut self) -> io::Result<u64> {
         self.flush_buf()?;
-        self.file.set_len(self.pos)?;
-        Ok(self.pos)
+        match self.out {
+            Output::Sparse(file) => {
+                file.set_len(self.pos)?;
+                Ok(self.pos)
+            }
+            Output::Zstd(encoder) => {
+                let file = encoder.finish()?;
+                file.stream_position()
+            }
+        }
     }
 }
 
@@ -492,9 +546,12 @@ impl Write for Sink<'_> {
             // Not ErrorKind::Interrupted: write_all would retry that.
             return Err(io::Error::other("stopped by a signal"));
         }
-        if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
+        let sparse = matches!(self.out, Output::Sparse(_));
+        if sparse && data.len() >= 4096 && data.iter().all(|&b| b == 0) {
             self.flush_buf()?;
-            self.file.seek(SeekFrom::Current(data.len() as i64))?;
+            if let Output::Sparse(file) = &mut self.out {
+                file.seek(SeekFrom::Current(data.len() as i64))?;
+            }
         } else {
             self.buf.extend_from_slice(data);
             if self.buf.len() >= SINK_BUFFER {
@@ -530,7 +587,7 @@ pub fn capture(
         attempts += 1;
         let result = std::thread::scope(|scope| {
             scope
-                .spawn(|| stop_and_write(pid, filter, file, progress))
+                .spawn(|| stop_and_write(pid, filter, options.compress, file, progress))
                 .join()
                 .unwrap_or_else(|_| Err(CoreError::Write(io::Error::other("core writer panicked"))))
         });
@@ -551,6 +608,7 @@ pub fn capture(
 fn stop_and_write(
     pid: u32,
     filter: u32,
+    compress: Option<Compression>,
     file: &mut File,
     progress: &indicatif::ProgressBar,
 ) -> Result<CoreCapture, CoreError> {
@@ -570,7 +628,7 @@ fn stop_and_write(
     let count = regions.len();
     let reader = LinuxProcessMemoryReader::new(nix_pid(pid)).map_err(CoreError::Elf)?;
     let mut sink = Sink {
-        file,
+        out: Output::new(file, compress).map_err(CoreError::Write)?,
         buf: Vec::with_capacity(SINK_BUFFER),
         pos: 0,
         data: 0,
@@ -609,6 +667,7 @@ fn stop_and_write(
         data,
         stopped,
         filter,
+        compressed: compress,
     })
 }
 

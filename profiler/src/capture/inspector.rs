@@ -26,6 +26,10 @@ pub enum InspectorError {
     WebSocket(String),
     #[error("the inspector refused {method}: {message}")]
     Refused { method: String, message: String },
+    #[error("no worker thread {id} (its threadId); the process has {available}")]
+    NoWorker { id: u32, available: String },
+    #[error("worker thread {0} exited")]
+    WorkerExited(u32),
 }
 
 /// Listening TCP sockets the process holds, by address.
@@ -159,6 +163,9 @@ fn complete(response: &[u8]) -> bool {
 pub struct Session {
     ws: WebSocket<TcpStream>,
     next_id: u64,
+    /// Requests go to this worker's session (`NodeWorker.sendMessageToWorker`):
+    /// its thread id and session id.
+    worker: Option<(u32, String)>,
 }
 
 /// What one read of the session gave.
@@ -188,14 +195,30 @@ impl Session {
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(200)))
             .map_err(unreachable)?;
-        Ok(Session { ws, next_id: 1 })
+        Ok(Session {
+            ws,
+            next_id: 1,
+            worker: None,
+        })
     }
 
     /// Sends a request; its response comes back through [`Session::next`].
     pub fn send(&mut self, method: &str, params: Value) -> Result<u64, InspectorError> {
         let id = self.next_id;
         self.next_id += 1;
-        let text = json!({ "id": id, "method": method, "params": params }).to_string();
+        let mut text = json!({ "id": id, "method": method, "params": params }).to_string();
+        if let Some((_, session)) = &self.worker {
+            // One id space for both levels: the wrapper's own response is
+            // never mistaken for the worker's.
+            let outer = self.next_id;
+            self.next_id += 1;
+            text = json!({
+                "id": outer,
+                "method": "NodeWorker.sendMessageToWorker",
+                "params": { "sessionId": session, "message": text },
+            })
+            .to_string();
+        }
         tracing::debug!("inspector request: {text}");
         self.ws
             .send(Message::text(text))
@@ -203,31 +226,93 @@ impl Session {
         Ok(id)
     }
 
-    /// The next message, or Idle after the poll interval.
+    /// The next message (of the worker, once attached to one), or Idle
+    /// after the poll interval.
     pub fn next(&mut self) -> Result<Incoming, InspectorError> {
+        let incoming = self.next_message()?;
+        let Some((thread, session)) = &self.worker else {
+            return Ok(incoming);
+        };
+        let of_this = |params: &Value| {
+            params.get("sessionId").and_then(Value::as_str) == Some(session.as_str())
+        };
+        match incoming {
+            Incoming::Event(method, params)
+                if method == "NodeWorker.receivedMessageFromWorker" && of_this(&params) =>
+            {
+                let text = params.get("message").and_then(Value::as_str).unwrap_or("");
+                parse_message(text)
+            }
+            Incoming::Event(method, params)
+                if method == "NodeWorker.detachedFromWorker" && of_this(&params) =>
+            {
+                Err(InspectorError::WorkerExited(*thread))
+            }
+            // The main thread's own traffic.
+            Incoming::Event(..) | Incoming::Response(..) | Incoming::Idle => Ok(Incoming::Idle),
+        }
+    }
+
+    /// Sends the following requests to worker thread `thread_id` (its
+    /// `threadId`, which the inspector calls `workerId`).
+    pub fn attach_worker(&mut self, thread_id: u32) -> Result<(), InspectorError> {
+        let id = self.send(
+            "NodeWorker.enable",
+            json!({ "waitForDebuggerOnStart": false }),
+        )?;
+        // Node announces every worker (attachedToWorker) before it answers.
+        let mut workers: Vec<(String, String)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.next_message()? {
+                Incoming::Event(method, params) if method == "NodeWorker.attachedToWorker" => {
+                    let text =
+                        |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+                    workers.push((
+                        text(params.pointer("/workerInfo/workerId")),
+                        text(params.get("sessionId")),
+                    ));
+                }
+                Incoming::Response(got, result) if got == id => {
+                    result.map_err(|message| InspectorError::Refused {
+                        method: "NodeWorker.enable".into(),
+                        message,
+                    })?;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let wanted = thread_id.to_string();
+        match workers.iter().find(|(worker, _)| *worker == wanted) {
+            Some((_, session)) => {
+                self.worker = Some((thread_id, session.clone()));
+                Ok(())
+            }
+            None => Err(InspectorError::NoWorker {
+                id: thread_id,
+                available: if workers.is_empty() {
+                    "none".to_string()
+                } else {
+                    let ids: Vec<&str> = workers.iter().map(|(w, _)| w.as_str()).collect();
+                    format!("worker threads {}", ids.join(", "))
+                },
+            }),
+        }
+    }
+
+    /// Requests go to the main thread again.
+    pub fn detach_worker(&mut self) {
+        if self.worker.take().is_some() {
+            let _ = self.send("NodeWorker.disable", json!({}));
+        }
+    }
+
+    fn next_message(&mut self) -> Result<Incoming, InspectorError> {
         match self.ws.read() {
             Ok(Message::Text(text)) => {
                 tracing::trace!("inspector: {}", &text.as_str()[..text.len().min(200)]);
-                let v: Value = serde_json::from_str(text.as_str())
-                    .map_err(|e| InspectorError::WebSocket(e.to_string()))?;
-                if let Some(id) = v.get("id").and_then(Value::as_u64) {
-                    let result = match v.get("error") {
-                        Some(e) => Err(e
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("error")
-                            .to_string()),
-                        None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
-                    };
-                    return Ok(Incoming::Response(id, result));
-                }
-                let method = v
-                    .get("method")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let params = v.get("params").cloned().unwrap_or(Value::Null);
-                Ok(Incoming::Event(method, params))
+                parse_message(text.as_str())
             }
             Ok(Message::Close(_)) => Err(InspectorError::Closed),
             Ok(_) => Ok(Incoming::Idle),
@@ -271,6 +356,30 @@ impl Session {
         }
         Ok(None)
     }
+}
+
+/// One protocol message: a response (it has an id) or an event.
+fn parse_message(text: &str) -> Result<Incoming, InspectorError> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| InspectorError::WebSocket(e.to_string()))?;
+    if let Some(id) = v.get("id").and_then(Value::as_u64) {
+        let result = match v.get("error") {
+            Some(e) => Err(e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .to_string()),
+            None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
+        };
+        return Ok(Incoming::Response(id, result));
+    }
+    let method = v
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let params = v.get("params").cloned().unwrap_or(Value::Null);
+    Ok(Incoming::Event(method, params))
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub struct SnapshotOptions {
     /// Bytes the caller lets the file take (a disk budget): a snapshot
     /// expected to be larger is not taken, even with `force`.
     pub room: Option<u64>,
+    /// Of this worker thread's heap (its `threadId`) instead of the main thread's.
+    pub worker: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,12 +287,20 @@ fn session(
         dir,
         progress,
     };
-    let result = snapshot(&mut session, pid, addr, out, options, &mut paused);
+    let result = match options.worker {
+        Some(thread) => session
+            .attach_worker(thread)
+            .map_err(|source| SnapshotError::Inspector { pid, source })
+            .and_then(|()| snapshot(&mut session, pid, addr, out, options, &mut paused)),
+        None => snapshot(&mut session, pid, addr, out, options, &mut paused),
+    };
     if paused {
         // Also cancels a pause still pending: JS must never stay paused.
         let _ = session.send("Debugger.resume", json!({}));
         let _ = session.send("Debugger.disable", json!({}));
     }
+    // The inspector is closed from the main thread.
+    session.detach_worker();
     let closed = if opened {
         close_inspector(session, pid, addr, result.is_ok())
     } else {
@@ -406,8 +416,8 @@ fn snapshot(
     check_room(pid, used, dir, options)?;
 
     // Looked at before the request: once the snapshot runs, the main thread
-    // is busy with it and looks stuck too.
-    let stuck = loop_is_stuck(pid);
+    // is busy with it and looks stuck too. (A worker's loop is not watched.)
+    let stuck = options.worker.is_none() && loop_is_stuck(pid);
     let id = session
         .send(
             "HeapProfiler.takeHeapSnapshot",

@@ -1,10 +1,14 @@
-//! `nodeprof snapshot`: a `.heapsnapshot` of a live Node.js process.
+//! `nodeprof snapshot`: a `.heapsnapshot` of a live Node.js process; with
+//! `--count 2 --interval 30s`, two of them and what grew in between (the
+//! `heap diff` of the two).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::capture::interrupt;
 use crate::capture::snapshot::{self, SnapshotCapture, SnapshotError, SnapshotOptions};
+use crate::heap::{self, diff, HeapError};
 use crate::output::{self, format_bytes, CaptureFile, FileError, Report};
 use crate::target::{Target, TargetError};
 
@@ -14,6 +18,10 @@ pub struct SnapshotCommand {
     /// A file, or a directory for the default name. Default: `nodeprof-PID-DATE-TIME.heapsnapshot` in the current directory.
     pub output: Option<PathBuf>,
     pub capture: SnapshotOptions,
+    /// Snapshots taken (numbered `-1`, `-2`… when more than one).
+    pub count: u32,
+    /// Time between the start of one snapshot and the next.
+    pub interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +34,83 @@ pub enum SnapshotCommandError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(io::Error),
+    #[error("{0}: the snapshots taken so far are kept")]
+    Interrupted(&'static str),
+    #[error("cannot compare the snapshots: {0}")]
+    Diff(#[from] HeapError),
+}
+
+/// Every snapshot taken and, for more than one, what grew from the first to
+/// the last.
+#[derive(Debug)]
+pub struct SnapshotsReport {
+    pub snapshots: Vec<SnapshotReport>,
+    pub diff: Option<diff::Diff>,
+}
+
+/// Classes of the diff printed.
+const DIFF_TOP: usize = 20;
+
+/// Takes `count` snapshots `interval` apart; then, for two or more, compares
+/// the last with the first.
+pub fn run_all(options: &SnapshotCommand) -> Result<SnapshotsReport, SnapshotCommandError> {
+    if options.count <= 1 {
+        return Ok(SnapshotsReport {
+            snapshots: vec![run(options)?],
+            diff: None,
+        });
+    }
+    // One name for the series, numbered.
+    let base = output::capture_path(options.output.as_deref(), options.pid, "heapsnapshot");
+    let mut snapshots = Vec::new();
+    for i in 1..=options.count {
+        let started = Instant::now();
+        let one = SnapshotCommand {
+            output: Some(numbered(&base, i)),
+            count: 1,
+            ..options.clone()
+        };
+        snapshots.push(run(&one)?);
+        if i < options.count {
+            wait(options.interval.saturating_sub(started.elapsed()))?;
+        }
+    }
+    let load = |r: &SnapshotReport| -> Result<diff::Objects, HeapError> {
+        Ok(diff::Objects::of(&heap::load(&r.path, true)?))
+    };
+    let first = load(&snapshots[0])?;
+    let last = load(&snapshots[snapshots.len() - 1])?;
+    let mut result = diff::compare(&first, &last);
+    result.shown = DIFF_TOP;
+    Ok(SnapshotsReport {
+        snapshots,
+        diff: Some(result),
+    })
+}
+
+/// `x.heapsnapshot` → `x-N.heapsnapshot`.
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{n}"),
+    };
+    path.with_file_name(name)
+}
+
+/// Sleeps, ended early by Ctrl-C, SIGTERM or SIGHUP.
+fn wait(duration: Duration) -> Result<(), SnapshotCommandError> {
+    interrupt::install().map_err(SnapshotCommandError::Signals)?;
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        if let Some(signal) = interrupt::pending() {
+            return Err(SnapshotCommandError::Interrupted(interrupt::describe(
+                signal,
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -104,5 +189,45 @@ impl Report for SnapshotReport {
             )?,
         }
         writeln!(out, "wrote {}", self.path.display())
+    }
+}
+
+impl Report for SnapshotsReport {
+    fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        for (i, snapshot) in self.snapshots.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            snapshot.write_text(out)?;
+        }
+        if let Some(diff) = &self.diff {
+            let (first, last) = (
+                &self.snapshots[0].path,
+                &self.snapshots[self.snapshots.len() - 1].path,
+            );
+            writeln!(out)?;
+            writeln!(
+                out,
+                "What grew (nodeprof heap diff {} {}):",
+                first.display(),
+                last.display()
+            )?;
+            diff.write_text(out)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_is_numbered_before_the_extension() {
+        assert_eq!(
+            numbered(Path::new("/tmp/a.heapsnapshot"), 2),
+            Path::new("/tmp/a-2.heapsnapshot")
+        );
+        assert_eq!(numbered(Path::new("snap"), 1), Path::new("snap-1"));
     }
 }

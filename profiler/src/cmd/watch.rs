@@ -777,6 +777,7 @@ impl Job {
             force: false,
             quiet: true,
             room: self.room(),
+            worker: None,
         };
         let dir = file.dir();
         let taken = snapshot::capture(

@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::target::Mapping;
+use crate::image::Mapping;
 use crate::v8::elf::{read_symbols, SymbolFilter};
 use crate::v8::memory::{Memory, MemoryExt};
 

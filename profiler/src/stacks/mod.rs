@@ -10,6 +10,10 @@
 //!
 //! Both become sampler-shaped records, so [`Symbolizer`] names every frame
 //! exactly as `nodeprof record` does.
+//!
+//! A core file ([`from_core`]) is an [`Image`] too: its threads' registers
+//! come from `NT_PRSTATUS` instead of the iterator, and its stacks are
+//! walked and named by the same code.
 
 pub mod report;
 pub mod syscalls;
@@ -18,6 +22,7 @@ pub mod unwind;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodeprof_common::{SampleRecord, TaskRecord, UserFrame, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
@@ -25,11 +30,13 @@ use serde::Serialize;
 
 use crate::collect::{Collection, Collector};
 use crate::eventloop::uv::{self, LoopClock};
+use crate::corefile::{CoreFile, CoreFileError};
+use crate::image::{Image, ProcessImage, ThreadRegs};
 use crate::probe::{self, Probe, ProbeError, RingSizes};
 use crate::profile::Frame;
 use crate::symbolize::Symbolizer;
-use crate::target::{read_maps, Runtime, Target, TargetError, V8Runtime};
-use crate::v8::ProcessMemory;
+use crate::target::{discover, Discovery, Runtime, Target, TargetError, V8Runtime};
+use crate::v8::memory::Memory;
 
 pub use syscalls::Syscall;
 pub use threads::{ThreadInfo, ThreadState};
@@ -40,6 +47,8 @@ pub enum StacksError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Core(#[from] CoreFileError),
     #[error("cannot {action}: {source}")]
     Io {
         action: &'static str,
@@ -74,6 +83,8 @@ impl Default for SampleWindow {
 pub enum StackSource {
     /// Walked from the registers saved when it entered the kernel.
     Registers,
+    /// Walked from the registers a core file holds.
+    Core,
     /// The newest of `samples` samples taken while it ran.
     Sampled { samples: usize, window_ms: u64 },
     /// No stack: why.
@@ -96,9 +107,21 @@ pub struct ThreadStack {
     pub loop_turn: Option<Duration>,
 }
 
+/// Where the stacks were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The live process, which kept running.
+    Live,
+    /// A core file of it.
+    Core { path: String },
+}
+
 /// Every thread of a process at one moment.
 pub struct Stacks {
-    pub target: Target,
+    pub pid: u32,
+    /// The executable, as the target saw it.
+    pub exe: String,
+    pub origin: Origin,
     pub threads: Vec<ThreadStack>,
     /// JS frames can be named (a V8 layout was found).
     pub js_naming: bool,
@@ -138,7 +161,8 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
         // Through /proc: the very file, even in another mount namespace.
         let clock = scope.spawn(|| LoopClock::find(Path::new(&format!("/proc/{pid}/exe"))));
         let unwinder = scope.spawn(|| {
-            let unwinder = read_maps(pid).map(|maps| unwind::Unwinder::for_process(pid, &maps));
+            let unwinder = crate::image::executable_mappings(pid)
+                .map(|maps| unwind::Unwinder::for_process(pid, &maps));
             tracing::debug!("unwind data read after {:?}", started.elapsed());
             unwinder
         });
@@ -150,10 +174,10 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             source,
         })?;
         // Registers first, the blocked threads' state at one moment.
-        let mut regs: HashMap<u32, TaskRecord> = HashMap::new();
+        let mut regs: HashMap<u32, ThreadRegs> = HashMap::new();
         for thread in &listed {
             if let Some(record) = probe.read_task(thread.tid)? {
-                regs.insert(thread.tid, record);
+                regs.insert(thread.tid, thread_regs(thread.tid, &record));
             }
         }
         let registers_ns = crate::clock::monotonic_ns();
@@ -163,8 +187,11 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             .join()
             .expect("the loop clock thread does not panic")
             .and_then(|clock| {
-                let bias = clock.load_bias(|| read_maps(pid).unwrap_or_default(), &target.exe)?;
-                let started_ms = clock.turn_started_ms(&ProcessMemory::new(pid), bias)?;
+                let bias = clock.load_bias(
+                    || crate::image::executable_mappings(pid).unwrap_or_default(),
+                    &target.exe,
+                )?;
+                let started_ms = clock.turn_started_ms(&crate::v8::ProcessMemory::new(pid), bias)?;
                 uv::turn_age(started_ms, registers_ns)
             });
         let running: Vec<u32> = listed
@@ -197,7 +224,9 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             })?;
         Ok(assemble(
             Snapshot {
-                target: target.clone(),
+                image: Arc::new(ProcessImage::new(pid)),
+                exe: target.exe.display().to_string(),
+                origin: Origin::Live,
                 listed,
                 regs,
                 symbolizer,
@@ -214,9 +243,11 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
 
 /// What [`capture`] gathered, before the stacks are walked and named.
 struct Snapshot {
-    target: Target,
+    image: Arc<dyn Image>,
+    exe: String,
+    origin: Origin,
     listed: Vec<ThreadInfo>,
-    regs: HashMap<u32, TaskRecord>,
+    regs: HashMap<u32, ThreadRegs>,
     symbolizer: Symbolizer,
     v8: Option<V8Runtime>,
     unwinder: unwind::Unwinder,
@@ -229,7 +260,9 @@ struct Snapshot {
 /// Walks the threads that were not sampled, and names every frame.
 fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
     let Snapshot {
-        target,
+        image,
+        exe,
+        origin,
         listed,
         regs,
         mut symbolizer,
@@ -239,7 +272,7 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
         window_ms,
         loop_turn,
     } = snapshot;
-    let pid = target.pid;
+    let pid = image.pid();
     let layout = v8.as_ref().map(|v8| v8.layout.clone());
     let v8_version = v8
         .as_ref()
@@ -252,7 +285,7 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
         entry.0 = i;
         entry.1 += 1;
     }
-    let mem = ProcessMemory::new(pid);
+    let mem = image.memory();
     let mut walked: HashMap<u32, usize> = HashMap::new();
     for thread in &listed {
         if sampled.contains_key(&thread.tid) {
@@ -262,7 +295,7 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
             continue;
         };
         let mut record = empty_record(pid, thread);
-        walk_registers(&mut record, r, &unwinder, &mem, layout.as_deref());
+        walk_registers(&mut record, r, &unwinder, &*mem, layout.as_deref());
         collection.push(&record);
         walked.insert(thread.tid, collection.samples.len() - 1);
     }
@@ -280,37 +313,37 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
     for info in listed {
         let frames_of =
             |sample: usize| symbolized[collection.samples[sample].stack as usize].clone();
-        let (source, frames, syscall, sampled_js) =
-            if let Some(&(newest, count)) = sampled.get(&info.tid) {
-                let js = js_leaders(&collection, &symbolized, info.tid);
-                (
-                    StackSource::Sampled {
-                        samples: count,
-                        window_ms,
-                    },
-                    frames_of(newest),
-                    None,
-                    js,
-                )
-            } else if let Some(&sample) = walked.get(&info.tid) {
-                let r = &regs[&info.tid];
-                let syscall = (r.syscall_nr >= 0 && r.cs & 3 == 3)
-                    .then(|| syscalls::decode(pid, r.syscall_nr, r.args, &mem));
-                (
-                    StackSource::Registers,
-                    frames_of(sample),
-                    syscall,
-                    Vec::new(),
-                )
-            } else {
-                let reason = "the thread exited while being read".to_string();
-                (
-                    StackSource::Unavailable { reason },
-                    Vec::new(),
-                    None,
-                    Vec::new(),
-                )
+        let (source, frames, syscall, sampled_js) = if let Some(&(newest, count)) =
+            sampled.get(&info.tid)
+        {
+            let js = js_leaders(&collection, &symbolized, info.tid);
+            (
+                StackSource::Sampled {
+                    samples: count,
+                    window_ms,
+                },
+                frames_of(newest),
+                None,
+                js,
+            )
+        } else if let Some(&sample) = walked.get(&info.tid) {
+            let r = &regs[&info.tid];
+            let syscall = (r.syscall_nr >= 0 && r.user)
+                .then(|| syscalls::decode(r.syscall_nr, r.args, &*mem, |fd| image.fd_target(fd)));
+            let source = match origin {
+                Origin::Live => StackSource::Registers,
+                Origin::Core { .. } => StackSource::Core,
             };
+            (source, frames_of(sample), syscall, Vec::new())
+        } else {
+            let reason = "the thread exited while being read".to_string();
+            (
+                StackSource::Unavailable { reason },
+                Vec::new(),
+                None,
+                Vec::new(),
+            )
+        };
         out.push(ThreadStack {
             loop_turn: loop_turn.filter(|_| info.tid == pid),
             info,
@@ -321,7 +354,9 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
         });
     }
     Stacks {
-        target,
+        pid,
+        exe,
+        origin,
         threads: out,
         js_naming: layout.is_some(),
         v8_version,
@@ -389,19 +424,19 @@ fn js_leaders(
 /// and its user stack walked from the registers it entered the kernel with
 /// (`.eh_frame` where there is no frame pointer, V8's frames recognised as
 /// the sampler does). The thread must stay off CPU while this runs.
-pub fn walk_registers(
+pub fn walk_registers<M: Memory + ?Sized>(
     record: &mut SampleRecord,
-    r: &TaskRecord,
+    r: &ThreadRegs,
     unwinder: &unwind::Unwinder,
-    mem: &ProcessMemory,
+    mem: &M,
     layout: Option<&crate::v8::V8Layout>,
 ) {
-    let kernel = &r.kernel_stack[..(r.kernel_frames as usize).min(MAX_KERNEL_FRAMES)];
+    let kernel = &r.kernel_stack[..r.kernel_stack.len().min(MAX_KERNEL_FRAMES)];
     record.kernel_stack[..kernel.len()].copy_from_slice(kernel);
     record.kernel_frames = kernel.len() as u32;
     record.user_frames = 0;
     // Kernel threads and exiting threads have no user registers.
-    if r.cs & 3 == 3 && r.ip != 0 {
+    if r.user && r.ip != 0 {
         let frames = unwinder.walk(mem, r.ip, r.sp, r.bp);
         for (slot, f) in record.user_stack.iter_mut().zip(&frames) {
             *slot = match layout {
@@ -414,6 +449,82 @@ pub fn walk_registers(
         }
         record.user_frames = frames.len().min(MAX_USER_FRAMES) as u32;
     }
+}
+
+/// The registers the task iterator read for thread `tid`.
+pub fn thread_regs(tid: u32, r: &TaskRecord) -> ThreadRegs {
+    ThreadRegs {
+        tid,
+        ip: r.ip,
+        sp: r.sp,
+        bp: r.bp,
+        user: r.cs & 3 == 3,
+        syscall_nr: r.syscall_nr,
+        args: r.args,
+        kernel_stack: r.kernel_stack[..(r.kernel_frames as usize).min(MAX_KERNEL_FRAMES)].to_vec(),
+    }
+}
+
+/// Every thread's stack in a core file of a process that ran `exe` (the
+/// binary on this host: its V8 layout, unwind tables and symbols).
+pub fn from_core(core: &Path, exe: &Path) -> Result<Stacks, StacksError> {
+    let started = Instant::now();
+    let file = Arc::new(CoreFile::open(core, exe)?);
+    let image: Arc<dyn Image> = file.clone();
+    let discovery = Discovery {
+        exe: file.exe_path.clone().into(),
+        v8: discover(exe),
+    };
+    let v8 = discovery.v8.as_ref().ok().cloned();
+    let mut symbolizer = Symbolizer::of_image(image.clone(), None);
+    symbolizer.use_executable(&discovery);
+    symbolizer.refresh();
+    let unwinder = unwind::Unwinder::new(&image.mappings(), |m| image.open(m));
+    let listed = file
+        .threads
+        .iter()
+        .map(|t| ThreadInfo {
+            tid: t.tid,
+            // A core keeps the process's name, not its threads'.
+            name: if t.tid == file.pid() {
+                file.name.clone()
+            } else {
+                String::new()
+            },
+            // Stopped by the core's writer: in a system call, or running.
+            state: if t.syscall_nr >= 0 {
+                ThreadState::Sleeping
+            } else {
+                ThreadState::Running
+            },
+            off_cpu: None,
+        })
+        .collect();
+    let regs = file.threads.iter().map(|t| (t.tid, t.clone())).collect();
+    Ok(assemble(
+        Snapshot {
+            image,
+            exe: file.exe_path.clone(),
+            origin: Origin::Core {
+                path: core.display().to_string(),
+            },
+            listed,
+            regs,
+            symbolizer,
+            v8,
+            unwinder,
+            collection: Collection::default(),
+            window_ms: 0,
+            // A core has no "now" to measure the turn against.
+            loop_turn: None,
+        },
+        started,
+    ))
+}
+
+/// The executable a core's process ran, as it saw it.
+pub fn executable_in_core(core: &Path) -> Result<String, StacksError> {
+    Ok(crate::corefile::executable_named(core)?)
 }
 
 /// A sampler-shaped record of a thread, off CPU, stacks empty.

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::{StackSource, Stacks, Syscall, ThreadStack, ThreadState};
+use super::{Origin, StackSource, Stacks, Syscall, ThreadStack, ThreadState};
 use crate::output::Report;
 use crate::profile::{Frame, FrameKind, GARBAGE_COLLECTOR};
 
@@ -21,6 +21,8 @@ pub struct DumpReport {
     pub v8_version: Option<String>,
     pub js_naming: bool,
     pub capture_ms: f64,
+    /// The core file read, for `dump --core`.
+    pub core: Option<String>,
     pub threads: Vec<ThreadReport>,
 }
 
@@ -57,10 +59,14 @@ pub struct FrameReport {
 impl DumpReport {
     pub fn of(stacks: &Stacks) -> DumpReport {
         let capture_ms = stacks.capture_time.as_secs_f64() * 1e3;
-        let pid = stacks.target.pid;
+        let pid = stacks.pid;
         DumpReport {
             pid,
-            exe: stacks.target.exe.display().to_string(),
+            exe: stacks.exe.clone(),
+            core: match &stacks.origin {
+                Origin::Live => None,
+                Origin::Core { path } => Some(path.clone()),
+            },
             v8_version: stacks.v8_version.clone(),
             js_naming: stacks.js_naming,
             capture_ms,
@@ -172,10 +178,11 @@ fn activity(thread: &ThreadStack) -> String {
                 }
             }
         }
-        StackSource::Registers => {
+        StackSource::Registers | StackSource::Core => {
             if in_gc {
                 return format!("in garbage collection{since}");
             }
+            let in_core = thread.source == StackSource::Core;
             match &thread.syscall {
                 Some(call) if call.is_event_loop_wait() && js.is_empty() => {
                     format!("event loop idle ({}){since}", call.name)
@@ -194,6 +201,22 @@ fn activity(thread: &ThreadStack) -> String {
                         .unwrap_or_default();
                     format!("blocked in {}{native}{since}", call.summary())
                 }
+                // Stopped by the core's writer outside a system call: it
+                // was running (or waiting for a CPU) there.
+                None if in_core => match js.first() {
+                    Some(_) => format!(
+                        "running JavaScript: {}",
+                        chain(js[0].name.clone(), &js[1..])
+                    ),
+                    None => {
+                        let leaf = thread
+                            .frames
+                            .iter()
+                            .find(|f| f.kind != FrameKind::Kernel)
+                            .map_or("?", |f| f.name.as_str());
+                        format!("running native code: {leaf}")
+                    }
+                },
                 None if thread.info.state == ThreadState::Running => {
                     // Runnable but never on a CPU while sampled: its saved
                     // registers are where it was preempted.
@@ -270,12 +293,20 @@ impl Report for DumpReport {
             (_, false) => "no V8 found: native stacks only".to_string(),
         };
         writeln!(out, "Process {}: {} ({runtime})", self.pid, self.exe)?;
-        writeln!(
-            out,
-            "{} threads, dumped in {:.0} ms without stopping the process",
-            self.threads.len(),
-            self.capture_ms
-        )?;
+        match &self.core {
+            None => writeln!(
+                out,
+                "{} threads, dumped in {:.0} ms without stopping the process",
+                self.threads.len(),
+                self.capture_ms
+            )?,
+            Some(core) => writeln!(
+                out,
+                "{} threads, read from the core file {core} in {:.0} ms",
+                self.threads.len(),
+                self.capture_ms
+            )?,
+        }
         for thread in &self.threads {
             writeln!(out)?;
             let mut state = thread.state.describe().to_string();
@@ -303,7 +334,7 @@ impl Report for DumpReport {
                     )?;
                 }
                 StackSource::Unavailable { reason } => writeln!(out, "    no stack: {reason}")?,
-                StackSource::Registers => {}
+                StackSource::Registers | StackSource::Core => {}
             }
             for frame in &thread.frames {
                 writeln!(out, "    {}", frame_line(frame))?;

@@ -6,8 +6,6 @@ use serde::Serialize;
 
 use crate::v8::memory::Memory;
 
-use super::threads::fd_target;
-
 /// A system call in progress, decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Syscall {
@@ -109,9 +107,14 @@ fn futex_op(op: u64) -> &'static str {
     }
 }
 
-/// Decodes system call `nr` of a thread of `pid` with `args`; `mem` reads
-/// the strings it points to.
-pub fn decode<M: Memory + ?Sized>(pid: u32, nr: i64, args: [u64; 6], mem: &M) -> Syscall {
+/// Decodes system call `nr` with `args`; `mem` reads the strings it points
+/// to, `fd_target` says what a descriptor refers to.
+pub fn decode<M: Memory + ?Sized>(
+    nr: i64,
+    args: [u64; 6],
+    mem: &M,
+    fd_target: impl Fn(u64) -> Option<String>,
+) -> Syscall {
     let Some((name, kinds)) = describe(nr) else {
         return Syscall {
             nr,
@@ -124,7 +127,7 @@ pub fn decode<M: Memory + ?Sized>(pid: u32, nr: i64, args: [u64; 6], mem: &M) ->
     for (i, kind) in kinds.iter().enumerate() {
         let value = args[i];
         match kind {
-            Arg::Fd => match fd_target(pid, value) {
+            Arg::Fd => match fd_target(value) {
                 Some(target) => parts.push(format!("fd {value} {target}")),
                 None => parts.push(format!("fd {value}")),
             },
@@ -178,6 +181,7 @@ fn read_c_string<M: Memory + ?Sized>(mem: &M, addr: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{Image, ProcessImage};
     use crate::v8::ProcessMemory;
     use std::os::fd::AsRawFd;
 
@@ -185,23 +189,25 @@ mod tests {
     fn decodes_paths_fds_and_futexes_of_a_live_process() {
         let me = std::process::id();
         let mem = ProcessMemory::new(me);
+        let image = ProcessImage::new(me);
+        let decode =
+            |nr, args, mem: &ProcessMemory| decode(nr, args, mem, |fd| image.fd_target(fd));
         let path = c"/tmp/some file.fifo";
         let open = decode(
-            me,
             257,
             [-100i64 as u64, path.as_ptr() as u64, 0, 0, 0, 0],
             &mem,
         );
         assert_eq!(open.summary(), "openat /tmp/some file.fifo");
         let file = std::fs::File::open("/proc/self/status").unwrap();
-        let read = decode(me, 0, [file.as_raw_fd() as u64, 0, 0, 0, 0, 0], &mem);
+        let read = decode(0, [file.as_raw_fd() as u64, 0, 0, 0, 0, 0], &mem);
         assert_eq!(read.name, "read");
         assert!(read.detail.ends_with("/status"), "{}", read.detail);
-        let futex = decode(me, 202, [0x1000, 0x80, 0, 0, 0, 0], &mem);
+        let futex = decode(202, [0x1000, 0x80, 0, 0, 0, 0], &mem);
         assert_eq!(futex.detail, "0x1000 FUTEX_WAIT");
-        let epoll = decode(me, 281, [99999, 0, 1024, 0xffff_ffff, 0, 0], &mem);
+        let epoll = decode(281, [99999, 0, 1024, 0xffff_ffff, 0, 0], &mem);
         assert_eq!(epoll.detail, "fd 99999, maxevents 1024, timeout -1 ms");
         assert!(epoll.is_event_loop_wait());
-        assert_eq!(decode(me, 9999, [0; 6], &mem).name, "syscall_9999");
+        assert_eq!(decode(9999, [0; 6], &mem).name, "syscall_9999");
     }
 }

@@ -117,13 +117,6 @@ fn exec_start_ms(path: &str) -> Option<f64> {
         .ok()
 }
 
-/// What a file descriptor of the process refers to (`/tmp/x.fifo`, `pipe:[123]`, `socket:[9]`).
-pub fn fd_target(pid: u32, fd: u64) -> Option<String> {
-    fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{elf::FileHeader64, Endianness};
 
-use crate::target::Mapping;
+use crate::image::{open_mapped_file, Mapping};
 use crate::v8::memory::{Memory, MemoryExt};
 
 /// Deepest stack walked (as the sampler's).
@@ -48,9 +48,14 @@ impl Unwinder {
     /// target's mount namespace does not matter). A file that cannot be read
     /// is unwound by frame pointers only.
     pub fn for_process(pid: u32, mappings: &[Mapping]) -> Unwinder {
+        Unwinder::new(mappings, |m| open_mapped_file(pid, m))
+    }
+
+    /// The unwind data of the files `open` gives for the executable mappings.
+    pub fn new(mappings: &[Mapping], open: impl Fn(&Mapping) -> Option<File>) -> Unwinder {
         let mut inner = UnwinderX86_64::new();
         for mapping in mappings.iter().filter(|m| m.executable && m.is_file()) {
-            match module_of(pid, mapping) {
+            match open(mapping).and_then(|file| module_of(file, mapping)) {
                 Some(module) => inner.add_module(module),
                 None => tracing::debug!("no unwind data for {}", mapping.path),
             }
@@ -113,18 +118,7 @@ impl Unwinder {
 }
 
 /// The framehop module of one executable mapping.
-fn module_of(pid: u32, mapping: &Mapping) -> Option<Module<Vec<u8>>> {
-    let file = File::open(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        mapping.start, mapping.end
-    ))
-    .or_else(|_| {
-        File::open(format!(
-            "/proc/{pid}/root{}",
-            mapping.path.trim_end_matches(" (deleted)")
-        ))
-    })
-    .ok()?;
+fn module_of(file: File, mapping: &Mapping) -> Option<Module<Vec<u8>>> {
     // Only the headers and the unwind sections are read: not the symbol
     // tables (10 MB in node) that `object::File::parse` would load.
     let raw = file.try_clone().ok()?;

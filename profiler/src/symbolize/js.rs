@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use nodeprof_common::UserFrame;
 
+use crate::image::SharedMemory;
 use crate::profile::{Frame, FrameKind};
 use crate::target::V8Runtime;
 use crate::v8::memory::MemoryExt;
-use crate::v8::{
-    CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, ProcessMemory, V8Layout,
-};
+use crate::v8::{CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, V8Layout};
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
 /// labelled `[unknown JS]` rather than growing memory without bound.
@@ -31,7 +30,7 @@ type FrameKey = (u64, u64, u64);
 /// What nodeprof found out about a target's V8.
 pub struct JsNaming {
     layout: Arc<V8Layout>,
-    resolver: JsResolver<ProcessMemory>,
+    resolver: JsResolver<SharedMemory>,
     /// (sfi, fingerprint) → index into `functions`, or None when unresolvable.
     resolved: HashMap<(u64, u64), Option<u32>>,
     functions: Vec<JsFunctionInfo>,
@@ -48,10 +47,10 @@ pub struct JsNaming {
 }
 
 impl JsNaming {
-    /// Names the JS functions of `pid`, which runs this V8.
-    pub fn new(pid: u32, v8: &V8Runtime) -> JsNaming {
+    /// Names the JS functions of a target that runs this V8, read through `memory`.
+    pub fn new(memory: SharedMemory, v8: &V8Runtime) -> JsNaming {
         JsNaming {
-            resolver: JsResolver::new(ProcessMemory::new(pid), v8.layout.clone()),
+            resolver: JsResolver::new(memory, v8.layout.clone()),
             layout: v8.layout.clone(),
             resolved: HashMap::new(),
             functions: Vec::new(),

@@ -17,14 +17,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blazesym::symbolize::{self, source, Input};
 use nodeprof_common::UserFrame;
 
 use crate::collect::{Collection, RawStack, TOS_FRAME_MARKER};
+use crate::image::{Image, Mapping, ProcessImage};
 use crate::profile::{Frame, FrameKind};
-use crate::target::{read_maps, Discovery, Mapping, Target};
+use crate::target::{Discovery, Target};
 
 /// Re-reading `/proc/PID/maps` at most this often while new code appears.
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
@@ -39,8 +41,10 @@ struct Module {
 }
 
 pub struct Symbolizer {
-    pid: u32,
-    perf_map_path: std::path::PathBuf,
+    /// A live process, or a core file.
+    image: Arc<dyn Image>,
+    /// Where a live target writes its perf map.
+    perf_map_path: Option<std::path::PathBuf>,
     mappings: Vec<(Mapping, usize)>,
     modules: Vec<Module>,
     module_ids: HashMap<String, usize>,
@@ -59,9 +63,20 @@ pub struct Symbolizer {
 
 impl Symbolizer {
     pub fn new(target: &Target) -> Symbolizer {
+        Symbolizer::of_image(
+            Arc::new(ProcessImage::new(target.pid)),
+            Some(target.perf_map_path()),
+        )
+    }
+
+    /// Names the frames of any image: a core file has no perf map.
+    pub fn of_image(
+        image: Arc<dyn Image>,
+        perf_map_path: Option<std::path::PathBuf>,
+    ) -> Symbolizer {
         Symbolizer {
-            pid: target.pid,
-            perf_map_path: target.perf_map_path(),
+            image,
+            perf_map_path,
             mappings: Vec::new(),
             modules: Vec::new(),
             module_ids: HashMap::new(),
@@ -82,7 +97,7 @@ impl Symbolizer {
             self.retired.push(old);
         }
         self.js = match &found.v8 {
-            Ok(v8) => Some(JsNaming::new(self.pid, v8)),
+            Ok(v8) => Some(JsNaming::new(self.image.memory(), v8)),
             Err(e) => {
                 tracing::debug!("no V8 layout in {}: {e}", found.exe.display());
                 None
@@ -142,9 +157,7 @@ impl Symbolizer {
     /// Snapshots the target's executable mappings and opens what they map.
     pub fn refresh(&mut self) {
         self.last_refresh = Some(Instant::now());
-        let Ok(maps) = read_maps(self.pid) else {
-            return;
-        };
+        let maps = self.image.mappings();
         if maps.is_empty() {
             // An exited (zombie) target: keep what we had.
             return;
@@ -167,7 +180,7 @@ impl Symbolizer {
         mappings.sort_by_key(|(m, _)| m.start);
         self.mappings = mappings;
         if self.perf_map_file.is_none() {
-            self.perf_map_file = File::open(&self.perf_map_path).ok();
+            self.perf_map_file = self.perf_map_path.as_ref().and_then(|p| File::open(p).ok());
         }
     }
 
@@ -179,7 +192,7 @@ impl Symbolizer {
         }
         let file = mapping
             .is_file()
-            .then(|| self.open_mapped_file(mapping))
+            .then(|| self.image.open(mapping))
             .flatten();
         let id = match self.module_ids.get(&mapping.path) {
             Some(&id) => {
@@ -196,23 +209,6 @@ impl Symbolizer {
         };
         self.module_ids.insert(mapping.path.clone(), id);
         id
-    }
-
-    /// `map_files` reaches the very file mapped, even deleted or in another
-    /// mount namespace; the root path is the fallback.
-    fn open_mapped_file(&self, mapping: &Mapping) -> Option<File> {
-        File::open(format!(
-            "/proc/{}/map_files/{:x}-{:x}",
-            self.pid, mapping.start, mapping.end
-        ))
-        .or_else(|_| {
-            File::open(format!(
-                "/proc/{}/root{}",
-                self.pid,
-                mapping.path.trim_end_matches(" (deleted)")
-            ))
-        })
-        .ok()
     }
 
     fn mapping(&self, addr: u64) -> Option<&(Mapping, usize)> {

@@ -3,11 +3,10 @@
 //! starts at its first instruction.
 
 mod launch;
-mod maps;
 mod runtime;
 
+pub use crate::image::executable_mappings as read_maps;
 pub use launch::Launched;
-pub use maps::{read_maps, Mapping};
 pub use runtime::{discover, Discovery, Runtime, V8Runtime};
 
 use std::fs;
