@@ -323,6 +323,24 @@ pub fn thread_cpu_ns(pid: u32) -> BTreeMap<u32, u64> {
 
 /// The ids of the eBPF programs a process holds open (`prog_id:` of its
 /// `anon_inode:bpf-prog` fds).
+/// Bytes written so far to the file `pid` is writing in `dir` before naming
+/// it: nodeprof writes unnamed files (`O_TMPFILE`, shown in `/proc/PID/fd`
+/// as `DIR/#INODE (deleted)`), or hidden `.tmp` ones where the file system
+/// lacks that.
+pub fn bytes_being_written(pid: u32, dir: &Path) -> Option<u64> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    fds.flatten()
+        .filter_map(|fd| {
+            let link = fs::read_link(fd.path()).ok()?;
+            let text = link.to_string_lossy();
+            let unnamed = link.parent() == Some(dir) && text.ends_with(" (deleted)");
+            (unnamed || text.ends_with(".tmp"))
+                .then(|| fs::metadata(fd.path()).ok().map(|m| m.len()))
+                .flatten()
+        })
+        .max()
+}
+
 pub fn bpf_prog_ids(pid: u32) -> Vec<u32> {
     let mut ids = Vec::new();
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {

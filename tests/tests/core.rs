@@ -307,10 +307,7 @@ fn sigint_during_a_core_resumes_the_target() {
     // Interrupt once the target is stopped and the file is being written.
     let stopped = wait_until(Duration::from_secs(60), || {
         proc_state(pid) == Some('t')
-            && dir_entries(dir.path()).iter().any(|n| {
-                n.ends_with(".tmp")
-                    && std::fs::metadata(dir.path().join(n)).is_ok_and(|m| m.len() > 8 << 20)
-            })
+            && bytes_being_written(np.proc.pid, dir.path()).is_some_and(|n| n > 8 << 20)
     });
     assert!(
         stopped,

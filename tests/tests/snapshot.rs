@@ -361,10 +361,7 @@ fn sigint_during_a_snapshot_leaves_no_file() {
     let np = spawn_nodeprof(&args, dir.path());
     // Interrupt once chunks are being written.
     let started = wait_until(Duration::from_secs(60), || {
-        dir_entries(dir.path()).iter().any(|n| {
-            n.ends_with(".tmp")
-                && std::fs::metadata(dir.path().join(n)).is_ok_and(|m| m.len() > 1 << 20)
-        })
+        bytes_being_written(np.proc.pid, dir.path()).is_some_and(|n| n > 1 << 20)
     });
     assert!(
         started,

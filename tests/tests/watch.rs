@@ -1112,13 +1112,8 @@ fn sigterm_while_a_snapshot_is_written_leaves_no_file_and_closes_the_inspector()
         ],
     );
     let mut watch = spawn_nodeprof(&args, dir.path());
-    // The snapshot's file, under its temporary name, is being written.
-    let writing = || {
-        std::fs::read_dir(&out).unwrap().flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(".snapshot-") && e.metadata().is_ok_and(|m| m.len() > 0)
-        })
-    };
+    // The snapshot's file, not named yet, is being written.
+    let writing = || bytes_being_written(watch.proc.pid, &out).is_some_and(|n| n > 0);
     assert!(
         wait_until(Duration::from_secs(60), writing),
         "no snapshot written: {}",

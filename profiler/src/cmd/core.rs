@@ -151,11 +151,20 @@ impl Report for CoreReport {
         match c.compressed {
             None => writeln!(out, "read it with: gdb {exe} {}", self.path.display()),
             Some(Compression::Zstd) => {
-                let plain = self.path.with_extension("");
+                // `zstd -d` wants a .zst name; `-o` says where the core goes whatever the name.
+                let plain = match self.path.extension() {
+                    Some(e) if e == "zst" => self.path.with_extension(""),
+                    _ => {
+                        let mut name = self.path.clone().into_os_string();
+                        name.push(".core");
+                        std::path::PathBuf::from(name)
+                    }
+                };
                 writeln!(
                     out,
-                    "read it with: zstd -d {} && gdb {exe} {}",
+                    "read it with: zstd -d {} -o {} && gdb {exe} {}",
                     self.path.display(),
+                    plain.display(),
                     plain.display()
                 )
             }

@@ -66,6 +66,8 @@ pub enum CoreFileError {
     Io { path: String, source: io::Error },
     #[error("{0} is not an ELF file, so not a core file")]
     NotElf(String),
+    #[error("{0} is compressed with zstd: `zstd -d {0}` first, then read the core it gives")]
+    Compressed(String),
     #[error("{path} is not a core file (ELF type {kind})")]
     NotCore { path: String, kind: u16 },
     #[error("{0} is not an x86-64 core file")]
@@ -160,8 +162,7 @@ impl CoreFile {
         for i in 0..memory.files.len() {
             let path = memory.files[i].mapping.path.clone();
             if !opened.contains_key(&path) {
-                let file = File::open(path.trim_end_matches(" (deleted)"))
-                    .ok()
+                let file = open_regular(Path::new(path.trim_end_matches(" (deleted)")))
                     .filter(|f| {
                         let same = first_page_matches(&memory, &path, f) != Some(false);
                         if !same {
@@ -213,6 +214,18 @@ fn executable_of(memory: &CoreMemory, entry: Option<u64>) -> String {
 }
 
 /// The segments and notes of a core; its files not opened yet.
+/// Opens a file a core names, only if it is a regular file: the path comes
+/// from the core, and a FIFO or a device there must not block or react.
+fn open_regular(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
+}
+
 fn read_headers(path: &Path) -> Result<(CoreMemory, Notes), CoreFileError> {
     let shown = path.display().to_string();
     let io_err = |source| CoreFileError::Io {
@@ -225,6 +238,10 @@ fn read_headers(path: &Path) -> Result<(CoreMemory, Notes), CoreFileError> {
         detail: detail.to_string(),
     };
     let cache = ReadCache::new(core.try_clone().map_err(io_err)?);
+    let mut magic = [0u8; 4];
+    if core.read_exact_at(&mut magic, 0).is_ok() && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(CoreFileError::Compressed(shown));
+    }
     let header = FileHeader64::<Endianness>::parse(&cache)
         .map_err(|_| CoreFileError::NotElf(shown.clone()))?;
     let endian = header
@@ -240,17 +257,31 @@ fn read_headers(path: &Path) -> Result<(CoreMemory, Notes), CoreFileError> {
     let phdrs = header
         .program_headers(endian, &cache)
         .map_err(|e| damaged(&e.to_string()))?;
+    let core_len = core.metadata().map_err(io_err)?.len();
+    let mut truncated = 0u64;
     let mut segments = Vec::new();
     let mut notes = Notes::default();
     for ph in phdrs {
         match ph.p_type(endian) {
-            PT_LOAD => segments.push(Segment {
-                vaddr: ph.p_vaddr(endian),
-                memsz: ph.p_memsz(endian),
-                offset: ph.p_offset(endian),
-                filesz: ph.p_filesz(endian),
-                executable: ph.p_flags(endian) & PF_X != 0,
-            }),
+            PT_LOAD => {
+                let (vaddr, memsz) = (ph.p_vaddr(endian), ph.p_memsz(endian));
+                let (offset, filesz) = (ph.p_offset(endian), ph.p_filesz(endian));
+                // Sizes come from the file: none may wrap an address.
+                if vaddr.checked_add(memsz).is_none() || offset.checked_add(filesz).is_none() {
+                    return Err(damaged("a segment's size wraps around"));
+                }
+                // A truncated core (RLIMIT_CORE, a full disk, a size limit
+                // of systemd-coredump) holds less than its headers say.
+                let kept = filesz.min(core_len.saturating_sub(offset));
+                truncated += filesz - kept;
+                segments.push(Segment {
+                    vaddr,
+                    memsz,
+                    offset,
+                    filesz: kept,
+                    executable: ph.p_flags(endian) & PF_X != 0,
+                });
+            }
             PT_NOTE => {
                 let Some(mut iter) = ph
                     .notes(endian, &cache)
@@ -266,6 +297,11 @@ fn read_headers(path: &Path) -> Result<(CoreMemory, Notes), CoreFileError> {
         }
     }
     segments.sort_by_key(|s| s.vaddr);
+    if truncated > 0 {
+        tracing::warn!(
+            "{shown} is truncated: {truncated} bytes of its memory are missing; stacks that reach them stay short"
+        );
+    }
     if notes.threads.is_empty() {
         return Err(CoreFileError::NoThreads(shown));
     }
@@ -440,10 +476,13 @@ fn parse_nt_file(desc: &[u8]) -> Vec<Mapping> {
         .take(count)
         .enumerate()
         .filter_map(|(i, name)| {
-            Some(Mapping {
-                start: word(2 + 3 * i)?,
-                end: word(3 + 3 * i)?,
-                offset: word(4 + 3 * i)?.checked_mul(page)?,
+            let (start, end) = (word(2 + 3 * i)?, word(3 + 3 * i)?);
+            let offset = word(4 + 3 * i)?.checked_mul(page)?;
+            // Entries from the file: an empty or wrapping one is dropped.
+            (start < end && offset.checked_add(end - start).is_some()).then(|| Mapping {
+                start,
+                end,
+                offset,
                 executable: false,
                 path: String::from_utf8_lossy(name).into_owned(),
             })
@@ -454,6 +493,7 @@ fn parse_nt_file(desc: &[u8]) -> Vec<Mapping> {
 impl CoreMemory {
     /// Reads only what the core holds.
     fn read_segments(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        check_request(addr, buf.len())?;
         let mut done = 0;
         while done < buf.len() {
             let at = addr + done as u64;
