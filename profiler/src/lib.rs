@@ -22,6 +22,7 @@ pub(crate) mod capture;
 pub(crate) mod clock;
 pub(crate) mod collect;
 pub(crate) mod eventloop;
+pub(crate) mod host;
 pub(crate) mod probe;
 pub(crate) mod profile;
 pub(crate) mod stacks;
@@ -60,6 +61,7 @@ mod layering {
         ("v8", 0),
         ("clock", 0),
         ("caps", 0),
+        ("host", 0),
     ];
 
     fn layer(module: &str) -> u8 {
