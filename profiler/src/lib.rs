@@ -24,6 +24,7 @@ pub(crate) mod collect;
 pub(crate) mod corefile;
 pub(crate) mod eventloop;
 pub(crate) mod image;
+pub(crate) mod host;
 pub(crate) mod probe;
 pub(crate) mod profile;
 pub(crate) mod stacks;
@@ -64,6 +65,7 @@ mod layering {
         ("corefile", 0),
         ("clock", 0),
         ("caps", 0),
+        ("host", 0),
     ];
 
     fn layer(module: &str) -> u8 {

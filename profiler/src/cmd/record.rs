@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use crate::capture::cpu::{self, CaptureError, CpuOptions};
+use crate::capture::cpu::{self, CaptureError, Clock, CpuOptions};
 use crate::capture::{self, StopReason};
 use crate::eventloop::LoopReport;
 use crate::gc::GcSummary;
@@ -89,7 +89,12 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
             hz,
         });
     }
-    probe::check_permissions(probe::SAMPLING)?;
+    probe::check_permissions(if options.sampling.clock == Clock::Cpu {
+        probe::SAMPLING
+    } else {
+        // Off-CPU time comes from the sched_switch tracepoint.
+        probe::TRACEPOINTS
+    })?;
     // Fork before the capture's runtime starts threads (see target::launch).
     let mut launched = match &options.target {
         TargetSpec::Pid(_) => None,

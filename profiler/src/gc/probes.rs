@@ -95,7 +95,7 @@ fn attach_sites(
     for (index, site) in points.sites.iter().enumerate() {
         if let Err(e) = probe.attach_call(pid, binary, site.site) {
             // Permission problems concern every probe: say so at once.
-            if matches!(e, ProbeError::NotPermitted) {
+            if matches!(e, ProbeError::NotPermitted { .. }) {
                 probe.detach_calls_of(pid);
                 return Err(e.into());
             }

@@ -343,9 +343,12 @@ fn temporary_name(path: &Path) -> PathBuf {
 fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::from);
     let (from_c, to_c) = (c(from)?, c(to)?);
-    // SAFETY: valid NUL-terminated paths relative to the current directory.
+    // The system call itself: the musl of the static build has no
+    // renameat2 wrapper. SAFETY: valid NUL-terminated paths relative to the
+    // current directory.
     let rc = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             from_c.as_ptr(),
             libc::AT_FDCWD,

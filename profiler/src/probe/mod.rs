@@ -5,11 +5,14 @@
 //! Every attachment is a file descriptor of this process: however nodeprof
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
 
+pub mod features;
+
 use std::os::fd::AsFd;
 
 use aya::maps::Array;
 
 use crate::caps;
+use crate::host;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
@@ -30,11 +33,12 @@ static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(
-        "permission denied: nodeprof needs root. Run it with sudo, or grant the capabilities: {}",
-        caps::SETCAP
-    )]
-    NotPermitted,
+    /// The words `nodeprof doctor` uses too ([`caps::denied`]).
+    #[error("{}", caps::denied(.lacking))]
+    NotPermitted { lacking: Vec<&'static str> },
+    /// eBPF sees the host's pids; see [`host::container_pid_namespace`].
+    #[error("{0}")]
+    PidNamespace(String),
     #[error("this kernel has no usable BPF support ({0}); nodeprof needs Linux 5.8+ with CONFIG_BPF_SYSCALL")]
     NoKernelSupport(String),
     #[error("cannot {action}: {detail}")]
@@ -51,7 +55,11 @@ impl ProbeError {
         while let Some(e) = source {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 match io.raw_os_error() {
-                    Some(libc::EPERM) | Some(libc::EACCES) => return ProbeError::NotPermitted,
+                    Some(libc::EPERM) | Some(libc::EACCES) => {
+                        return ProbeError::NotPermitted {
+                            lacking: caps::lacking(EVERYTHING),
+                        }
+                    }
                     Some(libc::ENOSYS) => return ProbeError::NoKernelSupport(io.to_string()),
                     _ => {}
                 }
@@ -65,13 +73,23 @@ impl ProbeError {
     }
 }
 
-/// Checks up front that this process holds `needed` (see [`crate::caps`]),
-/// so the user gets one clear line instead of a kernel error.
+/// Checks up front that this process holds `needed` (see [`crate::caps`])
+/// and sees the host's processes, so the user gets one clear line instead
+/// of a kernel error or an empty profile. `nodeprof doctor` says the same.
 pub fn check_permissions(needed: &[u32]) -> Result<(), ProbeError> {
-    if caps::has_all(needed) {
+    check_capabilities(needed)?;
+    match host::container_pid_namespace() {
+        Some(why) => Err(ProbeError::PidNamespace(why)),
+        None => Ok(()),
+    }
+}
+
+fn check_capabilities(needed: &[u32]) -> Result<(), ProbeError> {
+    let lacking = caps::lacking(needed);
+    if lacking.is_empty() {
         Ok(())
     } else {
-        Err(ProbeError::NotPermitted)
+        Err(ProbeError::NotPermitted { lacking })
     }
 }
 
@@ -84,6 +102,21 @@ pub const UPROBES: &[u32] = &[
     caps::CAP_PERFMON,
     caps::CAP_SYS_PTRACE,
     caps::CAP_SYS_ADMIN,
+];
+/// What tracepoints need besides sampling (tracefs is mode 0700).
+pub const TRACEPOINTS: &[u32] = &[
+    caps::CAP_BPF,
+    caps::CAP_PERFMON,
+    caps::CAP_SYS_PTRACE,
+    caps::CAP_DAC_READ_SEARCH,
+];
+/// Every capability of the eBPF commands: what a refusal may be missing.
+pub const EVERYTHING: &[u32] = &[
+    caps::CAP_BPF,
+    caps::CAP_PERFMON,
+    caps::CAP_SYS_PTRACE,
+    caps::CAP_SYS_ADMIN,
+    caps::CAP_DAC_READ_SEARCH,
 ];
 
 /// The loaded programs and their maps.
@@ -134,7 +167,7 @@ impl Probe {
     }
 
     pub fn load_with(rings: RingSizes) -> Result<Probe, ProbeError> {
-        check_permissions(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
+        check_capabilities(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
         {
@@ -568,7 +601,9 @@ fn tracefs() -> Result<std::path::PathBuf, ProbeError> {
         .lines()
         .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
     {
-        return Err(ProbeError::NotPermitted);
+        return Err(ProbeError::NotPermitted {
+            lacking: caps::lacking(TRACEPOINTS),
+        });
     }
     let source = std::ffi::CString::new("nodev").expect("no NUL");
     let target = std::ffi::CString::new("/sys/kernel/tracing").expect("no NUL");
@@ -690,7 +725,7 @@ mod tests {
         let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
         assert!(matches!(
             ProbeError::classify("x", &eperm),
-            ProbeError::NotPermitted
+            ProbeError::NotPermitted { .. }
         ));
         let enosys = std::io::Error::from_raw_os_error(libc::ENOSYS);
         assert!(matches!(
