@@ -446,6 +446,7 @@ const TOOLS: &[Tool] = &[
         command: "zstd",
         check: &["--version"],
         package: "zstd",
+    },
     // cargo xtask dist packs the npm packages, builds the .deb; the ship tests install them and render the man page.
     Tool {
         command: "npm",
