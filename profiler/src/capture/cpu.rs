@@ -15,7 +15,7 @@ use crate::collect::{Collection, Collector, ThreadEventCollector};
 use crate::eventloop::{self, ThreadLoop};
 use crate::gc::{GcEvent, GcProbes, GcSummary};
 use crate::probe::{Probe, ProbeError};
-use crate::profile::{Frame, Pause, Profile, ProfileBuilder};
+use crate::profile::{Frame, Pause, Profile, ProfileBuilder, TimeKind};
 use crate::symbolize::Symbolizer;
 use crate::target::{Discovery, Launched, Runtime, Target};
 use nodeprof_common::{ThreadEvent, EVENT_SWITCH_IN};
@@ -195,7 +195,13 @@ impl Capture {
                 builder.add_off_cpu(start, e.time_ns.min(self.end_ns), e.tid, &name, lost_stack);
             }
         }
-        builder.finish(self.end_ns, self.lost)
+        let mut profile = builder.finish(self.end_ns, self.lost);
+        profile.time = match self.clock {
+            Clock::Cpu => TimeKind::Cpu,
+            Clock::OffCpu => TimeKind::OffCpu,
+            Clock::Wall => TimeKind::Wall,
+        };
+        profile
     }
 
     /// The name a thread was last sampled with.

@@ -36,11 +36,28 @@ pub(crate) fn fold(
     for s in &profile.samples {
         *per_stack.entry((s.tid, s.stack)).or_default() += 1;
     }
-    let fields: Vec<String> = profile
+    let mut fields: Vec<String> = profile
         .frames()
         .iter()
         .map(|f| field(f, annotate_js, label))
         .collect();
+    // Two different JS functions may shorten alike (`(anonymous) index.js:1`
+    // in two packages): they keep their full labels, so no box merges them.
+    let mut full_of: HashMap<&str, std::collections::HashSet<String>> = HashMap::new();
+    for (f, short) in profile.frames().iter().zip(&fields) {
+        full_of.entry(short).or_default().insert(frame_label(f));
+    }
+    let colliding: Vec<usize> = profile
+        .frames()
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| f.kind == FrameKind::Js && full_of[fields[*i].as_str()].len() > 1)
+        .map(|(i, _)| i)
+        .collect();
+    drop(full_of);
+    for i in colliding {
+        fields[i] = field(&profile.frames()[i], annotate_js, frame_label);
+    }
     // Keyed by thread *name*, so a pool of same-named threads folds into one tower.
     let mut merged: HashMap<String, u64> = HashMap::new();
     for ((tid, stack), n) in per_stack {
@@ -85,6 +102,27 @@ pub fn write_folded(profile: &Profile, mut w: impl Write) -> Result<(), OutputEr
 mod tests {
     use super::*;
     use crate::output::testdata::sample_profile;
+
+    /// Two functions that shorten alike are two boxes, not one.
+    #[test]
+    fn js_functions_alike_in_short_stay_apart() {
+        use crate::output::testdata::js;
+        let mut p = Profile::new(100, 99, 1_000_000);
+        let a = p.intern_frame(js("", "file:///app/node_modules/a/index.js", 0, 0));
+        let b = p.intern_frame(js("", "file:///app/node_modules/b/index.js", 0, 0));
+        let sa = p.intern_stack(vec![a]);
+        let sb = p.intern_stack(vec![b]);
+        p.add_sample(1_010_000, 100, "node", sa);
+        p.add_sample(1_020_000, 100, "node", sb);
+        let lines = fold(&p, true, crate::output::label::short_label);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        // A label met once stays short.
+        let mut q = Profile::new(100, 99, 1_000_000);
+        let c = q.intern_frame(js("main", "file:///app/main.js", 0, 0));
+        let sc = q.intern_stack(vec![c]);
+        q.add_sample(1_010_000, 100, "node", sc);
+        assert_eq!(fold(&q, true, crate::output::label::short_label), ["node;main main.js:1_[j] 1"]);
+    }
 
     #[test]
     fn lines_are_exact() {

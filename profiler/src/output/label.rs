@@ -91,6 +91,19 @@ pub fn short_native_name(name: &str) -> String {
                 if !rest_has_scope(&chars, i) {
                     break;
                 }
+                // An enclosing function's qualifiers before its scope
+                // (`Bar() const::{lambda()#1}`): not a return type.
+                loop {
+                    if starts_with(&chars, i, " ") || starts_with(&chars, i, "&") {
+                        i += 1;
+                    } else if starts_with(&chars, i, "const") {
+                        i += "const".len();
+                    } else if starts_with(&chars, i, "volatile") {
+                        i += "volatile".len();
+                    } else {
+                        break;
+                    }
+                }
             }
             '{' => {
                 // `{lambda(int)#1}`: keep the kind and number, drop the parameters.
@@ -111,7 +124,9 @@ pub fn short_native_name(name: &str) -> String {
         }
     }
     let out = out.trim().to_string();
-    if out.is_empty() {
+    // Nothing left, or only a member without its type (Rust's
+    // `<Vec<T> as Drop>::drop`): the full name says more.
+    if out.is_empty() || out.starts_with("::") {
         name.trim().to_string()
     } else {
         out
@@ -194,6 +209,21 @@ fn without_groups(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn qualifiers_of_an_enclosing_function_keep_the_name() {
+        assert_eq!(
+            short_native_name("node::Foo::Bar() const::{lambda()#1}::operator()() const"),
+            "node::Foo::Bar::{lambda#1}::operator()"
+        );
+        assert_eq!(
+            short_native_name("foo(int) &&::{lambda()#2}::operator()() const"),
+            "foo::{lambda#2}::operator()"
+        );
+        let rust = "<alloc::vec::Vec<T> as core::ops::drop::Drop>::drop";
+        assert_eq!(short_native_name(rust), rust);
+    }
+
     use super::*;
     use crate::output::testdata::js;
 

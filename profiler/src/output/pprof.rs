@@ -16,7 +16,7 @@ use prost::Message;
 
 use super::OutputError;
 use crate::clock::monotonic_ns;
-use crate::profile::{Frame, FrameId, FrameKind, Profile, StackId};
+use crate::profile::{Frame, FrameId, FrameKind, Profile, StackId, TimeKind};
 
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct PprofProfile {
@@ -145,11 +145,10 @@ enum Clock {
 
 impl Clock {
     fn of(profile: &Profile) -> Clock {
-        let off = profile.samples.iter().filter(|s| s.off_cpu).count();
-        match off {
-            0 => Clock::Cpu,
-            n if n == profile.samples.len() => Clock::OffCpu,
-            _ => Clock::Wall,
+        match profile.time {
+            TimeKind::Cpu => Clock::Cpu,
+            TimeKind::OffCpu => Clock::OffCpu,
+            TimeKind::Wall => Clock::Wall,
         }
     }
 
@@ -427,12 +426,18 @@ mod tests {
         let s = off.intern_stack(vec![f]);
         off.add_off_cpu_sample(10, 1, "node", s);
         off.add_off_cpu_sample(20, 1, "node", s);
+        off.time = TimeKind::OffCpu;
         let p = build(&off, 0);
         assert_eq!(string(&p, p.sample_type[1].r#type), "off-cpu");
         assert_eq!(string(&p, p.default_sample_type), "off-cpu");
         assert_eq!(p.sample[0].value, [2, 20_000_000]);
 
-        let mut wall = off.clone();
+        // A wall recording is wall time even when every sample was off CPU.
+        let mut idle = off.clone();
+        idle.time = TimeKind::Wall;
+        let p = build(&idle, 0);
+        assert_eq!(string(&p, p.default_sample_type), "wall");
+        let mut wall = idle.clone();
         wall.add_sample(30, 1, "node", s);
         let p = build(&wall, 0);
         let types: Vec<&str> = p.sample_type.iter().map(|t| string(&p, t.r#type)).collect();

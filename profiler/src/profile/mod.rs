@@ -95,6 +95,18 @@ pub struct Sample {
     pub off_cpu: bool,
 }
 
+/// The time a profile's samples stand for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeKind {
+    /// On-CPU time (`record`).
+    #[default]
+    Cpu,
+    /// Time blocked (`record --off-cpu`).
+    OffCpu,
+    /// Both (`record --wall`).
+    Wall,
+}
+
 /// A recorded CPU profile.
 #[derive(Debug, Default, Clone)]
 pub struct Profile {
@@ -107,6 +119,9 @@ pub struct Profile {
     pub end_ns: u64,
     /// Samples the kernel could not hand over (ring buffer full).
     pub lost_samples: u64,
+    /// What a sample's time is, as recorded (not guessed from the samples:
+    /// a `--wall` recording of an idle process has no on-CPU sample).
+    pub time: TimeKind,
     pub threads: BTreeMap<u32, ThreadInfo>,
     pub samples: Vec<Sample>,
     frames: Vec<Frame>,
