@@ -402,15 +402,16 @@ impl Monitor {
         if let Err(e) = self.probe.add_target(pid) {
             notes.push(format!("event loop not measured: {e}"));
         }
+        // The first look, before the GC probes go on that executable: an
+        // exec while they attach is then seen as one.
+        let mut runtime = Runtime::new(pid);
+        let _ = runtime.poll();
         // Heap figures and the leak signal come from GC tracing.
         match self.gc.attach(&mut self.probe, pid) {
             Ok(missing) => notes.extend(missing),
             Err(e) => notes.push(format!("GC not traced: {e}")),
         }
         let command_line = command_line(pid);
-        let mut runtime = Runtime::new(pid);
-        // The first look: the executable as adopted.
-        let _ = runtime.poll();
         let mut w = Watched {
             runtime,
             cpu: None,
@@ -437,12 +438,16 @@ impl Monitor {
     }
 
     /// A process that exec'd: its GC probes sat on the old image and are
-    /// moved to the new one (as `record` does), and the heap figures of the
-    /// old program are dropped. CPU, RSS and loop readings carry on.
+    /// moved to the new one (as `record` does), and the heap figures and
+    /// the event-loop turn of the old program are dropped. CPU and RSS
+    /// readings carry on.
     fn follow_exec(&mut self, w: &mut Watched) -> Option<Line> {
         let found = w.runtime.poll()?;
         let pid = w.target.pid;
         self.gc.detach(&mut self.probe, pid);
+        // The old program's turn ended with it: the new one starts afresh.
+        w.meter = LoopMeter::new(monotonic_ns());
+        w.early_check_for = None;
         w.heap_used = None;
         w.heap_after_full = None;
         w.leaks.clear();

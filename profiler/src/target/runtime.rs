@@ -33,7 +33,15 @@ pub fn discover(binary: &Path) -> Result<V8Runtime, LayoutError> {
 /// Watches which executable a process runs.
 pub struct Runtime {
     pid: u32,
-    exe: Option<PathBuf>,
+    /// The executable's file, by device and inode: its path reads
+    /// `… (deleted)` once a package upgrade replaces it, which is no exec.
+    exe: Option<(u64, u64)>,
+}
+
+/// Device and inode of the file at `path` (through /proc's links too).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Runtime {
@@ -46,7 +54,7 @@ impl Runtime {
     /// out different (a wrapper script), [`Runtime::poll`] finds that one.
     pub fn preload(&mut self, program: &Path) -> Option<Discovery> {
         let program = std::fs::canonicalize(program).ok()?;
-        self.exe = Some(program.clone());
+        self.exe = Some(file_id(&program)?);
         Some(Discovery {
             v8: discover(&program),
             exe: program,
@@ -54,18 +62,20 @@ impl Runtime {
     }
 
     /// The target's executable, when it is new since the last call (the
-    /// first look, or an exec); `None` while it is unchanged or unreadable.
+    /// first look, or an exec of another file); `None` while it is
+    /// unchanged or unreadable.
     pub fn poll(&mut self) -> Option<Discovery> {
         let link = format!("/proc/{}/exe", self.pid);
-        let exe = std::fs::read_link(&link).ok()?;
+        let id = file_id(Path::new(&link))?;
         // A launched command before its exec is still a copy of nodeprof.
-        if std::env::current_exe().is_ok_and(|me| me == exe) {
+        if std::env::current_exe().ok().and_then(|me| file_id(&me)) == Some(id) {
             return None;
         }
-        if self.exe.as_ref() == Some(&exe) {
+        if self.exe == Some(id) {
             return None;
         }
-        self.exe = Some(exe.clone());
+        let exe = std::fs::read_link(&link).ok()?;
+        self.exe = Some(id);
         // Through the link: it reaches the very file, even deleted or in another mount namespace.
         Some(Discovery {
             exe,
