@@ -424,35 +424,76 @@ fn two_snapshots_and_what_grew_between_them() {
     assert_only_http_listening(&target);
 }
 
-/// `--worker 1`: the first worker's heap — its own class, not the main
-/// thread's; a worker that does not exist is one line naming those that do.
+/// `--worker 2` of a process whose worker 1 exited before: worker 2's heap
+/// (its own class, neither worker 1's nor the main thread's), though the
+/// inspector numbers it 1; a worker that does not exist is one line naming
+/// the thread ids that do.
 fn snapshot_of_a_worker(major: u32) {
     let _lock = serial();
     let dir = scratch_dir();
-    let target = start(&node_major(major), &["idle", "--workers", "1"], dir.path());
+    let target = start(
+        &node_major(major),
+        &["idle", "--workers", "2", "--exit-first-worker"],
+        dir.path(),
+    );
     let out = dir.path().join("worker.heapsnapshot");
+    let run = snapshot(target.proc.pid, &out, &["--worker", "2"], dir.path());
+    run.assert_success();
+    let counts = class_counts(&out, dir.path());
+    assert_eq!(
+        counts.get("CaptureWorker2"),
+        Some(&700),
+        "node {major}: worker 2's class in its snapshot: {counts:?}"
+    );
+    assert_eq!(counts.get("CaptureWorkerOnly"), Some(&2500), "node {major}");
+    assert!(
+        !counts.contains_key("CaptureWorker1") && !counts.contains_key("CaptureLeak"),
+        "node {major}: another thread's class in worker 2's snapshot: {counts:?}"
+    );
+    for missing in ["1", "7"] {
+        let none = dir.path().join(format!("none-{missing}.heapsnapshot"));
+        snapshot(target.proc.pid, &none, &["--worker", missing], dir.path())
+            .assert_error(&format!("no worker thread {missing} (its threadId); the process has worker threads 2"));
+        assert!(!none.exists());
+    }
+    assert_running(target.proc.pid);
+    assert_only_http_listening(&target);
+}
+
+/// A worker spinning in `while (true)`: its snapshot still comes (node 22+
+/// defers it to the worker's event loop, which a pause of its JS runs), and
+/// the worker spins on afterwards.
+fn snapshot_of_a_busy_worker(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(
+        &node_major(major),
+        &["idle", "--workers", "1", "--busy-workers"],
+        dir.path(),
+    );
+    let out = dir.path().join("busy-worker.heapsnapshot");
     let run = snapshot(target.proc.pid, &out, &["--worker", "1"], dir.path());
     run.assert_success();
     let counts = class_counts(&out, dir.path());
     assert_eq!(
-        counts.get("CaptureWorkerOnly"),
-        Some(&2500),
-        "node {major}: the worker's class in its snapshot: {counts:?}"
+        counts.get("CaptureWorker1"),
+        Some(&700),
+        "node {major}: the busy worker's class in its snapshot: {counts:?}"
     );
-    assert!(
-        !counts.contains_key("CaptureLeak"),
-        "node {major}: the main thread's class in the worker's snapshot"
-    );
-    snapshot(
-        target.proc.pid,
-        &dir.path().join("none.heapsnapshot"),
-        &["--worker", "7"],
-        dir.path(),
-    )
-    .assert_error("no worker thread 7");
-    assert!(!dir.path().join("none.heapsnapshot").exists());
     assert_running(target.proc.pid);
     assert_only_http_listening(&target);
+    // A worker left paused would leave the process idle.
+    assert_busy(target.proc.pid);
+}
+
+#[test]
+fn snapshot_of_a_busy_worker_node20() {
+    snapshot_of_a_busy_worker(20);
+}
+
+#[test]
+fn snapshot_of_a_busy_worker_node24() {
+    snapshot_of_a_busy_worker(24);
 }
 
 #[test]
