@@ -319,8 +319,25 @@ fn bad_output_paths_are_one_line_errors() {
     std::fs::write(&existing, "keep").unwrap();
     snapshot(pid, &existing, &[], dir.path()).assert_error("already exists");
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep");
+    // A series: the second name taken is refused before the first snapshot.
+    let series = dir.path().join("series.heapsnapshot");
+    let second = dir.path().join("series-2.heapsnapshot");
+    std::fs::write(&second, "keep").unwrap();
+    snapshot(
+        pid,
+        &series,
+        &["--count", "2", "--interval", "1s"],
+        dir.path(),
+    )
+    .assert_error(&format!("{} already exists", second.display()));
+    assert!(!dir.path().join("series-1.heapsnapshot").exists());
+    assert_eq!(std::fs::read_to_string(&second).unwrap(), "keep");
     // No inspector was started for a path that fails at once.
     assert_eq!(listening_ports(pid), [target.port]);
+    // --interval means nothing without --count.
+    let lone = snapshot(pid, &series, &["--interval", "1s"], dir.path());
+    assert_eq!(lone.status.code(), Some(2), "{}", lone.stderr);
+    assert!(lone.stderr.contains("--count"), "{}", lone.stderr);
 }
 
 /// A 1 MiB file system: refused up front with the heap size; with --force
@@ -424,6 +441,43 @@ fn two_snapshots_and_what_grew_between_them() {
     assert_only_http_listening(&target);
 }
 
+/// A series whose target dies after the first snapshot: one line saying
+/// which snapshot failed and which file is kept (and it is).
+#[test]
+fn a_failed_series_names_the_files_kept() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(&node_major(24), &["idle"], dir.path());
+    let out = dir.path().join("dies.heapsnapshot");
+    let first = dir.path().join("dies-1.heapsnapshot");
+    let args: Vec<String> = ["snapshot", "-q", "-p", &target.proc.pid.to_string(), "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            out.display().to_string(),
+            "--count".into(),
+            "2".into(),
+            "--interval".into(),
+            "20s".into(),
+        ])
+        .collect();
+    let nodeprof = spawn_nodeprof(&args, dir.path());
+    assert!(
+        wait_until(RUN_TIMEOUT, || first.exists()),
+        "no first snapshot"
+    );
+    target.proc.signal(libc::SIGKILL);
+    let run = nodeprof.finish(RUN_TIMEOUT);
+    run.assert_error("snapshot 2 of 2: ");
+    assert!(
+        run.stderr
+            .contains(&format!("written and kept: {}", first.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(first.exists());
+}
+
 /// `--worker 2` of a process whose worker 1 exited before: worker 2's heap
 /// (its own class, neither worker 1's nor the main thread's), though the
 /// inspector numbers it 1; a worker that does not exist is one line naming
@@ -452,8 +506,9 @@ fn snapshot_of_a_worker(major: u32) {
     );
     for missing in ["1", "7"] {
         let none = dir.path().join(format!("none-{missing}.heapsnapshot"));
-        snapshot(target.proc.pid, &none, &["--worker", missing], dir.path())
-            .assert_error(&format!("no worker thread {missing} (its threadId); the process has worker threads 2"));
+        snapshot(target.proc.pid, &none, &["--worker", missing], dir.path()).assert_error(
+            &format!("no worker thread {missing} (its threadId); the process has worker threads 2"),
+        );
         assert!(!none.exists());
     }
     assert_running(target.proc.pid);

@@ -37,7 +37,10 @@ pub enum SnapshotCommandError {
     #[error("{0}: the snapshots taken so far are kept")]
     Interrupted(&'static str),
     #[error("cannot compare the snapshots: {source}; {}", kept_list(.kept))]
-    Diff { source: HeapError, kept: Vec<PathBuf> },
+    Diff {
+        source: HeapError,
+        kept: Vec<PathBuf>,
+    },
     #[error("snapshot {n} of {count}: {source}; {}", kept_list(.kept))]
     Series {
         n: u32,
