@@ -376,12 +376,18 @@ fn sigint_during_a_snapshot_leaves_no_file() {
         .chain([out.display().to_string()])
         .collect();
     let np = spawn_nodeprof(&args, dir.path());
-    // Interrupt once chunks are being written.
+    // Interrupt once chunks are being written: to a file nodeprof holds
+    // open in the directory, unnamed (O_TMPFILE) until complete.
+    let fds = format!("/proc/{}/fd", np.proc.pid);
     let started = wait_until(Duration::from_secs(60), || {
-        dir_entries(dir.path()).iter().any(|n| {
-            n.ends_with(".tmp")
-                && std::fs::metadata(dir.path().join(n)).is_ok_and(|m| m.len() > 1 << 20)
-        })
+        std::fs::read_dir(&fds)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.starts_with(dir.path()))
+                    && std::fs::metadata(fd.path()).is_ok_and(|m| m.len() > 1 << 20)
+            })
     });
     assert!(
         started,
