@@ -127,7 +127,7 @@ struct SnapshotArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     count: u32,
     /// Time between snapshots (e.g. 30s, 2m).
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = parse_duration, default_value = "30s", requires = "count")]
     interval: Duration,
     /// The heap of this worker thread (its `threadId`: 1 is the first
     /// worker) instead of the main thread's.

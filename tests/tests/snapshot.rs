@@ -319,8 +319,25 @@ fn bad_output_paths_are_one_line_errors() {
     std::fs::write(&existing, "keep").unwrap();
     snapshot(pid, &existing, &[], dir.path()).assert_error("already exists");
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep");
+    // A series: the second name taken is refused before the first snapshot.
+    let series = dir.path().join("series.heapsnapshot");
+    let second = dir.path().join("series-2.heapsnapshot");
+    std::fs::write(&second, "keep").unwrap();
+    snapshot(
+        pid,
+        &series,
+        &["--count", "2", "--interval", "1s"],
+        dir.path(),
+    )
+    .assert_error(&format!("{} already exists", second.display()));
+    assert!(!dir.path().join("series-1.heapsnapshot").exists());
+    assert_eq!(std::fs::read_to_string(&second).unwrap(), "keep");
     // No inspector was started for a path that fails at once.
     assert_eq!(listening_ports(pid), [target.port]);
+    // --interval means nothing without --count.
+    let lone = snapshot(pid, &series, &["--interval", "1s"], dir.path());
+    assert_eq!(lone.status.code(), Some(2), "{}", lone.stderr);
+    assert!(lone.stderr.contains("--count"), "{}", lone.stderr);
 }
 
 /// A 1 MiB file system: refused up front with the heap size; with --force
@@ -359,7 +376,8 @@ fn sigint_during_a_snapshot_leaves_no_file() {
         .chain([out.display().to_string()])
         .collect();
     let np = spawn_nodeprof(&args, dir.path());
-    // Interrupt once chunks are being written.
+    // Interrupt once chunks are being written: to a file nodeprof holds
+    // open in the directory, unnamed (O_TMPFILE) until complete.
     let started = wait_until(Duration::from_secs(60), || {
         bytes_being_written(np.proc.pid, dir.path()).is_some_and(|n| n > 1 << 20)
     });
@@ -421,35 +439,114 @@ fn two_snapshots_and_what_grew_between_them() {
     assert_only_http_listening(&target);
 }
 
-/// `--worker 1`: the first worker's heap — its own class, not the main
-/// thread's; a worker that does not exist is one line naming those that do.
+/// A series whose target dies after the first snapshot: one line saying
+/// which snapshot failed and which file is kept (and it is).
+#[test]
+fn a_failed_series_names_the_files_kept() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(&node_major(24), &["idle"], dir.path());
+    let out = dir.path().join("dies.heapsnapshot");
+    let first = dir.path().join("dies-1.heapsnapshot");
+    let args: Vec<String> = ["snapshot", "-q", "-p", &target.proc.pid.to_string(), "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            out.display().to_string(),
+            "--count".into(),
+            "2".into(),
+            "--interval".into(),
+            "20s".into(),
+        ])
+        .collect();
+    let nodeprof = spawn_nodeprof(&args, dir.path());
+    assert!(
+        wait_until(RUN_TIMEOUT, || first.exists()),
+        "no first snapshot"
+    );
+    target.proc.signal(libc::SIGKILL);
+    let run = nodeprof.finish(RUN_TIMEOUT);
+    run.assert_error("snapshot 2 of 2: ");
+    assert!(
+        run.stderr
+            .contains(&format!("written and kept: {}", first.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(first.exists());
+}
+
+/// `--worker 2` of a process whose worker 1 exited before: worker 2's heap
+/// (its own class, neither worker 1's nor the main thread's), though the
+/// inspector numbers it 1; a worker that does not exist is one line naming
+/// the thread ids that do.
 fn snapshot_of_a_worker(major: u32) {
     let _lock = serial();
     let dir = scratch_dir();
-    let target = start(&node_major(major), &["idle", "--workers", "1"], dir.path());
+    let target = start(
+        &node_major(major),
+        &["idle", "--workers", "2", "--exit-first-worker"],
+        dir.path(),
+    );
     let out = dir.path().join("worker.heapsnapshot");
+    let run = snapshot(target.proc.pid, &out, &["--worker", "2"], dir.path());
+    run.assert_success();
+    let counts = class_counts(&out, dir.path());
+    assert_eq!(
+        counts.get("CaptureWorker2"),
+        Some(&700),
+        "node {major}: worker 2's class in its snapshot: {counts:?}"
+    );
+    assert_eq!(counts.get("CaptureWorkerOnly"), Some(&2500), "node {major}");
+    assert!(
+        !counts.contains_key("CaptureWorker1") && !counts.contains_key("CaptureLeak"),
+        "node {major}: another thread's class in worker 2's snapshot: {counts:?}"
+    );
+    for missing in ["1", "7"] {
+        let none = dir.path().join(format!("none-{missing}.heapsnapshot"));
+        snapshot(target.proc.pid, &none, &["--worker", missing], dir.path()).assert_error(
+            &format!("no worker thread {missing} (its threadId); the process has worker threads 2"),
+        );
+        assert!(!none.exists());
+    }
+    assert_running(target.proc.pid);
+    assert_only_http_listening(&target);
+}
+
+/// A worker spinning in `while (true)`: its snapshot still comes (node 22+
+/// defers it to the worker's event loop, which a pause of its JS runs), and
+/// the worker spins on afterwards.
+fn snapshot_of_a_busy_worker(major: u32) {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(
+        &node_major(major),
+        &["idle", "--workers", "1", "--busy-workers"],
+        dir.path(),
+    );
+    let out = dir.path().join("busy-worker.heapsnapshot");
     let run = snapshot(target.proc.pid, &out, &["--worker", "1"], dir.path());
     run.assert_success();
     let counts = class_counts(&out, dir.path());
     assert_eq!(
-        counts.get("CaptureWorkerOnly"),
-        Some(&2500),
-        "node {major}: the worker's class in its snapshot: {counts:?}"
+        counts.get("CaptureWorker1"),
+        Some(&700),
+        "node {major}: the busy worker's class in its snapshot: {counts:?}"
     );
-    assert!(
-        !counts.contains_key("CaptureLeak"),
-        "node {major}: the main thread's class in the worker's snapshot"
-    );
-    snapshot(
-        target.proc.pid,
-        &dir.path().join("none.heapsnapshot"),
-        &["--worker", "7"],
-        dir.path(),
-    )
-    .assert_error("no worker thread 7");
-    assert!(!dir.path().join("none.heapsnapshot").exists());
     assert_running(target.proc.pid);
     assert_only_http_listening(&target);
+    // A worker left paused would leave the process idle.
+    assert_busy(target.proc.pid);
+}
+
+#[test]
+fn snapshot_of_a_busy_worker_node20() {
+    snapshot_of_a_busy_worker(20);
+}
+
+#[test]
+fn snapshot_of_a_busy_worker_node24() {
+    snapshot_of_a_busy_worker(24);
 }
 
 #[test]

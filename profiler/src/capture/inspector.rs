@@ -28,6 +28,8 @@ pub enum InspectorError {
     Refused { method: String, message: String },
     #[error("no worker thread {id} (its threadId); the process has {available}")]
     NoWorker { id: u32, available: String },
+    #[error("the inspector did not answer {0} within 10 s")]
+    NoAnswer(&'static str),
     #[error("worker thread {0} exited")]
     WorkerExited(u32),
 }
@@ -254,37 +256,46 @@ impl Session {
     }
 
     /// Sends the following requests to worker thread `thread_id` (its
-    /// `threadId`, which the inspector calls `workerId`).
+    /// `threadId`). The inspector's own `workerId` is a counter of the
+    /// session, not the thread id: the thread id is read from the worker's
+    /// title, `[worker N] name` (node 18 to 26).
     pub fn attach_worker(&mut self, thread_id: u32) -> Result<(), InspectorError> {
         let id = self.send(
             "NodeWorker.enable",
             json!({ "waitForDebuggerOnStart": false }),
         )?;
         // Node announces every worker (attachedToWorker) before it answers.
-        let mut workers: Vec<(String, String)> = Vec::new();
+        let mut workers: Vec<(u32, String)> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut answered = false;
         while Instant::now() < deadline {
             match self.next_message()? {
                 Incoming::Event(method, params) if method == "NodeWorker.attachedToWorker" => {
-                    let text =
-                        |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
-                    workers.push((
-                        text(params.pointer("/workerInfo/workerId")),
-                        text(params.get("sessionId")),
-                    ));
+                    let text = |p: &str| params.pointer(p).and_then(Value::as_str).unwrap_or("");
+                    let thread = title_thread_id(text("/workerInfo/title"))
+                        // Another title format: the inspector's id is the
+                        // best guess left (it equals the thread id as long
+                        // as no worker exited before this session).
+                        .or_else(|| text("/workerInfo/workerId").parse().ok());
+                    if let Some(thread) = thread {
+                        workers.push((thread, text("/sessionId").to_string()));
+                    }
                 }
                 Incoming::Response(got, result) if got == id => {
                     result.map_err(|message| InspectorError::Refused {
                         method: "NodeWorker.enable".into(),
                         message,
                     })?;
+                    answered = true;
                     break;
                 }
                 _ => {}
             }
         }
-        let wanted = thread_id.to_string();
-        match workers.iter().find(|(worker, _)| *worker == wanted) {
+        if !answered {
+            return Err(InspectorError::NoAnswer("NodeWorker.enable"));
+        }
+        match workers.iter().find(|(thread, _)| *thread == thread_id) {
             Some((_, session)) => {
                 self.worker = Some((thread_id, session.clone()));
                 Ok(())
@@ -294,16 +305,19 @@ impl Session {
                 available: if workers.is_empty() {
                     "none".to_string()
                 } else {
-                    let ids: Vec<&str> = workers.iter().map(|(w, _)| w.as_str()).collect();
+                    workers.sort();
+                    let ids: Vec<String> = workers.iter().map(|(t, _)| t.to_string()).collect();
                     format!("worker threads {}", ids.join(", "))
                 },
             }),
         }
     }
 
-    /// Requests go to the main thread again.
+    /// Requests go to the main thread again. `NodeWorker.disable` alone
+    /// leaves the worker's session attached, so it is detached first.
     pub fn detach_worker(&mut self) {
-        if self.worker.take().is_some() {
+        if let Some((_, session)) = self.worker.take() {
+            let _ = self.send("NodeWorker.detach", json!({ "sessionId": session }));
             let _ = self.send("NodeWorker.disable", json!({}));
         }
     }
@@ -358,6 +372,12 @@ impl Session {
     }
 }
 
+/// The thread id in a worker's inspector title, `[worker 2] name`.
+fn title_thread_id(title: &str) -> Option<u32> {
+    let rest = title.strip_prefix("[worker ")?;
+    rest[..rest.find(']')?].parse().ok()
+}
+
 /// One protocol message: a response (it has an id) or an event.
 fn parse_message(text: &str) -> Result<Incoming, InspectorError> {
     let v: Value =
@@ -400,6 +420,14 @@ mod tests {
             connect_addr("0.0.0.0:9229".parse().unwrap()),
             "127.0.0.1:9229".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn a_worker_title_names_its_thread_id() {
+        assert_eq!(title_thread_id("[worker 2] nm"), Some(2));
+        assert_eq!(title_thread_id("[worker 13] "), Some(13));
+        assert_eq!(title_thread_id("worker 2"), None);
+        assert_eq!(title_thread_id("[worker x] a"), None);
     }
 
     #[test]

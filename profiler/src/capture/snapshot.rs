@@ -84,6 +84,10 @@ pub enum SnapshotError {
     DiskFull,
     #[error("cannot write the snapshot: {0}")]
     Write(io::Error),
+    #[error(
+        "worker thread {thread} of process {pid} did not start the snapshot within {secs} s, even with its JS paused; no file written"
+    )]
+    WorkerStuck { pid: u32, thread: u32, secs: u64 },
     #[error("{0}; no file written{1}")]
     Interrupted(&'static str, &'static str),
 }
@@ -356,6 +360,13 @@ fn close_inspector(mut session: Session, pid: u32, addr: SocketAddr, finished: b
 
 /// How long a snapshot may wait for the event loop before the debugger pauses JS.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
+/// The same for a worker, whose loop nodeprof does not watch (its thread is
+/// not told apart from node's own): a longer wait, so an idle worker's
+/// snapshot starts before it, then a pause regardless.
+const WORKER_PAUSE_AFTER: Duration = Duration::from_secs(3);
+/// A worker whose snapshot has not started this long after the pause is
+/// given up on, rather than waited for forever.
+const WORKER_GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(serde::Deserialize)]
 struct HeapUsage {
@@ -416,8 +427,12 @@ fn snapshot(
     check_room(pid, used, dir, options)?;
 
     // Looked at before the request: once the snapshot runs, the main thread
-    // is busy with it and looks stuck too. (A worker's loop is not watched.)
-    let stuck = options.worker.is_none() && loop_is_stuck(pid);
+    // is busy with it and looks stuck too. A worker's loop is not watched:
+    // it is paused after a longer wait instead.
+    let (stuck, pause_after) = match options.worker {
+        None => (loop_is_stuck(pid), PAUSE_AFTER),
+        Some(_) => (true, WORKER_PAUSE_AFTER),
+    };
     let id = session
         .send(
             "HeapProfiler.takeHeapSnapshot",
@@ -473,7 +488,16 @@ fn snapshot(
                 // V8 12+ (node 22+) takes the snapshot in a task of the event
                 // loop, which never runs while JS is stuck; it also takes
                 // deferred snapshots when the debugger pauses, so pause it.
-                if stuck && !begun && !*paused && started.elapsed() > PAUSE_AFTER {
+                if let (Some(thread), false, true) = (options.worker, begun, *paused) {
+                    if started.elapsed() > pause_after + WORKER_GIVE_UP_AFTER {
+                        return Err(SnapshotError::WorkerStuck {
+                            pid,
+                            thread,
+                            secs: (pause_after + WORKER_GIVE_UP_AFTER).as_secs(),
+                        });
+                    }
+                }
+                if stuck && !begun && !*paused && started.elapsed() > pause_after {
                     *paused = true;
                     session
                         .send("Debugger.enable", json!({}))

@@ -36,8 +36,26 @@ pub enum SnapshotCommandError {
     Signals(io::Error),
     #[error("{0}: the snapshots taken so far are kept")]
     Interrupted(&'static str),
-    #[error("cannot compare the snapshots: {0}")]
-    Diff(#[from] HeapError),
+    #[error("cannot compare the snapshots: {source}; {}", kept_list(.kept))]
+    Diff {
+        source: HeapError,
+        kept: Vec<PathBuf>,
+    },
+    #[error("snapshot {n} of {count}: {source}; {}", kept_list(.kept))]
+    Series {
+        n: u32,
+        count: u32,
+        source: Box<SnapshotCommandError>,
+        kept: Vec<PathBuf>,
+    },
+}
+
+fn kept_list(kept: &[PathBuf]) -> String {
+    if kept.is_empty() {
+        return "no snapshot file was written".into();
+    }
+    let names: Vec<String> = kept.iter().map(|p| p.display().to_string()).collect();
+    format!("written and kept: {}", names.join(", "))
 }
 
 /// Every snapshot taken and, for more than one, what grew from the first to
@@ -60,26 +78,53 @@ pub fn run_all(options: &SnapshotCommand) -> Result<SnapshotsReport, SnapshotCom
             diff: None,
         });
     }
-    // One name for the series, numbered.
+    // One name for the series, numbered; every name is checked before the
+    // target is paused for the first snapshot.
     let base = output::capture_path(options.output.as_deref(), options.pid, "heapsnapshot");
-    let mut snapshots = Vec::new();
-    for i in 1..=options.count {
+    let paths: Vec<PathBuf> = (1..=options.count).map(|i| numbered(&base, i)).collect();
+    if let Some(taken) = paths.iter().find(|p| std::fs::symlink_metadata(p).is_ok()) {
+        return Err(FileError::Exists(taken.clone()).into());
+    }
+    let mut snapshots: Vec<SnapshotReport> = Vec::new();
+    let kept = |snapshots: &[SnapshotReport]| snapshots.iter().map(|s| s.path.clone()).collect();
+    for (n, path) in (1..).zip(&paths) {
         let started = Instant::now();
         let one = SnapshotCommand {
-            output: Some(numbered(&base, i)),
+            output: Some(path.clone()),
             count: 1,
             ..options.clone()
         };
-        snapshots.push(run(&one)?);
-        if i < options.count {
-            wait(options.interval.saturating_sub(started.elapsed()))?;
+        let result = run(&one).and_then(|report| {
+            snapshots.push(report);
+            if n < options.count {
+                wait(options.interval.saturating_sub(started.elapsed()))?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            // Already says the snapshots taken are kept.
+            Err(e @ SnapshotCommandError::Interrupted(_)) => return Err(e),
+            Err(source) => {
+                return Err(SnapshotCommandError::Series {
+                    n,
+                    count: options.count,
+                    source: Box::new(source),
+                    kept: kept(&snapshots),
+                })
+            }
         }
     }
+    let quiet = options.capture.quiet;
     let load = |r: &SnapshotReport| -> Result<diff::Objects, HeapError> {
-        Ok(diff::Objects::of(&heap::load(&r.path, true)?))
+        Ok(diff::Objects::of(&heap::load(&r.path, quiet)?))
     };
-    let first = load(&snapshots[0])?;
-    let last = load(&snapshots[snapshots.len() - 1])?;
+    let diff_error = |source| SnapshotCommandError::Diff {
+        source,
+        kept: kept(&snapshots),
+    };
+    let first = load(&snapshots[0]).map_err(diff_error)?;
+    let last = load(&snapshots[snapshots.len() - 1]).map_err(diff_error)?;
     let mut result = diff::compare(&first, &last);
     result.shown = DIFF_TOP;
     Ok(SnapshotsReport {
