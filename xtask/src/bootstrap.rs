@@ -469,6 +469,12 @@ const TOOLS: &[Tool] = &[
         check: &["--version"],
         package: "file",
     },
+    // The static build compiles zstd's C code for musl (zstd-sys, through cc).
+    Tool {
+        command: "x86_64-linux-musl-gcc",
+        check: &["--version"],
+        package: "musl-tools",
+    },
     // The doctor tests drop capabilities.
     Tool {
         command: "setpriv",
