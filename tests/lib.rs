@@ -1054,9 +1054,8 @@ impl Outputs {
     /// truncated and counted samples, and the truncated ones by innermost
     /// user-space frame (kernel frames, `_[k]`, skipped).
     pub fn truncated_stacks(&self, thread: &str) -> (u64, u64, BTreeMap<String, u64>) {
-        let reached = |f: &String| {
-            f.starts_with("node::Start") || f == "main" || f == "start_thread"
-        };
+        let reached =
+            |f: &String| f.starts_with("node::Start") || f == "main" || f == "start_thread";
         let (mut truncated, mut counted) = (0, 0);
         let mut leaves = BTreeMap::new();
         for s in self.folded.iter().filter(|s| s.thread == thread) {

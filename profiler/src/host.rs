@@ -148,7 +148,10 @@ mod tests {
             Some("integrity")
         );
         assert_eq!(active_choice("none integrity"), None);
-        assert_eq!(namespace_inode("pid:[4026531836]"), Some(INIT_PID_NAMESPACE));
+        assert_eq!(
+            namespace_inode("pid:[4026531836]"),
+            Some(INIT_PID_NAMESPACE)
+        );
         assert_eq!(namespace_inode("net:[1]"), None);
         let host = Host {
             kernel: "6.18.44-fc-v657".into(),

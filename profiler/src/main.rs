@@ -436,7 +436,12 @@ struct RecordArgs {
     #[arg(long)]
     wall: bool,
     /// Event-loop turns longer than this are listed with what ran in them.
-    #[arg(long, default_value_t = 100, value_name = "MS", conflicts_with = "no_loop")]
+    #[arg(
+        long,
+        default_value_t = 100,
+        value_name = "MS",
+        conflicts_with = "no_loop"
+    )]
     blocked_ms: u64,
     /// A launched command keeps running when the recording ends (by default
     /// it gets SIGTERM, as Ctrl-C in its terminal would end it).

@@ -21,7 +21,12 @@ fn doctor_json(wrapper: &[&str], bin: &std::path::Path, dir: &std::path::Path) -
         .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}):\n{}", run.stdout))
 }
 
-fn run_wrapped(wrapper: &[&str], bin: &std::path::Path, args: &[&str], dir: &std::path::Path) -> Run {
+fn run_wrapped(
+    wrapper: &[&str],
+    bin: &std::path::Path,
+    args: &[&str],
+    dir: &std::path::Path,
+) -> Run {
     let mut cmd = match wrapper.split_first() {
         Some((program, rest)) => {
             let mut cmd = Command::new(program);
@@ -90,13 +95,21 @@ fn as_root_everything_works() {
         assert_eq!(feature["outcome"], "works", "{feature:#}");
     }
     for command in COMMANDS {
-        assert_eq!(verdict(&doctor, command).0, "works", "{command}: {doctor:#}");
+        assert_eq!(
+            verdict(&doctor, command).0,
+            "works",
+            "{command}: {doctor:#}"
+        );
     }
     assert!(doctor["fixes"].as_array().unwrap().is_empty(), "{doctor:#}");
     assert!(!nodeprof::sampler_loaded() && !nodeprof::call_tracer_loaded());
     let text = run_nodeprof(&["doctor"], dir.path(), RUN_TIMEOUT);
     text.assert_success();
-    for line in ["  record            works", "  heap              works", "kernel features, each tried:"] {
+    for line in [
+        "  record            works",
+        "  heap              works",
+        "kernel features, each tried:",
+    ] {
         assert!(text.stdout.contains(line), "no {line:?}:\n{}", text.stdout);
     }
 }
@@ -124,7 +137,11 @@ fn without_capabilities_the_verdict_is_the_commands_own_error() {
     ] {
         let (kind, why) = verdict(&doctor, command);
         assert_eq!(kind, "cannot", "{command}: {why}");
-        assert!(why.contains("lacks CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE") && why.contains("sudo setcap"), "{command}: {why}");
+        assert!(
+            why.contains("lacks CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE")
+                && why.contains("sudo setcap"),
+            "{command}: {why}"
+        );
         let run = run_wrapped(&no_caps, &nodeprof_bin(), &args, dir.path());
         run.assert_error("permission denied");
         assert_eq!(
@@ -134,7 +151,11 @@ fn without_capabilities_the_verdict_is_the_commands_own_error() {
         );
     }
     let text = run_wrapped(&no_caps, &nodeprof_bin(), &["doctor"], dir.path());
-    assert!(text.stdout.contains("fix: nodeprof lacks CAP_BPF"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("fix: nodeprof lacks CAP_BPF"),
+        "{}",
+        text.stdout
+    );
 }
 
 /// Restores kernel.perf_event_paranoid when dropped, also when the test panics.
@@ -168,7 +189,12 @@ fn perf_event_paranoid_decides_for_an_unprivileged_user() {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.path().join("nodeprof");
     fs::copy(nodeprof_bin(), &copy).unwrap();
-    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
     let original = fs::read_to_string(Paranoid::PATH).unwrap();
     let lowered = {
         let _paranoid = Paranoid::set(0);
@@ -178,7 +204,11 @@ fn perf_event_paranoid_decides_for_an_unprivileged_user() {
         let _paranoid = Paranoid::set(2);
         doctor_json(&nobody, &copy, dir.path())
     };
-    assert_eq!(fs::read_to_string(Paranoid::PATH).unwrap(), original, "not restored");
+    assert_eq!(
+        fs::read_to_string(Paranoid::PATH).unwrap(),
+        original,
+        "not restored"
+    );
     assert_eq!(feature(&lowered, "perf_events").0, "works", "{lowered:#}");
     let (outcome, detail) = feature(&raised, "perf_events");
     assert_eq!(outcome, "denied");
@@ -206,7 +236,11 @@ fn in_a_pid_namespace_of_its_own_the_fix_is_host_pid() {
         assert!(why.contains(needle), "no {needle:?} in: {why}");
     }
     for command in ["gc", "dump", "watch", "record --off-cpu"] {
-        assert_eq!(verdict(&doctor, command), (kind.clone(), why.clone()), "{command}");
+        assert_eq!(
+            verdict(&doctor, command),
+            (kind.clone(), why.clone()),
+            "{command}"
+        );
     }
     let (kind, parts) = verdict(&doctor, "core");
     assert_eq!(kind, "works_without", "{parts}");
@@ -214,7 +248,12 @@ fn in_a_pid_namespace_of_its_own_the_fix_is_host_pid() {
     assert!(doctor["fixes"][0].as_str().unwrap().contains("--pid=host"));
     // The kernel features themselves work in the namespace.
     assert_eq!(feature(&doctor, "perf_event_programs").0, "works");
-    let run = run_wrapped(&unshare, &nodeprof_bin(), &["record", "-q", "-p", "1", "-d", "1"], dir.path());
+    let run = run_wrapped(
+        &unshare,
+        &nodeprof_bin(),
+        &["record", "-q", "-p", "1", "-d", "1"],
+        dir.path(),
+    );
     run.assert_error("--pid=host");
     assert_eq!(run.stderr.trim(), format!("nodeprof: error: {why}"));
 }

@@ -202,7 +202,11 @@ fn a_killed_recording_leaves_no_file_under_its_names() {
     np.wait_sampling(Duration::from_secs(10));
     np.proc.signal(libc::SIGKILL);
     let _ = np.finish(RUN_TIMEOUT);
-    assert!(names_in(&out).is_empty(), "left behind: {:?}", names_in(&out));
+    assert!(
+        names_in(&out).is_empty(),
+        "left behind: {:?}",
+        names_in(&out)
+    );
     let run = run_nodeprof(
         &record_args(target.pid, &prefix, &["-d", "1"]),
         dir.path(),
@@ -587,7 +591,11 @@ fn a_target_dying_during_attach_is_named_as_exited() {
             run.stderr
         );
         if run.status.success() {
-            assert!(run.stdout.contains("stopped: target exited"), "{}", run.stdout);
+            assert!(
+                run.stdout.contains("stopped: target exited"),
+                "{}",
+                run.stdout
+            );
         } else {
             run.assert_error(&format!("process {pid} exited while nodeprof attached"));
             named_exited += 1;

@@ -342,7 +342,13 @@ fn a_steady_event_loop_reports_no_long_turn() {
 fn no_loop_attaches_no_tracepoint() {
     let _serial = serial();
     let dir = scratch_dir();
-    let target = Proc::node(&node_major(22), &[], "offcpu/loop.js", &["steady"], dir.path());
+    let target = Proc::node(
+        &node_major(22),
+        &[],
+        "offcpu/loop.js",
+        &["steady"],
+        dir.path(),
+    );
     target.wait_for_line("ready", READY);
     let attachments = |extra: &[&str]| -> (usize, Run) {
         let prefix = dir.path().join(format!("loop{}", extra.len()));
@@ -365,9 +371,16 @@ fn no_loop_attaches_no_tracepoint() {
         (attached, run)
     };
     let (with_loop, run) = attachments(&[]);
-    assert!(run.stdout.contains("event loop (main thread)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("event loop (main thread)"),
+        "{}",
+        run.stdout
+    );
     let (without, run) = attachments(&["--no-loop"]);
     assert!(!run.stdout.contains("event loop"), "{}", run.stdout);
     assert_eq!(without, online_cpus(), "attachments with --no-loop --no-gc");
-    assert!(with_loop > without, "{with_loop} attachments with the loop traced, {without} without");
+    assert!(
+        with_loop > without,
+        "{with_loop} attachments with the loop traced, {without} without"
+    );
 }

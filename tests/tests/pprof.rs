@@ -276,7 +276,10 @@ fn pprof_reads_as_go_tool_pprof_expects() {
         };
         *cpu_leaf.entry(key).or_default() += hits;
     }
-    assert!(!cpu_leaf.is_empty(), "no JS leaf samples in the .cpuprofile");
+    assert!(
+        !cpu_leaf.is_empty(),
+        "no JS leaf samples in the .cpuprofile"
+    );
     assert_eq!(np_leaf, cpu_leaf, "JS leaf samples, pprof vs .cpuprofile");
 }
 
@@ -324,7 +327,9 @@ fn summary_leads_with_js_functions() {
     let (js, native) = (&texts[0], &texts[1]);
 
     let self_rows = table_rows(js, "Top JS functions by self time");
-    let first = self_rows.first().unwrap_or_else(|| panic!("no JS self table:\n{js}"));
+    let first = self_rows
+        .first()
+        .unwrap_or_else(|| panic!("no JS self table:\n{js}"));
     assert!(
         first.contains(" hotLoop file://") && first.contains("/busy.js:12"),
         "hotLoop (its ieee754::sin counted for it) leads the JS self table:\n{js}"
@@ -333,7 +338,10 @@ fn summary_leads_with_js_functions() {
     assert!(!total_rows.is_empty(), "no JS total table:\n{js}");
     for boilerplate in ["Builtins_JSEntry", "uv_run", "node::Start", "ieee754"] {
         assert!(
-            !self_rows.iter().chain(&total_rows).any(|r| r.contains(boilerplate)),
+            !self_rows
+                .iter()
+                .chain(&total_rows)
+                .any(|r| r.contains(boilerplate)),
             "{boilerplate} in the JS tables:\n{js}"
         );
     }
@@ -385,11 +393,18 @@ fn wall_profile_is_wall_time() {
     assert!(text.contains("PeriodType: wall nanoseconds"), "{text}");
     // The spinning main thread is on CPU, node's idle helper threads are not.
     let (mut wall, mut cpu) = (0u64, 0u64);
-    for line in text.lines().skip_while(|l| !l.starts_with("Samples:")).skip(2) {
+    for line in text
+        .lines()
+        .skip_while(|l| !l.starts_with("Samples:"))
+        .skip(2)
+    {
         let Some((values, _)) = line.trim().split_once(':') else {
             continue;
         };
-        let v: Vec<u64> = values.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        let v: Vec<u64> = values
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
         if v.len() == 3 {
             wall += v[1];
             cpu += v[2];

@@ -70,7 +70,13 @@ fn output(cmd: &mut Command) -> String {
 
 /// `nodeprof --version` says what a bug report needs.
 fn assert_version(text: &str) {
-    for needle in ["nodeprof 0.", "commit ", "18, 20, 22, 24, 26", "Linux 5.15+", "nodeprof doctor"] {
+    for needle in [
+        "nodeprof 0.",
+        "commit ",
+        "18, 20, 22, 24, 26",
+        "Linux 5.15+",
+        "nodeprof doctor",
+    ] {
         assert!(text.contains(needle), "no {needle:?} in --version:\n{text}");
     }
     assert!(!text.contains("commit unknown"), "{text}");
@@ -121,7 +127,11 @@ fn static_binary_records_from_a_clean_directory() {
         "{file}"
     );
     let dist = dist();
-    output(Command::new("sha256sum").args(["--check", "SHA256SUMS"]).current_dir(&dist));
+    output(
+        Command::new("sha256sum")
+            .args(["--check", "SHA256SUMS"])
+            .current_dir(&dist),
+    );
 
     let clean = scratch_dir();
     let copy = clean.path().join("nodeprof");
@@ -130,7 +140,9 @@ fn static_binary_records_from_a_clean_directory() {
     assert_version(&version);
     let prefix = clean.path().join("busy");
     let mut cmd = Command::new(&copy);
-    cmd.env_clear().env("PATH", "/usr/bin:/bin").current_dir(clean.path());
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(clean.path());
     record_busy(cmd, &prefix, clean.path());
 }
 
@@ -159,10 +171,18 @@ fn tarball_has_man_page_and_completions() {
         "completions/nodeprof.fish",
     ] {
         let path = format!("{stem}/{file}");
-        assert!(listing.lines().any(|l| l == path), "no {path} in:\n{listing}");
+        assert!(
+            listing.lines().any(|l| l == path),
+            "no {path} in:\n{listing}"
+        );
     }
     let dir = scratch_dir();
-    output(Command::new("tar").arg("-xzf").arg(&tarball).current_dir(dir.path()));
+    output(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .current_dir(dir.path()),
+    );
     let page = dir.path().join(&stem).join("man/nodeprof.1");
     let text = output(
         Command::new("man")
@@ -171,12 +191,29 @@ fn tarball_has_man_page_and_completions() {
             .env("MANPAGER", "cat")
             .env("MANWIDTH", "100"),
     );
-    for needle in ["NAME", "nodeprof", "record", "doctor", "snapshot", "SUBCOMMANDS"] {
-        assert!(text.contains(needle), "no {needle:?} in the man page:\n{text}");
+    for needle in [
+        "NAME",
+        "nodeprof",
+        "record",
+        "doctor",
+        "snapshot",
+        "SUBCOMMANDS",
+    ] {
+        assert!(
+            text.contains(needle),
+            "no {needle:?} in the man page:\n{text}"
+        );
     }
-    assert!(!text.contains("generate-assets"), "the hidden command is documented");
-    let bash = fs::read_to_string(dir.path().join(&stem).join("completions/nodeprof.bash")).unwrap();
-    assert!(bash.contains("doctor") && bash.contains("--off-cpu"), "bash completions");
+    assert!(
+        !text.contains("generate-assets"),
+        "the hidden command is documented"
+    );
+    let bash =
+        fs::read_to_string(dir.path().join(&stem).join("completions/nodeprof.bash")).unwrap();
+    assert!(
+        bash.contains("doctor") && bash.contains("--off-cpu"),
+        "bash completions"
+    );
 }
 
 /// `npm install ./launcher.tgz ./platform.tgz` offline into an empty
@@ -187,7 +224,10 @@ fn tarball_has_man_page_and_completions() {
 fn npm_packages_install_offline_and_run_with_npx() {
     let _serial = serial();
     let launcher = artifact(&format!("nodeprof-{}.tgz", env!("CARGO_PKG_VERSION")));
-    let platform = artifact(&format!("nodeprof-linux-x64-{}.tgz", env!("CARGO_PKG_VERSION")));
+    let platform = artifact(&format!(
+        "nodeprof-linux-x64-{}.tgz",
+        env!("CARGO_PKG_VERSION")
+    ));
     let dir = scratch_dir();
     let project = dir.path();
     output(
@@ -199,14 +239,17 @@ fn npm_packages_install_offline_and_run_with_npx() {
     );
     let npx = |args: &[&std::ffi::OsStr]| {
         let mut cmd = Command::new("npx");
-        cmd.args(["--offline", "--no-install", "nodeprof"]).args(args).current_dir(project);
+        cmd.args(["--offline", "--no-install", "nodeprof"])
+            .args(args)
+            .current_dir(project);
         cmd
     };
     assert_version(&output(&mut npx(&["--version".as_ref()])));
     let prefix = project.join("npx");
     record_busy(npx(&[]), &prefix, project);
     // An error keeps its one line and exit code 1.
-    let missing = spawn_nodeprof_with(npx(&[]), &["record", "-p", "4194000"], project).finish(RUN_TIMEOUT);
+    let missing =
+        spawn_nodeprof_with(npx(&[]), &["record", "-p", "4194000"], project).finish(RUN_TIMEOUT);
     missing.assert_error("no such process");
 
     // SIGTERM to the launcher (node 20: no process.execve, so it forwards).
@@ -215,11 +258,7 @@ fn npm_packages_install_offline_and_run_with_npx() {
     let mut cmd = Command::new(node20());
     cmd.arg(project.join("node_modules/nodeprof/bin/nodeprof.js"));
     let signalled = project.join("signalled");
-    let recording = spawn_nodeprof_with(
-        cmd,
-        &record_args(target.pid, &signalled, &[]),
-        project,
-    );
+    let recording = spawn_nodeprof_with(cmd, &record_args(target.pid, &signalled, &[]), project);
     let started = wait_until(READY, || {
         descendants(recording.proc.pid)
             .into_iter()
@@ -269,7 +308,10 @@ fn deb_installs_a_working_nodeprof() {
             "no {path} in:\n{contents}"
         );
     }
-    let owner = Command::new("dpkg").args(["-S", "/usr/bin/nodeprof"]).output().unwrap();
+    let owner = Command::new("dpkg")
+        .args(["-S", "/usr/bin/nodeprof"])
+        .output()
+        .unwrap();
     let already = Path::new("/usr/bin/nodeprof").exists();
     assert!(
         !already || String::from_utf8_lossy(&owner.stdout).starts_with("nodeprof:"),
@@ -288,5 +330,8 @@ fn deb_installs_a_working_nodeprof() {
     );
     assert!(page.contains("doctor"), "{page}");
     drop(_installed);
-    assert!(!Path::new("/usr/bin/nodeprof").exists(), "dpkg -r left /usr/bin/nodeprof");
+    assert!(
+        !Path::new("/usr/bin/nodeprof").exists(),
+        "dpkg -r left /usr/bin/nodeprof"
+    );
 }

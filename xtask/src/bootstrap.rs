@@ -167,7 +167,10 @@ fn musl_target() -> Result<()> {
         return Ok(());
     }
     util::run(Command::new("rustup").args(["target", "add", crate::dist::MUSL]))?;
-    report(step, &format!("installed (rustup target add {})", crate::dist::MUSL));
+    report(
+        step,
+        &format!("installed (rustup target add {})", crate::dist::MUSL),
+    );
     Ok(())
 }
 

@@ -218,7 +218,13 @@ fn copyright() -> Result<String> {
     let mit = fs::read_to_string(util::root().join("LICENSE-MIT"))?;
     let indented = |text: &str| {
         text.lines()
-            .map(|l| if l.trim().is_empty() { " .".to_string() } else { format!(" {l}") })
+            .map(|l| {
+                if l.trim().is_empty() {
+                    " .".to_string()
+                } else {
+                    format!(" {l}")
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -240,8 +246,14 @@ fn copyright() -> Result<String> {
 fn npm_packages(dist: &Path, staging: &Path, version: &str, bin: &Path) -> Result<Vec<PathBuf>> {
     let platform = staging.join("npm-platform");
     copy(bin, &platform.join("bin/nodeprof"))?;
-    copy(&util::root().join("LICENSE-MIT"), &platform.join("LICENSE-MIT"))?;
-    copy(&util::root().join("LICENSE-APACHE"), &platform.join("LICENSE-APACHE"))?;
+    copy(
+        &util::root().join("LICENSE-MIT"),
+        &platform.join("LICENSE-MIT"),
+    )?;
+    copy(
+        &util::root().join("LICENSE-APACHE"),
+        &platform.join("LICENSE-APACHE"),
+    )?;
     fs::write(
         platform.join("README.md"),
         format!("The nodeprof binary for Linux x86-64. Install `nodeprof`, which depends on this package.\n"),

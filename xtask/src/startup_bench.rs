@@ -64,7 +64,17 @@ pub fn bench_startup(args: &BenchStartupArgs) -> Result<()> {
         let prefix = out.join(format!("run{run}"));
         let start = monotonic_us();
         let status = Command::new(&bin)
-            .args(["record", "-q", "-p", &pid, "-d", "1", "--format", "cpuprofile", "-o"])
+            .args([
+                "record",
+                "-q",
+                "-p",
+                &pid,
+                "-d",
+                "1",
+                "--format",
+                "cpuprofile",
+                "-o",
+            ])
             .arg(&prefix)
             .stdout(Stdio::null())
             .status()?;
@@ -103,7 +113,8 @@ pub fn bench_startup(args: &BenchStartupArgs) -> Result<()> {
 
 /// The first sample's time in a .cpuprofile: `startTime + timeDeltas[0]`.
 fn first_sample_us(path: &Path) -> Result<u64> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let profile: serde_json::Value = serde_json::from_str(&text)?;
     let start = profile["startTime"].as_u64().context("no startTime")?;
     let delta = profile["timeDeltas"][0]

@@ -59,8 +59,11 @@ struct Needs {
 
 const LOADING: [Feature; 3] = [Feature::BpfSyscall, Feature::Btf, Feature::RingBuffer];
 const GC_TABLE: (&str, &[u32], &[Feature]) = ("the GC table", UPROBES, &[Feature::Uprobes]);
-const LOOP_TURNS: (&str, &[u32], &[Feature]) =
-    ("event-loop turns", TRACEPOINTS, &[Feature::EpollTracepoints]);
+const LOOP_TURNS: (&str, &[u32], &[Feature]) = (
+    "event-loop turns",
+    TRACEPOINTS,
+    &[Feature::EpollTracepoints],
+);
 const OTHER_USERS: &[u32] = &[caps::CAP_SYS_PTRACE];
 
 const COMMANDS: &[Needs] = &[
@@ -68,7 +71,12 @@ const COMMANDS: &[Needs] = &[
         command: "record",
         ebpf: true,
         caps: SAMPLING,
-        features: &[LOADING[0], LOADING[1], LOADING[2], Feature::PerfEventPrograms],
+        features: &[
+            LOADING[0],
+            LOADING[1],
+            LOADING[2],
+            Feature::PerfEventPrograms,
+        ],
         optional: &[GC_TABLE, LOOP_TURNS],
     },
     Needs {
@@ -119,8 +127,16 @@ const COMMANDS: &[Needs] = &[
         caps: UPROBES,
         features: &[LOADING[0], LOADING[2], Feature::Uprobes],
         optional: &[
-            ("the event-loop check", TRACEPOINTS, &[Feature::EpollTracepoints]),
-            ("profile and dump captures", SAMPLING, &[Feature::PerfEventPrograms, Feature::TaskIterator]),
+            (
+                "the event-loop check",
+                TRACEPOINTS,
+                &[Feature::EpollTracepoints],
+            ),
+            (
+                "profile and dump captures",
+                SAMPLING,
+                &[Feature::PerfEventPrograms, Feature::TaskIterator],
+            ),
         ],
     },
     Needs {
@@ -211,7 +227,8 @@ fn judge(needs: &Needs, trials: &[Trial], container: Option<&str>, effective: u6
         })
         .collect();
     if !needs.ebpf && container.is_some() {
-        without.push("processes outside this container (not visible from its pid namespace)".into());
+        without
+            .push("processes outside this container (not visible from its pid namespace)".into());
     }
     if without.is_empty() {
         Verdict::Works
@@ -270,7 +287,9 @@ fn fixes(host: &Host, trials: &[Trial], container: Option<&str>) -> Vec<String> 
                 .into(),
         );
     }
-    let kernel_lacks = trials.iter().any(|t| matches!(t.outcome, Outcome::Fails(_)));
+    let kernel_lacks = trials
+        .iter()
+        .any(|t| matches!(t.outcome, Outcome::Fails(_)));
     if kernel_lacks {
         fixes.push(format!(
             "this kernel ({}) lacks what the failed features need: see the Linux version of each",
@@ -283,7 +302,11 @@ fn fixes(host: &Host, trials: &[Trial], container: Option<&str>) -> Vec<String> 
 impl Report for Doctor {
     fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
         let host = &self.host;
-        writeln!(w, "kernel          Linux {} ({})", host.kernel, host.machine)?;
+        writeln!(
+            w,
+            "kernel          Linux {} ({})",
+            host.kernel, host.machine
+        )?;
         let held: Vec<String> = self
             .capabilities
             .iter()
@@ -301,7 +324,10 @@ impl Report for Doctor {
                 "perf_event_paranoid {level} (without CAP_PERFMON no perf event of other processes)"
             )?,
             Some(level) => writeln!(w, "perf_event_paranoid {level}")?,
-            None => writeln!(w, "perf_event_paranoid unknown (no /proc/sys/kernel/perf_event_paranoid)")?,
+            None => writeln!(
+                w,
+                "perf_event_paranoid unknown (no /proc/sys/kernel/perf_event_paranoid)"
+            )?,
         }
         match host.unprivileged_bpf_disabled {
             Some(0) => writeln!(w, "unprivileged_bpf_disabled 0 (BPF without CAP_BPF allowed, not enough for nodeprof)")?,
@@ -319,7 +345,10 @@ impl Report for Doctor {
             .map(|c| format!(", {c}"))
             .unwrap_or_default();
         if host.in_container_pid_namespace() {
-            writeln!(w, "pid namespace   a container's{runtime}: host processes are not visible")?;
+            writeln!(
+                w,
+                "pid namespace   a container's{runtime}: host processes are not visible"
+            )?;
         } else {
             writeln!(w, "pid namespace   the host's{runtime}")?;
         }
@@ -391,9 +420,15 @@ mod tests {
             judge(needs("record"), &no_uprobes, None, root),
             Verdict::WorksWithout(parts) if parts.len() == 1 && parts[0].starts_with("the GC table")
         ));
-        assert_eq!(judge(needs("heap"), &trials(&Feature::ALL), None, 0), Verdict::Works);
+        assert_eq!(
+            judge(needs("heap"), &trials(&Feature::ALL), None, 0),
+            Verdict::Works
+        );
         let no_iterator = trials(&[Feature::TaskIterator]);
-        assert!(matches!(judge(needs("dump"), &no_iterator, None, root), Verdict::Cannot(_)));
+        assert!(matches!(
+            judge(needs("dump"), &no_iterator, None, root),
+            Verdict::Cannot(_)
+        ));
         assert_eq!(
             judge(needs("dump"), &no_iterator, Some("in a container"), root),
             Verdict::Cannot("in a container".into())

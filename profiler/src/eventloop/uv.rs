@@ -149,9 +149,7 @@ fn time_offset(code: &[u8]) -> Option<u64> {
         [0x48, 0x8b, 0x47, d, ..] => Some(*d as i8 as i64),
         _ => None,
     })?;
-    (8..0x1000)
-        .contains(&offset)
-        .then_some(offset as u64)
+    (8..0x1000).contains(&offset).then_some(offset as u64)
 }
 
 #[cfg(test)]
@@ -198,9 +196,21 @@ mod tests {
             loop_pointer: 0x5000,
             time_offset: 0x220,
             segments: vec![
-                Segment { offset: 0, vaddr: 0, filesz: 0x1000 },
-                Segment { offset: 0x1000, vaddr: 0x1000, filesz: 0x3000 },
-                Segment { offset: 0x4000, vaddr: 0x5000, filesz: 0x800 },
+                Segment {
+                    offset: 0,
+                    vaddr: 0,
+                    filesz: 0x1000,
+                },
+                Segment {
+                    offset: 0x1000,
+                    vaddr: 0x1000,
+                    filesz: 0x3000,
+                },
+                Segment {
+                    offset: 0x4000,
+                    vaddr: 0x5000,
+                    filesz: 0x800,
+                },
             ],
         };
         let exe = Path::new("/usr/bin/node");
@@ -220,7 +230,10 @@ mod tests {
             Some(0x5555_5555_4000)
         );
         assert_eq!(clock.load_bias(|| vec![other], exe), None);
-        let fixed = LoopClock { segments: Vec::new(), ..clock };
+        let fixed = LoopClock {
+            segments: Vec::new(),
+            ..clock
+        };
         assert_eq!(fixed.load_bias(Vec::new, exe), Some(0));
     }
 }

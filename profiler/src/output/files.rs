@@ -10,8 +10,8 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -77,10 +77,11 @@ impl OutputFiles {
             if path.symlink_metadata().is_ok() {
                 return Err(FileError::Exists(path));
             }
-            let temporary = TempFile::new_for(&path, 0o644).map_err(|source| FileError::Create {
-                path: path.clone(),
-                source,
-            })?;
+            let temporary =
+                TempFile::new_for(&path, 0o644).map_err(|source| FileError::Create {
+                    path: path.clone(),
+                    source,
+                })?;
             created.pending.push(Pending {
                 format,
                 path,
@@ -284,7 +285,8 @@ impl TempFile {
     fn persist(mut self, dest: &Path) -> std::io::Result<()> {
         match self.named.take() {
             None => {
-                let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::from);
+                let c =
+                    |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::from);
                 let to_c = c(dest)?;
                 let fd = self.file.as_raw_fd();
                 // linkat through /proc needs no capability, unlike AT_EMPTY_PATH;
@@ -303,7 +305,13 @@ impl TempFile {
                 if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
                     // SAFETY: as above.
                     rc = unsafe {
-                        libc::linkat(fd, c"".as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::AT_EMPTY_PATH)
+                        libc::linkat(
+                            fd,
+                            c"".as_ptr(),
+                            libc::AT_FDCWD,
+                            to_c.as_ptr(),
+                            libc::AT_EMPTY_PATH,
+                        )
                     };
                 }
                 if rc == 0 {

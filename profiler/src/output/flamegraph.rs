@@ -72,11 +72,9 @@ fn js_greens(profile: &Profile) -> PaletteMap {
         }
         let field = format!("{}_[j]", folded::clean(&short_label(frame)));
         // FNV-1a: a stable shade per name, run after run.
-        let hash = field
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+        let hash = field.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         let v = (hash % 1000) as f32 / 1000.0;
         let shade = |base: f32, range: f32| (base + range * v) as u8;
         map.insert(
@@ -210,8 +208,13 @@ mod tests {
         // Annotations are for colouring only; inferno strips them from labels.
         assert!(!s.contains("_[j]") && !s.contains("_[k]"));
         // The tooltip: short label and counts, then the full name.
-        assert!(s.contains("<title>fib fib.js:3 (3 samples, 33.33%)\nfib file:///app/fib.js:3</title>"));
-        assert!(s.contains(">fib fib.js:3</text>"), "the box shows the short label");
+        assert!(
+            s.contains("<title>fib fib.js:3 (3 samples, 33.33%)\nfib file:///app/fib.js:3</title>")
+        );
+        assert!(
+            s.contains(">fib fib.js:3</text>"),
+            "the box shows the short label"
+        );
     }
 
     #[test]
@@ -247,7 +250,12 @@ mod tests {
     fn narrow_boxes_keep_the_function_name() {
         let mut p = Profile::new(1, 99, 0);
         let wide = p.intern_frame(js("main", "file:///app/main.js", 0, 0));
-        let narrow = p.intern_frame(js("fibonacciOfTheWorkload", "file:///srv/deep/path/workload.js", 60, 0));
+        let narrow = p.intern_frame(js(
+            "fibonacciOfTheWorkload",
+            "file:///srv/deep/path/workload.js",
+            60,
+            0,
+        ));
         let a = p.intern_stack(vec![wide]);
         let b = p.intern_stack(vec![wide, narrow]);
         for t in 0..60 {
@@ -257,7 +265,9 @@ mod tests {
             p.add_sample(100 + t, 1, "node", b);
         }
         let s = svg(&p, "t");
-        let title = s.find("<title>fibonacciOfTheWorkload workload.js:61 (").unwrap();
+        let title = s
+            .find("<title>fibonacciOfTheWorkload workload.js:61 (")
+            .unwrap();
         let text = &s[title..];
         let text = &text[text.find("<text").unwrap()..];
         let label = &text[text.find('>').unwrap() + 1..text.find("</text>").unwrap()];

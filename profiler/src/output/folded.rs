@@ -121,7 +121,10 @@ mod tests {
         let c = q.intern_frame(js("main", "file:///app/main.js", 0, 0));
         let sc = q.intern_stack(vec![c]);
         q.add_sample(1_010_000, 100, "node", sc);
-        assert_eq!(fold(&q, true, crate::output::label::short_label), ["node;main main.js:1_[j] 1"]);
+        assert_eq!(
+            fold(&q, true, crate::output::label::short_label),
+            ["node;main main.js:1_[j] 1"]
+        );
     }
 
     #[test]

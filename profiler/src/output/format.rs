@@ -55,7 +55,9 @@ impl Format {
             Format::Cpuprofile => "Chrome DevTools / VS Code / speedscope profile",
             Format::Folded => "folded stacks (`frame;frame count`), input of flamegraph tools",
             Format::Svg => "flame graph SVG",
-            Format::Pprof => "pprof profile.proto, gzipped (go tool pprof, Pyroscope, Parca, Datadog)",
+            Format::Pprof => {
+                "pprof profile.proto, gzipped (go tool pprof, Pyroscope, Parca, Datadog)"
+            }
         }
     }
 

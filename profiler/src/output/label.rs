@@ -237,7 +237,10 @@ mod tests {
             short_label(&js("", "node:internal/fs/utils", 10, 0)),
             "(anonymous) node:internal/fs/utils:11"
         );
-        assert_eq!(short_label(&Frame::new(FrameKind::Js, "evalFn", "")), "evalFn");
+        assert_eq!(
+            short_label(&Frame::new(FrameKind::Js, "evalFn", "")),
+            "evalFn"
+        );
     }
 
     #[test]
@@ -252,7 +255,10 @@ mod tests {
             short_native_name("node::SpinEventLoopInternal(node::Environment*)"),
             "node::SpinEventLoopInternal"
         );
-        assert_eq!(short_native_name("v8::Function::Call(v8::Local<v8::Context>) const"), "v8::Function::Call");
+        assert_eq!(
+            short_native_name("v8::Function::Call(v8::Local<v8::Context>) const"),
+            "v8::Function::Call"
+        );
     }
 
     #[test]
@@ -287,7 +293,10 @@ mod tests {
             short_native_name("node::Foo::operator new(unsigned long)"),
             "node::Foo::operator new"
         );
-        assert_eq!(short_native_name("node::operators_list()"), "node::operators_list");
+        assert_eq!(
+            short_native_name("node::operators_list()"),
+            "node::operators_list"
+        );
     }
 
     #[test]
@@ -306,13 +315,21 @@ mod tests {
 
     #[test]
     fn c_and_odd_names_stay() {
-        assert_eq!(short_native_name("__memmove_avx_unaligned_erms"), "__memmove_avx_unaligned_erms");
+        assert_eq!(
+            short_native_name("__memmove_avx_unaligned_erms"),
+            "__memmove_avx_unaligned_erms"
+        );
         assert_eq!(short_native_name("Builtins_JSEntry"), "Builtins_JSEntry");
         assert_eq!(short_native_name("malloc [clone .cold]"), "malloc");
         assert_eq!(short_native_name("[unknown] 0x7f00"), "[unknown] 0x7f00");
-        assert_eq!(short_native_name("Builtin: CallFunction"), "Builtin: CallFunction");
         assert_eq!(
-            short_native_name("std::__cxx11::basic_string<char>::basic_string[abi:cxx11](char const*)"),
+            short_native_name("Builtin: CallFunction"),
+            "Builtin: CallFunction"
+        );
+        assert_eq!(
+            short_native_name(
+                "std::__cxx11::basic_string<char>::basic_string[abi:cxx11](char const*)"
+            ),
             "std::__cxx11::basic_string::basic_string"
         );
     }

@@ -422,7 +422,11 @@ mod tests {
     #[test]
     fn off_cpu_and_wall_are_not_cpu_time() {
         let mut off = Profile::new(1, 100, 0);
-        let f = off.intern_frame(Frame::new(FrameKind::Native, "epoll_wait", "/lib/libc.so.6"));
+        let f = off.intern_frame(Frame::new(
+            FrameKind::Native,
+            "epoll_wait",
+            "/lib/libc.so.6",
+        ));
         let s = off.intern_stack(vec![f]);
         off.add_off_cpu_sample(10, 1, "node", s);
         off.add_off_cpu_sample(20, 1, "node", s);

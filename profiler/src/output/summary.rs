@@ -130,8 +130,12 @@ impl Summary {
             ) {
                 *js_self.entry(js).or_default() += n;
                 js_samples += n;
-                let distinct: HashSet<&Frame> =
-                    frames.iter().copied().filter(|f| counts_as_js(f)).chain([js]).collect();
+                let distinct: HashSet<&Frame> = frames
+                    .iter()
+                    .copied()
+                    .filter(|f| counts_as_js(f))
+                    .chain([js])
+                    .collect();
                 for f in distinct {
                     *js_total.entry(f).or_default() += n;
                 }
@@ -466,14 +470,22 @@ mod tests {
         let text = s.to_text();
         assert!(text.contains("\nTop JS functions by self time (native code counted for its JS caller):\n    self   samples  function\n   33.3%         3  fib file:///app/fib.js:3\n"), "{text}");
         assert!(text.contains("\nTop JS functions by total time:\n   total   samples  function\n   44.4%         4  main file:///app/main.js:1\n"), "{text}");
-        assert!(text.contains("\n2 samples (22.2 %) ran native code with no JS frame"), "{text}");
-        assert!(text.contains("Native functions: --summary native\n"), "{text}");
+        assert!(
+            text.contains("\n2 samples (22.2 %) ran native code with no JS frame"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Native functions: --summary native\n"),
+            "{text}"
+        );
         assert!(!text.contains("node::Start"), "{text}");
     }
 
     #[test]
     fn display() {
-        let text = Summary::from_profile(&sample_profile(), 10).native().to_text();
+        let text = Summary::from_profile(&sample_profile(), 10)
+            .native()
+            .to_text();
         assert!(text.contains("Duration:        0.0 s\n"), "{text}");
         assert!(
             text.contains("Samples:         9 (at 99 Hz per CPU)\n"),

@@ -100,13 +100,16 @@ impl Outcome {
 
     fn of_errno(error: std::io::Error, without: &str) -> Outcome {
         match error.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                Outcome::Denied(ProbeError::NotPermitted {
+            Some(libc::EPERM) | Some(libc::EACCES) => Outcome::Denied(
+                ProbeError::NotPermitted {
                     lacking: crate::caps::lacking(super::EVERYTHING),
                 }
-                .to_string())
-            }
-            Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)
+                .to_string(),
+            ),
+            Some(libc::ENOSYS)
+            | Some(libc::EINVAL)
+            | Some(libc::ENOENT)
+            | Some(libc::ENODEV)
             | Some(libc::EOPNOTSUPP) => Outcome::Fails(format!("{without} ({error})")),
             _ => Outcome::Fails(error.to_string()),
         }
@@ -123,7 +126,16 @@ pub struct Trial {
 /// Tries every feature of [`Feature::ALL`], in that order.
 pub fn try_all() -> Vec<Trial> {
     let mut trials = vec![
-        (Feature::BpfSyscall, bpf_map(BPF_MAP_TYPE_ARRAY, 4, 4, 1, "no BPF syscall (CONFIG_BPF_SYSCALL)")),
+        (
+            Feature::BpfSyscall,
+            bpf_map(
+                BPF_MAP_TYPE_ARRAY,
+                4,
+                4,
+                1,
+                "no BPF syscall (CONFIG_BPF_SYSCALL)",
+            ),
+        ),
         (
             Feature::Btf,
             match aya::Btf::from_sys_fs() {
@@ -135,7 +147,13 @@ pub fn try_all() -> Vec<Trial> {
         ),
         (
             Feature::RingBuffer,
-            bpf_map(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, "no BPF ring buffer (Linux 5.8+)"),
+            bpf_map(
+                BPF_MAP_TYPE_RINGBUF,
+                0,
+                0,
+                4096,
+                "no BPF ring buffer (Linux 5.8+)",
+            ),
         ),
         (Feature::PerfEvents, cpu_clock_event()),
     ];
@@ -173,7 +191,11 @@ fn try_with(probe: &mut Probe, feature: Feature, so_far: &[(Feature, Outcome)]) 
                     cookie: 0,
                     reads: None,
                 };
-                let result = probe.attach_call(std::process::id(), std::path::Path::new("/proc/self/exe"), site);
+                let result = probe.attach_call(
+                    std::process::id(),
+                    std::path::Path::new("/proc/self/exe"),
+                    site,
+                );
                 probe.detach_calls();
                 Outcome::of(result)
             }
@@ -193,7 +215,9 @@ fn try_with(probe: &mut Probe, feature: Feature, so_far: &[(Feature, Outcome)]) 
                 // This thread is running the iterator: its saved user
                 // registers are those of its system call.
                 Ok(Some(task)) if task.sp != 0 && task.cs & 3 == 3 => Outcome::Works,
-                Ok(Some(_)) => Outcome::Fails("the registers read back are not user registers".into()),
+                Ok(Some(_)) => {
+                    Outcome::Fails("the registers read back are not user registers".into())
+                }
                 Ok(None) => Outcome::Fails("the task iterator did not see this thread".into()),
                 Err(e) => Outcome::of(Err(e)),
             }
@@ -219,7 +243,12 @@ fn bpf_map(kind: u32, key: u32, value: u32, entries: u32, without: &str) -> Outc
     attr[..4].copy_from_slice(&[kind, key, value, entries]);
     // SAFETY: attr is a zeroed attribute of the size given.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_mut_ptr(), size_of_val(&attr) as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_mut_ptr(),
+            size_of_val(&attr) as u32,
+        )
     };
     if fd < 0 {
         return Outcome::of_errno(std::io::Error::last_os_error(), without);

@@ -29,8 +29,8 @@ use nodeprof_common::{SampleRecord, TaskRecord, UserFrame, MAX_KERNEL_FRAMES, MA
 use serde::Serialize;
 
 use crate::collect::{Collection, Collector};
-use crate::eventloop::uv::{self, LoopClock};
 use crate::corefile::{CoreFile, CoreFileError};
+use crate::eventloop::uv::{self, LoopClock};
 use crate::image::{Image, ProcessImage, ThreadRegs};
 use crate::probe::{self, Probe, ProbeError, RingSizes};
 use crate::profile::Frame;
@@ -191,7 +191,8 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
                     || crate::image::executable_mappings(pid).unwrap_or_default(),
                     &target.exe,
                 )?;
-                let started_ms = clock.turn_started_ms(&crate::v8::ProcessMemory::new(pid), bias)?;
+                let started_ms =
+                    clock.turn_started_ms(&crate::v8::ProcessMemory::new(pid), bias)?;
                 uv::turn_age(started_ms, registers_ns)
             });
         let running: Vec<u32> = listed
