@@ -237,6 +237,35 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
 }
 
 /// The state letter of `/proc/PID/stat` (R, S, Z, T, …), `None` when the pid is gone.
+/// Not stopped: the process runs, and no thread is stopped or traced (after
+/// a core or a capture that stopped it).
+pub fn assert_not_stopped(pid: u32) {
+    let state = proc_state(pid);
+    assert!(
+        matches!(state, Some('R' | 'S' | 'D')),
+        "target {pid} is {state:?} after the core"
+    );
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        let state = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap();
+        assert!(
+            !matches!(state, "t" | "T"),
+            "a thread of {pid} is stopped: {stat}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains("TracerPid:\t0"),
+        "target {pid} is still traced"
+    );
+}
+
 pub fn proc_state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?

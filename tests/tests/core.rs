@@ -63,33 +63,6 @@ fn gdb(exe: &Path, core: &Path) -> String {
 }
 
 /// Not stopped: neither traced nor job-control stopped.
-fn assert_not_stopped(pid: u32) {
-    let state = proc_state(pid);
-    assert!(
-        matches!(state, Some('R' | 'S' | 'D')),
-        "target {pid} is {state:?} after the core"
-    );
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
-        let state = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .next()
-            .unwrap();
-        assert!(
-            !matches!(state, "t" | "T"),
-            "a thread of {pid} is stopped: {stat}"
-        );
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status.contains("TracerPid:\t0"),
-        "target {pid} is still traced"
-    );
-}
-
 fn stopped_ms(stdout: &str) -> f64 {
     let line = stdout
         .lines()

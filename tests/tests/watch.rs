@@ -673,26 +673,6 @@ fn mode_of(path: &Path) -> u32 {
     std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
 }
 
-/// Not stopped: neither the process nor any thread traced or stopped.
-fn assert_not_stopped(pid: u32) {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
-        let state = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .next()
-            .unwrap();
-        assert!(
-            !matches!(state, "t" | "T"),
-            "a thread of {pid} is stopped: {stat}"
-        );
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(status.contains("TracerPid:\t0"), "{pid} is still traced");
-}
-
 #[test]
 fn heap_growth_is_snapshotted_and_the_diff_of_two_names_the_growing_class() {
     let _serial = serial();

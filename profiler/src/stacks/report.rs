@@ -116,16 +116,29 @@ impl DumpReport {
 /// for a main thread that is not idle, how long its event-loop turn has run.
 pub fn verdict(thread: &ThreadStack) -> String {
     let what = activity(thread);
-    // In epoll with JS below it is a synchronous call's own loop (execSync), not idle.
-    let has_js = thread.frames.iter().any(|f| f.kind == FrameKind::Js);
-    let idle = matches!(&thread.syscall, Some(call) if call.is_event_loop_wait()) && !has_js;
     match thread.loop_turn {
-        Some(turn) if !idle => format!(
+        Some(turn) if !loop_idle(thread) => format!(
             "{what}; event-loop turn running for {}",
             human_duration(turn.as_secs_f64())
         ),
         _ => what,
     }
+}
+
+/// Waiting for events with no JS below: an epoll wait with JS below it is a
+/// synchronous call's own loop (`execSync`), not the event loop's.
+fn loop_idle(thread: &ThreadStack) -> bool {
+    matches!(&thread.syscall, Some(call) if call.is_event_loop_wait())
+        && !thread.frames.iter().any(|f| f.kind == FrameKind::Js)
+}
+
+/// The innermost frame outside the kernel.
+fn native_leaf(thread: &ThreadStack) -> &str {
+    thread
+        .frames
+        .iter()
+        .find(|f| f.kind != FrameKind::Kernel)
+        .map_or("?", |f| f.name.as_str())
 }
 
 fn activity(thread: &ThreadStack) -> String {
@@ -168,14 +181,7 @@ fn activity(thread: &ThreadStack) -> String {
                         chain(name.clone(), &callers)
                     )
                 }
-                None => {
-                    let leaf = thread
-                        .frames
-                        .iter()
-                        .find(|f| f.kind != FrameKind::Kernel)
-                        .map_or("?", |f| f.name.as_str());
-                    format!("running native code: {leaf} ({sampled})")
-                }
+                None => format!("running native code: {} ({sampled})", native_leaf(thread)),
             }
         }
         StackSource::Registers | StackSource::Core => {
@@ -184,7 +190,7 @@ fn activity(thread: &ThreadStack) -> String {
             }
             let in_core = thread.source == StackSource::Core;
             match &thread.syscall {
-                Some(call) if call.is_event_loop_wait() && js.is_empty() => {
+                Some(call) if loop_idle(thread) => {
                     format!("event loop idle ({}){since}", call.name)
                 }
                 Some(call) if !js.is_empty() => format!(
@@ -208,14 +214,7 @@ fn activity(thread: &ThreadStack) -> String {
                         "running JavaScript: {}",
                         chain(js[0].name.clone(), &js[1..])
                     ),
-                    None => {
-                        let leaf = thread
-                            .frames
-                            .iter()
-                            .find(|f| f.kind != FrameKind::Kernel)
-                            .map_or("?", |f| f.name.as_str());
-                        format!("running native code: {leaf}")
-                    }
+                    None => format!("running native code: {}", native_leaf(thread)),
                 },
                 None if thread.info.state == ThreadState::Running => {
                     // Runnable but never on a CPU while sampled: its saved
