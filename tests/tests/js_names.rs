@@ -37,8 +37,8 @@
 //! - `non_node_busy_process_has_no_js_frames`,
 //!   `shell_named_node_has_no_js_frames`: hostile targets.
 //! - `launch_mode_names_survive_exit_right_after_new_code`,
-//!   `launch_mode_names_js_from_the_start`: reproduce two nodeprof bugs
-//!   (see their docs); they fail until those are fixed.
+//!   `launch_mode_names_js_from_the_start`: guard the fixes of two
+//!   launch-mode bugs (see their docs).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -1257,19 +1257,20 @@ fn shell_named_node_has_no_js_frames() {
 }
 
 // ---------------------------------------------------------------------------
-// Known bug: mappings lost when the target exits right after new code
+// Regression: mappings lost when the target exits right after new code
 
 /// A launched node that runs freshly compiled code (new executable pages)
 /// in its last ~20 ms and exits: every frame of the recording must still be
 /// named — node's own functions, `steadySpin`, `node::Start`.
 ///
-/// Fails (about half of the runs on this machine, so up to 6 attempts) on
-/// a nodeprof bug: when the final drain after the target's exit brings a
+/// Up to 6 attempts, since the bug it guards against showed in about half
+/// of the runs: when the final drain after the target's exit brings a
 /// stack with a pc no mapping snapshot covers, `Symbolizer::observe`
 /// re-reads `/proc/PID/maps` of the exited target — still a zombie
 /// (launch mode reaps it only later), whose maps file reads fine and is
-/// empty — and replaces the good snapshot with nothing: every user frame of
-/// the whole recording becomes `[unknown]`, JS frames included.
+/// empty — and replaced the good snapshot with nothing: every user frame of
+/// the whole recording became `[unknown]`, JS frames included. Fixed: an
+/// empty maps file keeps the snapshot (`Symbolizer::refresh`).
 #[test]
 fn launch_mode_names_survive_exit_right_after_new_code() {
     let _lock = serial();
@@ -1311,7 +1312,7 @@ fn launch_mode_names_survive_exit_right_after_new_code() {
 }
 
 // ---------------------------------------------------------------------------
-// Known bug: launch mode names JS frames only some time after the exec
+// Regression: launch mode named JS frames only some time after the exec
 
 /// `nodeprof record -- node startup_hot.js`: the script spins in `earlyHot`
 /// from its start for 180 units of work (≈ 300 ms). Launch mode records from the first
@@ -1320,9 +1321,10 @@ fn launch_mode_names_survive_exit_right_after_new_code() {
 /// unnamed JS (`[unknown JIT]`, `Builtins_InterpreterEntryTrampoline`,
 /// `[unknown JS]`), and `earlyHot` must have most of its ≈ 300 samples.
 ///
-/// Fails on a nodeprof bug: in attach mode `record::run` loads the V8
-/// layout and hands it to the sampler before sampling starts; in launch
-/// mode it does not: sampling starts, the child is released, and the layout
+/// Guards against a bug now fixed (launch mode loads the layout of the
+/// resolved executable before releasing the child): in attach mode the V8
+/// layout reached the sampler before sampling started; in launch mode it
+/// did not: sampling starts, the child is released, and the layout
 /// is only loaded by the first `Symbolizer::refresh` that sees node as the
 /// target's executable (`check_executable`, run from the first drain), which
 /// parses node's symbol tables (~0.1 s and more with the debug build) while
@@ -1389,22 +1391,21 @@ fn launch_mode_names_js_from_the_start() {
 }
 
 // ---------------------------------------------------------------------------
-// Known bug: JIT frames of code unmapped during the recording lose their names
+// Regression: JIT frames of code unmapped during the recording lost their names
 
 /// worker_exit.js on node 20, attached: a worker spins in `workerSpin` for
 /// 180 units of work (≈ 300 ms) and exits; afterwards the main thread runs fresh code. The
 /// worker's ≈ 300 samples must still name `workerSpin`.
 ///
-/// Fails on a nodeprof bug (every run on node 20 here; node 24 keeps the
-/// pages): `Symbolizer::refresh` replaces its snapshot of the target's
+/// Guards against a bug now fixed (it showed in every run on node 20; node
+/// 24 keeps the pages): `Symbolizer::refresh` replaced its snapshot of the target's
 /// executable mappings with the latest `/proc/PID/maps`. The worker's
 /// isolate unmaps its JIT code pages when it exits; the main thread's fresh
 /// code triggers a refresh; at the end `is_v8_code(pc)` finds no mapping for
 /// the worker's JIT pcs, so their frames — whose SharedFunctionInfo the
 /// sampler recorded and nodeprof resolved while the worker ran — become
-/// native `[unknown]` frames (or perf-map names). Keeping earlier mappings
-/// that the new snapshot does not overlap fixes it (tried on a copy:
-/// `workerSpin` named in 3 of 3 runs).
+/// native `[unknown]` frames (or perf-map names). Earlier mappings that the
+/// new snapshot does not overlap are now kept.
 #[test]
 fn worker_frames_keep_names_after_the_worker_exits() {
     let _lock = serial();
