@@ -400,6 +400,38 @@ fn sigint_during_a_snapshot_leaves_no_file() {
     assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
 }
 
+/// SIGINT while the inspector nodeprof asked for is still starting: nodeprof
+/// waits for it (within its usual 5 s) and closes it, instead of leaving it
+/// to open after nodeprof has gone. The fixture's own SIGUSR1 listener opens
+/// the inspector 1.5 s late, which makes the window wide enough to hit.
+#[test]
+fn sigint_while_the_inspector_starts_leaves_it_closed() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = start(
+        &node_major(24),
+        &["idle", "--slow-inspector", "1500"],
+        dir.path(),
+    );
+    let out = dir.path().join("early.heapsnapshot");
+    let args: Vec<String> = ["snapshot", "-q", "-p", &target.proc.pid.to_string(), "-o"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect();
+    let np = spawn_nodeprof(&args, dir.path());
+    target.proc.wait_for_line("sigusr1", READY_TIMEOUT);
+    send_signal(np.proc.pid, libc::SIGINT);
+    let run = np.finish(RUN_TIMEOUT);
+    run.assert_error("interrupted");
+    assert!(!out.exists());
+    // Past the moment the inspector opened: it must be closed again.
+    target.proc.wait_for_line("inspector-open", READY_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_only_http_listening(&target);
+    assert_eq!(http_get(target.port).as_deref(), Some("ok\n"));
+}
+
 /// `--count 2 --interval 3s` of a leaking server: two numbered files, and
 /// the diff printed after them names the growing class first.
 #[test]

@@ -262,18 +262,26 @@ fn session(
                 if let Some((addr, url)) = find_inspector(pid, &new)? {
                     break (addr, url, true);
                 }
+                // Interrupted, it still waits for the inspector it asked
+                // for, to close it (snapshot() sees the signal before it
+                // starts); only a second signal leaves it behind.
+                let starting_left = |signal| {
+                    SnapshotError::Interrupted(
+                        interrupt::describe(signal),
+                        " (the inspector may start after this)",
+                    )
+                };
                 if Instant::now() > deadline {
-                    return Err(if port_taken(pid, 9229) {
-                        SnapshotError::PortTaken { pid, port: 9229 }
-                    } else {
-                        SnapshotError::NoInspector(pid)
+                    return Err(match interrupt::pending() {
+                        Some(signal) => starting_left(signal),
+                        None if port_taken(pid, 9229) => {
+                            SnapshotError::PortTaken { pid, port: 9229 }
+                        }
+                        None => SnapshotError::NoInspector(pid),
                     });
                 }
-                if interrupt::pending().is_some() {
-                    return Err(SnapshotError::Interrupted(
-                        "interrupted",
-                        " (the inspector may start after this)",
-                    ));
+                if let Some(signal) = interrupt::pending().filter(|_| interrupt::count() >= 2) {
+                    return Err(starting_left(signal));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -169,7 +169,7 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
             _ = drain.tick() => {}
         }
         let now = monotonic_ns();
-        monitor.drain(&mut watched);
+        monitor.drain(&mut watched, |pid| policy.quiet(pid, now));
         if let Some(r) = running.take() {
             if r.handle.is_finished() {
                 let lines = r.handle.join().unwrap_or_default();
@@ -481,8 +481,9 @@ impl Monitor {
         self.probe.remove_target(pid);
     }
 
-    /// Takes in the loop and GC events the kernel wrote since the last drain.
-    fn drain(&mut self, watched: &mut BTreeMap<u32, Watched>) {
+    /// Takes in the loop and GC events the kernel wrote since the last
+    /// drain. A `quiet` process's full GCs do not feed its leak signal.
+    fn drain(&mut self, watched: &mut BTreeMap<u32, Watched>, quiet: impl Fn(u32) -> bool) {
         if let Some(events) = &mut self.loop_events {
             let mut batch = Vec::new();
             events.drain(|e| {
@@ -508,6 +509,9 @@ impl Monitor {
                 if gc.kind.is_full() {
                     w.heap_after_full = Some(after);
                 }
+            }
+            if quiet(pid) {
+                continue;
             }
             let leak_after = self.leak_after;
             let detector = w

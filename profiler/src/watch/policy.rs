@@ -228,6 +228,15 @@ impl Policy {
         self.limited_said.retain(|(p, _)| *p != pid);
     }
 
+    /// Whether `pid` is being captured or cooling down at `now`: what it
+    /// does then (the full GCs a heap snapshot forces, a stall) is the
+    /// capture's doing, and feeds no counter, the leak signal's included.
+    pub fn quiet(&self, pid: u32, now: u64) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|p| p.capturing || now < p.quiet_until)
+    }
+
     /// Whether a capture is running.
     pub fn busy(&self) -> bool {
         self.busy
@@ -247,13 +256,13 @@ impl Policy {
     /// starts per check (one at a time per host).
     pub fn check(&mut self, now: u64, readings: &[Reading], disk: &Disk) -> Vec<Decision> {
         for reading in readings {
-            let thresholds = &self.thresholds;
-            let p = self.processes.entry(reading.pid).or_default();
-            if p.capturing || now < p.quiet_until {
+            if self.quiet(reading.pid, now) {
                 // A capture stalls and loads its target: what it reads then
                 // is the capture's doing, not the program's (the avalanche).
                 continue;
             }
+            let thresholds = &self.thresholds;
+            let p = self.processes.entry(reading.pid).or_default();
             for trigger in Trigger::ALL {
                 match crossing(thresholds, trigger, reading) {
                     Some(value) => p.runs.entry(trigger).or_default().push(value),
@@ -583,9 +592,13 @@ mod tests {
         };
         let mut p = cpu_policy(limits);
         for t in 1..=3 {
+            assert!(!p.quiet(1, t * S));
             p.check(t * S, &[cpu(1, 99.0)], &Disk::Ok);
         }
+        // The third check started a capture: quiet while it runs.
+        assert!(p.quiet(1, 4 * S));
         p.finished(1, 5 * S);
+        assert!(p.quiet(1, 14 * S) && !p.quiet(1, 15 * S) && !p.quiet(2, 14 * S));
         // 5 s … 15 s: cool-down; high CPU then is ignored.
         for t in 6..15 {
             assert!(p.check(t * S, &[cpu(1, 99.0)], &Disk::Ok).is_empty());

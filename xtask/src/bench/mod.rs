@@ -228,6 +228,13 @@ impl Variant {
             Variant::NodeprofWatch => "nodeprof-watch".into(),
         }
     }
+
+    /// What the profiler prints once fully attached, when its descriptors
+    /// alone do not tell (`watch` attaches the GC uprobes only after its
+    /// first look at the process, which may come after a 0.5 s pause).
+    fn attached_says(&self) -> Option<&'static str> {
+        matches!(self, Variant::NodeprofWatch).then_some("\"type\":\"watch\"")
+    }
 }
 
 /// One run of the workload under one variant.
@@ -553,7 +560,7 @@ fn run_once(cx: &Setup, variant: Variant, round: usize) -> Result<Run> {
     ensure!(line.trim() == "ready", "workload did not start: {line:?}");
 
     let running = match profiler_command(cx, variant, node_pid, &tag) {
-        Some(cmd) => Some(start_profiler(cx, cmd, &tag, &mut reaper)?),
+        Some(cmd) => Some(start_profiler(cx, cmd, variant, &tag, &mut reaper)?),
         None => None,
     };
 
@@ -761,8 +768,15 @@ impl Running {
     }
 }
 
-/// Starts `cmd` (output logs under `cx.tmp`) and waits until it has attached.
-fn start_profiler(cx: &Setup, mut cmd: Command, tag: &str, reaper: &mut Reaper) -> Result<Running> {
+/// Starts `cmd`, the profiler of `variant` (output logs under `cx.tmp`), and
+/// waits until it has attached.
+fn start_profiler(
+    cx: &Setup,
+    mut cmd: Command,
+    variant: Variant,
+    tag: &str,
+    reaper: &mut Reaper,
+) -> Result<Running> {
     let out_log = cx.tmp.join(format!("{tag}.stdout"));
     let err_log = cx.tmp.join(format!("{tag}.stderr"));
     cmd.stdin(Stdio::null())
@@ -786,6 +800,9 @@ fn start_profiler(cx: &Setup, mut cmd: Command, tag: &str, reaper: &mut Reaper) 
     reaper.pids.push((pid, reaped_rx));
     let exited = waiter(pid, reaped_tx);
     wait_attached(pid, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
+    if let Some(text) = variant.attached_says() {
+        wait_for_text(&out_log, text, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
+    }
     Ok(Running {
         pid,
         pidfd,
@@ -848,6 +865,28 @@ fn wait_attached(pid: libc::pid_t, exited: &mpsc::Receiver<std::io::Result<Exite
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until the profiler's output `log` contains `text`.
+fn wait_for_text(
+    log: &Path,
+    text: &str,
+    exited: &mpsc::Receiver<std::io::Result<Exited>>,
+) -> Result<()> {
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    while !fs::read_to_string(log).is_ok_and(|out| out.contains(text)) {
+        ensure!(
+            exited.try_recv().is_err(),
+            "the profiler exited before printing {text:?}"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "the profiler did not print {text:?} within {} s",
+            ATTACH_TIMEOUT.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn remove_outputs(dir: &Path, tag: &str) {

@@ -86,7 +86,7 @@ pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<
             windows.push(measure(None, window));
             let tag = format!("{}-w{}", variant.tag(), cycle + 1);
             let cmd = profiler_command(cx, variant, node_pid, &tag).expect("not the baseline");
-            let running = start_profiler(cx, cmd, &tag, &mut reaper)
+            let running = start_profiler(cx, cmd, variant, &tag, &mut reaper)
                 .with_context(|| format!("window {} {}", cycle + 1, variant.label()))?;
             thread::sleep(SETTLE);
             windows.push(measure(Some(variant), window));
