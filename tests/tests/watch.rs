@@ -1127,3 +1127,77 @@ fn sigterm_while_a_snapshot_is_written_leaves_no_file_and_closes_the_inspector()
     assert_not_stopped(grow.pid);
     assert_eq!(http_get(port).as_deref(), Some("ok\n"));
 }
+
+/// `--no-loop`: the event loop is not measured (its readings are absent,
+/// not an idle 0 %), and no system-call tracepoint is attached, while CPU
+/// and heap readings go on; `--loop-blocked` with it is refused.
+#[test]
+fn no_loop_reads_no_loop_and_attaches_no_tracepoint() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let hot = schedule("hot", 6, &[], dir.path());
+    let pid = hot.pid.to_string();
+    let attachments_of = |extra: &[&str]| -> (usize, Vec<Value>) {
+        let mut args = vec!["-p", &pid, "--cpu", "100000", "--interval", "300ms"];
+        args.extend(extra);
+        args.push("--readings");
+        let watch = spawn_nodeprof(&watch_args(dir.path(), &args), dir.path());
+        assert!(
+            wait_until(Duration::from_secs(20), || said(&watch, "watch", hot.pid)),
+            "watch did not start: {}",
+            watch.stdout_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+        let attached = perf_attachments(watch.proc.pid);
+        watch.proc.signal(libc::SIGINT);
+        let run = watch.finish(Duration::from_secs(30));
+        run.assert_success();
+        (attached, lines(&run))
+    };
+    let (with_loop, measured) = attachments_of(&[]);
+    let (without, unmeasured) = attachments_of(&["--no-loop"]);
+    let loop_readings = |lines: &[Value]| -> Vec<Value> {
+        of_type(lines, "reading")
+            .iter()
+            .map(|l| l["reading"]["loop_utilization"].clone())
+            .collect()
+    };
+    let cpu_readings = |lines: &[Value]| {
+        of_type(lines, "reading")
+            .iter()
+            .filter(|l| l["reading"]["cpu_percent"].as_f64().is_some())
+            .count()
+    };
+    // The loop turns all the time here: measured, it is busy, not idle.
+    assert!(
+        loop_readings(&measured)
+            .iter()
+            .any(|u| u.as_f64().is_some_and(|u| u > 0.3)),
+        "{:?}",
+        loop_readings(&measured)
+    );
+    let unmeasured_loops = loop_readings(&unmeasured);
+    assert!(
+        !unmeasured_loops.is_empty() && unmeasured_loops.iter().all(Value::is_null),
+        "--no-loop read the loop: {unmeasured_loops:?}"
+    );
+    assert!(cpu_readings(&unmeasured) >= 2, "{unmeasured:?}");
+    assert!(
+        with_loop > without,
+        "{with_loop} attachments with the loop measured, {without} with --no-loop"
+    );
+    let refused = run_nodeprof(
+        &watch_args(
+            dir.path(),
+            &["-p", &pid, "--loop-blocked", "500ms", "--no-loop"],
+        ),
+        dir.path(),
+        Duration::from_secs(30),
+    );
+    assert!(
+        !refused.status.success() && refused.stderr.contains("--no-loop"),
+        "{}\n{}",
+        refused.stdout,
+        refused.stderr
+    );
+}

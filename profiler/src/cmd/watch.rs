@@ -128,11 +128,15 @@ struct Line {
 
 async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, WatchError> {
     let mut probe = Probe::load()?;
-    let loop_events = match probe.start_loop_tracing() {
-        Ok(()) => probe.take_thread_events().map(ThreadEventCollector::new),
-        Err(e) => {
-            tracing::warn!("event loops not measured: {e}");
-            None
+    let loop_events = if options.no_loop {
+        None
+    } else {
+        match probe.start_loop_tracing() {
+            Ok(()) => probe.take_thread_events().map(ThreadEventCollector::new),
+            Err(e) => {
+                tracing::warn!("event loops not measured: {e}");
+                None
+            }
         }
     };
     let mut monitor = Monitor {
@@ -254,10 +258,11 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
         }
         // A process found in this check is read from the next one: a
         // reading needs an interval behind it.
+        let loops_measured = monitor.loop_events.is_some();
         let readings: Vec<Reading> = watched
             .values_mut()
             .filter(|w| !fresh.contains(&w.target.pid))
-            .map(read)
+            .map(|w| read(w, loops_measured))
             .collect();
         if options.readings {
             for r in &readings {
@@ -525,8 +530,9 @@ impl Monitor {
     }
 }
 
-/// One check's readings of a process.
-fn read(w: &mut Watched) -> Reading {
+/// One check's readings of a process; its event loop's only when
+/// `loops_measured` (without loop events a loop would read as idle).
+fn read(w: &mut Watched, loops_measured: bool) -> Reading {
     let pid = w.target.pid;
     let now = monotonic_ns();
     let cpu_percent = cpu_ticks(pid).and_then(|ticks| {
@@ -538,8 +544,11 @@ fn read(w: &mut Watched) -> Reading {
         (seconds >= 0.1)
             .then(|| ticks.saturating_sub(before) as f64 / clock_ticks() / seconds * 100.0)
     });
-    let outside_wait = eventloop::stuck_in_turn(pid);
-    let window = w.meter.finish(now, outside_wait);
+    let window = if loops_measured {
+        w.meter.finish(now, eventloop::stuck_in_turn(pid))
+    } else {
+        None
+    };
     let leak = std::mem::take(&mut w.leak_since_check);
     Reading {
         pid,

@@ -110,6 +110,7 @@ pub struct Config {
     pub keep: Option<usize>,
     pub json: Option<bool>,
     pub readings: Option<bool>,
+    pub no_loop: Option<bool>,
 }
 
 /// Everything `watch` needs, checked.
@@ -133,6 +134,9 @@ pub struct Settings {
     pub json: bool,
     /// Print every check's readings.
     pub readings: bool,
+    /// Leave the event loops unmeasured: no syscall tracepoints, whose cost
+    /// every system call on the host pays while watch runs.
+    pub no_loop: bool,
 }
 
 impl Config {
@@ -175,7 +179,8 @@ impl Config {
             min_free,
             keep,
             json,
-            readings
+            readings,
+            no_loop
         )
     }
 
@@ -229,6 +234,10 @@ impl Config {
                 .transpose()?,
             on_leak: self.on_leak.unwrap_or(false),
         };
+        let no_loop = self.no_loop.unwrap_or(false);
+        if no_loop && thresholds.loop_blocked.is_some() {
+            return Err("--no-loop leaves nothing to measure --loop-blocked with".into());
+        }
         if thresholds == Thresholds::default() {
             return Err(
                 "nothing to watch for: give at least one of --cpu, --mem, --loop-blocked, --on-leak"
@@ -302,6 +311,7 @@ impl Config {
             keep: self.keep,
             json: self.json.unwrap_or(false),
             readings: self.readings.unwrap_or(false),
+            no_loop,
         })
     }
 }
@@ -369,6 +379,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_loop_is_refused_with_loop_blocked() {
+        let both =
+            Config::from_toml("pid = [1]\nloop-blocked = \"500ms\"\nno-loop = true").unwrap();
+        assert!(both.resolve().unwrap_err().contains("--no-loop"));
+        let alone = Config::from_toml("pid = [1]\ncpu = 90.0\nno-loop = true").unwrap();
+        assert!(alone.resolve().unwrap().no_loop);
+    }
 
     #[test]
     fn sizes_limits_durations() {
