@@ -621,7 +621,8 @@ fn one_capture_at_a_time_on_the_host() {
         )
     };
     assert_eq!(rc, 0, "the capture lock is held by someone else");
-    let hot = schedule("hot", 6, &[], dir.path());
+    // Long enough for both runs on a loaded machine; killed when dropped.
+    let hot = schedule("hot", 120, &[], dir.path());
     let pid = hot.pid.to_string();
     let args = watch_args(
         dir.path(),
@@ -1135,7 +1136,8 @@ fn sigterm_while_a_snapshot_is_written_leaves_no_file_and_closes_the_inspector()
 fn no_loop_reads_no_loop_and_attaches_no_tracepoint() {
     let _serial = serial();
     let dir = scratch_dir();
-    let hot = schedule("hot", 6, &[], dir.path());
+    // Long enough for both runs on a loaded machine; killed when dropped.
+    let hot = schedule("hot", 120, &[], dir.path());
     let pid = hot.pid.to_string();
     let attachments_of = |extra: &[&str]| -> (usize, Vec<Value>) {
         let mut args = vec!["-p", &pid, "--cpu", "100000", "--interval", "300ms"];
@@ -1147,7 +1149,17 @@ fn no_loop_reads_no_loop_and_attaches_no_tracepoint() {
             "watch did not start: {}",
             watch.stdout_so_far()
         );
-        std::thread::sleep(Duration::from_millis(1000));
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                watch
+                    .stdout_so_far()
+                    .matches("\"type\":\"reading\"")
+                    .count()
+                    >= 3
+            }),
+            "no readings: {}",
+            watch.stdout_so_far()
+        );
         let attached = perf_attachments(watch.proc.pid);
         watch.proc.signal(libc::SIGINT);
         let run = watch.finish(Duration::from_secs(30));

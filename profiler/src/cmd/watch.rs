@@ -173,7 +173,7 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
             _ = drain.tick() => {}
         }
         let now = monotonic_ns();
-        monitor.drain(&mut watched, |pid| policy.quiet(pid, now));
+        monitor.drain(&mut watched, |pid, at| policy.quiet(pid, at));
         if let Some(r) = running.take() {
             if r.handle.is_finished() {
                 let lines = r.handle.join().unwrap_or_default();
@@ -487,8 +487,9 @@ impl Monitor {
     }
 
     /// Takes in the loop and GC events the kernel wrote since the last
-    /// drain. A `quiet` process's full GCs do not feed its leak signal.
-    fn drain(&mut self, watched: &mut BTreeMap<u32, Watched>, quiet: impl Fn(u32) -> bool) {
+    /// drain. A GC of a process `quiet` when it ran does not feed its leak
+    /// signal.
+    fn drain(&mut self, watched: &mut BTreeMap<u32, Watched>, quiet: impl Fn(u32, u64) -> bool) {
         if let Some(events) = &mut self.loop_events {
             let mut batch = Vec::new();
             events.drain(|e| {
@@ -515,7 +516,7 @@ impl Monitor {
                     w.heap_after_full = Some(after);
                 }
             }
-            if quiet(pid) {
+            if quiet(pid, gc.end_ns()) {
                 continue;
             }
             let leak_after = self.leak_after;
@@ -876,7 +877,7 @@ impl Job {
             duration: Some(self.options.profile_duration),
             quiet: true,
             trace_gc: true,
-            trace_loop: true,
+            trace_loop: !self.options.no_loop,
         };
         let mut capture = match cpu::capture(&sampling, &self.target, None) {
             Ok(capture) => capture,
