@@ -82,6 +82,8 @@ impl ProfileBuilder {
         for i in 0..count {
             // Spread over the interval, so a timeline shows when the thread waited.
             let time_ns = (start_ns + i * period).min(end_ns);
+            // Waiting in a GC pause (for the GC's helper threads) is GC time.
+            let stack = self.in_pause(tid, time_ns, stack);
             self.profile
                 .add_off_cpu_sample(time_ns, tid, thread_name, stack);
         }
@@ -201,6 +203,27 @@ mod tests {
     }
 
     #[test]
+    fn off_cpu_time_in_a_pause_sits_under_the_garbage_collector() {
+        // 100 Hz; a pause of thread 7 from 20 to 40 ms.
+        let mut b = ProfileBuilder::new(7, 100, 0, &[pause(7, 20_000_000, 20_000_000)]);
+        b.add_stack(vec![Frame::new(FrameKind::Native, "futex_wait", "libc")]);
+        b.add_off_cpu(0, 50_000_000, 7, "node", 0);
+        let p = b.finish(100_000_000, 0);
+        let in_gc: Vec<u64> = p
+            .samples
+            .iter()
+            .filter(|s| {
+                p.stack(s.stack)
+                    .iter()
+                    .any(|&f| p.frame(f).name == GARBAGE_COLLECTOR)
+            })
+            .map(|s| s.time_ns / 1_000_000)
+            .collect();
+        assert_eq!(p.samples.len(), 5);
+        assert_eq!(in_gc, [20, 30, 40]);
+    }
+
+    #[test]
     fn off_cpu_time_becomes_samples_of_one_period() {
         // 100 Hz: 10 ms per sample.
         let mut b = ProfileBuilder::new(7, 100, 0, &[]);
@@ -219,6 +242,7 @@ mod tests {
         };
         assert_eq!(off(7), 4);
         assert_eq!(off(8), 0, "9 ms is less than a period");
+        assert!(p.samples.iter().all(|s| p.stack(s.stack).len() == 1));
         assert_eq!(p.samples.iter().filter(|s| !s.off_cpu).count(), 1);
         assert!(p.samples.iter().all(|s| s.time_ns <= 60_000_000));
     }
