@@ -621,8 +621,7 @@ fn one_capture_at_a_time_on_the_host() {
         )
     };
     assert_eq!(rc, 0, "the capture lock is held by someone else");
-    // Long enough for both runs on a loaded machine; killed when dropped.
-    let hot = schedule("hot", 120, &[], dir.path());
+    let hot = schedule("hot", 6, &[], dir.path());
     let pid = hot.pid.to_string();
     let args = watch_args(
         dir.path(),
