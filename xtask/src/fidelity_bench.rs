@@ -64,6 +64,15 @@ pub struct BenchFidelityArgs {
     /// installed); default: `node` on PATH.
     #[arg(long)]
     node: Option<u32>,
+    /// nodeprof's modes, each in a run of its own: `cpu` (the default
+    /// `record`, CPU time) and `wall` (`record --wall`, on- and off-CPU
+    /// time, as --cpu-prof's wall-clock ticks count a thread that waits
+    /// for a CPU).
+    #[arg(long, value_delimiter = ',', default_value = "cpu,wall")]
+    modes: Vec<String>,
+    /// The nodeprof binary (default: target/release/nodeprof, built first).
+    #[arg(long)]
+    bin: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -113,18 +122,79 @@ struct Setup {
 struct Window {
     shares: Shares,
     js_samples: u64,
+    /// Main-thread samples, and those whose stack does not reach
+    /// `node::Start` (cut short by a frame the walk could not pass).
+    main_samples: u64,
+    cut_samples: u64,
 }
 
-/// One run: node's profile, and nodeprof's of the same process if attached.
+/// nodeprof's mode in a paired run.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Cpu,
+    Wall,
+}
+
+impl Mode {
+    fn parse(name: &str) -> Result<Mode> {
+        Ok(match name {
+            "cpu" => Mode::Cpu,
+            "wall" => Mode::Wall,
+            _ => bail!("unknown mode {name:?} (cpu, wall)"),
+        })
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Cpu => "nodeprof",
+            Mode::Wall => "nodeprof --wall",
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Mode::Cpu => &[],
+            Mode::Wall => &["--wall"],
+        }
+    }
+}
+
+/// One run under --cpu-prof: node's profile, nodeprof's of the same
+/// process if one was attached, the load average at its end.
 struct Run {
     cpu_prof: Window,
     nodeprof: Option<Window>,
+    load: f64,
 }
 
 impl Run {
     /// nodeprof's window of a run it was attached to.
     fn paired(&self) -> &Window {
         self.nodeprof.as_ref().expect("nodeprof ran in this run")
+    }
+}
+
+/// One round of a workload: a paired run per mode, two runs alone.
+struct Round {
+    paired: Vec<(Mode, Run)>,
+    alone: [Run; 2],
+}
+
+impl Round {
+    fn paired(&self, mode: Mode) -> &Run {
+        &self
+            .paired
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .expect("mode ran")
+            .1
+    }
+
+    fn floor(&self) -> f64 {
+        overlap(
+            &self.alone[0].cpu_prof.shares,
+            &self.alone[1].cpu_prof.shares,
+        )
     }
 }
 
@@ -147,15 +217,26 @@ pub fn bench_fidelity(args: &BenchFidelityArgs) -> Result<()> {
         .iter()
         .map(|w| Workload::parse(w))
         .collect::<Result<_>>()?;
+    let modes: Vec<Mode> = args
+        .modes
+        .iter()
+        .map(|m| Mode::parse(m))
+        .collect::<Result<_>>()?;
     ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    util::run(util::cargo().args(["build", "--release", "-p", "nodeprof"]))?;
+    let nodeprof = match &args.bin {
+        Some(bin) => bin.clone(),
+        None => {
+            util::run(util::cargo().args(["build", "--release", "-p", "nodeprof"]))?;
+            util::target_dir().join("release/nodeprof")
+        }
+    };
     let node = match args.node {
         Some(major) => bootstrap::node_binary(major)?,
         None => util::which("node").context("no `node` on PATH")?,
     };
     let cx = Setup {
         node,
-        nodeprof: util::target_dir().join("release/nodeprof"),
+        nodeprof,
         thirdparty: install_thirdparty()?,
         out: util::target_dir().join("bench/fidelity"),
         hz: args.hz,
@@ -171,21 +252,37 @@ pub fn bench_fidelity(args: &BenchFidelityArgs) -> Result<()> {
     for &workload in &workloads {
         let mut rounds = Vec::new();
         for round in 0..args.rounds {
-            let paired = run_once(&cx, workload, &format!("r{round}-paired"), true)?;
-            let alone_a = run_once(&cx, workload, &format!("r{round}-alone-a"), false)?;
-            let alone_b = run_once(&cx, workload, &format!("r{round}-alone-b"), false)?;
-            let np = paired.paired();
+            let mut paired = Vec::new();
+            for &mode in &modes {
+                let tag = format!("r{round}-{}", mode.label().replace([' ', '-'], ""));
+                paired.push((mode, run_once(&cx, workload, &tag, Some(mode))?));
+            }
+            let alone = [
+                run_once(&cx, workload, &format!("r{round}-alone-a"), None)?,
+                run_once(&cx, workload, &format!("r{round}-alone-b"), None)?,
+            ];
+            let round = Round { paired, alone };
+            let overlaps: Vec<String> = round
+                .paired
+                .iter()
+                .map(|(m, r)| {
+                    format!(
+                        "{} {:.1} % ({} / {} JS samples)",
+                        m.label(),
+                        overlap(&r.paired().shares, &r.cpu_prof.shares),
+                        r.paired().js_samples,
+                        r.cpu_prof.js_samples
+                    )
+                })
+                .collect();
             eprintln!(
-                "{} round {round}: nodeprof vs --cpu-prof {:.1} %, floor {:.1} % (JS samples: nodeprof {}, --cpu-prof {}, {}, {})",
+                "{} round {}: {}; floor {:.1} %",
                 workload.name(),
-                overlap(&np.shares, &paired.cpu_prof.shares),
-                overlap(&alone_a.cpu_prof.shares, &alone_b.cpu_prof.shares),
-                np.js_samples,
-                paired.cpu_prof.js_samples,
-                alone_a.cpu_prof.js_samples,
-                alone_b.cpu_prof.js_samples
+                rounds.len(),
+                overlaps.join(", "),
+                round.floor()
             );
-            rounds.push([paired, alone_a, alone_b]);
+            rounds.push(round);
         }
         results.push((workload, rounds));
     }
@@ -218,8 +315,8 @@ fn install_thirdparty() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// One run of `workload` under `--cpu-prof`, nodeprof attached if `with_nodeprof`.
-fn run_once(cx: &Setup, workload: Workload, tag: &str, with_nodeprof: bool) -> Result<Run> {
+/// One run of `workload` under `--cpu-prof`, nodeprof attached in `mode` if given.
+fn run_once(cx: &Setup, workload: Workload, tag: &str, mode: Option<Mode>) -> Result<Run> {
     let dir = cx.out.join(workload.name()).join(tag);
     fs::create_dir_all(&dir)?;
     let script = util::root().join(match workload {
@@ -255,7 +352,7 @@ fn run_once(cx: &Setup, workload: Workload, tag: &str, with_nodeprof: bool) -> R
 
     let mut nodeprof = None;
     let prefix = dir.join("nodeprof");
-    if with_nodeprof {
+    if let Some(mode) = mode {
         let mut np = Command::new(&cx.nodeprof);
         np.args([
             "record",
@@ -267,6 +364,7 @@ fn run_once(cx: &Setup, workload: Workload, tag: &str, with_nodeprof: bool) -> R
         ])
         .args(["--format", "cpuprofile", "-o"])
         .arg(&prefix)
+        .args(mode.args())
         .stdin(Stdio::null())
         .stdout(File::create(dir.join("nodeprof.stdout"))?)
         .stderr(File::create(dir.join("nodeprof.stderr"))?);
@@ -310,6 +408,11 @@ fn run_once(cx: &Setup, workload: Workload, tag: &str, with_nodeprof: bool) -> R
         }
     }
     let end_us = util::monotonic_us();
+    let load = fs::read_to_string("/proc/loadavg")?
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(f64::NAN);
 
     if let Some(mut guard) = nodeprof {
         let mut np = guard.0.take().expect("running");
@@ -335,23 +438,58 @@ fn run_once(cx: &Setup, workload: Workload, tag: &str, with_nodeprof: bool) -> R
             a.js_total,
             p.samples.len()
         );
+        let (main_samples, cut_samples) = cut_stacks(p, start_us as i64, end_us as i64);
         Ok(Window {
             shares: a.shares(),
             js_samples: a.js_total,
+            main_samples,
+            cut_samples,
         })
     };
     let cpu_prof = window(
-        &load(&one_cpuprofile(&dir.join("cpu-prof"))?)?,
+        &load_profile(&one_cpuprofile(&dir.join("cpu-prof"))?)?,
         "--cpu-prof",
     )?;
-    let nodeprof = match with_nodeprof {
-        true => Some(window(
-            &load(&prefix.with_extension("cpuprofile"))?,
+    let nodeprof = match mode {
+        Some(_) => Some(window(
+            &load_profile(&prefix.with_extension("cpuprofile"))?,
             "nodeprof",
         )?),
-        false => None,
+        None => None,
     };
-    Ok(Run { cpu_prof, nodeprof })
+    Ok(Run {
+        cpu_prof,
+        nodeprof,
+        load,
+    })
+}
+
+/// Main-thread samples of nodeprof's profile in the window, and how many
+/// of them have a stack cut short: the outermost frame is not `node::Start`
+/// (node's samples of other threads sit under a `[NAME TID]` node).
+fn cut_stacks(p: &Profile, start_us: i64, end_us: i64) -> (u64, u64) {
+    let (mut main, mut cut) = (0, 0);
+    let mut memo = std::collections::HashMap::new();
+    for (&id, &t) in p.samples.iter().zip(&p.times_us) {
+        if !(start_us..=end_us).contains(&t) {
+            continue;
+        }
+        let outermost = memo.entry(id).or_insert_with(|| p.root_child_name(id));
+        let thread_node = outermost.starts_with('[')
+            && outermost.ends_with(']')
+            && outermost
+                .trim_end_matches(']')
+                .rsplit_once(' ')
+                .is_some_and(|(_, tid)| tid.bytes().all(|b| b.is_ascii_digit()));
+        if thread_node || outermost.starts_with('(') {
+            continue;
+        }
+        main += 1;
+        if !outermost.starts_with("node::Start(") {
+            cut += 1;
+        }
+    }
+    (main, cut)
 }
 
 fn read_line(from: &mut BufReader<ChildStdout>, dir: &Path) -> Result<String> {
@@ -379,7 +517,7 @@ fn one_cpuprofile(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-fn load(path: &Path) -> Result<Profile> {
+fn load_profile(path: &Path) -> Result<Profile> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Profile::new(&serde_json::from_str(&text).with_context(
@@ -397,55 +535,61 @@ fn spread(values: &[f64]) -> (f64, String) {
 fn report(
     args: &BenchFidelityArgs,
     node_version: &str,
-    results: &[(Workload, Vec<[Run; 3]>)],
+    results: &[(Workload, Vec<Round>)],
 ) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
         "# JS self time: nodeprof against node's --cpu-prof on third-party code\n\n\
-         `cargo xtask bench-fidelity --rounds {} --hz {} --requests {}` (workloads {}), node {node_version}. \
-         Each round: one run under `--cpu-prof` with `nodeprof record -p PID -F {}` attached to the same \
-         process, two runs under `--cpu-prof` alone. Overlap = Σ over functions of min(share a, share b) of \
-         the JS self time in the same window; median (min–max) over the rounds.\n",
+         `cargo xtask bench-fidelity --rounds {} --hz {} --requests {} --modes {}` (workloads {}), \
+         node {node_version}. Each round: per mode one run under `--cpu-prof` (1 ms interval) with \
+         `nodeprof record -p PID -F {}` attached to the same process, then two runs under `--cpu-prof` \
+         alone (the floor). Overlap = Σ over functions of min(share a, share b) of the JS self time in the \
+         same window; median (min–max) over the rounds. Goal: nodeprof's overlap at most {GOAL_POINTS} \
+         points under the floor.\n",
         args.rounds,
         args.hz,
         args.requests,
+        args.modes.join(","),
         args.workloads.join(","),
         args.hz
     );
     let _ = writeln!(
         md,
-        "| workload | nodeprof vs --cpu-prof, same process | two --cpu-prof runs (floor) | gap, points | within {GOAL_POINTS} points | JS samples per run, nodeprof / --cpu-prof |\n\
-         |---|---:|---:|---:|---|---:|"
+        "| workload | profiler | overlap with --cpu-prof, same process | two --cpu-prof runs (floor) | \
+         under the floor, points | goal met | JS samples per run, nodeprof / --cpu-prof | \
+         nodeprof's main-thread stacks cut short | load average |\n\
+         |---|---|---:|---:|---:|---|---:|---:|---:|"
     );
     for (workload, rounds) in results {
-        let np: Vec<f64> = rounds
-            .iter()
-            .map(|[p, _, _]| overlap(&p.paired().shares, &p.cpu_prof.shares))
-            .collect();
-        let floor: Vec<f64> = rounds
-            .iter()
-            .map(|[_, a, b]| overlap(&a.cpu_prof.shares, &b.cpu_prof.shares))
-            .collect();
-        let (np_med, np_text) = spread(&np);
+        let floor: Vec<f64> = rounds.iter().map(Round::floor).collect();
         let (floor_med, floor_text) = spread(&floor);
-        let gap = floor_med - np_med;
-        let mut np_n: Vec<f64> = rounds
-            .iter()
-            .map(|[p, _, _]| p.paired().js_samples as f64)
-            .collect();
-        let mut cpu_n: Vec<f64> = rounds
-            .iter()
-            .map(|[p, _, _]| p.cpu_prof.js_samples as f64)
-            .collect();
-        let _ = writeln!(
-            md,
-            "| {} | {np_text} | {floor_text} | {gap:.1} | {} | {:.0} / {:.0} |",
-            workload.name(),
-            if gap <= GOAL_POINTS { "yes" } else { "**no**" },
-            util::median(&mut np_n),
-            util::median(&mut cpu_n),
-        );
+        for (mode, _) in &rounds[0].paired {
+            let runs: Vec<&Run> = rounds.iter().map(|r| r.paired(*mode)).collect();
+            let np: Vec<f64> = runs
+                .iter()
+                .map(|r| overlap(&r.paired().shares, &r.cpu_prof.shares))
+                .collect();
+            let (np_med, np_text) = spread(&np);
+            let gap = floor_med - np_med;
+            let mut np_n: Vec<f64> = runs.iter().map(|r| r.paired().js_samples as f64).collect();
+            let mut cpu_n: Vec<f64> = runs.iter().map(|r| r.cpu_prof.js_samples as f64).collect();
+            let mut load: Vec<f64> = runs.iter().map(|r| r.load).collect();
+            let (main, cut) = runs.iter().fold((0, 0), |(m, c), r| {
+                (m + r.paired().main_samples, c + r.paired().cut_samples)
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {} | {np_text} | {floor_text} | {gap:.1} | {} | {:.0} / {:.0} | {:.2} % | {:.1} |",
+                workload.name(),
+                mode.label(),
+                if gap <= GOAL_POINTS { "yes" } else { "**no**" },
+                util::median(&mut np_n),
+                util::median(&mut cpu_n),
+                100.0 * cut as f64 / main.max(1) as f64,
+                util::median(&mut load),
+            );
+        }
     }
     let _ = writeln!(md);
     for (workload, rounds) in results {
@@ -454,11 +598,11 @@ fn report(
             "## {}: where the shares differ\n\n{}.\n\n\
              Each function's share of the JS self time, %, averaged over the rounds (line:column 1-based): \
              the {DIFFERENCES_LISTED} largest differences between --cpu-prof and nodeprof on the same \
-             process, then between two --cpu-prof runs for scale.\n",
+             process, per mode, then between two --cpu-prof runs for scale.\n",
             workload.name(),
             workload.describe()
         );
-        let mean = |side: &dyn Fn(&[Run; 3]) -> &Window| -> Shares {
+        let mean = |side: &dyn Fn(&Round) -> &Window| -> Shares {
             mean_shares(
                 &rounds
                     .iter()
@@ -466,15 +610,17 @@ fn report(
                     .collect::<Vec<_>>(),
             )
         };
+        for (mode, _) in &rounds[0].paired {
+            differences_table(
+                &mut md,
+                ("--cpu-prof", &mean(&|r| &r.paired(*mode).cpu_prof)),
+                (mode.label(), &mean(&|r| r.paired(*mode).paired())),
+            );
+        }
         differences_table(
             &mut md,
-            ("--cpu-prof", &mean(&|[p, _, _]| &p.cpu_prof)),
-            ("nodeprof", &mean(&|[p, _, _]| p.paired())),
-        );
-        differences_table(
-            &mut md,
-            ("--cpu-prof run a", &mean(&|[_, a, _]| &a.cpu_prof)),
-            ("--cpu-prof run b", &mean(&|[_, _, b]| &b.cpu_prof)),
+            ("--cpu-prof run a", &mean(&|r| &r.alone[0].cpu_prof)),
+            ("--cpu-prof run b", &mean(&|r| &r.alone[1].cpu_prof)),
         );
     }
     md
