@@ -34,14 +34,11 @@
 //!   `launch_mode_names_js_from_the_start`: reproduce two nodeprof bugs
 //!   (see their docs); they fail until those are fixed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 use nodeprof_tests::*;
 use selftime::{is_js, js_fn, Attribution, JsFn, Profile};

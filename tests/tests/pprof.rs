@@ -20,8 +20,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use nodeprof_tests::*;
 use selftime::is_js;
 
