@@ -40,7 +40,7 @@ use crate::{bootstrap, util};
 /// Points nodeprof's overlap may lie under the floor's.
 const GOAL_POINTS: f64 = 5.0;
 /// Fewer JS samples in a window than this and the shares are too coarse.
-const MIN_JS_SAMPLES: u64 = 1000;
+const MIN_JS_SAMPLES: u64 = 500;
 /// Functions listed per workload where nodeprof and `--cpu-prof` differ.
 const DIFFERENCES_LISTED: usize = 12;
 
@@ -57,9 +57,10 @@ pub struct BenchFidelityArgs {
     /// Workloads, comma separated: tsc, express, fastify.
     #[arg(long, value_delimiter = ',', default_value = "tsc,express,fastify")]
     workloads: Vec<String>,
-    /// Requests per run of an HTTP workload.
-    #[arg(long, default_value_t = 30_000)]
-    requests: u64,
+    /// Requests per run of an HTTP workload (default: 30,000 for express,
+    /// 80,000 for fastify, about as many JS samples).
+    #[arg(long)]
+    requests: Option<u64>,
     /// Node major to run (an official binary `cargo xtask bootstrap`
     /// installed); default: `node` on PATH.
     #[arg(long)]
@@ -100,6 +101,14 @@ impl Workload {
         }
     }
 
+    fn requests(self, cx: &Setup) -> u64 {
+        cx.requests.unwrap_or(if self == Workload::Fastify {
+            80_000
+        } else {
+            30_000
+        })
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Workload::Tsc => "TypeScript 5.9.3 type-checks rxjs 7.8.2's sources (`tsc --noEmit -p src/tsconfig.esm.json`, in-process)",
@@ -115,7 +124,7 @@ struct Setup {
     thirdparty: PathBuf,
     out: PathBuf,
     hz: u64,
-    requests: u64,
+    requests: Option<u64>,
 }
 
 /// One profile cut to the run's window.
@@ -248,6 +257,7 @@ pub fn bench_fidelity(args: &BenchFidelityArgs) -> Result<()> {
     if cx.out.exists() {
         fs::remove_dir_all(&cx.out)?;
     }
+    let path = util::target_dir().join("bench/fidelity.md");
     let mut results = Vec::new();
     for &workload in &workloads {
         let mut rounds = Vec::new();
@@ -285,11 +295,10 @@ pub fn bench_fidelity(args: &BenchFidelityArgs) -> Result<()> {
             rounds.push(round);
         }
         results.push((workload, rounds));
+        // Written after each workload: a later failure keeps what was measured.
+        fs::write(&path, report(args, &version, &results))?;
     }
-    let report = report(args, &version, &results);
-    let path = util::target_dir().join("bench/fidelity.md");
-    fs::write(&path, &report)?;
-    print!("{report}");
+    print!("{}", fs::read_to_string(&path)?);
     println!("report: {}", path.display());
     Ok(())
 }
@@ -401,7 +410,7 @@ fn run_once(cx: &Setup, workload: Workload, tag: &str, mode: Option<Mode>) -> Re
             util::run(
                 Command::new(&cx.node)
                     .arg(cx.thirdparty.join("node_modules/autocannon/autocannon.js"))
-                    .args(["-c", "10", "-a", &cx.requests.to_string(), &url])
+                    .args(["-c", "10", "-a", &workload.requests(cx).to_string(), &url])
                     .stdout(Stdio::null())
                     .stderr(File::create(dir.join("autocannon.log"))?),
             )?;
@@ -541,7 +550,7 @@ fn report(
     let _ = writeln!(
         md,
         "# JS self time: nodeprof against node's --cpu-prof on third-party code\n\n\
-         `cargo xtask bench-fidelity --rounds {} --hz {} --requests {} --modes {}` (workloads {}), \
+         `cargo xtask bench-fidelity --rounds {} --hz {}{} --modes {}` (workloads {}), \
          node {node_version}. Each round: per mode one run under `--cpu-prof` (1 ms interval) with \
          `nodeprof record -p PID -F {}` attached to the same process, then two runs under `--cpu-prof` \
          alone (the floor). Overlap = Σ over functions of min(share a, share b) of the JS self time in the \
@@ -549,7 +558,7 @@ fn report(
          points under the floor.\n",
         args.rounds,
         args.hz,
-        args.requests,
+        args.requests.map(|r| format!(" --requests {r}")).unwrap_or_default(),
         args.modes.join(","),
         args.workloads.join(","),
         args.hz
