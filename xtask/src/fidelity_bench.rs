@@ -10,10 +10,11 @@
 //!   from autocannon in another process, over loopback
 //!   (xtask/bench/fidelity-server.js).
 //!
-//! Each round runs each workload three times under `node --cpu-prof`:
-//! once with `nodeprof record -p PID --format cpuprofile` attached to the
-//! same process for the same window, twice alone. Each run: start node, wait
-//! for `ready`; attach nodeprof (first run only) and wait until it samples;
+//! Each round runs each workload under `node --cpu-prof`: once per nodeprof
+//! mode (`cpu`: `record`; `wall`: `record --wall`) with `nodeprof record -p
+//! PID --format cpuprofile` attached to the same process for the same
+//! window, then twice alone. Each run: start node, wait for `ready`; attach
+//! nodeprof (paired runs) and wait until it samples;
 //! the window opens (CLOCK_MONOTONIC, the clock of both profiles), the work
 //! runs (`go` → `done`, or autocannon to completion), the window closes;
 //! nodeprof gets SIGINT; node is told to exit and writes its profile.
