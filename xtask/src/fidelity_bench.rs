@@ -259,6 +259,8 @@ pub fn bench_fidelity(args: &BenchFidelityArgs) -> Result<()> {
         fs::remove_dir_all(&cx.out)?;
     }
     let path = util::target_dir().join("bench/fidelity.md");
+    // A failed run must not leave an earlier run's figures looking current.
+    let _ = fs::remove_file(&path);
     let mut results = Vec::new();
     for &workload in &workloads {
         let mut rounds = Vec::new();
@@ -318,7 +320,15 @@ fn install_thirdparty() -> Result<PathBuf> {
         fs::write(dir.join("package-lock.json"), &lock)?;
         util::run(
             Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .args([
+                    "ci",
+                    "--no-audit",
+                    "--no-fund",
+                    "--ignore-scripts",
+                    "--loglevel=error",
+                ])
+                .arg("--cache")
+                .arg(util::target_dir().join("bench/npm-cache"))
                 .current_dir(&dir),
         )?;
     }
