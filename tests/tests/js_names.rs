@@ -11,15 +11,9 @@
 //! (`node_major`), never a skip. Every test takes the crate-wide lock first
 //! ([`serial`]) and only ever kills processes it started.
 //!
-//! How a sample is attributed to a function, the same way for both profiles
-//! ([`Attribution`]): a call frame is *JS* when it has a script URL or a
-//! source position (`url != ""` or `lineNumber >= 0`); everything else is
-//! native (V8 builtins, C++, the regex engine, kernel) or a meta node
-//! (`(root)`, `(program)`, `(idle)`, `(garbage collector)`, nodeprof's
-//! `[thread TID]`). A sample belongs to the innermost JS frame of its stack —
-//! native frames fold into their nearest JS caller, as DevTools' "self time"
-//! does with the builtins it hides — and samples with no JS frame at all
-//! (idle, program, GC, threads that run no JS) are left out of the total.
+//! How a sample is attributed to a function, the same way for both profiles,
+//! is [`selftime`]'s: the innermost JS frame, native frames folded into it,
+//! GC and idle samples left out.
 //!
 //! Tests:
 //! - `names_node{18,20,22,24,26}`: names.js (named function, class method,
@@ -40,16 +34,14 @@
 //!   `launch_mode_names_js_from_the_start`: guard the fixes of two
 //!   launch-mode bugs (see their docs).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use nodeprof_tests::*;
+use selftime::{is_js, js_fn, Attribution, JsFn, Profile};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -63,187 +55,6 @@ const MIN_HOT_SAMPLES: u64 = 15;
 
 fn s(x: impl ToString) -> String {
     x.to_string()
-}
-
-// ---------------------------------------------------------------------------
-// Profiles: functions, attribution
-
-/// A JS function as a `.cpuprofile` names it: name (`(anonymous)` for an
-/// empty name, as DevTools shows it), URL, 0-based line and column.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct JsFn {
-    name: String,
-    url: String,
-    line: i64,
-    column: i64,
-}
-
-impl fmt::Display for JsFn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "`{}` {} line {} column {} (0-based)",
-            self.name, self.url, self.line, self.column
-        )
-    }
-}
-
-fn is_js(call_frame: &Value) -> bool {
-    call_frame["url"].as_str().is_some_and(|u| !u.is_empty())
-        || call_frame["lineNumber"].as_i64().is_some_and(|l| l >= 0)
-}
-
-fn js_fn(call_frame: &Value) -> JsFn {
-    let name = call_frame["functionName"].as_str().unwrap_or_default();
-    JsFn {
-        name: if name.is_empty() {
-            "(anonymous)".to_string()
-        } else {
-            name.to_string()
-        },
-        url: call_frame["url"].as_str().unwrap_or_default().to_string(),
-        line: call_frame["lineNumber"].as_i64().unwrap_or(-1),
-        column: call_frame["columnNumber"].as_i64().unwrap_or(-1),
-    }
-}
-
-/// One sample's stack, innermost frame first: (function name, JS function if JS).
-type Stack = Vec<(String, Option<JsFn>)>;
-
-/// A parsed `.cpuprofile` (node's or nodeprof's).
-struct Profile {
-    /// id → (call frame, parent id).
-    nodes: HashMap<u64, (Value, Option<u64>)>,
-    root: u64,
-    samples: Vec<u64>,
-}
-
-impl Profile {
-    fn new(profile: &Value) -> Profile {
-        let list = profile["nodes"].as_array().expect("cpuprofile nodes");
-        let mut parent = HashMap::new();
-        for node in list {
-            let id = node["id"].as_u64().expect("node id");
-            for child in node["children"].as_array().into_iter().flatten() {
-                parent.insert(child.as_u64().expect("child id"), id);
-            }
-        }
-        let nodes = list
-            .iter()
-            .map(|n| {
-                let id = n["id"].as_u64().unwrap();
-                (id, (n["callFrame"].clone(), parent.get(&id).copied()))
-            })
-            .collect();
-        Profile {
-            nodes,
-            root: list[0]["id"].as_u64().unwrap(),
-            samples: profile["samples"]
-                .as_array()
-                .expect("cpuprofile samples")
-                .iter()
-                .map(|s| s.as_u64().expect("sample id"))
-                .collect(),
-        }
-    }
-
-    /// The stack of node `id`, innermost first, without (root).
-    fn stack(&self, mut id: u64) -> Stack {
-        let mut stack = Vec::new();
-        while id != self.root {
-            let Some((cf, parent)) = self.nodes.get(&id) else {
-                break;
-            };
-            let name = cf["functionName"].as_str().unwrap_or_default().to_string();
-            stack.push((name, is_js(cf).then(|| js_fn(cf))));
-            match parent {
-                Some(p) => id = *p,
-                None => break,
-            }
-        }
-        stack
-    }
-
-    /// The outermost frame below (root) of node `id` (nodeprof puts the
-    /// samples of non-main threads under a `[NAME TID]` node there).
-    fn root_child_name(&self, id: u64) -> String {
-        self.stack(id)
-            .last()
-            .map(|(n, _)| n.clone())
-            .unwrap_or_default()
-    }
-
-    /// Every JS function of the profile's call frames.
-    fn functions(&self) -> BTreeSet<JsFn> {
-        self.nodes
-            .values()
-            .filter(|(cf, _)| is_js(cf))
-            .map(|(cf, _)| js_fn(cf))
-            .collect()
-    }
-
-    /// The node ids whose call frame is `f`.
-    fn nodes_of(&self, f: &JsFn) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|(_, (cf, _))| is_js(cf) && &js_fn(cf) == f)
-            .map(|(&id, _)| id)
-            .collect()
-    }
-}
-
-/// Samples per function by the innermost JS frame (see the module doc).
-#[derive(Default)]
-struct Attribution {
-    per_fn: BTreeMap<JsFn, u64>,
-    /// Samples with a JS frame (the denominator of shares).
-    js_total: u64,
-    /// All samples.
-    total: u64,
-}
-
-impl Attribution {
-    fn of(profiles: &[&Profile]) -> Attribution {
-        let mut a = Attribution::default();
-        for p in profiles {
-            let mut memo: HashMap<u64, Option<JsFn>> = HashMap::new();
-            for &id in &p.samples {
-                a.total += 1;
-                let f = memo
-                    .entry(id)
-                    .or_insert_with(|| p.stack(id).into_iter().find_map(|(_, f)| f))
-                    .clone();
-                if let Some(f) = f {
-                    a.js_total += 1;
-                    *a.per_fn.entry(f).or_default() += 1;
-                }
-            }
-        }
-        a
-    }
-
-    fn samples(&self, f: &JsFn) -> u64 {
-        self.per_fn.get(f).copied().unwrap_or(0)
-    }
-
-    fn share(&self, f: &JsFn) -> f64 {
-        if self.js_total == 0 {
-            0.0
-        } else {
-            100.0 * self.samples(f) as f64 / self.js_total as f64
-        }
-    }
-
-    /// The busiest functions, for failure messages.
-    fn top(&self, n: usize) -> String {
-        let mut v: Vec<_> = self.per_fn.iter().collect();
-        v.sort_by_key(|(_, &c)| std::cmp::Reverse(c));
-        v.iter()
-            .take(n)
-            .map(|(f, &c)| format!("  {c:5} {:5.1}%  {f}", self.share(f)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 }
 
 // ---------------------------------------------------------------------------

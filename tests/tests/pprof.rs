@@ -20,9 +20,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use nodeprof_tests::*;
+use selftime::is_js;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -167,11 +166,6 @@ fn parse_raw(text: &str) -> Raw {
         }
     }
     raw
-}
-
-fn is_js(call_frame: &Value) -> bool {
-    call_frame["url"].as_str().is_some_and(|u| !u.is_empty())
-        || call_frame["lineNumber"].as_i64().is_some_and(|l| l >= 0)
 }
 
 #[test]

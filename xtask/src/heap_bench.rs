@@ -67,11 +67,6 @@ fn measure(cmd: &mut Command, stdout: &Path) -> Result<Sample> {
     })
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
 /// (name, count, shallow size) of every class of a Summary JSON.
 fn classes(path: &Path) -> Result<Vec<(String, u64, u64)>> {
     let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -172,7 +167,7 @@ pub fn bench_heap(args: &BenchHeapArgs) -> Result<()> {
     let stats = |v: &[Sample]| {
         let mut w: Vec<f64> = v.iter().map(|s| s.wall_s).collect();
         let mut r: Vec<f64> = v.iter().map(|s| s.rss_mib).collect();
-        (median(&mut w), median(&mut r))
+        (util::median(&mut w), util::median(&mut r))
     };
     let (ow, or) = stats(&ours);
     let (tw, tr) = stats(&theirs);

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask <bootstrap|test|demo|dist|bench|bench-heap|bench-capture|bench-watch|bench-startup|soak>` (see README.md).
+//! Project tasks: `cargo xtask <bootstrap|test|demo|dist|bench|bench-heap|bench-capture|bench-watch|bench-startup|bench-fidelity|soak>` (see README.md).
 
 mod bench;
 mod bootstrap;
 mod capture_bench;
 mod dist;
+mod fidelity_bench;
 mod heap_bench;
 mod soak;
 mod startup_bench;
@@ -62,6 +63,10 @@ enum Cmd {
     /// What `nodeprof watch` costs while watching N node processes (no
     /// capture): its CPU and memory, and the targets' slowdown (as root).
     BenchWatch(watch_bench::BenchWatchArgs),
+    /// JS self time per function, nodeprof against node's --cpu-prof on the
+    /// same process, on third-party code from npm (TypeScript, express,
+    /// fastify), beside two --cpu-prof runs (target/bench/fidelity.md; as root).
+    BenchFidelity(fidelity_bench::BenchFidelityArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +84,9 @@ fn main() -> ExitCode {
         Cmd::BenchCapture(args) => capture_bench::bench_capture(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchStartup(args) => startup_bench::bench_startup(&args).map(|()| ExitCode::SUCCESS),
         Cmd::BenchWatch(args) => watch_bench::bench_watch(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::BenchFidelity(args) => {
+            fidelity_bench::bench_fidelity(&args).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -24,16 +24,6 @@ pub struct BenchStartupArgs {
     bin: Option<std::path::PathBuf>,
 }
 
-fn monotonic_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
-}
-
 pub fn bench_startup(args: &BenchStartupArgs) -> Result<()> {
     util::require_root("bench-startup")?;
     let bin = match &args.bin {
@@ -62,7 +52,7 @@ pub fn bench_startup(args: &BenchStartupArgs) -> Result<()> {
     let mut delays_ms = Vec::new();
     for run in 0..args.runs {
         let prefix = out.join(format!("run{run}"));
-        let start = monotonic_us();
+        let start = util::monotonic_us();
         let status = Command::new(&bin)
             .args([
                 "record",

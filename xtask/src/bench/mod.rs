@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+use crate::util::median;
 use crate::{bootstrap, util};
 
 #[derive(clap::Args)]
@@ -799,7 +800,15 @@ fn start_profiler(
     let (reaped_tx, reaped_rx) = mpsc::channel();
     reaper.pids.push((pid, reaped_rx));
     let exited = waiter(pid, reaped_tx);
-    wait_attached(pid, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
+    let alive = || match exited.try_recv() {
+        Ok(Ok(e)) => bail!(
+            "the profiler exited before attaching (wait status {:#x})",
+            e.status
+        ),
+        Ok(Err(e)) => bail!("wait4 on the profiler failed: {e}"),
+        Err(_) => Ok(()),
+    };
+    wait_attached(pid, alive).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
     if let Some(text) = variant.attached_says() {
         wait_for_text(&out_log, text, &exited).map_err(|e| anyhow!("{e:#}{}", tail(&err_log)))?;
     }
@@ -827,20 +836,14 @@ pub(crate) fn process_cpu_s(pid: libc::pid_t) -> Option<f64> {
 /// open perf event (`anon_inode:[perf_event]`, as perf holds them) or of a BPF
 /// link (`anon_inode:bpf_link`: aya attaches perf-event programs through links
 /// and keeps only those), and their number unchanged for 0.5 s.
-fn wait_attached(pid: libc::pid_t, exited: &mpsc::Receiver<std::io::Result<Exited>>) -> Result<()> {
+/// `alive` fails when the profiler has exited meanwhile.
+pub(crate) fn wait_attached(pid: libc::pid_t, mut alive: impl FnMut() -> Result<()>) -> Result<()> {
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let mut last = 0usize;
     let mut stable_since = Instant::now();
     loop {
-        match exited.try_recv() {
-            Ok(Ok(e)) => bail!(
-                "the profiler exited before attaching (wait status {:#x})",
-                e.status
-            ),
-            Ok(Err(e)) => bail!("wait4 on the profiler failed: {e}"),
-            Err(_) => {}
-        }
+        alive()?;
         let count = fs::read_dir(&fd_dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -913,16 +916,6 @@ fn tail(log: &Path) -> String {
             log.display(),
             lines[start..].join("\n")
         )
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 

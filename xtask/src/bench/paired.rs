@@ -25,9 +25,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use super::{
-    machine_line, mark, median, profiler_command, remove_outputs, spawn_workload, start_profiler,
+    machine_line, mark, profiler_command, remove_outputs, spawn_workload, start_profiler,
     BenchArgs, Reaper, Setup, Variant,
 };
+use crate::util::median;
 
 /// JIT warm-up of the workload before the first window.
 const WARM_UP: Duration = Duration::from_secs(3);
