@@ -175,7 +175,7 @@ impl Probe {
                 "no /sys/fs/bpf and no /sys/kernel/btf/vmlinux".into(),
             ));
         }
-        // The kernel's BTF (a few MB, ~40 ms to parse) serves only CO-RE
+        // The kernel's BTF (a few MB, 60 ms to parse here) serves only CO-RE
         // relocations, which our programs have none of, and the task
         // iterator: parsed here for a snapshot, which uses the iterator at
         // once, and on demand otherwise ([`Probe::load_task_iterator`]).
