@@ -35,6 +35,21 @@ static V8_CONFIGS: HashMap<u32, V8ProbeConfig> = HashMap::with_max_entries(1024,
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// The layout of a process without V8: its tag test fails on every word
+/// (`word & 0 != 1`), so no frame is taken for a JS one.
+const NO_V8: V8ProbeConfig = V8ProbeConfig {
+    fp_context: 0,
+    fp_function: 0,
+    jsfunction_shared: 0,
+    heap_object_map: 0,
+    map_instance_type: 0,
+    sfi_name_or_scope_info: 0,
+    sfi_instance_type: 0,
+    heap_object_tag: 1,
+    heap_object_tag_mask: 0,
+    _pad: 0,
+};
+
 /// Frames farther apart than this are not one stack: stop the walk.
 const MAX_FRAME_SIZE: u64 = 8 << 20;
 
@@ -127,7 +142,12 @@ pub(crate) unsafe fn fill_record(
         } else {
             0
         };
-        let config = V8_CONFIGS.get(&tgid);
+        // Copied to the stack, a layout or none (one that matches no
+        // frame): the verifier then walks the 128 frames once, not once per case.
+        let config = match V8_CONFIGS.get(&tgid) {
+            Some(config) => *config,
+            None => NO_V8,
+        };
         (*record).user_tos = 0;
         (*record).user_frames = match regs {
             Some((pc, fp, sp)) => {
@@ -138,7 +158,7 @@ pub(crate) unsafe fn fill_record(
                 } else {
                     fp
                 };
-                let n = walk_user_stack(pc, fp, config, &mut (*record).user_stack);
+                let n = walk_user_stack(pc, fp, &config, &mut (*record).user_stack);
                 if kind == SAMPLE_ON_CPU && n > 0 && (*record).user_stack[0].sfi != 0 {
                     (*record).user_tos = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
                 }
@@ -237,7 +257,7 @@ fn walk_start(fp: u64, sp: u64) -> u64 {
 unsafe fn walk_user_stack(
     mut pc: u64,
     mut fp: u64,
-    config: Option<&V8ProbeConfig>,
+    config: &V8ProbeConfig,
     frames: &mut [UserFrame; MAX_USER_FRAMES],
 ) -> u32 {
     let mut n = 0u32;
@@ -257,13 +277,10 @@ unsafe fn walk_user_stack(
         };
         let [function, marker, caller_fp, return_address] = window;
         frame.frame_marker = marker;
-        if let Some(config) = config {
-            if let Some((sfi, fingerprint)) =
-                unsafe { shared_function_info(config, function, marker) }
-            {
-                frame.sfi = sfi;
-                frame.sfi_fingerprint = fingerprint;
-            }
+        if let Some((sfi, fingerprint)) = unsafe { shared_function_info(config, function, marker) }
+        {
+            frame.sfi = sfi;
+            frame.sfi_fingerprint = fingerprint;
         }
         if caller_fp <= fp || caller_fp - fp > MAX_FRAME_SIZE || return_address == 0 {
             break;

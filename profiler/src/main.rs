@@ -515,16 +515,21 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NODEPROF_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NODEPROF_LOG");
+    // Asked for diagnostics: each line says when since start-up, which is
+    // how the cost of each step of a command is read (docs/benchmarks.md).
+    let uptime = filter.is_ok();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter.unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
-        .without_time()
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if uptime {
+        logs.with_timer(tracing_subscriber::fmt::time::uptime())
+            .init();
+    } else {
+        logs.without_time().init();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -13,7 +13,7 @@ use super::{StopReason, Stopper};
 use crate::clock::monotonic_ns;
 use crate::collect::{Collection, Collector, ThreadEventCollector};
 use crate::eventloop::{self, ThreadLoop};
-use crate::gc::{GcEvent, GcProbes, GcSummary};
+use crate::gc::{GcError, GcEvent, GcPoints, GcProbes, GcSummary};
 use crate::probe::{Probe, ProbeError};
 use crate::profile::{Frame, Pause, Profile, ProfileBuilder, TimeKind};
 use crate::symbolize::Symbolizer;
@@ -277,23 +277,40 @@ async fn run(
         action: "install the signal handlers",
         source,
     })?;
-    let mut probe = Probe::load()?;
-    probe.add_target(pid)?;
+    tracing::debug!("capture of {pid}: setting up");
     let mut symbolizer = Symbolizer::new(target);
     let mut runtime = Runtime::new(pid);
+    let attached = launched.is_none();
+    // Start-up's two long steps side by side: reading the target's binary
+    // (V8 layout, GC functions) on a thread of its own, while the probe
+    // loads and the kernel verifies the sampler.
+    let (probe, reading) = std::thread::scope(|scope| {
+        let reading = attached.then(|| {
+            scope.spawn(|| read_target(pid, &mut runtime, &mut symbolizer, options.trace_gc))
+        });
+        let probe = Probe::load().and_then(|mut probe| {
+            tracing::debug!("probe loaded");
+            probe.add_target(pid)?;
+            probe.load_sampler()?;
+            tracing::debug!("sampler verified");
+            Ok(probe)
+        });
+        let reading = reading.map(|r| r.join().expect("the reading thread does not panic"));
+        (probe, reading)
+    });
+    let mut probe = probe?;
     let mut gc = None;
     let mut exe = None;
     let mut layout = None;
-    let attached = launched.is_none();
-    if attached {
+    if let Some(reading) = reading {
         // Before sampling starts, so that the first samples name JS frames too.
         // Node or not is told by the binary's contents (V8's layout), not
         // its name: a renamed or deleted node binary is still node.
-        let is_v8 = match runtime.poll() {
+        let is_v8 = match &reading.found {
             Some(found) => {
                 exe = Some((found.exe.clone(), found.v8.is_ok()));
                 layout = found.v8.as_ref().ok().map(|v8| v8.layout.clone());
-                adopt(&found, &mut probe, &mut symbolizer, pid)?
+                set_layout(found, &mut probe, pid)?
             }
             None => false,
         };
@@ -304,12 +321,19 @@ async fn run(
                 target.exe.display()
             );
         }
-        symbolizer.refresh();
-        if options.trace_gc {
-            gc = trace_gc(&mut probe, pid, &crate::gc::probes::exe_path(pid), is_v8);
+        if let Some(points) = reading.gc_points {
+            gc = attach_gc(
+                &mut probe,
+                pid,
+                &crate::gc::probes::exe_path(pid),
+                points,
+                is_v8,
+            );
+            tracing::debug!("GC probes attached");
         }
     }
     probe.start_sampling(options.frequency_hz)?;
+    tracing::debug!("sampler attached");
     if options.clock.off_cpu() {
         probe.start_off_cpu()?;
     }
@@ -321,6 +345,9 @@ async fn run(
                 false
             }
         };
+    if loop_traced {
+        tracing::debug!("event-loop tracepoints attached");
+    }
     let thread_collector = ThreadEventCollector::new(
         probe
             .take_thread_events()
@@ -443,6 +470,37 @@ async fn run(
     })
 }
 
+/// What start-up reads of an attached target beside loading the probe.
+struct TargetReading {
+    /// Its executable (None when unreadable), taken into the symbolizer.
+    found: Option<Discovery>,
+    /// Its GC functions, when GCs are traced.
+    gc_points: Option<Result<GcPoints, GcError>>,
+}
+
+/// Reads the target's executable (V8 layout, GC functions) and mappings:
+/// no probe needed.
+fn read_target(
+    pid: u32,
+    runtime: &mut Runtime,
+    symbolizer: &mut Symbolizer,
+    trace_gc: bool,
+) -> TargetReading {
+    let found = runtime.poll();
+    if let Some(found) = &found {
+        tracing::debug!("V8 layout read");
+        symbolizer.use_executable(found);
+    }
+    symbolizer.refresh();
+    tracing::debug!("mappings read");
+    let gc_points = trace_gc.then(|| {
+        let points = GcPoints::find(&crate::gc::probes::exe_path(pid)).map_err(GcError::from);
+        tracing::debug!("GC functions found");
+        points
+    });
+    TargetReading { found, gc_points }
+}
+
 /// Takes a newly found executable into use: the sampler gets its V8 layout,
 /// the symbolizer its names. Returns whether it runs V8.
 fn adopt(
@@ -452,6 +510,12 @@ fn adopt(
     pid: u32,
 ) -> Result<bool, ProbeError> {
     symbolizer.use_executable(found);
+    set_layout(found, probe, pid)
+}
+
+/// The sampler gets the V8 layout of a newly found executable. Returns
+/// whether it runs V8.
+fn set_layout(found: &Discovery, probe: &mut Probe, pid: u32) -> Result<bool, ProbeError> {
     match &found.v8 {
         Ok(v8) => {
             probe.set_v8_config(pid, v8.layout.probe_config())?;
@@ -497,7 +561,16 @@ impl Intake<'_> {
         let before = self.collection.user_frames.len();
         self.collection
             .set_v8_code(self.symbolizer.v8_code_ranges());
+        let first = self.collection.samples.is_empty();
         collector.drain(self.collection);
+        if let Some(sample) = self.collection.samples.first().filter(|_| first) {
+            // Start-up ends at the first sample, not when it was read.
+            let ago = monotonic_ns().saturating_sub(sample.time_ns);
+            tracing::debug!(
+                "first sample read, taken {:?} before",
+                Duration::from_nanos(ago)
+            );
+        }
         let events_before = self.thread_events.len();
         let (pid, events) = (self.pid, &mut self.thread_events);
         self.threads.drain(|e| {
@@ -582,7 +655,19 @@ impl Intake<'_> {
 /// Attaches the GC probes, or says why GC pauses will not be in the profile
 /// (a warning for a node target, where they were expected).
 fn trace_gc(probe: &mut Probe, pid: u32, binary: &Path, expected: bool) -> Option<GcProbes> {
-    match GcProbes::attach_binary(probe, pid, binary) {
+    let points = GcPoints::find(binary).map_err(GcError::from);
+    attach_gc(probe, pid, binary, points, expected)
+}
+
+/// [`trace_gc`] with the GC functions already looked for.
+fn attach_gc(
+    probe: &mut Probe,
+    pid: u32,
+    binary: &Path,
+    points: Result<GcPoints, GcError>,
+    expected: bool,
+) -> Option<GcProbes> {
+    match points.and_then(|points| GcProbes::attach_found(probe, pid, binary, points)) {
         Ok(gc) => {
             for missing in &gc.points.missing {
                 tracing::warn!("GC tracing: {missing}");

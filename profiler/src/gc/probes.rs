@@ -27,7 +27,18 @@ impl GcProbes {
     /// Like [`GcProbes::attach`], for process `pid` running (or about to
     /// exec) the node binary at `binary`.
     pub fn attach_binary(probe: &mut Probe, pid: u32, binary: &Path) -> Result<GcProbes, GcError> {
-        let points = attach_points(probe, pid, binary)?;
+        GcProbes::attach_found(probe, pid, binary, GcPoints::find(binary)?)
+    }
+
+    /// Like [`GcProbes::attach_binary`], with the GC functions of `binary`
+    /// already found (read while the probe loads).
+    pub fn attach_found(
+        probe: &mut Probe,
+        pid: u32,
+        binary: &Path,
+        mut points: GcPoints,
+    ) -> Result<GcProbes, GcError> {
+        attach_sites(probe, pid, binary, &mut points)?;
         let ring = probe
             .take_calls()
             .ok_or(GcError::Probe(ProbeError::Kernel {

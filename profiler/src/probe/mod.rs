@@ -175,8 +175,15 @@ impl Probe {
                 "no /sys/fs/bpf and no /sys/kernel/btf/vmlinux".into(),
             ));
         }
-        // Parsed once here for both the loader and the task iterator (a few MB).
-        let btf = aya::Btf::from_sys_fs().ok();
+        // The kernel's BTF (a few MB, 60 ms to parse here) serves only CO-RE
+        // relocations, which our programs have none of, and the task
+        // iterator: parsed here for a snapshot, which uses the iterator at
+        // once, and on demand otherwise ([`Probe::load_task_iterator`]).
+        // (Left to aya, the loader would parse it every time.)
+        let btf = match rings {
+            RingSizes::Snapshot => aya::Btf::from_sys_fs().ok(),
+            RingSizes::Recording => None,
+        };
         let mut loader = aya::EbpfLoader::new();
         loader.btf(btf.as_ref());
         if rings == RingSizes::Snapshot {
@@ -209,8 +216,7 @@ impl Probe {
             call_reads,
             call_links: Vec::new(),
             sampler_links: Vec::new(),
-            // A recording does not need it again: not kept for hours.
-            btf: btf.filter(|_| rings == RingSizes::Snapshot),
+            btf,
         })
     }
 
@@ -290,6 +296,7 @@ impl Probe {
             program
                 .load()
                 .map_err(|e| ProbeError::classify("load the call tracer", &e))?;
+            tracing::debug!("call tracer {name} verified");
         }
         let scope =
             UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).ok_or(ProbeError::Kernel {
