@@ -1113,7 +1113,11 @@ impl Outputs {
                 frames
             })
             .collect();
-        let main = |frames: &Vec<u64>| frames.last().is_some_and(|&f| !Outputs::is_thread_node(name(f)));
+        let main = |frames: &Vec<u64>| {
+            frames
+                .last()
+                .is_some_and(|&f| !Outputs::is_thread_node(name(f)))
+        };
         let runs_script = |frames: &Vec<u64>| {
             frames.iter().any(|&f| {
                 nodes[&f]["callFrame"]["url"]

@@ -13,8 +13,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use nodeprof_common::{
-    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
-    SAMPLE_ON_CPU, STACK_TOP_BYTES,
+    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, SAMPLE_ON_CPU,
+    STACK_TOP_BYTES,
 };
 
 /// 8 MiB: about 1,450 samples (5.6 KiB each), 0.7 s of 2 busy CPUs at
