@@ -6,10 +6,6 @@
 /// Deepest user stack the sampler walks (frame-pointer chain). V8 itself
 /// limits JS stacks to about this many frames in its own profiler.
 pub const MAX_USER_FRAMES: usize = 128;
-/// Bytes above the stack pointer a CPU sample copies when the frame pointer
-/// is not a frame record (a libc leaf using rbp as a register): enough for
-/// the leaf frames, which user space unwinds with `.eh_frame`.
-pub const STACK_TOP_BYTES: usize = 1024;
 /// Deepest kernel stack the sampler records.
 pub const MAX_KERNEL_FRAMES: usize = 64;
 /// Length of a task's `comm` (thread name), NUL padded.
@@ -169,14 +165,6 @@ pub struct SampleRecord {
     pub user_tos: u64,
     /// Thread name (`comm`), NUL padded.
     pub comm: [u8; COMM_LEN],
-    /// The interrupted stack pointer and frame pointer, and how many bytes
-    /// of `stack_top` (the stack from `leaf_sp` up) are valid: non-zero only
-    /// for a CPU sample whose frame pointer was not a frame record.
-    pub leaf_sp: u64,
-    pub leaf_bp: u64,
-    pub stack_top_len: u32,
-    pub _pad: u32,
-    pub stack_top: [u8; STACK_TOP_BYTES],
     /// Kernel instruction pointers, innermost first.
     pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
     /// User frames, innermost first (the first pc is the interrupted pc, the
@@ -272,11 +260,6 @@ impl SampleRecord {
 
     pub fn user_stack(&self) -> &[UserFrame] {
         &self.user_stack[..(self.user_frames as usize).min(MAX_USER_FRAMES)]
-    }
-
-    /// The copied top of the stack (see `stack_top_len`).
-    pub fn stack_top(&self) -> &[u8] {
-        &self.stack_top[..(self.stack_top_len as usize).min(STACK_TOP_BYTES)]
     }
 
     /// The thread name up to its first NUL.

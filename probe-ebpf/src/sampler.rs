@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
+        bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, perf_event},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -13,11 +13,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use nodeprof_common::{
-    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, SAMPLE_ON_CPU,
-    STACK_TOP_BYTES,
+    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, SAMPLE_OFF_CPU,
+    SAMPLE_ON_CPU,
 };
 
-/// 8 MiB: about 1,450 samples (5.6 KiB each), 0.7 s of 2 busy CPUs at
+/// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
 /// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
 const SAMPLES_BYTES: u32 = 8 << 20;
 #[map(name = "SAMPLES")]
@@ -149,23 +149,15 @@ pub(crate) unsafe fn fill_record(
             None => NO_V8,
         };
         (*record).user_tos = 0;
-        (*record).stack_top_len = 0;
         (*record).user_frames = match regs {
             Some((pc, fp, sp)) => {
                 // A thread leaving the CPU mostly sits in a libc syscall
-                // wrapper without a frame pointer, a sampled one sometimes
-                // in a libc leaf (memmove, malloc) using rbp as a register.
-                let (start, fp_is_record) = walk_start(fp, sp);
-                if !fp_is_record {
-                    // User space unwinds the leaf frames with `.eh_frame`
-                    // from these and joins the walk where they meet it.
-                    (*record).leaf_sp = sp;
-                    (*record).leaf_bp = fp;
-                    if bpf_probe_read_user_buf(sp as *const u8, &mut (*record).stack_top).is_ok() {
-                        (*record).stack_top_len = STACK_TOP_BYTES as u32;
-                    }
-                }
-                let fp = start;
+                // wrapper without a frame pointer; a sampled one rarely.
+                let fp = if kind == SAMPLE_OFF_CPU {
+                    walk_start(fp, sp)
+                } else {
+                    fp
+                };
                 let n = walk_user_stack(pc, fp, &config, &mut (*record).user_stack);
                 if kind == SAMPLE_ON_CPU && n > 0 && (*record).user_stack[0].sfi != 0 {
                     (*record).user_tos = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
@@ -229,69 +221,32 @@ fn is_frame_record(at: u64, saved_fp: u64, return_address: u64) -> bool {
 /// record, else the first frame record found just above `sp`. A thread in a
 /// system call usually sits in a libc wrapper built without frame pointers;
 /// the record its caller's prologue pushed is a few words up the stack.
-/// Also says whether `fp` itself was one.
 #[inline(always)]
-fn walk_start(fp: u64, sp: u64) -> (u64, bool) {
-    // Two records in a row: a leaf's rbp can hold a stack address whose
-    // words look like one record.
-    if is_record_at(fp) {
-        // SAFETY: checked read of user memory.
-        if let Ok(saved_fp) = unsafe { bpf_probe_read_user(fp as *const u64) } {
-            if is_record_at(saved_fp) {
-                return (fp, true);
-            }
+fn walk_start(fp: u64, sp: u64) -> u64 {
+    // SAFETY: checked reads of user memory.
+    if let Ok(record) = unsafe { bpf_probe_read_user(fp as *const [u64; 2]) } {
+        if is_frame_record(fp, record[0], record[1]) {
+            return fp;
         }
     }
-    (scan_for_record(fp, sp), false)
-}
-
-/// Whether `fp` points at a frame record.
-#[inline(always)]
-fn is_record_at(fp: u64) -> bool {
-    // SAFETY: checked read of user memory.
-    match unsafe { bpf_probe_read_user(fp as *const [u64; 2]) } {
-        Ok(record) => is_frame_record(fp, record[0], record[1]),
-        Err(_) => false,
-    }
-}
-
-/// The first frame record in the words just above `sp`, else `fp`. A pair
-/// of saved registers can look like a record: one whose saved frame pointer
-/// is not a record too is passed over once, for the next one.
-#[inline(always)]
-fn scan_for_record(fp: u64, sp: u64) -> u64 {
-    let Some((at, saved_fp)) = first_record_like(sp) else {
+    if sp == 0 {
         return fp;
-    };
-    if is_record_at(saved_fp) {
-        return at;
-    }
-    match first_record_like(at + 8) {
-        Some((next, _)) => next,
-        None => at,
-    }
-}
-
-/// The first pair of words from `from` up (within [`SCAN_CHUNKS`] chunks)
-/// that looks like a frame record, with its saved frame pointer.
-#[inline(always)]
-fn first_record_like(from: u64) -> Option<(u64, u64)> {
-    if from == 0 {
-        return None;
     }
     for chunk in 0..SCAN_CHUNKS {
-        let base = from + (chunk * CHUNK_WORDS * 8) as u64;
+        let base = sp + (chunk * CHUNK_WORDS * 8) as u64;
         // One word more than the chunk, so a record across chunks is seen.
-        // SAFETY: checked read of user memory.
-        let words = unsafe { bpf_probe_read_user(base as *const [u64; CHUNK_WORDS + 1]) }.ok()?;
+        let Ok(words) = (unsafe { bpf_probe_read_user(base as *const [u64; CHUNK_WORDS + 1]) })
+        else {
+            return fp;
+        };
         for i in 0..CHUNK_WORDS {
             let at = base + (i * 8) as u64;
             if is_frame_record(at, words[i], words[i + 1]) {
-                return Some((at, words[i]));
+                return at;
             }
         }
     }
-    None
+    fp
 }
 
 /// Walks the frame-pointer chain. For each frame records the pc, the word

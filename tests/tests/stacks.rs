@@ -4,15 +4,11 @@
 //!
 //! - `libc_leaves_keep_their_callers`: libc_paths.js (fs.statSync,
 //!   JSON.stringify, Buffer copies) launched on node 22 at 999 Hz: the share
-//!   of main-thread samples taken while the script runs whose stack stops
-//!   before `node::Start`/`main` must be under 0.2 %. Ignored: it fails
-//!   (0.23–0.28 % in three runs, 0.42 % with the frame-pointer walk alone):
-//!   leaves with frames larger than the sampler's 256-byte scan (`vfprintf`,
-//!   `__printf_fp`) still cut the stack
-//!   (`cargo test -p nodeprof-tests --test stacks -- --ignored --nocapture`). The process's own start and exit are
-//!   left out: there the stack is short because the process is (the
-//!   dynamic loader, static constructors, `exit`'s handlers, `_Exit`), see
-//!   `Outputs::truncated_main_stacks_while`.
+//!   of main-thread samples whose stack stops before `node::Start`/`main`.
+//!   Ignored until the fix: it fails today (0.73 %, 20 of 2,722 samples:
+//!   `malloc`, `open64`, `mmap`, unnamed libc code, and a few before `main`
+//!   or in `_Exit`), and is the measurement the fix must bring under 0.2 %
+//!   (`cargo test -p nodeprof-tests --test stacks -- --ignored --nocapture`).
 
 use std::time::Duration;
 
@@ -52,12 +48,12 @@ fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Output
 }
 
 #[test]
-#[ignore = "issue 14 item 3: fails (0.23-0.28 % truncated) until leaves with large frames are unwound"]
+#[ignore = "issue 14 item 3: fails (0.73 % truncated) until libc leaves are unwound with .eh_frame"]
 fn libc_leaves_keep_their_callers() {
     let _lock = serial();
     let dir = scratch_dir();
-    let out = record_libc_paths(dir.path(), 22, "6");
-    let (truncated, counted, leaves) = out.truncated_main_stacks_while("libc_paths.js");
+    let out = record_libc_paths(dir.path(), 22, "4");
+    let (truncated, counted, leaves) = out.truncated_stacks("main");
     assert!(
         counted > 1000,
         "too few main-thread samples to measure 0.2 %: {counted}\n{}",
@@ -72,12 +68,12 @@ fn libc_leaves_keep_their_callers() {
         .map(|(n, l)| format!("  {n:>6}  {l}"))
         .collect();
     eprintln!(
-        "libc_paths.js: {truncated} of {counted} main-thread samples truncated ({percent:.2} %); by outermost … innermost frame:\n{}",
+        "libc_paths.js: {truncated} of {counted} main-thread samples truncated ({percent:.2} %); by leaf:\n{}",
         worst.join("\n")
     );
     assert!(
         percent < MAX_TRUNCATED_PERCENT,
-        "{percent:.2} % of main-thread samples of the script stop before node::Start/main (goal < {MAX_TRUNCATED_PERCENT} %); by outermost … innermost frame:\n{}",
+        "{percent:.2} % of main-thread samples stop before node::Start/main (goal < {MAX_TRUNCATED_PERCENT} %); by leaf:\n{}",
         worst.join("\n")
     );
 }

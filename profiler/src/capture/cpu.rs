@@ -16,7 +16,6 @@ use crate::eventloop::{self, ThreadLoop};
 use crate::gc::{GcError, GcEvent, GcPoints, GcProbes, GcSummary};
 use crate::probe::{Probe, ProbeError};
 use crate::profile::{Frame, Pause, Profile, ProfileBuilder, TimeKind};
-use crate::stacks::leaf::LeafUnwinder;
 use crate::symbolize::Symbolizer;
 use crate::target::{Discovery, Launched, Runtime, Target};
 use nodeprof_common::{ThreadEvent, EVENT_SWITCH_IN};
@@ -399,7 +398,6 @@ async fn run(
         threads: thread_collector,
         thread_events: Vec::new(),
         blocked,
-        leaves: LeafUnwinder::new(pid),
     };
     if let Some(blocked) = &mut intake.blocked {
         blocked.set_layout(layout);
@@ -542,8 +540,6 @@ struct Intake<'a> {
     thread_events: Vec<ThreadEvent>,
     /// Exact stacks of threads off CPU (`--off-cpu`, `--wall`).
     blocked: Option<BlockedStacks>,
-    /// Samples taken in a leaf without a frame pointer, walked again.
-    leaves: LeafUnwinder,
 }
 
 impl Intake<'_> {
@@ -560,17 +556,13 @@ impl Intake<'_> {
                 blocked.set_layout(found.v8.as_ref().ok().map(|v8| v8.layout.clone()));
                 blocked.reload_modules();
             }
-            self.leaves.reload_modules();
             self.exec(&found.exe, is_v8, probe);
         }
         let before = self.collection.user_frames.len();
         self.collection
             .set_v8_code(self.symbolizer.v8_code_ranges());
         let first = self.collection.samples.is_empty();
-        let leaves = &mut self.leaves;
-        collector.drain_with(self.collection, |record| {
-            leaves.repair(record);
-        });
+        collector.drain(self.collection);
         if let Some(sample) = self.collection.samples.first().filter(|_| first) {
             // Start-up ends at the first sample, not when it was read.
             let ago = monotonic_ns().saturating_sub(sample.time_ns);

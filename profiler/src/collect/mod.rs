@@ -154,19 +154,9 @@ impl Collector {
 
     /// Moves every pending record into `into`; returns how many.
     pub fn drain(&mut self, into: &mut Collection) -> usize {
-        self.drain_with(into, |_| {})
-    }
-
-    /// As [`Collector::drain`], `amend` seeing each record first.
-    pub fn drain_with(
-        &mut self,
-        into: &mut Collection,
-        mut amend: impl FnMut(&mut SampleRecord),
-    ) -> usize {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            if let Some(mut record) = read_pod::<SampleRecord>(&item) {
-                amend(&mut record);
+            if let Some(record) = read_pod::<SampleRecord>(&item) {
                 into.push(&record);
                 n += 1;
             }
@@ -281,11 +271,6 @@ mod tests {
             comm: [0; 16],
             kernel_stack: [0; MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); MAX_USER_FRAMES],
-            leaf_sp: 0,
-            leaf_bp: 0,
-            stack_top_len: 0,
-            _pad: 0,
-            stack_top: [0; nodeprof_common::STACK_TOP_BYTES],
         };
         r.comm[..comm.len()].copy_from_slice(comm);
         r.user_stack[..user.len()].copy_from_slice(&pcs(user));

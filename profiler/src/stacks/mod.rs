@@ -15,7 +15,6 @@
 //! come from `NT_PRSTATUS` instead of the iterator, and its stacks are
 //! walked and named by the same code.
 
-pub mod leaf;
 pub mod report;
 pub mod syscalls;
 pub mod threads;
@@ -549,10 +548,5 @@ pub fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
         comm,
         kernel_stack: [0; MAX_KERNEL_FRAMES],
         user_stack: [UserFrame::default(); MAX_USER_FRAMES],
-        leaf_sp: 0,
-        leaf_bp: 0,
-        stack_top_len: 0,
-        _pad: 0,
-        stack_top: [0; nodeprof_common::STACK_TOP_BYTES],
     })
 }

@@ -515,11 +515,6 @@ mod tests {
             comm: [0; 16],
             kernel_stack: [0; nodeprof_common::MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); nodeprof_common::MAX_USER_FRAMES],
-            leaf_sp: 0,
-            leaf_bp: 0,
-            stack_top_len: 0,
-            _pad: 0,
-            stack_top: [0; nodeprof_common::STACK_TOP_BYTES],
         };
         record.user_stack[0].pc = addr;
         record.user_stack[1].pc = 0x10;
