@@ -295,7 +295,8 @@ async fn run(
             tracing::debug!("sampler verified");
             Ok(probe)
         });
-        let reading = reading.map(|r| r.join().expect("the reading thread does not panic"));
+        // A panic there is a bug: it goes on as this thread's, message kept.
+        let reading = reading.map(|r| r.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
         (probe, reading)
     });
     let mut probe = probe?;
