@@ -322,7 +322,11 @@ async fn run(
                 target.exe.display()
             );
         }
-        if let Some(points) = reading.gc_points {
+        if runtime.exe_changed() {
+            // The GC functions' offsets are the old binary's: probing them in
+            // the new one would write breakpoints into the wrong code.
+            tracing::warn!("process {pid} exec'd while nodeprof started: GC not traced");
+        } else if let Some(points) = reading.gc_points {
             gc = attach_gc(
                 &mut probe,
                 pid,

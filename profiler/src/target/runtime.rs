@@ -61,6 +61,13 @@ impl Runtime {
         })
     }
 
+    /// Whether the target's executable is no longer the one the last
+    /// [`Runtime::poll`] found (an exec since), without taking it in.
+    pub fn exe_changed(&self) -> bool {
+        let link = format!("/proc/{}/exe", self.pid);
+        self.exe.is_some() && file_id(Path::new(&link)) != self.exe
+    }
+
     /// The target's executable, when it is new since the last call (the
     /// first look, or an exec of another file); `None` while it is
     /// unchanged or unreadable.
