@@ -15,6 +15,12 @@
 //! `--cpu-prof` takes no stack during a GC (it puts the sample under a
 //! `(garbage collector)` root child), while nodeprof keeps the JS frames
 //! that allocated and puts `(garbage collector)` inside the stack.
+//! Samples nodeprof takes inside V8's own profiler's signal handler
+//! ([`V8_PROFILER_SIGNAL_HANDLER`]) are left out too: that is `--cpu-prof`'s
+//! own work on the same process, which it never samples, not the program's
+//! (on this VM a signal costs tens of µs, and under load the handler's share
+//! of nodeprof's samples grows to a few percent, charged to whatever JS
+//! frame its frame-pointer walk reaches).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -23,6 +29,9 @@ use serde_json::Value;
 
 /// The pseudo frame both profilers put GC samples under.
 pub const GARBAGE_COLLECTOR: &str = "(garbage collector)";
+
+/// V8's SIGPROF handler, where `--cpu-prof` takes its samples.
+pub const V8_PROFILER_SIGNAL_HANDLER: &str = "v8::sampler::SignalHandler::HandleProfilerSignal";
 
 /// A JS function as a `.cpuprofile` names it: name (`(anonymous)` for an
 /// empty name, as DevTools shows it), URL, 0-based line and column.
@@ -167,7 +176,9 @@ impl Profile {
     /// crate doc).
     pub fn self_function(&self, id: u64) -> Option<JsFn> {
         let stack = self.stack(id);
-        if stack.iter().any(|(name, _)| name == GARBAGE_COLLECTOR) {
+        if stack.iter().any(|(name, _)| {
+            name == GARBAGE_COLLECTOR || name.starts_with(V8_PROFILER_SIGNAL_HANDLER)
+        }) {
             return None;
         }
         stack.into_iter().find_map(|(_, f)| f)
@@ -356,6 +367,33 @@ mod tests {
         assert_eq!(a.total, 6);
         assert_eq!(a.js_total, 3, "memcpy→parse, parse, main; not GC, not idle");
         assert_eq!(a.samples(&f("parse", 10)), 2);
+        assert_eq!(a.samples(&f("main", 0)), 1);
+    }
+
+    #[test]
+    fn samples_in_v8s_profiler_signal_handler_count_for_nobody() {
+        // (root) → main → (the handler, interrupting main) → DoSample.
+        let tree = vec![
+            (1, None, "(root)", "", -1),
+            (2, Some(1), "main", "file:///a.js", 0),
+            (
+                3,
+                Some(2),
+                "v8::sampler::SignalHandler::HandleProfilerSignal(int, siginfo_t*, void*)",
+                "",
+                -1,
+            ),
+            (
+                4,
+                Some(3),
+                "v8::sampler::SamplerManager::DoSample(v8::RegisterState const&)",
+                "",
+                -1,
+            ),
+        ];
+        let p = profile(&tree, &[(4, 1), (3, 1), (2, 1)]);
+        let a = Attribution::of(&[&p]);
+        assert_eq!((a.total, a.js_total), (3, 1));
         assert_eq!(a.samples(&f("main", 0)), 1);
     }
 
