@@ -984,10 +984,7 @@ impl Outputs {
 
     /// Whether a root child is a thread node, `[NAME TID]` (non-main threads).
     pub fn is_thread_node(name: &str) -> bool {
-        name.strip_prefix('[')
-            .and_then(|n| n.strip_suffix(']'))
-            .and_then(|n| n.rsplit_once(' '))
-            .is_some_and(|(_, tid)| !tid.is_empty() && tid.bytes().all(|b| b.is_ascii_digit()))
+        selftime::is_thread_node(name)
     }
 
     /// The function names of the children of (root).

@@ -27,6 +27,15 @@ use std::fmt;
 
 use serde_json::Value;
 
+/// Whether a root child is nodeprof's `[NAME TID]` node of a thread other
+/// than the main one.
+pub fn is_thread_node(name: &str) -> bool {
+    name.strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .and_then(|n| n.rsplit_once(' '))
+        .is_some_and(|(_, tid)| !tid.is_empty() && tid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The pseudo frame both profilers put GC samples under.
 pub const GARBAGE_COLLECTOR: &str = "(garbage collector)";
 

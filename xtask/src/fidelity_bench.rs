@@ -495,13 +495,7 @@ fn cut_stacks(p: &Profile, start_us: i64, end_us: i64) -> (u64, u64) {
             continue;
         }
         let outermost = memo.entry(id).or_insert_with(|| p.root_child_name(id));
-        let thread_node = outermost.starts_with('[')
-            && outermost.ends_with(']')
-            && outermost
-                .trim_end_matches(']')
-                .rsplit_once(' ')
-                .is_some_and(|(_, tid)| tid.bytes().all(|b| b.is_ascii_digit()));
-        if thread_node || outermost.starts_with('(') {
+        if selftime::is_thread_node(outermost) || outermost.starts_with('(') {
             continue;
         }
         main += 1;

@@ -163,11 +163,18 @@ pub fn median(values: &mut [f64]) -> f64 {
 /// CLOCK_MONOTONIC in µs: the clock of node's `--cpu-prof` and of
 /// nodeprof's profiles.
 pub fn monotonic_us() -> u64 {
+    monotonic_ns() / 1_000
+}
+
+/// CLOCK_MONOTONIC, ns: the clock of node's `process.hrtime` and of
+/// nodeprof's sample times (xtask does not depend on the nodeprof crate and
+/// its eBPF build).
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

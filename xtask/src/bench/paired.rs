@@ -28,7 +28,7 @@ use super::{
     machine_line, mark, profiler_command, remove_outputs, spawn_workload, start_profiler,
     BenchArgs, Reaper, Setup, Variant,
 };
-use crate::util::median;
+use crate::util::{median, monotonic_ns};
 
 /// JIT warm-up of the workload before the first window.
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -126,19 +126,6 @@ fn measure(variant: Option<Variant>, length: Duration) -> Window {
         start_ns,
         end_ns: monotonic_ns(),
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of the workload's `process.hrtime`.
-/// (nodeprof's `session::monotonic_ns` is the same, but xtask does not
-/// depend on the nodeprof crate and its eBPF build.)
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Units of work per second in `[start, end]`: the progress intervals
