@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// or syscall (xtask/bench/syscally.js: hundreds of thousands of system calls a second).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gc", "switch", "syscall"])]
     workload: String,
+    /// The nodeprof binary (default: target/release/nodeprof, built first),
+    /// e.g. to compare two builds.
+    #[arg(long)]
+    bin: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -206,6 +210,16 @@ impl Variant {
         matches!(self, Variant::Perf(_) | Variant::PerfNoStack(_))
     }
 
+    fn is_nodeprof(self) -> bool {
+        matches!(
+            self,
+            Variant::Nodeprof(_)
+                | Variant::NodeprofGc
+                | Variant::NodeprofOffCpu(_)
+                | Variant::NodeprofWatch
+        )
+    }
+
     fn label(self) -> String {
         match self {
             Variant::Baseline => "baseline (no profiler)".into(),
@@ -322,18 +336,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             variants.push(v);
         }
     }
-    let with_nodeprof = variants.iter().any(|v| {
-        matches!(
-            v,
-            Variant::Nodeprof(_)
-                | Variant::NodeprofGc
-                | Variant::NodeprofOffCpu(_)
-                | Variant::NodeprofWatch
-        )
-    });
+    let with_nodeprof = variants.iter().any(|v| v.is_nodeprof());
     util::require_root("bench")?;
     bootstrap::bootstrap()?;
-    if with_nodeprof {
+    if with_nodeprof && args.bin.is_none() {
         util::run(util::cargo().args(["build", "--release", "-p", "nodeprof"]))?;
     }
 
@@ -357,7 +363,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             Vec::new()
         },
         workload: util::root().join("xtask/bench").join(args.workload_file()),
-        nodeprof: util::target_dir().join("release/nodeprof"),
+        nodeprof: match &args.bin {
+            Some(bin) => {
+                fs::canonicalize(bin).with_context(|| format!("--bin {}", bin.display()))?
+            }
+            None => util::target_dir().join("release/nodeprof"),
+        },
         perf,
         tmp,
         units: 0,

@@ -15,8 +15,14 @@
 //! every window. No two windows of one variant share a neighbour, so their
 //! slowdowns are independent samples. Reported per variant: the mean
 //! slowdown over its windows with a 95 % confidence interval, and its median.
+//!
+//! For nodeprof's variants the kernel's own accounting of BPF program time
+//! (`kernel.bpf_stats_enabled`, on for the bench and restored after) gives
+//! the time its sampling program (the perf-event one) spends per run: read
+//! from nodeprof's `/proc/PID/fdinfo` just before it is stopped.
 
 use std::fmt::Write as _;
+use std::fs;
 use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -45,6 +51,77 @@ struct Window {
     variant: Option<Variant>,
     start_ns: u64,
     end_ns: u64,
+    /// The attached nodeprof's sampling program, from its start to the
+    /// window's end.
+    sampler: Option<ProgStats>,
+}
+
+/// `/proc/sys/kernel/bpf_stats_enabled`: the kernel times every BPF program
+/// run while it is 1 (two clock reads per run).
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// `BPF_PROG_TYPE_PERF_EVENT`, the type of nodeprof's sampling program.
+const PROG_TYPE_PERF_EVENT: u64 = 7;
+
+/// Run count and total run time of BPF programs.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+struct ProgStats {
+    runs: u64,
+    ns: u64,
+}
+
+/// Turns the kernel's BPF run-time accounting on; the previous setting is
+/// restored on drop.
+struct BpfStatsOn {
+    previous: Option<String>,
+}
+
+impl BpfStatsOn {
+    fn enable() -> BpfStatsOn {
+        let previous = fs::read_to_string(BPF_STATS).ok();
+        if fs::write(BPF_STATS, "1").is_err() {
+            eprintln!("bench: cannot enable {BPF_STATS}: no eBPF program time in the report");
+        }
+        BpfStatsOn { previous }
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.previous {
+            let _ = fs::write(BPF_STATS, previous.trim());
+        }
+    }
+}
+
+/// The summed stats of the perf-event programs process `pid` holds open.
+fn sampler_stats(pid: libc::pid_t) -> Option<ProgStats> {
+    let mut total = None::<ProgStats>;
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()? {
+        let Ok(text) = fs::read_to_string(entry.ok()?.path()) else {
+            continue;
+        };
+        if let Some(stats) = perf_event_prog_stats(&text) {
+            let sum = total.get_or_insert_with(ProgStats::default);
+            sum.runs += stats.runs;
+            sum.ns += stats.ns;
+        }
+    }
+    total
+}
+
+/// A BPF program fd's `fdinfo`: its stats when it is a perf-event program.
+fn perf_event_prog_stats(fdinfo: &str) -> Option<ProgStats> {
+    let field = |name: &str| -> Option<u64> {
+        fdinfo.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().parse().ok())?
+        })
+    };
+    (field("prog_type")? == PROG_TYPE_PERF_EVENT).then_some(())?;
+    Some(ProgStats {
+        runs: field("run_cnt")?,
+        ns: field("run_time_ns")?,
+    })
 }
 
 pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<String> {
@@ -65,6 +142,10 @@ pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<
             }
         })
     };
+    let _bpf_stats = variants
+        .iter()
+        .any(|v| v.is_nodeprof())
+        .then(BpfStatsOn::enable);
     thread::sleep(WARM_UP);
 
     let window = Duration::from_secs_f64(args.window);
@@ -90,7 +171,11 @@ pub(super) fn run(args: &BenchArgs, cx: &Setup, variants: &[Variant]) -> Result<
             let running = start_profiler(cx, cmd, variant, &tag, &mut reaper)
                 .with_context(|| format!("window {} {}", cycle + 1, variant.label()))?;
             thread::sleep(SETTLE);
-            windows.push(measure(Some(variant), window));
+            let mut attached = measure(Some(variant), window);
+            if variant.is_nodeprof() {
+                attached.sampler = sampler_stats(running.pid);
+            }
+            windows.push(attached);
             running
                 .interrupt(variant.is_perf())
                 .with_context(|| format!("window {} {}", cycle + 1, variant.label()))?;
@@ -125,6 +210,7 @@ fn measure(variant: Option<Variant>, length: Duration) -> Window {
         variant,
         start_ns,
         end_ns: monotonic_ns(),
+        sampler: None,
     }
 }
 
@@ -240,9 +326,9 @@ fn report(
     writeln!(md)?;
     writeln!(
         md,
-        "| variant | slowdown % mean ± 95 % CI | median % | sd of one window % | windows | goal |"
+        "| variant | slowdown % mean ± 95 % CI | median % | sd of one window % | windows | goal | eBPF sampler µs per run (runs) |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---|---:|")?;
     for &variant in variants {
         let mut values: Vec<f64> = windows
             .iter()
@@ -261,9 +347,12 @@ fn report(
             }
             None => "reference".into(),
         };
+        let sampler = sampler_cost(windows, variant)
+            .map(|(us, runs)| format!("{us:.2} ({runs})"))
+            .unwrap_or_default();
         writeln!(
             md,
-            "| {} | {mean:+.2} ± {ci:.2} | {med:+.2} | {sd:.2} | {} | {goal} |",
+            "| {} | {mean:+.2} ± {ci:.2} | {med:+.2} | {sd:.2} | {} | {goal} | {sampler} |",
             variant.label(),
             values.len()
         )?;
@@ -292,9 +381,40 @@ fn report(
     Ok(md)
 }
 
+/// Mean µs per run of `variant`'s sampling program over its windows, and
+/// the runs counted; None without runs (no nodeprof, or no accounting).
+fn sampler_cost(windows: &[Window], variant: Variant) -> Option<(f64, u64)> {
+    let total = windows
+        .iter()
+        .filter(|w| w.variant == Some(variant))
+        .filter_map(|w| w.sampler)
+        .fold(ProgStats::default(), |a, b| ProgStats {
+            runs: a.runs + b.runs,
+            ns: a.ns + b.ns,
+        });
+    (total.runs > 0).then(|| (total.ns as f64 / total.runs as f64 / 1000.0, total.runs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn perf_event_programs_are_read_from_fdinfo() {
+        let sampler = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nprog_type:\t7\n\
+                       prog_jited:\t1\nprog_tag:\t3b185187f1855c4c\nmemlock:\t4096\nprog_id:\t42\n\
+                       run_time_ns:\t123456\nrun_cnt:\t789\nrecursion_misses:\t0\nverified_insns:\t59191\n";
+        assert_eq!(
+            perf_event_prog_stats(sampler),
+            Some(ProgStats {
+                runs: 789,
+                ns: 123456
+            })
+        );
+        let uprobe = sampler.replace("prog_type:\t7", "prog_type:\t2");
+        assert_eq!(perf_event_prog_stats(&uprobe), None);
+        assert_eq!(perf_event_prog_stats("pos:\t0\nflags:\t02\n"), None);
+    }
 
     #[test]
     fn rate_counts_only_intervals_inside_the_window() {
@@ -334,6 +454,7 @@ mod tests {
             variant,
             start_ns: k * 1_000_000_000,
             end_ns: (k + 1) * 1_000_000_000,
+            sampler: None,
         };
         let windows = [
             second(0, None),
@@ -348,6 +469,7 @@ mod tests {
             variant,
             start_ns: from_s * 1_000_000_000,
             end_ns: (from_s + 1) * 1_000_000_000,
+            sampler: None,
         };
         let windows = [
             window(0, None),
