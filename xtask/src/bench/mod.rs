@@ -74,10 +74,13 @@ pub struct BenchArgs {
     /// or syscall (xtask/bench/syscally.js: hundreds of thousands of system calls a second).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gc", "switch", "syscall"])]
     workload: String,
-    /// The nodeprof binary (default: target/release/nodeprof, built first),
-    /// e.g. to compare two builds.
+    /// The nodeprof binary (default: target/release/nodeprof, built first).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Another nodeprof build, run by the variants nodeprof-base-HZ: two
+    /// builds measured side by side in one run.
+    #[arg(long)]
+    base_bin: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -155,10 +158,11 @@ fn parse_variant(tag: &str) -> Result<Variant> {
         .with_context(|| format!("bad rate in variant {tag:?}"))?;
     match tool {
         "nodeprof" => Ok(Variant::Nodeprof(hz)),
+        "nodeprof-base" => Ok(Variant::NodeprofBase(hz)),
         "perf" => Ok(Variant::Perf(hz)),
         "perf-nostack" => Ok(Variant::PerfNoStack(hz)),
         _ => {
-            bail!("unknown variant {tag:?} (nodeprof-HZ, nodeprof-offcpu-HZ, perf-HZ, perf-nostack-HZ, nodeprof-gc or nodeprof-watch)")
+            bail!("unknown variant {tag:?} (nodeprof-HZ, nodeprof-base-HZ, nodeprof-offcpu-HZ, perf-HZ, perf-nostack-HZ, nodeprof-gc or nodeprof-watch)")
         }
     }
 }
@@ -183,6 +187,8 @@ const ATTACH_MARKERS: [&str; 2] = ["anon_inode:[perf_event]", "anon_inode:bpf_li
 enum Variant {
     Baseline,
     Nodeprof(u32),
+    /// `record` by the `--base-bin` build.
+    NodeprofBase(u32),
     Perf(u32),
     /// perf sampling without stacks: what the timer interrupt alone costs.
     PerfNoStack(u32),
@@ -197,8 +203,8 @@ impl Variant {
     /// The design card's slowdown goal, for nodeprof's variants.
     fn slowdown_goal(self) -> Option<f64> {
         match self {
-            Variant::Nodeprof(hz) if hz <= 99 => Some(GOAL_SLOWDOWN_99),
-            Variant::Nodeprof(_) => Some(GOAL_SLOWDOWN_999),
+            Variant::Nodeprof(hz) | Variant::NodeprofBase(hz) if hz <= 99 => Some(GOAL_SLOWDOWN_99),
+            Variant::Nodeprof(_) | Variant::NodeprofBase(_) => Some(GOAL_SLOWDOWN_999),
             Variant::NodeprofGc => Some(GOAL_SLOWDOWN_GC),
             Variant::NodeprofOffCpu(_) => Some(GOAL_SLOWDOWN_OFF_CPU),
             Variant::NodeprofWatch => Some(GOAL_SLOWDOWN_WATCH),
@@ -214,6 +220,7 @@ impl Variant {
         matches!(
             self,
             Variant::Nodeprof(_)
+                | Variant::NodeprofBase(_)
                 | Variant::NodeprofGc
                 | Variant::NodeprofOffCpu(_)
                 | Variant::NodeprofWatch
@@ -224,6 +231,7 @@ impl Variant {
         match self {
             Variant::Baseline => "baseline (no profiler)".into(),
             Variant::Nodeprof(hz) => format!("nodeprof record -F {hz}"),
+            Variant::NodeprofBase(hz) => format!("nodeprof record -F {hz} (--base-bin)"),
             Variant::Perf(hz) => format!("perf record -g -F {hz}"),
             Variant::PerfNoStack(hz) => format!("perf record -F {hz}, no stacks"),
             Variant::NodeprofGc => "nodeprof gc".into(),
@@ -236,6 +244,7 @@ impl Variant {
         match self {
             Variant::Baseline => "baseline".into(),
             Variant::Nodeprof(hz) => format!("nodeprof-{hz}"),
+            Variant::NodeprofBase(hz) => format!("nodeprof-base-{hz}"),
             Variant::Perf(hz) => format!("perf-{hz}"),
             Variant::PerfNoStack(hz) => format!("perf-nostack-{hz}"),
             Variant::NodeprofGc => "nodeprof-gc".into(),
@@ -291,6 +300,8 @@ struct Setup {
     node_flags: Vec<&'static str>,
     workload: PathBuf,
     nodeprof: PathBuf,
+    /// `--base-bin`.
+    base_nodeprof: Option<PathBuf>,
     perf: Option<PathBuf>,
     tmp: PathBuf,
     units: u64,
@@ -369,11 +380,25 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             }
             None => util::target_dir().join("release/nodeprof"),
         },
+        base_nodeprof: args
+            .base_bin
+            .as_ref()
+            .map(|bin| {
+                fs::canonicalize(bin).with_context(|| format!("--base-bin {}", bin.display()))
+            })
+            .transpose()?,
         perf,
         tmp,
         units: 0,
         rss_floor_mib: 0.0,
     };
+    ensure!(
+        cx.base_nodeprof.is_some()
+            || !variants
+                .iter()
+                .any(|v| matches!(v, Variant::NodeprofBase(_))),
+        "the nodeprof-base-HZ variants need --base-bin"
+    );
     ensure!(
         !with_nodeprof || cx.nodeprof.is_file(),
         "{} was not built",
@@ -651,8 +676,15 @@ fn profiler_command(cx: &Setup, variant: Variant, pid: libc::pid_t, tag: &str) -
     let pid = pid.to_string();
     match variant {
         Variant::Baseline => None,
-        Variant::Nodeprof(hz) => {
-            let mut cmd = Command::new(&cx.nodeprof);
+        Variant::Nodeprof(hz) | Variant::NodeprofBase(hz) => {
+            let bin = match variant {
+                Variant::NodeprofBase(_) => cx
+                    .base_nodeprof
+                    .as_ref()
+                    .expect("checked with the variants"),
+                _ => &cx.nodeprof,
+            };
+            let mut cmd = Command::new(bin);
             cmd.args(["record", "-p", &pid, "-F", &hz.to_string(), "-o"])
                 .arg(cx.tmp.join(tag))
                 .arg("--quiet");
@@ -1019,7 +1051,7 @@ fn report(
         let rss = usage.iter().map(|u| u.rss_mib()).fold(f64::NAN, f64::max);
         let goals = match variant {
             Variant::Baseline => format!("run-to-run spread {base_spread:.1} %"),
-            Variant::Nodeprof(hz) => {
+            Variant::Nodeprof(hz) | Variant::NodeprofBase(hz) => {
                 let slowdown_goal = variant.slowdown_goal().expect("nodeprof has goals");
                 let mut g = format!(
                     "slowdown ≤ {slowdown_goal} % {}",
