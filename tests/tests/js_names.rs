@@ -1301,21 +1301,24 @@ fn script_ids(p: &Profile) -> BTreeMap<JsFn, String> {
         .collect()
 }
 
-/// inlined.js runs under `node --cpu-prof`, and nodeprof attaches to that
-/// same process for the phases: every function's share of the JS samples
-/// (innermost JS frame, native leaves counted for their JS caller) agrees
-/// within 2 points — the inlined helpers included, which `--cpu-prof`
-/// expands and which hold most of the time; each inlined helper appears
-/// under its caller chain (driveInlined → outerMix → midFind → leafSin); and every
-/// JS function has node's script id, `new Function` and eval code included
-/// (no URL, but a script of their own, not "0").
-fn check_inlined(major: u32) {
-    let _lock = serial();
-    let started = Instant::now();
+/// Both profiles of one run of a GO_FILE fixture under `node --cpu-prof`
+/// with nodeprof attached, and every function's share of the JS samples
+/// compared (failures: functions more than 2 points apart, too few samples).
+struct SameProcess {
+    gt: Vec<Profile>,
+    np: Profile,
+    out: Outputs,
+    gt_attr: Attribution,
+    np_attr: Attribution,
+    table: Vec<String>,
+    failures: Vec<String>,
+}
+
+fn same_process(major: u32, script: &str, rounds: &str) -> SameProcess {
     let node = node_major(major);
     let dir = scratch_dir();
     let prof_dir = dir.path().join("cpu-prof");
-    let go = dir.path().join("inlined.go");
+    let go = dir.path().join("fixture.go");
     let prof_arg = s(prof_dir.display());
     let go_arg = s(go.display());
     let target = Proc::node(
@@ -1327,11 +1330,11 @@ fn check_inlined(major: u32) {
             "--cpu-prof-dir",
             &prof_arg,
         ],
-        "js/inlined.js",
-        &[INLINED_ROUNDS, &go_arg],
+        script,
+        &[rounds, &go_arg],
         dir.path(),
     );
-    let (_run, out, np) = record_attached_at(&target, &go, dir.path(), "inlined", INLINED_HZ);
+    let (_run, out, np) = record_attached_at(&target, &go, dir.path(), "same", INLINED_HZ);
     finish_names(target, &go);
     let gt: Vec<Profile> = fs::read_dir(&prof_dir)
         .expect("node --cpu-prof wrote its directory")
@@ -1348,22 +1351,9 @@ fn check_inlined(major: u32) {
         1,
         "node {major}: one thread, one --cpu-prof profile"
     );
-    let expected: Vec<JsFn> = INLINED
-        .iter()
-        .map(|e| e.in_ground_truth(major, &gt))
-        .collect();
     let gt_attr = Attribution::of(&[&gt[0]]);
     let np_attr = Attribution::of(&[&np]);
     let mut failures = Vec::new();
-
-    // The fixture does what it says: node itself charges the helpers.
-    let helpers: f64 = expected[1..].iter().map(|f| gt_attr.share(f)).sum();
-    if helpers < 10.0 {
-        failures.push(format!(
-            "node --cpu-prof gives the inlined helpers only {helpers:.1}% of the JS samples: \
-             the fixture no longer exercises inlining"
-        ));
-    }
     if np_attr.js_total < 5000 || gt_attr.js_total < 5000 {
         failures.push(format!(
             "too few JS samples for 2 points: nodeprof {}, node --cpu-prof {}",
@@ -1387,6 +1377,50 @@ fn check_inlined(major: u32) {
                 "{f}: nodeprof {b:.1}% vs node --cpu-prof {a:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
             ));
         }
+    }
+    SameProcess {
+        gt,
+        np,
+        out,
+        gt_attr,
+        np_attr,
+        table,
+        failures,
+    }
+}
+
+/// inlined.js runs under `node --cpu-prof`, and nodeprof attaches to that
+/// same process for the phases: every function's share of the JS samples
+/// (innermost JS frame, native leaves counted for their JS caller) agrees
+/// within 2 points — the inlined helpers included, which `--cpu-prof`
+/// expands and which hold most of the time; each inlined helper appears
+/// under its caller chain (driveInlined → outerMix → midFind → leafSin); and every
+/// JS function has node's script id, `new Function` and eval code included
+/// (no URL, but a script of their own, not "0").
+fn check_inlined(major: u32) {
+    let _lock = serial();
+    let started = Instant::now();
+    let SameProcess {
+        gt,
+        np,
+        out,
+        gt_attr,
+        np_attr,
+        table,
+        mut failures,
+    } = same_process(major, "js/inlined.js", INLINED_ROUNDS);
+    let expected: Vec<JsFn> = INLINED
+        .iter()
+        .map(|e| e.in_ground_truth(major, &gt))
+        .collect();
+
+    // The fixture does what it says: node itself charges the helpers.
+    let helpers: f64 = expected[1..].iter().map(|f| gt_attr.share(f)).sum();
+    if helpers < 10.0 {
+        failures.push(format!(
+            "node --cpu-prof gives the inlined helpers only {helpers:.1}% of the JS samples: \
+             the fixture no longer exercises inlining"
+        ));
     }
 
     // leafSin, inlined, sits under midFind, outerMix and driveInlined.
@@ -1471,4 +1505,44 @@ fn inlined_and_eval_same_process_node24() {
 #[test]
 fn inlined_and_eval_same_process_node26() {
     check_inlined(26);
+}
+
+/// Rounds of caller_self.js (20,000 calls each).
+const CALLER_SELF_ROUNDS: &str = "2000";
+
+/// caller_self.js runs under `node --cpu-prof` with nodeprof attached: a
+/// caller with work of its own in optimized code (`nextTokenLike`, inlined
+/// into `driveTokens`) that calls a callee too large to inline (`scanLike`),
+/// the shape of TypeScript's `nextTokenWithoutCheck` → `scan`. Every
+/// function's share of the JS samples agrees within 2 points. A sample in
+/// the callee's prologue or epilogue has the caller's frame pointer, and one
+/// just after `mov rbp, rsp` a stale function slot: nodeprof named such a
+/// sample by that frame's function, V8 by the code the pc is in (scanLike
+/// was 2.6 points short on node 20).
+fn check_caller_self(major: u32) {
+    let _lock = serial();
+    let run = same_process(major, "js/caller_self.js", CALLER_SELF_ROUNDS);
+    let context = format!(
+        "shares:\n{}\n\nnode --cpu-prof ({} JS of {} samples):\n{}\n\nnodeprof ({} JS of {} samples):\n{}\n\nfolded:\n{}",
+        run.table.join("\n"),
+        run.gt_attr.js_total,
+        run.gt_attr.total,
+        run.gt_attr.top(10),
+        run.np_attr.js_total,
+        run.np_attr.total,
+        run.np_attr.top(10),
+        run.out.folded_excerpt()
+    );
+    eprintln!("node {major}: caller_self.js, same process:\n{}", run.table.join("\n"));
+    fail_if_any(major, "caller_self.js, same process", run.failures, context);
+}
+
+#[test]
+fn caller_self_time_same_process_node20() {
+    check_caller_self(20);
+}
+
+#[test]
+fn caller_self_time_same_process_node26() {
+    check_caller_self(26);
 }
