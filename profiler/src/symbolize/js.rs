@@ -42,6 +42,10 @@ pub struct JsNaming {
     /// Functions inlined at a sampled frame's pc, outermost first, as
     /// (SFI, fingerprint); frames without inlining are not stored.
     inlined: HashMap<FrameKey, Box<[(u64, u64)]>>,
+    /// Sampled frames whose pc is in optimized code of another function than
+    /// the frame's SFI: that function, then those inlined at the pc, as
+    /// (SFI, fingerprint). See [`JsNaming::leaf_frames`].
+    pc_owners: HashMap<FrameKey, Box<[(u64, u64)]>>,
     /// Frames whose inlining was looked up.
     inlining_seen: std::collections::HashSet<FrameKey>,
 }
@@ -58,6 +62,7 @@ impl JsNaming {
             pending: Vec::new(),
             code: CodeFinder::new(),
             inlined: HashMap::new(),
+            pc_owners: HashMap::new(),
             inlining_seen: Default::default(),
         }
     }
@@ -95,27 +100,41 @@ impl JsNaming {
             return;
         }
         self.inlining_seen.insert(key);
+        let memory = self.resolver.memory();
+        let owner = self
+            .code
+            .function_at(memory, &self.layout, frame.pc)
+            .filter(|&sfi| sfi != frame.sfi);
+        let sfi = owner.unwrap_or(frame.sfi);
         let sfis = self
             .code
-            .inlined_at(self.resolver.memory(), &self.layout, frame.pc, frame.sfi);
-        if sfis.is_empty() {
+            .inlined_at(self.resolver.memory(), &self.layout, frame.pc, sfi);
+        if owner.is_none() && sfis.is_empty() {
             return;
         }
-        let offset = u64::from(self.layout.sfi.name_or_scope_info);
-        let mut functions = Vec::with_capacity(sfis.len());
-        for sfi in sfis {
-            // The fingerprint as the sampler would have read it, now.
-            let Ok(fingerprint) = self
-                .resolver
-                .memory()
-                .read_u64(self.layout.untag(sfi).wrapping_add(offset))
-            else {
-                continue;
-            };
-            self.observe(sfi, fingerprint);
-            functions.push((sfi, fingerprint));
+        let functions: Box<[(u64, u64)]> = owner
+            .into_iter()
+            .chain(sfis)
+            .filter_map(|sfi| {
+                let fingerprint = self.fingerprint(sfi)?;
+                self.observe(sfi, fingerprint);
+                Some((sfi, fingerprint))
+            })
+            .collect();
+        if owner.is_some() {
+            self.pc_owners.insert(key, functions);
+        } else {
+            self.inlined.insert(key, functions);
         }
-        self.inlined.insert(key, functions.into());
+    }
+
+    /// The fingerprint of an SFI as the sampler would have read it, now.
+    fn fingerprint(&self, sfi: u64) -> Option<u64> {
+        let offset = u64::from(self.layout.sfi.name_or_scope_info);
+        self.resolver
+            .memory()
+            .read_u64(self.layout.untag(sfi).wrapping_add(offset))
+            .ok()
     }
 
     /// Tries again the SFIs that could not be read consistently before.
@@ -170,6 +189,31 @@ impl JsNaming {
             frames.extend(inlined.iter().filter_map(|&(sfi, fp)| self.frame(sfi, fp)));
         }
         frames
+    }
+
+    /// The frames of the frame the sampled pc is in, outermost first; with
+    /// `expand`, the functions inlined at the pc too. Named, as V8's
+    /// profiler names the sampled pc, by the code the pc is in: in a
+    /// callee's prologue (before `push rbp`) or epilogue (after `leave`) the
+    /// frame pointer still holds the caller's frame, and just after
+    /// `mov rbp, rsp` the function slot below it still holds a stale word,
+    /// often the SFI of the last callee that ran at that depth.
+    pub fn leaf_frames(&self, frame: &UserFrame, expand: bool) -> Vec<Frame> {
+        let key = (frame.pc, frame.sfi, frame.sfi_fingerprint);
+        if let Some(functions) = self.pc_owners.get(&key) {
+            let n = if expand { functions.len() } else { 1 };
+            return functions[..n.min(functions.len())]
+                .iter()
+                .filter_map(|&(sfi, fp)| self.frame(sfi, fp))
+                .collect();
+        }
+        if expand {
+            self.frames(frame)
+        } else {
+            self.frame(frame.sfi, frame.sfi_fingerprint)
+                .into_iter()
+                .collect()
+        }
     }
 
     /// Whether the frame the sampled pc is in gets its inlined functions

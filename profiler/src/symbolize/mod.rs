@@ -310,11 +310,8 @@ impl Symbolizer {
             return vec![native.clone()];
         }
         if frame.sfi != 0 {
-            if leaf && !js.leaf_inlining() {
-                return js
-                    .frame(frame.sfi, frame.sfi_fingerprint)
-                    .into_iter()
-                    .collect();
+            if leaf {
+                return js.leaf_frames(frame, js.leaf_inlining());
             }
             return js.frames(frame);
         }
