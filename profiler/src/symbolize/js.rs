@@ -195,9 +195,8 @@ impl JsNaming {
     /// `expand`, the functions inlined at the pc too. Named, as V8's
     /// profiler names the sampled pc, by the code the pc is in: in a
     /// callee's prologue (before `push rbp`) or epilogue (after `leave`) the
-    /// frame pointer still holds the caller's frame, and just after
-    /// `mov rbp, rsp` the function slot below it still holds a stale word,
-    /// often the SFI of the last callee that ran at that depth.
+    /// frame pointer still holds the caller's frame, whose function slot
+    /// the sampler read.
     pub fn leaf_frames(&self, frame: &UserFrame, expand: bool) -> Vec<Frame> {
         let key = (frame.pc, frame.sfi, frame.sfi_fingerprint);
         if let Some(functions) = self.pc_owners.get(&key) {
