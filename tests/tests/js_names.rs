@@ -1314,7 +1314,36 @@ struct SameProcess {
     failures: Vec<String>,
 }
 
-fn same_process(major: u32, script: &str, rounds: &str) -> SameProcess {
+impl SameProcess {
+    /// Prints the shares and fails with both profiles' tops on any failure.
+    fn finish(self, major: u32, fixture: &str) {
+        let context = format!(
+            "shares:\n{}\n\nnode --cpu-prof ({} JS of {} samples):\n{}\n\nnodeprof ({} JS of {} samples):\n{}\n\nfolded:\n{}",
+            self.table.join("\n"),
+            self.gt_attr.js_total,
+            self.gt_attr.total,
+            self.gt_attr.top(10),
+            self.np_attr.js_total,
+            self.np_attr.total,
+            self.np_attr.top(10),
+            self.out.folded_excerpt()
+        );
+        eprintln!(
+            "node {major}: {fixture}, same process:\n{}",
+            self.table.join("\n")
+        );
+        fail_if_any(
+            major,
+            &format!("{fixture}, same process"),
+            self.failures,
+            context,
+        );
+    }
+}
+
+/// `pooled`: functions of the fixture compared by the sum of their shares
+/// (where V8's own profiler is known to split their time wrongly).
+fn same_process(major: u32, script: &str, rounds: &str, pooled: &[&str]) -> SameProcess {
     let node = node_major(major);
     let dir = scratch_dir();
     let prof_dir = dir.path().join("cpu-prof");
@@ -1362,8 +1391,16 @@ fn same_process(major: u32, script: &str, rounds: &str) -> SameProcess {
     }
     let candidates: BTreeSet<&JsFn> = gt_attr.per_fn.keys().chain(np_attr.per_fn.keys()).collect();
     let mut table = Vec::new();
+    let fixture_url = fixture_url(script).1;
+    let is_pooled = |f: &JsFn| f.url == fixture_url && pooled.contains(&f.name.as_str());
+    let (mut pooled_gt, mut pooled_np) = (0.0, 0.0);
     for f in candidates {
         let (a, b) = (gt_attr.share(f), np_attr.share(f));
+        if is_pooled(f) {
+            pooled_gt += a;
+            pooled_np += b;
+            continue;
+        }
         if a.max(b) < 0.5 {
             continue;
         }
@@ -1375,6 +1412,19 @@ fn same_process(major: u32, script: &str, rounds: &str) -> SameProcess {
         if !ok {
             failures.push(format!(
                 "{f}: nodeprof {b:.1}% vs node --cpu-prof {a:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
+            ));
+        }
+    }
+    if !pooled.is_empty() {
+        let ok = (pooled_gt - pooled_np).abs() <= SAME_PROCESS_TOLERANCE_PP;
+        let names = pooled.join(" + ");
+        table.push(format!(
+            "  {names}: node --cpu-prof {pooled_gt:.1}%, nodeprof {pooled_np:.1}% {}",
+            if ok { "ok" } else { "DIFFERS" }
+        ));
+        if !ok {
+            failures.push(format!(
+                "{names}: nodeprof {pooled_np:.1}% vs node --cpu-prof {pooled_gt:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
             ));
         }
     }
@@ -1408,7 +1458,7 @@ fn check_inlined(major: u32) {
         np_attr,
         table,
         mut failures,
-    } = same_process(major, "js/inlined.js", INLINED_ROUNDS);
+    } = same_process(major, "js/inlined.js", INLINED_ROUNDS, &[]);
     let expected: Vec<JsFn> = INLINED
         .iter()
         .map(|e| e.in_ground_truth(major, &gt))
@@ -1519,28 +1569,13 @@ const CALLER_SELF_ROUNDS: &str = "2000";
 /// V8 does: in the callee's prologue (before `push rbp`) or epilogue (after
 /// `leave`) the frame pointer is still the caller's, whose function nodeprof
 /// used to charge (scanLike 2.6 points short of `--cpu-prof` in runs of 1,500
-/// and 3,000 rounds, 1.3 in this test's). It does not reproduce issue 14's
-/// TypeScript gap (`nextTokenWithoutCheck` inlined into `nextToken`, whose
-/// code nodeprof never samples a leaf pc in), which this rule leaves open.
+/// and 3,000 rounds, 1.3 in this test's). The TypeScript workload's
+/// `nextTokenWithoutCheck` → `scan` difference is another one: see
+/// `check_tiny_callees`.
 fn check_caller_self(major: u32) {
     let _lock = serial();
-    let run = same_process(major, "js/caller_self.js", CALLER_SELF_ROUNDS);
-    let context = format!(
-        "shares:\n{}\n\nnode --cpu-prof ({} JS of {} samples):\n{}\n\nnodeprof ({} JS of {} samples):\n{}\n\nfolded:\n{}",
-        run.table.join("\n"),
-        run.gt_attr.js_total,
-        run.gt_attr.total,
-        run.gt_attr.top(10),
-        run.np_attr.js_total,
-        run.np_attr.total,
-        run.np_attr.top(10),
-        run.out.folded_excerpt()
-    );
-    eprintln!(
-        "node {major}: caller_self.js, same process:\n{}",
-        run.table.join("\n")
-    );
-    fail_if_any(major, "caller_self.js, same process", run.failures, context);
+    let run = same_process(major, "js/caller_self.js", CALLER_SELF_ROUNDS, &[]);
+    run.finish(major, "caller_self.js");
 }
 
 #[test]
@@ -1551,4 +1586,61 @@ fn caller_self_time_same_process_node20() {
 #[test]
 fn caller_self_time_same_process_node26() {
     check_caller_self(26);
+}
+
+/// Rounds of tiny_callees.js (60,000 calls each).
+const TINY_CALLEES_ROUNDS: &str = "5000";
+
+/// tiny_callees.js runs under `node --cpu-prof` with nodeprof attached: six
+/// tiny functions called through one megamorphic site (TurboFan inlines
+/// none), so a good part of their time is in their prologues and epilogues,
+/// where the frame pointer is the caller's (`callAround`). V8's profiler
+/// names the sampled pc by the code it is in; nodeprof must too: each
+/// callee's share agrees within 2 points (named by the frame pointer, each
+/// had half of it: 1.4–3.8 % against 4.6–7.4 %).
+///
+/// `callAround` and its callers (`runRounds`, `main`) are compared by their
+/// sum: `--cpu-prof` gives `runRounds`, which only calls `callAround` 5,000
+/// times, about 30 % self time at that call's line on node 20 (with or
+/// without OSR or Sparkplug), and `main` about 20 % on node 26. V8's
+/// sampler skips the frame the frame pointer holds and names the sampled pc
+/// by the code map, which has no entry for the embedded builtins
+/// (`callAround`'s call trampolines); when the word at the stack top is no
+/// return address into JS code either, the sample goes to the caller's
+/// caller. nodeprof names the frame's function (`callAround`), where the
+/// time is spent. The same pattern (a callee's time charged to its caller by
+/// `--cpu-prof`: `scan` → `nextTokenWithoutCheck`, `bindWorker` → `bind`)
+/// is most of `cargo xtask bench-fidelity`'s TypeScript gap.
+fn check_tiny_callees(major: u32) {
+    let _lock = serial();
+    let mut run = same_process(
+        major,
+        "js/tiny_callees.js",
+        TINY_CALLEES_ROUNDS,
+        &["callAround", "runRounds", "main"],
+    );
+    let callees: f64 = run
+        .gt_attr
+        .per_fn
+        .keys()
+        .filter(|f| f.name != "callAround" && f.url.ends_with("tiny_callees.js"))
+        .map(|f| run.gt_attr.share(f))
+        .sum();
+    if callees < 30.0 {
+        run.failures.push(format!(
+            "node --cpu-prof gives the callees only {callees:.1}% of the JS samples: \
+             the fixture no longer exercises calls"
+        ));
+    }
+    run.finish(major, "tiny_callees.js");
+}
+
+#[test]
+fn tiny_callees_same_process_node20() {
+    check_tiny_callees(20);
+}
+
+#[test]
+fn tiny_callees_same_process_node26() {
+    check_tiny_callees(26);
 }

@@ -100,27 +100,42 @@ impl JsNaming {
             return;
         }
         self.inlining_seen.insert(key);
-        let memory = self.resolver.memory();
-        let owner = self
+        let Some(code) = self
             .code
-            .function_at(memory, &self.layout, frame.pc)
-            .filter(|&sfi| sfi != frame.sfi);
-        let sfi = owner.unwrap_or(frame.sfi);
-        let sfis = self
-            .code
-            .inlined_at(self.resolver.memory(), &self.layout, frame.pc, sfi);
+            .code_at(self.resolver.memory(), &self.layout, frame.pc)
+        else {
+            return;
+        };
+        if code.sfi == 0 {
+            // Unoptimized code: no inlining, and its frame is its function's.
+            return;
+        }
+        // V8's profiler names the sampled pc by the code it is in, never by
+        // the frame pointer: in a callee's prologue or epilogue the frame
+        // pointer still holds the caller's frame (or the new frame's
+        // function slot is not written yet).
+        let owner = match (code.sfi != frame.sfi).then_some(code.sfi) {
+            Some(sfi) => match self.fingerprint(sfi) {
+                Some(fingerprint) => Some((sfi, fingerprint)),
+                // Unreadable now: keep the frame's own name.
+                None => return,
+            },
+            None => None,
+        };
+        let sfis = code.inlined_at(frame.pc).unwrap_or_default();
         if owner.is_none() && sfis.is_empty() {
             return;
         }
         let functions: Box<[(u64, u64)]> = owner
             .into_iter()
-            .chain(sfis)
-            .filter_map(|sfi| {
-                let fingerprint = self.fingerprint(sfi)?;
-                self.observe(sfi, fingerprint);
-                Some((sfi, fingerprint))
-            })
+            .chain(
+                sfis.into_iter()
+                    .filter_map(|sfi| Some((sfi, self.fingerprint(sfi)?))),
+            )
             .collect();
+        for &(sfi, fingerprint) in functions.iter() {
+            self.observe(sfi, fingerprint);
+        }
         if owner.is_some() {
             self.pc_owners.insert(key, functions);
         } else {

@@ -173,18 +173,6 @@ impl CodeFinder {
         inlined
     }
 
-    /// The function whose optimized code holds `pc` (a tagged SFI).
-    pub fn function_at<M: Memory + ?Sized>(
-        &mut self,
-        mem: &M,
-        layout: &V8Layout,
-        pc: u64,
-    ) -> Option<u64> {
-        self.code_at(mem, layout, pc)
-            .map(|code| code.sfi)
-            .filter(|&sfi| sfi != 0)
-    }
-
     /// The code object whose instructions contain `pc`, if V8 made it.
     pub fn code_at<M: Memory + ?Sized>(
         &mut self,
