@@ -1564,14 +1564,12 @@ const CALLER_SELF_ROUNDS: &str = "2000";
 /// caller with work of its own in optimized code (`nextTokenLike`, inlined
 /// into `driveTokens`) that calls a callee too large to inline (`scanLike`),
 /// the shape of TypeScript's `nextTokenWithoutCheck` → `scan`. Every
-/// function's share of the JS samples agrees within 2 points. It guards
-/// the rule that the sampled pc is named by the optimized code it is in, as
-/// V8 does: in the callee's prologue (before `push rbp`) or epilogue (after
-/// `leave`) the frame pointer is still the caller's, whose function nodeprof
-/// used to charge (scanLike 2.6 points short of `--cpu-prof` in runs of 1,500
-/// and 3,000 rounds, 1.3 in this test's). The TypeScript workload's
-/// `nextTokenWithoutCheck` → `scan` difference is another one: see
-/// `check_tiny_callees`.
+/// function's share of the JS samples agrees within 2 points. Named by the
+/// frame pointer in the callee's prologue and epilogue, `scanLike` was 2.6
+/// points short of `--cpu-prof` in runs of 1,500 and 3,000 rounds, but only
+/// 1.3 in this test's: `check_tiny_callees` is the one that fails on that.
+/// The TypeScript workload's `nextTokenWithoutCheck` → `scan` difference is
+/// another one (see there).
 fn check_caller_self(major: u32) {
     let _lock = serial();
     let run = same_process(major, "js/caller_self.js", CALLER_SELF_ROUNDS, &[]);
@@ -1587,6 +1585,11 @@ fn caller_self_time_same_process_node20() {
 fn caller_self_time_same_process_node26() {
     check_caller_self(26);
 }
+
+/// The functions tiny_callees.js calls through its megamorphic site.
+const TINY_CALLEES: [&str; 6] = [
+    "addOne", "addTwo", "xorThree", "xorFour", "mulFive", "mulSix",
+];
 
 /// Rounds of tiny_callees.js (60,000 calls each).
 const TINY_CALLEES_ROUNDS: &str = "5000";
@@ -1619,16 +1622,17 @@ fn check_tiny_callees(major: u32) {
         TINY_CALLEES_ROUNDS,
         &["callAround", "runRounds", "main"],
     );
+    // Not inlined, the callees run their own code, prologues included.
     let callees: f64 = run
         .gt_attr
         .per_fn
         .keys()
-        .filter(|f| f.name != "callAround" && f.url.ends_with("tiny_callees.js"))
+        .filter(|f| f.url.ends_with("tiny_callees.js") && TINY_CALLEES.contains(&f.name.as_str()))
         .map(|f| run.gt_attr.share(f))
         .sum();
-    if callees < 30.0 {
+    if callees < 20.0 {
         run.failures.push(format!(
-            "node --cpu-prof gives the callees only {callees:.1}% of the JS samples: \
+            "node --cpu-prof gives the six callees only {callees:.1}% of the JS samples: \
              the fixture no longer exercises calls"
         ));
     }

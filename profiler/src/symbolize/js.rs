@@ -11,7 +11,8 @@ use nodeprof_common::UserFrame;
 use crate::image::SharedMemory;
 use crate::profile::{Frame, FrameKind};
 use crate::target::V8Runtime;
-use crate::v8::memory::MemoryExt;
+use crate::v8::code::{self, CodeInfo};
+use crate::v8::memory::{Memory, MemoryExt};
 use crate::v8::{CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, V8Layout};
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
@@ -107,20 +108,26 @@ impl JsNaming {
             return;
         };
         if code.sfi == 0 {
-            // Unoptimized code: no inlining, and its frame is its function's.
+            // Unoptimized code: no inlining. (In a baseline callee's
+            // prologue the frame stays named after the caller.)
             return;
         }
-        // V8's profiler names the sampled pc by the code it is in, never by
-        // the frame pointer: in a callee's prologue or epilogue the frame
-        // pointer still holds the caller's frame (or the new frame's
-        // function slot is not written yet).
-        let owner = match (code.sfi != frame.sfi).then_some(code.sfi) {
-            Some(sfi) => match self.fingerprint(sfi) {
-                Some(fingerprint) => Some((sfi, fingerprint)),
+        // In an optimized callee's prologue or epilogue the frame pointer
+        // still holds the caller's frame (or the new frame's function slot
+        // is not written yet): V8's profiler names such a pc by the code it
+        // is in, and so does nodeprof. Anywhere else, code of another
+        // function than the frame's is stale (the lookup comes after the
+        // sample): nothing is added.
+        let owner = if code.sfi == frame.sfi {
+            None
+        } else if self.frame_not_set_up(&code, frame.pc) {
+            match self.fingerprint(code.sfi) {
+                Some(fingerprint) => Some((code.sfi, fingerprint)),
                 // Unreadable now: keep the frame's own name.
                 None => return,
-            },
-            None => None,
+            }
+        } else {
+            return;
         };
         let sfis = code.inlined_at(frame.pc).unwrap_or_default();
         if owner.is_none() && sfis.is_empty() {
@@ -141,6 +148,30 @@ impl JsNaming {
         } else {
             self.inlined.insert(key, functions);
         }
+    }
+
+    /// Whether `pc` in `code` runs before its frame is set up or after it is
+    /// torn down (see [`code::frame_not_set_up`]), from the code's bytes now.
+    fn frame_not_set_up(&self, code: &CodeInfo, pc: u64) -> bool {
+        let memory = self.resolver.memory();
+        let bytes = |addr: u64, len: usize| {
+            let mut buf = vec![0u8; len];
+            memory
+                .read(addr, &mut buf)
+                .map(|()| buf)
+                .unwrap_or_default()
+        };
+        let offset = pc - code.instruction_start;
+        let prologue_len = (code.instruction_size as usize).min(code::PROLOGUE_BYTES);
+        let before_len = (offset as usize).min(code::EPILOGUE_BYTES);
+        let end = code.instruction_start + code.instruction_size;
+        let after_len = (end.saturating_sub(pc) as usize).min(code::EPILOGUE_BYTES);
+        code::frame_not_set_up(
+            &bytes(code.instruction_start, prologue_len),
+            offset,
+            &bytes(pc - before_len as u64, before_len),
+            &bytes(pc, after_len),
+        )
     }
 
     /// The fingerprint of an SFI as the sampler would have read it, now.
@@ -214,7 +245,12 @@ impl JsNaming {
     /// the sampler read.
     pub fn leaf_frames(&self, frame: &UserFrame, expand: bool) -> Vec<Frame> {
         let key = (frame.pc, frame.sfi, frame.sfi_fingerprint);
-        if let Some(functions) = self.pc_owners.get(&key) {
+        // An owner this naming could not resolve leaves the frame's name.
+        if let Some(functions) = self
+            .pc_owners
+            .get(&key)
+            .filter(|functions| self.knows(functions[0].0, functions[0].1))
+        {
             let n = if expand { functions.len() } else { 1 };
             return functions[..n.min(functions.len())]
                 .iter()

@@ -297,10 +297,11 @@ impl Symbolizer {
                 .rev()
                 .find(|old| old.knows(frame.sfi, frame.sfi_fingerprint))
             {
-                return old
-                    .frame(frame.sfi, frame.sfi_fingerprint)
-                    .into_iter()
-                    .collect();
+                return if leaf {
+                    old.leaf_frames(frame, old.leaf_inlining())
+                } else {
+                    old.frames(frame)
+                };
             }
         }
         let Some(js) = self.js.as_ref() else {
