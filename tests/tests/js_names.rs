@@ -1301,21 +1301,53 @@ fn script_ids(p: &Profile) -> BTreeMap<JsFn, String> {
         .collect()
 }
 
-/// inlined.js runs under `node --cpu-prof`, and nodeprof attaches to that
-/// same process for the phases: every function's share of the JS samples
-/// (innermost JS frame, native leaves counted for their JS caller) agrees
-/// within 2 points — the inlined helpers included, which `--cpu-prof`
-/// expands and which hold most of the time; each inlined helper appears
-/// under its caller chain (driveInlined → outerMix → midFind → leafSin); and every
-/// JS function has node's script id, `new Function` and eval code included
-/// (no URL, but a script of their own, not "0").
-fn check_inlined(major: u32) {
-    let _lock = serial();
-    let started = Instant::now();
+/// Both profiles of one run of a GO_FILE fixture under `node --cpu-prof`
+/// with nodeprof attached, and every function's share of the JS samples
+/// compared (failures: functions more than 2 points apart, too few samples).
+struct SameProcess {
+    gt: Vec<Profile>,
+    np: Profile,
+    out: Outputs,
+    gt_attr: Attribution,
+    np_attr: Attribution,
+    table: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl SameProcess {
+    /// Prints the shares and fails with both profiles' tops on any failure.
+    fn finish(self, major: u32, fixture: &str) {
+        let context = format!(
+            "shares:\n{}\n\nnode --cpu-prof ({} JS of {} samples):\n{}\n\nnodeprof ({} JS of {} samples):\n{}\n\nfolded:\n{}",
+            self.table.join("\n"),
+            self.gt_attr.js_total,
+            self.gt_attr.total,
+            self.gt_attr.top(10),
+            self.np_attr.js_total,
+            self.np_attr.total,
+            self.np_attr.top(10),
+            self.out.folded_excerpt()
+        );
+        eprintln!(
+            "node {major}: {fixture}, same process:\n{}",
+            self.table.join("\n")
+        );
+        fail_if_any(
+            major,
+            &format!("{fixture}, same process"),
+            self.failures,
+            context,
+        );
+    }
+}
+
+/// `pooled`: functions of the fixture compared by the sum of their shares
+/// (where V8's own profiler is known to split their time wrongly).
+fn same_process(major: u32, script: &str, rounds: &str, pooled: &[&str]) -> SameProcess {
     let node = node_major(major);
     let dir = scratch_dir();
     let prof_dir = dir.path().join("cpu-prof");
-    let go = dir.path().join("inlined.go");
+    let go = dir.path().join("fixture.go");
     let prof_arg = s(prof_dir.display());
     let go_arg = s(go.display());
     let target = Proc::node(
@@ -1327,11 +1359,11 @@ fn check_inlined(major: u32) {
             "--cpu-prof-dir",
             &prof_arg,
         ],
-        "js/inlined.js",
-        &[INLINED_ROUNDS, &go_arg],
+        script,
+        &[rounds, &go_arg],
         dir.path(),
     );
-    let (_run, out, np) = record_attached_at(&target, &go, dir.path(), "inlined", INLINED_HZ);
+    let (_run, out, np) = record_attached_at(&target, &go, dir.path(), "same", INLINED_HZ);
     finish_names(target, &go);
     let gt: Vec<Profile> = fs::read_dir(&prof_dir)
         .expect("node --cpu-prof wrote its directory")
@@ -1348,22 +1380,9 @@ fn check_inlined(major: u32) {
         1,
         "node {major}: one thread, one --cpu-prof profile"
     );
-    let expected: Vec<JsFn> = INLINED
-        .iter()
-        .map(|e| e.in_ground_truth(major, &gt))
-        .collect();
     let gt_attr = Attribution::of(&[&gt[0]]);
     let np_attr = Attribution::of(&[&np]);
     let mut failures = Vec::new();
-
-    // The fixture does what it says: node itself charges the helpers.
-    let helpers: f64 = expected[1..].iter().map(|f| gt_attr.share(f)).sum();
-    if helpers < 10.0 {
-        failures.push(format!(
-            "node --cpu-prof gives the inlined helpers only {helpers:.1}% of the JS samples: \
-             the fixture no longer exercises inlining"
-        ));
-    }
     if np_attr.js_total < 5000 || gt_attr.js_total < 5000 {
         failures.push(format!(
             "too few JS samples for 2 points: nodeprof {}, node --cpu-prof {}",
@@ -1372,8 +1391,16 @@ fn check_inlined(major: u32) {
     }
     let candidates: BTreeSet<&JsFn> = gt_attr.per_fn.keys().chain(np_attr.per_fn.keys()).collect();
     let mut table = Vec::new();
+    let fixture_url = fixture_url(script).1;
+    let is_pooled = |f: &JsFn| f.url == fixture_url && pooled.contains(&f.name.as_str());
+    let (mut pooled_gt, mut pooled_np) = (0.0, 0.0);
     for f in candidates {
         let (a, b) = (gt_attr.share(f), np_attr.share(f));
+        if is_pooled(f) {
+            pooled_gt += a;
+            pooled_np += b;
+            continue;
+        }
         if a.max(b) < 0.5 {
             continue;
         }
@@ -1387,6 +1414,63 @@ fn check_inlined(major: u32) {
                 "{f}: nodeprof {b:.1}% vs node --cpu-prof {a:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
             ));
         }
+    }
+    if !pooled.is_empty() {
+        let ok = (pooled_gt - pooled_np).abs() <= SAME_PROCESS_TOLERANCE_PP;
+        let names = pooled.join(" + ");
+        table.push(format!(
+            "  {names}: node --cpu-prof {pooled_gt:.1}%, nodeprof {pooled_np:.1}% {}",
+            if ok { "ok" } else { "DIFFERS" }
+        ));
+        if !ok {
+            failures.push(format!(
+                "{names}: nodeprof {pooled_np:.1}% vs node --cpu-prof {pooled_gt:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
+            ));
+        }
+    }
+    SameProcess {
+        gt,
+        np,
+        out,
+        gt_attr,
+        np_attr,
+        table,
+        failures,
+    }
+}
+
+/// inlined.js runs under `node --cpu-prof`, and nodeprof attaches to that
+/// same process for the phases: every function's share of the JS samples
+/// (innermost JS frame, native leaves counted for their JS caller) agrees
+/// within 2 points — the inlined helpers included, which `--cpu-prof`
+/// expands and which hold most of the time; each inlined helper appears
+/// under its caller chain (driveInlined → outerMix → midFind → leafSin); and every
+/// JS function has node's script id, `new Function` and eval code included
+/// (no URL, but a script of their own, not "0").
+fn check_inlined(major: u32) {
+    let _lock = serial();
+    let started = Instant::now();
+    let SameProcess {
+        gt,
+        np,
+        out,
+        gt_attr,
+        np_attr,
+        table,
+        mut failures,
+    } = same_process(major, "js/inlined.js", INLINED_ROUNDS, &[]);
+    let expected: Vec<JsFn> = INLINED
+        .iter()
+        .map(|e| e.in_ground_truth(major, &gt))
+        .collect();
+
+    // The fixture does what it says: node itself charges the helpers.
+    let helpers: f64 = expected[1..].iter().map(|f| gt_attr.share(f)).sum();
+    if helpers < 10.0 {
+        failures.push(format!(
+            "node --cpu-prof gives the inlined helpers only {helpers:.1}% of the JS samples: \
+             the fixture no longer exercises inlining"
+        ));
     }
 
     // leafSin, inlined, sits under midFind, outerMix and driveInlined.
@@ -1471,4 +1555,96 @@ fn inlined_and_eval_same_process_node24() {
 #[test]
 fn inlined_and_eval_same_process_node26() {
     check_inlined(26);
+}
+
+/// Rounds of caller_self.js (20,000 calls each).
+const CALLER_SELF_ROUNDS: &str = "2000";
+
+/// caller_self.js runs under `node --cpu-prof` with nodeprof attached: a
+/// caller with work of its own in optimized code (`nextTokenLike`, inlined
+/// into `driveTokens`) that calls a callee too large to inline (`scanLike`),
+/// the shape of TypeScript's `nextTokenWithoutCheck` → `scan`. Every
+/// function's share of the JS samples agrees within 2 points. Named by the
+/// frame pointer in the callee's prologue and epilogue, `scanLike` was 2.6
+/// points short of `--cpu-prof` in runs of 1,500 and 3,000 rounds, but only
+/// 1.3 in this test's: `check_tiny_callees` is the one that fails on that.
+/// The TypeScript workload's `nextTokenWithoutCheck` → `scan` difference is
+/// another one (see there).
+fn check_caller_self(major: u32) {
+    let _lock = serial();
+    let run = same_process(major, "js/caller_self.js", CALLER_SELF_ROUNDS, &[]);
+    run.finish(major, "caller_self.js");
+}
+
+#[test]
+fn caller_self_time_same_process_node20() {
+    check_caller_self(20);
+}
+
+#[test]
+fn caller_self_time_same_process_node26() {
+    check_caller_self(26);
+}
+
+/// The functions tiny_callees.js calls through its megamorphic site.
+const TINY_CALLEES: [&str; 6] = [
+    "addOne", "addTwo", "xorThree", "xorFour", "mulFive", "mulSix",
+];
+
+/// Rounds of tiny_callees.js (60,000 calls each).
+const TINY_CALLEES_ROUNDS: &str = "5000";
+
+/// tiny_callees.js runs under `node --cpu-prof` with nodeprof attached: six
+/// tiny functions called through one megamorphic site (TurboFan inlines
+/// none), so a good part of their time is in their prologues and epilogues,
+/// where the frame pointer is the caller's (`callAround`). V8's profiler
+/// names the sampled pc by the code it is in; nodeprof must too: each
+/// callee's share agrees within 2 points (named by the frame pointer, each
+/// had half of it: 1.4–3.8 % against 4.6–7.4 %).
+///
+/// `callAround` and its callers (`runRounds`, `main`) are compared by their
+/// sum: `--cpu-prof` gives `runRounds`, which only calls `callAround` 5,000
+/// times, about 30 % self time at that call's line on node 20 (with or
+/// without OSR or Sparkplug), and `main` about 20 % on node 26. V8's
+/// sampler skips the frame the frame pointer holds and names the sampled pc
+/// by the code map, which has no entry for the embedded builtins
+/// (`callAround`'s call trampolines); when the word at the stack top is no
+/// return address into JS code either, the sample goes to the caller's
+/// caller. nodeprof names the frame's function (`callAround`), where the
+/// time is spent. The same pattern (a callee's time charged to its caller by
+/// `--cpu-prof`: `scan` → `nextTokenWithoutCheck`, `bindWorker` → `bind`)
+/// is most of `cargo xtask bench-fidelity`'s TypeScript gap.
+fn check_tiny_callees(major: u32) {
+    let _lock = serial();
+    let mut run = same_process(
+        major,
+        "js/tiny_callees.js",
+        TINY_CALLEES_ROUNDS,
+        &["callAround", "runRounds", "main"],
+    );
+    // Not inlined, the callees run their own code, prologues included.
+    let callees: f64 = run
+        .gt_attr
+        .per_fn
+        .keys()
+        .filter(|f| f.url.ends_with("tiny_callees.js") && TINY_CALLEES.contains(&f.name.as_str()))
+        .map(|f| run.gt_attr.share(f))
+        .sum();
+    if callees < 20.0 {
+        run.failures.push(format!(
+            "node --cpu-prof gives the six callees only {callees:.1}% of the JS samples: \
+             the fixture no longer exercises calls"
+        ));
+    }
+    run.finish(major, "tiny_callees.js");
+}
+
+#[test]
+fn tiny_callees_same_process_node20() {
+    check_tiny_callees(20);
+}
+
+#[test]
+fn tiny_callees_same_process_node26() {
+    check_tiny_callees(26);
 }

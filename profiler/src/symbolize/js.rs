@@ -11,7 +11,8 @@ use nodeprof_common::UserFrame;
 use crate::image::SharedMemory;
 use crate::profile::{Frame, FrameKind};
 use crate::target::V8Runtime;
-use crate::v8::memory::MemoryExt;
+use crate::v8::code::{self, CodeInfo};
+use crate::v8::memory::{Memory, MemoryExt};
 use crate::v8::{CodeFinder, EmbeddedBlob, JsFunctionInfo, JsResolver, Lookup, V8Layout};
 
 /// Distinct (SFI, fingerprint) pairs remembered; past this, new functions are
@@ -42,6 +43,10 @@ pub struct JsNaming {
     /// Functions inlined at a sampled frame's pc, outermost first, as
     /// (SFI, fingerprint); frames without inlining are not stored.
     inlined: HashMap<FrameKey, Box<[(u64, u64)]>>,
+    /// Sampled frames whose pc is in optimized code of another function than
+    /// the frame's SFI: that function, then those inlined at the pc, as
+    /// (SFI, fingerprint). See [`JsNaming::leaf_frames`].
+    pc_owners: HashMap<FrameKey, Box<[(u64, u64)]>>,
     /// Frames whose inlining was looked up.
     inlining_seen: std::collections::HashSet<FrameKey>,
 }
@@ -58,6 +63,7 @@ impl JsNaming {
             pending: Vec::new(),
             code: CodeFinder::new(),
             inlined: HashMap::new(),
+            pc_owners: HashMap::new(),
             inlining_seen: Default::default(),
         }
     }
@@ -95,27 +101,86 @@ impl JsNaming {
             return;
         }
         self.inlining_seen.insert(key);
-        let sfis = self
+        let Some(code) = self
             .code
-            .inlined_at(self.resolver.memory(), &self.layout, frame.pc, frame.sfi);
-        if sfis.is_empty() {
+            .code_at(self.resolver.memory(), &self.layout, frame.pc)
+        else {
+            return;
+        };
+        if code.sfi == 0 {
+            // Unoptimized code: no inlining. (In a baseline callee's
+            // prologue the frame stays named after the caller.)
             return;
         }
-        let offset = u64::from(self.layout.sfi.name_or_scope_info);
-        let mut functions = Vec::with_capacity(sfis.len());
-        for sfi in sfis {
-            // The fingerprint as the sampler would have read it, now.
-            let Ok(fingerprint) = self
-                .resolver
-                .memory()
-                .read_u64(self.layout.untag(sfi).wrapping_add(offset))
-            else {
-                continue;
-            };
-            self.observe(sfi, fingerprint);
-            functions.push((sfi, fingerprint));
+        // In an optimized callee's prologue or epilogue the frame pointer
+        // still holds the caller's frame (or the new frame's function slot
+        // is not written yet): V8's profiler names such a pc by the code it
+        // is in, and so does nodeprof. Anywhere else, code of another
+        // function than the frame's is stale (the lookup comes after the
+        // sample): nothing is added.
+        let owner = if code.sfi == frame.sfi {
+            None
+        } else if self.frame_not_set_up(&code, frame.pc) {
+            match self.fingerprint(code.sfi) {
+                Some(fingerprint) => Some((code.sfi, fingerprint)),
+                // Unreadable now: keep the frame's own name.
+                None => return,
+            }
+        } else {
+            return;
+        };
+        let sfis = code.inlined_at(frame.pc).unwrap_or_default();
+        if owner.is_none() && sfis.is_empty() {
+            return;
         }
-        self.inlined.insert(key, functions.into());
+        let functions: Box<[(u64, u64)]> = owner
+            .into_iter()
+            .chain(
+                sfis.into_iter()
+                    .filter_map(|sfi| Some((sfi, self.fingerprint(sfi)?))),
+            )
+            .collect();
+        for &(sfi, fingerprint) in functions.iter() {
+            self.observe(sfi, fingerprint);
+        }
+        if owner.is_some() {
+            self.pc_owners.insert(key, functions);
+        } else {
+            self.inlined.insert(key, functions);
+        }
+    }
+
+    /// Whether `pc` in `code` runs before its frame is set up or after it is
+    /// torn down (see [`code::frame_not_set_up`]), from the code's bytes now.
+    fn frame_not_set_up(&self, code: &CodeInfo, pc: u64) -> bool {
+        let memory = self.resolver.memory();
+        let bytes = |addr: u64, len: usize| {
+            let mut buf = vec![0u8; len];
+            memory
+                .read(addr, &mut buf)
+                .map(|()| buf)
+                .unwrap_or_default()
+        };
+        let offset = pc - code.instruction_start;
+        let prologue_len = (code.instruction_size as usize).min(code::PROLOGUE_BYTES);
+        let before_len = (offset as usize).min(code::EPILOGUE_BYTES);
+        let end = code.instruction_start + code.instruction_size;
+        let after_len = (end.saturating_sub(pc) as usize).min(code::EPILOGUE_BYTES);
+        code::frame_not_set_up(
+            &bytes(code.instruction_start, prologue_len),
+            offset,
+            &bytes(pc - before_len as u64, before_len),
+            &bytes(pc, after_len),
+        )
+    }
+
+    /// The fingerprint of an SFI as the sampler would have read it, now.
+    fn fingerprint(&self, sfi: u64) -> Option<u64> {
+        let offset = u64::from(self.layout.sfi.name_or_scope_info);
+        self.resolver
+            .memory()
+            .read_u64(self.layout.untag(sfi).wrapping_add(offset))
+            .ok()
     }
 
     /// Tries again the SFIs that could not be read consistently before.
@@ -170,6 +235,35 @@ impl JsNaming {
             frames.extend(inlined.iter().filter_map(|&(sfi, fp)| self.frame(sfi, fp)));
         }
         frames
+    }
+
+    /// The frames of the frame the sampled pc is in, outermost first; with
+    /// `expand`, the functions inlined at the pc too. Named, as V8's
+    /// profiler names the sampled pc, by the code the pc is in: in a
+    /// callee's prologue (before `push rbp`) or epilogue (after `leave`) the
+    /// frame pointer still holds the caller's frame, whose function slot
+    /// the sampler read.
+    pub fn leaf_frames(&self, frame: &UserFrame, expand: bool) -> Vec<Frame> {
+        let key = (frame.pc, frame.sfi, frame.sfi_fingerprint);
+        // An owner this naming could not resolve leaves the frame's name.
+        if let Some(functions) = self
+            .pc_owners
+            .get(&key)
+            .filter(|functions| self.knows(functions[0].0, functions[0].1))
+        {
+            let n = if expand { functions.len() } else { 1 };
+            return functions[..n.min(functions.len())]
+                .iter()
+                .filter_map(|&(sfi, fp)| self.frame(sfi, fp))
+                .collect();
+        }
+        if expand {
+            self.frames(frame)
+        } else {
+            self.frame(frame.sfi, frame.sfi_fingerprint)
+                .into_iter()
+                .collect()
+        }
     }
 
     /// Whether the frame the sampled pc is in gets its inlined functions

@@ -297,10 +297,11 @@ impl Symbolizer {
                 .rev()
                 .find(|old| old.knows(frame.sfi, frame.sfi_fingerprint))
             {
-                return old
-                    .frame(frame.sfi, frame.sfi_fingerprint)
-                    .into_iter()
-                    .collect();
+                return if leaf {
+                    old.leaf_frames(frame, old.leaf_inlining())
+                } else {
+                    old.frames(frame)
+                };
             }
         }
         let Some(js) = self.js.as_ref() else {
@@ -310,11 +311,8 @@ impl Symbolizer {
             return vec![native.clone()];
         }
         if frame.sfi != 0 {
-            if leaf && !js.leaf_inlining() {
-                return js
-                    .frame(frame.sfi, frame.sfi_fingerprint)
-                    .into_iter()
-                    .collect();
+            if leaf {
+                return js.leaf_frames(frame, js.leaf_inlining());
             }
             return js.frames(frame);
         }

@@ -112,6 +112,40 @@ impl CodeInfo {
     }
 }
 
+/// x86-64 bytes of V8's frame set-up and tear-down in optimized code.
+const PUSH_RBP_MOV_RBP_RSP: [u8; 4] = [0x55, 0x48, 0x89, 0xe5];
+const MOV_RSP_RBP_POP_RBP: [u8; 4] = [0x48, 0x89, 0xec, 0x5d];
+/// After `push rbp; mov rbp,rsp`: `push rsi` (context), then `push rdi`
+/// (the function), which the frame's function slot holds once it has run.
+const FUNCTION_SLOT_WRITTEN: usize = PUSH_RBP_MOV_RBP_RSP.len() + 2;
+/// Bytes read at the start of a code object for its prologue, and on each
+/// side of a pc for an epilogue.
+pub const PROLOGUE_BYTES: usize = 48;
+pub const EPILOGUE_BYTES: usize = 16;
+
+/// Whether a pc in optimized code runs where the frame pointer does not name
+/// its function: in the prologue before the function slot is written (the
+/// frame pointer is still the caller's, or the slot holds a stale word), or
+/// in an epilogue after `mov rsp,rbp; pop rbp` and before `ret`. There V8's
+/// profiler names the pc by the code it is in; everywhere else the frame
+/// pointer's function is the code's. `prologue`: the code's first bytes;
+/// `before`/`after`: the bytes just before the pc and from it.
+pub fn frame_not_set_up(prologue: &[u8], pc_offset: u64, before: &[u8], after: &[u8]) -> bool {
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    if let Some(at) = find(prologue, &PUSH_RBP_MOV_RBP_RSP) {
+        if pc_offset < (at + FUNCTION_SLOT_WRITTEN) as u64 {
+            return true;
+        }
+    }
+    // The last tear-down before the pc, with no `ret` after it yet.
+    let torn_down = before
+        .windows(MOV_RSP_RBP_POP_RBP.len())
+        .rposition(|w| w == MOV_RSP_RBP_POP_RBP)
+        .is_some_and(|at| !before[at + MOV_RSP_RBP_POP_RBP.len()..].contains(&0xc3));
+    let returns = after.iter().any(|&b| b == 0xc3 || b == 0xc2);
+    torn_down && returns
+}
+
 /// Counters of a [`CodeFinder`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CodeStats {
@@ -146,7 +180,9 @@ impl CodeFinder {
 
     /// The functions inlined at `pc` in a frame of the function `sfi`
     /// (tagged SFIs, outermost first). Empty when the pc is not in optimized
-    /// code of that function, or nothing is inlined there.
+    /// code of that function, or nothing is inlined there. (The symbolizer
+    /// decodes the code once with [`CodeFinder::code_at`].)
+    #[cfg(test)]
     pub fn inlined_at<M: Memory + ?Sized>(
         &mut self,
         mem: &M,
@@ -534,6 +570,55 @@ fn decode_positions(bytes: &[u8], statement_bit: bool) -> Vec<(u32, u64)> {
         out.push((offset, position as u64));
     }
     out
+}
+
+#[cfg(test)]
+mod frame_region_tests {
+    use super::*;
+
+    /// TurboFan's x64 prologue: a deoptimization check, then
+    /// `push rbp; mov rbp,rsp; push rsi; push rdi; push rax`.
+    const PROLOGUE: [u8; 21] = [
+        0x48, 0x8b, 0x1d, 0xf1, 0xff, 0xff, 0xff, 0xf6, 0x43, 0x0f, 0x20, 0x0f, 0x85, 0x10, 0x00,
+        0x55, 0x48, 0x89, 0xe5, 0x56, 0x57,
+    ];
+
+    #[test]
+    fn the_prologue_runs_until_the_function_slot_is_written() {
+        // The check (0..15), push rbp (15), mov (16), push rsi (19), push rdi (20).
+        for offset in [0, 8, 15, 16, 19, 20] {
+            assert!(
+                frame_not_set_up(&PROLOGUE, offset, &[], &[0x90]),
+                "{offset}"
+            );
+        }
+        assert!(!frame_not_set_up(&PROLOGUE, 21, &[], &[0x90]));
+        assert!(!frame_not_set_up(&PROLOGUE, 400, &[0x90; 16], &[0x90; 16]));
+    }
+
+    #[test]
+    fn an_epilogue_runs_from_pop_rbp_to_ret() {
+        let body = [0x90; 16];
+        let mut before = [0x90u8; 16];
+        before[10..14].copy_from_slice(&MOV_RSP_RBP_POP_RBP);
+        // `pop rcx; lea rsp,[rsp+rax*8]; push rcx; ret`, and `ret 0x18`.
+        assert!(frame_not_set_up(
+            &body,
+            300,
+            &before,
+            &[0x59, 0x48, 0x8d, 0x24, 0xc4, 0x51, 0xc3]
+        ));
+        assert!(frame_not_set_up(&body, 300, &before, &[0xc2, 0x18, 0x00]));
+        // No return ahead, or no tear-down behind: the body.
+        assert!(!frame_not_set_up(&body, 300, &before, &[0x90; 16]));
+        assert!(!frame_not_set_up(&body, 300, &[0x90; 16], &[0xc3]));
+        // Past that return already: the next block.
+        let mut returned = before;
+        returned[15] = 0xc3;
+        assert!(!frame_not_set_up(&body, 300, &returned, &[0xc3]));
+        // A prologue the code does not have: nothing is assumed.
+        assert!(!frame_not_set_up(&[0x90; 48], 3, &[0x90; 16], &[0x90; 16]));
+    }
 }
 
 #[cfg(test)]
