@@ -5,6 +5,7 @@
 //! Every attachment is a file descriptor of this process: however nodeprof
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
 
+pub mod cfi;
 pub mod features;
 
 use std::os::fd::AsFd;
@@ -25,8 +26,9 @@ use nodeprof_common::{
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
     LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
     TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_LOST_MAP, THREAD_EVENTS_MAP,
-    V8_CONFIGS_MAP,
+    UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, V8_CONFIGS_MAP,
 };
+use nodeprof_common::{UnwindRow, UnwindTable};
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -136,6 +138,9 @@ pub struct Probe {
     sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
     /// The kernel's BTF, kept for the task iterator of a snapshot.
     btf: Option<aya::Btf>,
+    unwind_rows: Array<MapData, UnwindRow>,
+    unwind_tables: HashMap<MapData, u32, UnwindTable>,
+    unwind: cfi::UnwindTables,
 }
 
 /// A function of the target to trace, by file offset in its ELF binary, at
@@ -204,7 +209,12 @@ impl Probe {
         let calls = take_map(&mut ebpf, CALLS_MAP)?;
         let call_reads = take_map(&mut ebpf, CALL_READS_MAP)?;
         let thread_events = take_map(&mut ebpf, THREAD_EVENTS_MAP)?;
+        let unwind_rows = take_map(&mut ebpf, UNWIND_ROWS_MAP)?;
+        let unwind_tables = take_map(&mut ebpf, UNWIND_TABLES_MAP)?;
         Ok(Probe {
+            unwind_rows,
+            unwind_tables,
+            unwind: cfi::UnwindTables::default(),
             thread_events: Some(thread_events),
             ebpf,
             targets,
@@ -225,6 +235,34 @@ impl Probe {
         self.targets
             .insert(tgid, 0, 0)
             .map_err(|e| ProbeError::classify("register the target", &e))
+    }
+
+    /// Gives the sampler the `.eh_frame` rows of this process's shared
+    /// libraries (see [`cfi`]), read from its mappings now: call it once the
+    /// process runs the program to profile (after its exec), and again when
+    /// it execs or maps new code. Returns the paths of the covered objects.
+    pub fn load_unwind_tables(&mut self, tgid: u32) -> Result<Vec<String>, ProbeError> {
+        let plan = self.unwind.plan(tgid).map_err(|e| ProbeError::Kernel {
+            action: "read the target's mappings",
+            detail: e.to_string(),
+        })?;
+        for (first, rows) in &plan.writes {
+            for (i, row) in rows.iter().enumerate() {
+                self.unwind_rows
+                    .set(first + i as u32, row, 0)
+                    .map_err(|e| ProbeError::classify("store unwind rows", &e))?;
+            }
+        }
+        self.unwind_tables
+            .insert(tgid, plan.table, 0)
+            .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
+        Ok(plan.covered)
+    }
+
+    /// Whether `pc` of `tgid` lies in code mapped after its unwind table
+    /// was built (a `dlopen`, ld.so's work after an exec).
+    pub fn unwind_misses(&self, tgid: u32, pc: u64) -> bool {
+        self.unwind.is_new_code(tgid, pc)
     }
 
     /// Tells the sampler how to recognise JS frames of this process.
@@ -452,6 +490,8 @@ impl Probe {
     pub fn remove_target(&mut self, tgid: u32) {
         let _ = self.targets.remove(&tgid);
         let _ = self.v8_configs.remove(&tgid);
+        let _ = self.unwind_tables.remove(&tgid);
+        self.unwind.forget(tgid);
     }
 
     /// The ring buffer the call tracer writes into (taken once).
