@@ -339,7 +339,7 @@ mod tests {
         // 2^20 rows take all 20 steps and still find the row.
         let many = |i: u32| Some(row(i * 2, CFA_RSP, 8, 0));
         assert_eq!(find_unwind_row(0, 1 << 20, 2001, many).map(|r| r.pc), Some(2000));
-        assert_eq!(find_unwind_row(0, (1 << 20) + 1, 2001, many), None);
+        assert_eq!(find_unwind_row(0, 1 << 21, 2001, many), None);
     }
 
     /// The CFA and rbp columns `readelf --debug-dump=frames-interp` shows
@@ -362,7 +362,11 @@ mod tests {
             })
             .expect("an FDE covers the function");
         let mut lines = block.lines().skip(1);
-        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        // An FDE that only keeps its CIE's initial rule has no table.
+        let Some(header) = lines.next() else {
+            return Vec::new();
+        };
+        let header: Vec<&str> = header.split_whitespace().collect();
         let rbp = header.iter().position(|h| *h == "rbp");
         lines
             .map(|l| {
@@ -393,7 +397,7 @@ mod tests {
         assert!(found.rows.len() > 1000 && found.rows.len() < 100_000, "{}", found.rows.len());
         assert!(found.rows.windows(2).all(|w| w[0].pc < w[1].pc));
         let mut checked = 0;
-        for name in ["malloc", "free", "__libc_open64", "vfprintf", "memmove"] {
+        for name in ["malloc", "free", "open64", "mmap", "__printf_fp", "memmove"] {
             let address = symbol(&data, name);
             let expected = readelf_rows(LIBC, address);
             for (loc, cfa, rbp) in expected {
@@ -418,6 +422,7 @@ mod tests {
                 checked += 1;
             }
         }
+        eprintln!("libc: {} rows, {checked} compared with readelf", found.rows.len());
         assert!(checked >= 10, "only {checked} rows compared");
     }
 
