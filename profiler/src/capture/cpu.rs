@@ -374,6 +374,7 @@ async fn run(
         source: e.into(),
     })?;
     if let Some(child) = launched {
+        probe.prepare_unwind_rows(pid);
         if let Some(found) = runtime.preload(&child.program) {
             exe = Some((found.exe.clone(), found.v8.is_ok()));
             layout = found.v8.as_ref().ok().map(|v8| v8.layout.clone());

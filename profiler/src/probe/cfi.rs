@@ -185,7 +185,7 @@ fn load_bias(data: &[u8], mapping: &Mapping) -> Option<u64> {
 }
 
 /// Where one file's rows are in `UNWIND_ROWS`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stored {
     first_row: u32,
     rows: u32,
@@ -202,13 +202,25 @@ pub struct UnwindTables {
     seen: HashMap<u32, Vec<(u64, u64)>>,
 }
 
-/// A target's objects to cover, new rows to store first.
+/// A target's objects to cover, in order of priority, each with the rows
+/// to store first when its file is new.
+#[derive(Default)]
 pub struct Plan {
-    pub table: UnwindTable,
-    /// Rows to write at `UNWIND_ROWS[index..]`.
-    pub writes: Vec<(u32, Vec<UnwindRow>)>,
+    pub objects: Vec<(UnwindObject, Option<(u32, Vec<UnwindRow>)>)>,
     /// The covered objects' paths, for the log.
     pub covered: Vec<String>,
+}
+
+impl Plan {
+    /// The table of the first `count` objects.
+    pub fn table(&self, count: usize) -> UnwindTable {
+        let mut table = UnwindTable::default();
+        for (slot, (object, _)) in table.objects.iter_mut().zip(&self.objects[..count]) {
+            *slot = *object;
+        }
+        table.count = count as u32;
+        table
+    }
 }
 
 impl UnwindTables {
@@ -225,61 +237,70 @@ impl UnwindTables {
         let mut candidates: Vec<&Mapping> = mappings.iter().filter(|m| m.is_file()).collect();
         // libc and libm hold the leaves that cut stacks: they get the first slots.
         candidates.sort_by_key(|m| !(m.path.contains("/libc.so") || m.path.contains("/libm.so")));
-        let mut plan = Plan {
-            table: UnwindTable::default(),
-            writes: Vec::new(),
-            covered: Vec::new(),
-        };
+        let mut plan = Plan::default();
         for mapping in candidates {
-            if plan.table.count as usize == MAX_UNWIND_OBJECTS {
+            if plan.objects.len() == MAX_UNWIND_OBJECTS {
                 break;
             }
-            let Some(file) = open_mapped_file(pid, mapping) else {
+            let Some(mut file) = open_mapped_file(pid, mapping) else {
                 continue;
             };
             let Ok(meta) = file.metadata() else { continue };
             let key = (meta.dev(), meta.ino());
-            if Some(key) == exe {
+            if Some(key) == exe || self.files.get(&key) == Some(&None) {
                 continue;
             }
             let mut data = Vec::new();
-            if std::io::Read::read_to_end(&mut &file, &mut data).is_err() {
+            if std::io::Read::read_to_end(&mut file, &mut data).is_err() {
                 continue;
             }
-            let stored = match self.files.get(&key) {
-                Some(stored) => *stored,
-                None => {
-                    let stored = rows_of_elf(&data).ok().and_then(|found| {
-                        let count = u32::try_from(found.rows.len()).ok()?;
-                        let first_row = self.next_row;
-                        (first_row.checked_add(count)? <= MAX_UNWIND_ROWS).then(|| {
-                            self.next_row += count;
-                            plan.writes.push((first_row, found.rows));
-                            Stored {
-                                first_row,
-                                rows: count,
-                                base: found.base,
-                            }
-                        })
-                    });
-                    self.files.insert(key, stored);
-                    stored
-                }
-            };
-            let (Some(stored), Some(bias)) = (stored, load_bias(&data, mapping)) else {
+            let Some(bias) = load_bias(&data, mapping) else {
                 continue;
             };
-            plan.table.objects[plan.table.count as usize] = UnwindObject {
+            let (stored, write) = match self.files.get(&key) {
+                Some(stored) => (*stored, None),
+                None => match self.store(&data) {
+                    Some((stored, rows)) => {
+                        self.files.insert(key, Some(stored));
+                        (Some(stored), Some((stored.first_row, rows)))
+                    }
+                    None => {
+                        self.files.insert(key, None);
+                        (None, None)
+                    }
+                },
+            };
+            let Some(stored) = stored else { continue };
+            let object = UnwindObject {
                 start: mapping.start,
                 end: mapping.end,
                 bias: bias.wrapping_add(stored.base),
                 first_row: stored.first_row,
                 rows: stored.rows,
             };
-            plan.table.count += 1;
+            plan.objects.push((object, write));
             plan.covered.push(mapping.path.clone());
         }
         Ok(plan)
+    }
+
+    /// The rows of a file, given their place in `UNWIND_ROWS`; None without
+    /// an `.eh_frame` or past the budget.
+    fn store(&mut self, data: &[u8]) -> Option<(Stored, Vec<UnwindRow>)> {
+        let found = rows_of_elf(data).ok()?;
+        let count = u32::try_from(found.rows.len()).ok()?;
+        let first_row = self.next_row;
+        if first_row.checked_add(count)? > MAX_UNWIND_ROWS {
+            tracing::debug!("unwind rows: budget of {MAX_UNWIND_ROWS} rows reached");
+            return None;
+        }
+        self.next_row += count;
+        let stored = Stored {
+            first_row,
+            rows: count,
+            base: found.base,
+        };
+        Some((stored, found.rows))
     }
 
     /// Whether `pc` of `pid` lies in no executable mapping its table was

@@ -246,17 +246,45 @@ impl Probe {
             action: "read the target's mappings",
             detail: e.to_string(),
         })?;
-        for (first, rows) in &plan.writes {
-            for (i, row) in rows.iter().enumerate() {
-                self.unwind_rows
-                    .set(first + i as u32, row, 0)
-                    .map_err(|e| ProbeError::classify("store unwind rows", &e))?;
+        // Object by object, libc first: each is in use as soon as its rows are.
+        for (count, (_, write)) in plan.objects.iter().enumerate() {
+            if let Some((first, rows)) = write {
+                self.store_unwind_rows(*first, rows)?;
+            }
+            self.unwind_tables
+                .insert(tgid, plan.table(count + 1), 0)
+                .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
+        }
+        if plan.objects.is_empty() {
+            let _ = self.unwind_tables.remove(&tgid);
+        }
+        Ok(plan.covered)
+    }
+
+    /// Stores the rows of the libraries `pid` maps now, without giving it a
+    /// table: a launched child, before its exec, maps nodeprof's own libc,
+    /// most likely the very file node will map, so that table is ready at once.
+    pub fn prepare_unwind_rows(&mut self, pid: u32) {
+        let Ok(plan) = self.unwind.plan(pid) else {
+            return;
+        };
+        self.unwind.forget(pid);
+        for (_, write) in &plan.objects {
+            if let Some((first, rows)) = write {
+                if let Err(e) = self.store_unwind_rows(*first, rows) {
+                    tracing::debug!("unwind rows not stored: {e}");
+                }
             }
         }
-        self.unwind_tables
-            .insert(tgid, plan.table, 0)
-            .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
-        Ok(plan.covered)
+    }
+
+    fn store_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
+        for (i, row) in rows.iter().enumerate() {
+            self.unwind_rows
+                .set(first + i as u32, row, 0)
+                .map_err(|e| ProbeError::classify("store unwind rows", &e))?;
+        }
+        Ok(())
     }
 
     /// Whether `pc` of `tgid` lies in code mapped after its unwind table
