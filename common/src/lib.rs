@@ -173,8 +173,17 @@ pub struct SampleRecord {
     /// Kernel instruction pointers, innermost first.
     pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
     /// User frames, innermost first (the first pc is the interrupted pc, the
-    /// rest are return addresses).
+    /// rest are return addresses); below the `leaf_pcs` when there are some.
     pub user_stack: [UserFrame; MAX_USER_FRAMES],
+    /// How many frames the `.eh_frame` rows unwound before the
+    /// frame-pointer walk (`leaf_pcs`); 0 when the walk starts at the
+    /// interrupted pc.
+    pub leaf_frames: u32,
+    pub _pad: u32,
+    /// The pcs of those frames, innermost first (the interrupted pc, then
+    /// return addresses); `user_stack` holds their callers. Kept apart so
+    /// that the verifier checks the frame-pointer walk once, from slot 0.
+    pub leaf_pcs: [u64; MAX_UNWIND_LEVELS],
 }
 
 /// One frame of the user stack, as the sampler's frame-pointer walk saw it.
@@ -261,6 +270,10 @@ pub struct CallEvent {
 impl SampleRecord {
     pub fn kernel_stack(&self) -> &[u64] {
         &self.kernel_stack[..(self.kernel_frames as usize).min(MAX_KERNEL_FRAMES)]
+    }
+
+    pub fn leaf_pcs(&self) -> &[u64] {
+        &self.leaf_pcs[..(self.leaf_frames as usize).min(MAX_UNWIND_LEVELS)]
     }
 
     pub fn user_stack(&self) -> &[UserFrame] {

@@ -163,9 +163,10 @@ pub(crate) unsafe fn fill_record(
                 // Frames of code without frame pointers (libc) first, by
                 // their `.eh_frame` rows; then the frame-pointer chain.
                 let (unwound, pc, fp) = match UNWIND_TABLES.get(&tgid) {
-                    Some(table) => unwind_with_rows(table, pc, fp, sp, &mut (*record).user_stack),
+                    Some(table) => unwind_with_rows(table, pc, fp, sp, &mut (*record).leaf_pcs),
                     None => (0, pc, fp),
                 };
+                (*record).leaf_frames = unwound as u32;
                 // A thread leaving the CPU mostly sits in a libc syscall
                 // wrapper without a frame pointer; a sampled one rarely.
                 // Without a row for it, a frame record is searched for.
@@ -174,8 +175,14 @@ pub(crate) unsafe fn fill_record(
                 } else {
                     fp
                 };
-                let n = walk_user_stack(unwound, pc, fp, &config, &mut (*record).user_stack);
-                if kind == SAMPLE_ON_CPU && n > 0 && (*record).user_stack[0].sfi != 0 {
+                let n = walk_user_stack(pc, fp, &config, &mut (*record).user_stack);
+                // Read back, not `unwound`: a count kept live across the walk
+                // would make the verifier check the walk once per value.
+                if kind == SAMPLE_ON_CPU
+                    && core::ptr::read_volatile(&(*record).leaf_frames) == 0
+                    && n > 0
+                    && (*record).user_stack[0].sfi != 0
+                {
                     (*record).user_tos = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
                 }
                 n
@@ -266,7 +273,7 @@ fn walk_start(fp: u64, sp: u64) -> u64 {
 }
 
 /// Unwinds the frames whose pc lies in an object of `table` with that
-/// object's `.eh_frame` rows, writing their pcs to `frames`; stops at the
+/// object's `.eh_frame` rows, writing their pcs to `leaf_pcs`; stops at the
 /// first pc outside them, an unknown rule, a failed read or a CFA that does
 /// not move up the stack. Returns how many frames it wrote and the pc and
 /// frame pointer the frame-pointer walk goes on from (unchanged if none).
@@ -276,7 +283,7 @@ unsafe fn unwind_with_rows(
     mut pc: u64,
     mut fp: u64,
     mut sp: u64,
-    frames: &mut [UserFrame; MAX_USER_FRAMES],
+    leaf_pcs: &mut [u64; MAX_UNWIND_LEVELS],
 ) -> (usize, u64, u64) {
     for level in 0..MAX_UNWIND_LEVELS {
         // A return address is the instruction after the call, which may be
@@ -310,11 +317,7 @@ unsafe fn unwind_with_rows(
         if return_address == 0 {
             return (level, pc, fp);
         }
-        let frame = &mut frames[level];
-        frame.pc = pc;
-        frame.frame_marker = 0;
-        frame.sfi = 0;
-        frame.sfi_fingerprint = 0;
+        leaf_pcs[level] = pc;
         pc = return_address;
         fp = caller_fp;
         sp = cfa;
@@ -349,24 +352,19 @@ fn find_row(table: &UnwindTable, pc: u64) -> Option<UnwindRow> {
 /// slot is never taken for a function.
 #[inline(always)]
 unsafe fn walk_user_stack(
-    start: usize,
     mut pc: u64,
     mut fp: u64,
     config: &V8ProbeConfig,
     frames: &mut [UserFrame; MAX_USER_FRAMES],
 ) -> u32 {
-    let mut n = start as u32;
+    let mut n = 0u32;
     for i in 0..MAX_USER_FRAMES {
-        let index = start + i;
-        if index >= MAX_USER_FRAMES {
-            break;
-        }
-        let frame = &mut frames[index];
+        let frame = &mut frames[i];
         frame.pc = pc;
         frame.frame_marker = 0;
         frame.sfi = 0;
         frame.sfi_fingerprint = 0;
-        n = index as u32 + 1;
+        n = i as u32 + 1;
         if fp == 0 {
             break;
         }

@@ -326,9 +326,18 @@ impl Probe {
     pub fn load_sampler(&mut self) -> Result<(), ProbeError> {
         let program: &mut PerfEvent = program_mut(&mut self.ebpf, SAMPLER_PROGRAM)?;
         if program.fd().is_err() {
-            program
-                .load()
-                .map_err(|e| ProbeError::classify("load the sampler", &e))?;
+            program.load().map_err(|e| {
+                tracing::debug!("sampler refused: {e:?}");
+                ProbeError::classify("load the sampler", &e)
+            })?;
+            // The verifier's work is most of the start-up: worth watching.
+            if let Some(count) = program
+                .info()
+                .ok()
+                .and_then(|info| info.verified_instruction_count())
+            {
+                tracing::debug!("sampler: {count} instructions processed by the verifier");
+            }
         }
         Ok(())
     }

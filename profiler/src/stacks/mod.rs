@@ -552,5 +552,8 @@ pub fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
         comm,
         kernel_stack: [0; MAX_KERNEL_FRAMES],
         user_stack: [UserFrame::default(); MAX_USER_FRAMES],
+        leaf_frames: 0,
+        _pad: 0,
+        leaf_pcs: [0; nodeprof_common::MAX_UNWIND_LEVELS],
     })
 }
