@@ -202,11 +202,14 @@ pub struct UnwindTables {
     seen: HashMap<u32, Vec<(u64, u64)>>,
 }
 
+/// Rows of a new file and where they go: `UNWIND_ROWS[first_row..]`.
+pub type NewRows = (u32, Vec<UnwindRow>);
+
 /// A target's objects to cover, in order of priority, each with the rows
 /// to store first when its file is new.
 #[derive(Default)]
 pub struct Plan {
-    pub objects: Vec<(UnwindObject, Option<(u32, Vec<UnwindRow>)>)>,
+    pub objects: Vec<(UnwindObject, Option<NewRows>)>,
     /// The covered objects' paths, for the log.
     pub covered: Vec<String>,
 }
