@@ -375,10 +375,9 @@ fn sample(
     into: &mut Collection,
 ) -> Result<u64, StacksError> {
     probe.add_target(pid)?;
-    // Running threads' stacks keep their callers through libc leaves.
-    if let Err(e) = probe.load_unwind_tables(pid) {
-        tracing::debug!("no unwind rows for {pid}: {e}");
-    }
+    // No unwind rows here: building them (libc's and libstdc++'s
+    // `.eh_frame`) would cost a snapshot more than the few running
+    // threads caught in a libc leaf would gain.
     let attach = Instant::now();
     probe.start_sampling(window.frequency_hz)?;
     tracing::debug!("sampler attached in {:?}", attach.elapsed());
