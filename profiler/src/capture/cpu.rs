@@ -291,11 +291,6 @@ async fn run(
         let probe = Probe::load().and_then(|mut probe| {
             tracing::debug!("probe loaded");
             probe.add_target(pid)?;
-            if attached {
-                // A launched command gets its tables once it has exec'd:
-                // until then its mappings are a copy of nodeprof's.
-                load_unwind_tables(&mut probe, pid);
-            }
             probe.load_sampler()?;
             tracing::debug!("sampler verified");
             Ok(probe)
@@ -344,6 +339,13 @@ async fn run(
     }
     probe.start_sampling(options.frequency_hz)?;
     tracing::debug!("sampler attached");
+    if attached {
+        // After the attach, off start-up's critical path: until the rows
+        // are in (tens of ms), stacks are walked as without them. A
+        // launched command gets its rows once it has exec'd: until then
+        // its mappings are a copy of nodeprof's.
+        load_unwind_tables(&mut probe, pid);
+    }
     if options.clock.off_cpu() {
         probe.start_off_cpu()?;
     }
