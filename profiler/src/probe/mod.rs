@@ -160,7 +160,7 @@ pub struct CallSite {
 pub enum RingSizes {
     /// As the eBPF object declares them: for recording.
     Recording,
-    /// One page each but the samples' 256 KiB: for a snapshot of a few
+    /// One page each but the samples' 256 KiB, one unwind row: for a snapshot of a few
     /// milliseconds (`dump`), where allocating and mapping 10 MB of rings
     /// would be most of the cost.
     Snapshot,
@@ -196,7 +196,9 @@ impl Probe {
             loader
                 .map_max_entries(SAMPLES_MAP, 256 << 10)
                 .map_max_entries(CALLS_MAP, page)
-                .map_max_entries(THREAD_EVENTS_MAP, page);
+                .map_max_entries(THREAD_EVENTS_MAP, page)
+                // A snapshot builds no unwind rows (see `stacks::sample`).
+                .map_max_entries(UNWIND_ROWS_MAP, 1);
         }
         let mut ebpf = loader
             .load(PROBE_OBJECT)
