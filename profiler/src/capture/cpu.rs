@@ -375,6 +375,8 @@ async fn run(
         action: "watch the sample buffer",
         source: e.into(),
     })?;
+    // A launched child whose exec nodeprof has not seen yet: its table waits.
+    let mut unwind_pending = false;
     if let Some(child) = launched {
         probe.prepare_unwind_rows(pid);
         if let Some(found) = runtime.preload(&child.program) {
@@ -389,7 +391,13 @@ async fn run(
         // ld.so maps libc before main: the table is built as soon as it
         // is there, so that start-up's samples keep their callers too.
         wait_for_libc(pid, Duration::from_millis(100));
-        load_unwind_tables(&mut probe, pid);
+        // Never before the exec: a table of nodeprof's own mappings would
+        // give node's code at those addresses wrong rules.
+        if has_exec(pid) {
+            load_unwind_tables(&mut probe, pid);
+        } else {
+            unwind_pending = true;
+        }
     }
     // After the release: a launched child is the command now, not a copy of us.
     let blocked = if options.clock.off_cpu() {
@@ -416,6 +424,7 @@ async fn run(
         thread_events: Vec::new(),
         blocked,
         unwind_loaded: Instant::now(),
+        unwind_pending,
     };
     if let Some(blocked) = &mut intake.blocked {
         blocked.set_layout(layout);
@@ -560,6 +569,8 @@ struct Intake<'a> {
     blocked: Option<BlockedStacks>,
     /// When the target's unwind table was last built.
     unwind_loaded: Instant,
+    /// A launched child not seen exec'd yet: its table is built once it has.
+    unwind_pending: bool,
 }
 
 /// Waits until a just released child has exec'd and ld.so has mapped libc
@@ -569,11 +580,7 @@ fn wait_for_libc(pid: u32, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         // The executable first: before the exec, the child maps nodeprof's libc.
-        let exec_done = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .zip(std::env::current_exe().ok())
-            .is_some_and(|(exe, me)| exe != me);
-        let mapped = exec_done
+        let mapped = has_exec(pid)
             && crate::image::executable_mappings(pid)
                 .is_ok_and(|maps| maps.iter().any(|m| m.path.contains("/libc.so")));
         if mapped {
@@ -581,6 +588,14 @@ fn wait_for_libc(pid: u32, timeout: Duration) {
         }
         std::thread::sleep(Duration::from_micros(500));
     }
+}
+
+/// Whether a launched child runs its command now, not a copy of nodeprof.
+fn has_exec(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .zip(std::env::current_exe().ok())
+        .is_some_and(|(exe, me)| exe != me)
 }
 
 /// Shortest time between two builds of a target's unwind table on new code.
@@ -654,6 +669,14 @@ impl Intake<'_> {
     /// command) may have been cut there: the table is built again, at most
     /// every [`UNWIND_RELOAD`].
     fn follow_new_code(&mut self, probe: &mut Probe, samples_before: usize) {
+        if self.unwind_pending {
+            if has_exec(self.pid) {
+                load_unwind_tables(probe, self.pid);
+                self.unwind_loaded = Instant::now();
+                self.unwind_pending = false;
+            }
+            return;
+        }
         if self.unwind_loaded.elapsed() < UNWIND_RELOAD {
             return;
         }
