@@ -8,7 +8,7 @@
 //!   The sampler unwinds libc frames with their `.eh_frame` rows before the
 //!   frame-pointer walk; without them it measured 0.44–0.45 % (18 of 4,041:
 //!   mostly unnamed libc code, `open64`, `__libc_free`). With them
-//!   0.12–0.21 % (5–8 of ~3,500–4,000 samples) over a dozen runs, so it is
+//!   0.12–0.21 % (5–8 of ~3,500–4,000 samples) over about ten runs, so it is
 //!   still ignored: about one run in three ends at or just above 0.2 %.
 //!   What is left is mostly not a libc leaf: start-up before `main` (ld.so,
 //!   static initializers), the exit (atexit handlers such as
