@@ -13,9 +13,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use nodeprof_common::{
-    find_unwind_row, SampleRecord, UnwindRow, UnwindTable, UserFrame, V8ProbeConfig, CFA_RBP, CFA_RSP,
-    MAX_KERNEL_FRAMES, MAX_UNWIND_LEVELS, MAX_UNWIND_OBJECTS, MAX_UNWIND_ROWS, MAX_USER_FRAMES,
-    SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
+    find_unwind_row, SampleRecord, UnwindRow, UnwindTable, UserFrame, V8ProbeConfig, CFA_RBP,
+    CFA_RSP, MAX_KERNEL_FRAMES, MAX_UNWIND_LEVELS, MAX_UNWIND_OBJECTS, MAX_UNWIND_ROWS,
+    MAX_USER_FRAMES, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
 };
 
 /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
@@ -158,6 +158,9 @@ pub(crate) unsafe fn fill_record(
             None => NO_V8,
         };
         (*record).user_tos = 0;
+        // Ring-buffer memory is not zeroed: a record without registers must
+        // not show an earlier record's leaf frames.
+        (*record).leaf_frames = 0;
         (*record).user_frames = match regs {
             Some((pc, fp, sp)) => {
                 // Frames of code without frame pointers (libc) first, by

@@ -56,7 +56,9 @@ const UNKNOWN: UnwindRow = UnwindRow {
 /// functions as unknown rows, consecutive equal rules merged.
 pub fn rows_of_elf(data: &[u8]) -> Result<FileRows, CfiError> {
     let file = object::File::parse(data)?;
-    let section = file.section_by_name(".eh_frame").ok_or(CfiError::NoEhFrame)?;
+    let section = file
+        .section_by_name(".eh_frame")
+        .ok_or(CfiError::NoEhFrame)?;
     let eh_frame = EhFrame::new(section.data()?, LittleEndian);
     let mut bases = BaseAddresses::default().set_eh_frame(section.address());
     if let Some(text) = file.section_by_name(".text") {
@@ -74,7 +76,8 @@ pub fn rows_of_elf(data: &[u8]) -> Result<FileRows, CfiError> {
             continue;
         };
         // One bad FDE leaves a gap (unknown), not a table without libc.
-        let Ok(fde) = partial.parse(|section, bases, offset| section.cie_from_offset(bases, offset))
+        let Ok(fde) =
+            partial.parse(|section, bases, offset| section.cie_from_offset(bases, offset))
         else {
             continue;
         };
@@ -156,7 +159,7 @@ fn rule<T: gimli::ReaderOffset>(row: &gimli::UnwindTableRow<T>) -> UnwindRow {
         return UNKNOWN;
     }
     let rbp_offset = match row.register(X86_64::RBP) {
-        None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => 0,
+        None | Some(RegisterRule::SameValue) => 0,
         Some(RegisterRule::Offset(at)) if at < 0 && at % 8 == 0 => match i8::try_from(at / 8) {
             Ok(words) => words,
             Err(_) => return UNKNOWN,
@@ -171,18 +174,53 @@ fn rule<T: gimli::ReaderOffset>(row: &gimli::UnwindTableRow<T>) -> UnwindRow {
     }
 }
 
-/// The run-time address of ELF virtual address 0 for a mapping of `file`
-/// at `mapping` (the segment holding the mapping's file offset tells).
+/// The run-time address of ELF virtual address 0 for an executable
+/// mapping of `file` at `mapping`: where the executable segment it holds
+/// landed. The mapping starts at a page boundary, its segment maybe later in
+/// the page (lld puts .text at offset 0x1682a0, vaddr 0x1692a0), so the
+/// segment is found by its page-aligned offset, among executable ones.
 fn load_bias(data: &[u8], mapping: &Mapping) -> Option<u64> {
     let file = object::File::parse(data).ok()?;
-    file.segments().find_map(|segment| {
-        let (offset, size) = segment.file_range();
-        (mapping.offset >= offset && mapping.offset < offset + size).then(|| {
-            let address = segment.address() + (mapping.offset - offset);
-            mapping.start.wrapping_sub(address)
+    let segments: Vec<LoadSegment> = file
+        .segments()
+        .filter(|segment| {
+            matches!(segment.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0)
         })
+        .map(|segment| {
+            let (offset, size) = segment.file_range();
+            LoadSegment {
+                offset,
+                size,
+                vaddr: segment.address(),
+            }
+        })
+        .collect();
+    bias_of(&segments, mapping)
+}
+
+/// An executable PT_LOAD segment: file offset, file size, virtual address.
+#[derive(Debug, Clone, Copy)]
+struct LoadSegment {
+    offset: u64,
+    size: u64,
+    vaddr: u64,
+}
+
+fn bias_of(segments: &[LoadSegment], mapping: &Mapping) -> Option<u64> {
+    segments.iter().find_map(|s| {
+        (s.offset & !(PAGE - 1) <= mapping.offset && mapping.offset < s.offset + s.size).then(
+            || {
+                mapping
+                    .start
+                    .wrapping_add(s.offset)
+                    .wrapping_sub(mapping.offset)
+                    .wrapping_sub(s.vaddr)
+            },
+        )
     })
 }
+
+const PAGE: u64 = 4096;
 
 /// Where one file's rows are in `UNWIND_ROWS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,7 +400,10 @@ mod tests {
         assert_eq!(find_unwind_row(0, 0, 5, get), None);
         // 2^20 rows take all 20 steps and still find the row.
         let many = |i: u32| Some(row(i * 2, CFA_RSP, 8, 0));
-        assert_eq!(find_unwind_row(0, 1 << 20, 2001, many).map(|r| r.pc), Some(2000));
+        assert_eq!(
+            find_unwind_row(0, 1 << 20, 2001, many).map(|r| r.pc),
+            Some(2000)
+        );
         assert_eq!(find_unwind_row(0, 1 << 21, 2001, many), None);
     }
 
@@ -377,12 +418,15 @@ mod tests {
         let mut blocks = text.split("\n\n");
         let block = blocks
             .find(|b| {
-                b.lines().next().and_then(|l| l.split("pc=").nth(1)).is_some_and(|range| {
-                    let (s, e) = range.split_once("..").unwrap();
-                    let s = u64::from_str_radix(s, 16).unwrap();
-                    let e = u64::from_str_radix(e.trim(), 16).unwrap();
-                    address >= s && address < e
-                })
+                b.lines()
+                    .next()
+                    .and_then(|l| l.split("pc=").nth(1))
+                    .is_some_and(|range| {
+                        let (s, e) = range.split_once("..").unwrap();
+                        let s = u64::from_str_radix(s, 16).unwrap();
+                        let e = u64::from_str_radix(e.trim(), 16).unwrap();
+                        address >= s && address < e
+                    })
             })
             .expect("an FDE covers the function");
         let mut lines = block.lines().skip(1);
@@ -418,14 +462,19 @@ mod tests {
     fn libc_rows_match_readelf() {
         let data = std::fs::read(LIBC).expect("libc.so.6 at its Debian path");
         let found = rows_of_elf(&data).unwrap();
-        assert!(found.rows.len() > 1000 && found.rows.len() < 100_000, "{}", found.rows.len());
+        assert!(
+            found.rows.len() > 1000 && found.rows.len() < 100_000,
+            "{}",
+            found.rows.len()
+        );
         assert!(found.rows.windows(2).all(|w| w[0].pc < w[1].pc));
         let mut checked = 0;
         for name in ["malloc", "free", "open64", "mmap", "__printf_fp", "memmove"] {
             let address = symbol(&data, name);
             let expected = readelf_rows(LIBC, address);
             for (loc, cfa, rbp) in expected {
-                let got = lookup(&found, loc).unwrap_or_else(|| panic!("{name}: no row at {loc:x}"));
+                let got =
+                    lookup(&found, loc).unwrap_or_else(|| panic!("{name}: no row at {loc:x}"));
                 let want_cfa = if let Some(n) = cfa.strip_prefix("rsp+") {
                     (CFA_RSP, n.parse().unwrap())
                 } else if let Some(n) = cfa.strip_prefix("rbp+") {
@@ -437,7 +486,11 @@ mod tests {
                     assert_eq!(got.cfa, CFA_UNKNOWN, "{name} at {loc:x}: {cfa}");
                     continue;
                 }
-                assert_eq!((got.cfa, got.cfa_offset), want_cfa, "{name} at {loc:x}: {cfa}");
+                assert_eq!(
+                    (got.cfa, got.cfa_offset),
+                    want_cfa,
+                    "{name} at {loc:x}: {cfa}"
+                );
                 let want_rbp = match rbp.strip_prefix("c") {
                     Some(n) => n.parse::<i8>().unwrap() / 8,
                     None => 0,
@@ -446,21 +499,69 @@ mod tests {
                 checked += 1;
             }
         }
-        eprintln!("libc: {} rows, {checked} compared with readelf", found.rows.len());
+        eprintln!(
+            "libc: {} rows, {checked} compared with readelf",
+            found.rows.len()
+        );
         assert!(checked >= 10, "only {checked} rows compared");
+    }
+
+    #[test]
+    fn the_load_bias_comes_from_the_executable_segment_by_page() {
+        let mapping = |start, offset| Mapping {
+            start,
+            end: start + 0x10000,
+            offset,
+            executable: true,
+            path: "/lib/x.so".into(),
+        };
+        // GNU ld: r-- at 0, r-x at 0x28000 = vaddr 0x28000.
+        let gnu = [LoadSegment {
+            offset: 0x28000,
+            size: 0x17_0000,
+            vaddr: 0x28000,
+        }];
+        assert_eq!(
+            bias_of(&gnu, &mapping(0x7f00_0002_8000, 0x28000)),
+            Some(0x7f00_0000_0000)
+        );
+        // lld: .text at offset 0x1682a0, vaddr 0x1692a0; the mapping starts at
+        // the page (offset 0x168000), which the r-- segment before also covers.
+        let lld = [LoadSegment {
+            offset: 0x1682a0,
+            size: 0x10_0000,
+            vaddr: 0x1692a0,
+        }];
+        assert_eq!(
+            bias_of(&lld, &mapping(0x7f00_0016_9000, 0x168000)),
+            Some(0x7f00_0000_0000)
+        );
+        // A mapping of no executable segment: none.
+        assert_eq!(bias_of(&gnu, &mapping(0x7f00_0000_0000, 0)), None);
     }
 
     #[test]
     fn gaps_and_plt_are_unknown() {
         let data = std::fs::read(LIBC).unwrap();
         let found = rows_of_elf(&data).unwrap();
-        // Below the first function and past the last: nothing.
+        // Below the first function: no row; past the last: an unknown row.
         assert_eq!(lookup(&found, found.base.wrapping_sub(1)), None);
+        assert_eq!(lookup(&found, found.base).map(|r| r.pc), Some(0));
+        assert_eq!(
+            find_unwind_row(0, 2, 0, |i| [row(4, CFA_RSP, 8, 0), row(9, CFA_RSP, 16, 0)]
+                .get(i as usize)
+                .copied()),
+            None,
+            "an offset before the first row has none"
+        );
         assert_eq!(found.rows.last().unwrap().cfa, CFA_UNKNOWN);
         // The PLT's CFA is a DWARF expression.
         let file = object::File::parse(&*data).unwrap();
         if let Some(plt) = file.section_by_name(".plt") {
-            assert_eq!(lookup(&found, plt.address() + 0x10).map(|r| r.cfa), Some(CFA_UNKNOWN));
+            assert_eq!(
+                lookup(&found, plt.address() + 0x10).map(|r| r.cfa),
+                Some(CFA_UNKNOWN)
+            );
         }
     }
 }

@@ -248,17 +248,20 @@ impl Probe {
             action: "read the target's mappings",
             detail: e.to_string(),
         })?;
-        // Object by object, libc first: each is in use as soon as its rows are.
-        for (count, (_, write)) in plan.objects.iter().enumerate() {
+        // Every row first, then the table in one update: the kernel reuses a
+        // replaced hash-map element for the next update, while a sampler on
+        // another CPU may still be reading it.
+        for (_, write) in &plan.objects {
             if let Some((first, rows)) = write {
                 self.store_unwind_rows(*first, rows)?;
             }
-            self.unwind_tables
-                .insert(tgid, plan.table(count + 1), 0)
-                .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
         }
         if plan.objects.is_empty() {
             let _ = self.unwind_tables.remove(&tgid);
+        } else {
+            self.unwind_tables
+                .insert(tgid, plan.table(plan.objects.len()), 0)
+                .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
         }
         Ok(plan.covered)
     }
