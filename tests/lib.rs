@@ -1073,34 +1073,75 @@ impl Outputs {
         per
     }
 
-    /// Stacks of thread `thread` that stop before the thread's start: no
-    /// `node::Start`, `main` or `start_thread` frame (a frame-pointer walk
-    /// lost at a leaf without a frame pointer, e.g. libc's `memmove`).
-    /// `(program)` and GC-pause stacks are not counted. Returns the
-    /// truncated and counted samples, and the truncated ones by innermost
-    /// user-space frame (kernel frames, `_[k]`, skipped).
-    pub fn truncated_stacks(&self, thread: &str) -> (u64, u64, BTreeMap<String, u64>) {
-        let reached =
-            |f: &String| f.starts_with("node::Start") || f == "main" || f == "start_thread";
+    /// Main-thread stacks that stop before the thread's start, among the
+    /// samples taken while `script` runs: from the first to the last
+    /// main-thread sample with a frame of `script` (a URL ending so). A
+    /// stack is whole when its outermost frame is `node::Start`, `main` or
+    /// the entry point `_start`; a frame-pointer walk lost at a leaf
+    /// without a frame pointer (libc's `memmove`) stops short of them.
+    /// Samples before and after that window are the process loading and
+    /// initialising (the dynamic loader, static constructors, OpenSSL's
+    /// set-up) or exiting (`exit`'s handlers, `_Exit`): short stacks there
+    /// are not what is measured. `(program)` and GC-pause-only stacks are
+    /// not counted. Returns the truncated and counted samples, and the
+    /// truncated ones by `outermost … innermost` frame.
+    pub fn truncated_main_stacks_while(&self, script: &str) -> (u64, u64, BTreeMap<String, u64>) {
+        let nodes = self.nodes_by_id();
+        let mut parent = BTreeMap::new();
+        for (&id, node) in &nodes {
+            for child in node["children"].as_array().expect("children") {
+                parent.insert(child.as_u64().unwrap(), id);
+            }
+        }
+        let root = self.cpuprofile["nodes"][0]["id"].as_u64().unwrap();
+        let name = |id: u64| nodes[&id]["callFrame"]["functionName"].as_str().unwrap();
+        // Each sample's frames, innermost first.
+        let stacks: Vec<Vec<u64>> = self.cpuprofile["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|s| {
+                let mut frames = vec![];
+                let mut id = s.as_u64().unwrap();
+                while id != root {
+                    frames.push(id);
+                    id = parent[&id];
+                }
+                frames
+            })
+            .collect();
+        let main = |frames: &Vec<u64>| {
+            frames
+                .last()
+                .is_some_and(|&f| !Outputs::is_thread_node(name(f)))
+        };
+        let runs_script = |frames: &Vec<u64>| {
+            frames.iter().any(|&f| {
+                nodes[&f]["callFrame"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(script))
+            })
+        };
+        let first = stacks.iter().position(|f| main(f) && runs_script(f));
+        let last = stacks.iter().rposition(|f| main(f) && runs_script(f));
+        let (Some(first), Some(last)) = (first, last) else {
+            return (0, 0, BTreeMap::new());
+        };
+        let whole = |f: &str| f.starts_with("node::Start") || f == "main" || f == "_start";
         let (mut truncated, mut counted) = (0, 0);
         let mut leaves = BTreeMap::new();
-        for s in self.folded.iter().filter(|s| s.thread == thread) {
-            if s.frames.is_empty() || s.frames.iter().all(|f| f.starts_with('(')) {
+        for frames in stacks[first..=last].iter().filter(|f| main(f)) {
+            if frames.iter().all(|&f| name(f).starts_with('(')) {
                 continue;
             }
-            counted += s.count;
-            if s.frames.iter().any(reached) {
+            counted += 1;
+            let outermost = name(*frames.last().unwrap());
+            if whole(outermost) {
                 continue;
             }
-            truncated += s.count;
-            let leaf = s
-                .frames
-                .iter()
-                .rev()
-                .find(|f| !f.ends_with("_[k]"))
-                .cloned()
-                .unwrap_or_else(|| "(kernel only)".into());
-            *leaves.entry(leaf).or_default() += s.count;
+            truncated += 1;
+            let key = format!("{outermost} … {}", name(frames[0]));
+            *leaves.entry(key).or_default() += 1;
         }
         (truncated, counted, leaves)
     }

@@ -19,6 +19,11 @@ pub const TARGETS_MAP: &str = "TARGETS";
 pub const LOST_MAP: &str = "LOST";
 /// Name of the hash map of per-target V8 layouts (key: tgid, value: [`V8ProbeConfig`]).
 pub const V8_CONFIGS_MAP: &str = "V8_CONFIGS";
+/// Name of the array of every covered object's unwind rows ([`UnwindRow`]),
+/// each object's rows sorted by pc and stored once.
+pub const UNWIND_ROWS_MAP: &str = "UNWIND_ROWS";
+/// Name of the hash map of per-target unwind tables (key: tgid, value: [`UnwindTable`]).
+pub const UNWIND_TABLES_MAP: &str = "UNWIND_TABLES";
 /// Name of the perf_event sampler program.
 pub const SAMPLER_PROGRAM: &str = "nodeprof_sample";
 
@@ -168,8 +173,17 @@ pub struct SampleRecord {
     /// Kernel instruction pointers, innermost first.
     pub kernel_stack: [u64; MAX_KERNEL_FRAMES],
     /// User frames, innermost first (the first pc is the interrupted pc, the
-    /// rest are return addresses).
+    /// rest are return addresses); below the `leaf_pcs` when there are some.
     pub user_stack: [UserFrame; MAX_USER_FRAMES],
+    /// How many frames the `.eh_frame` rows unwound before the
+    /// frame-pointer walk (`leaf_pcs`); 0 when the walk starts at the
+    /// interrupted pc.
+    pub leaf_frames: u32,
+    pub _pad: u32,
+    /// The pcs of those frames, innermost first (the interrupted pc, then
+    /// return addresses); `user_stack` holds their callers. Kept apart so
+    /// that the verifier checks the frame-pointer walk once, from slot 0.
+    pub leaf_pcs: [u64; MAX_UNWIND_LEVELS],
 }
 
 /// One frame of the user stack, as the sampler's frame-pointer walk saw it.
@@ -258,6 +272,10 @@ impl SampleRecord {
         &self.kernel_stack[..(self.kernel_frames as usize).min(MAX_KERNEL_FRAMES)]
     }
 
+    pub fn leaf_pcs(&self) -> &[u64] {
+        &self.leaf_pcs[..(self.leaf_frames as usize).min(MAX_UNWIND_LEVELS)]
+    }
+
     pub fn user_stack(&self) -> &[UserFrame] {
         &self.user_stack[..(self.user_frames as usize).min(MAX_USER_FRAMES)]
     }
@@ -285,3 +303,102 @@ unsafe impl aya::Pod for OffCpu {}
 unsafe impl aya::Pod for ThreadEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TaskRecord {}
+
+/// Rows the [`UNWIND_ROWS_MAP`] holds: 2 MiB of kernel memory; libc needs
+/// about 30,000, a typical node process's libraries together under 100,000.
+pub const MAX_UNWIND_ROWS: u32 = 1 << 18;
+/// Objects (shared libraries) one target's [`UnwindTable`] covers.
+pub const MAX_UNWIND_OBJECTS: usize = 8;
+/// Frames the sampler unwinds with `.eh_frame` rows before it goes on with
+/// frame pointers: a libc leaf and the libc functions that called it.
+pub const MAX_UNWIND_LEVELS: usize = 4;
+/// Steps of the binary search for a row: objects of up to 2^20 rows.
+pub const UNWIND_SEARCH_STEPS: usize = 20;
+
+/// [`UnwindRow::cfa`]: no rule the sampler applies (a DWARF expression, a
+/// PLT, a gap between functions): unwinding stops there.
+pub const CFA_UNKNOWN: u8 = 0;
+/// [`UnwindRow::cfa`]: CFA = rsp + offset.
+pub const CFA_RSP: u8 = 1;
+/// [`UnwindRow::cfa`]: CFA = rbp + offset.
+pub const CFA_RBP: u8 = 2;
+
+/// How to find the caller's frame from one address range of an object's
+/// code, from its `.eh_frame` (x86-64: the return address is at CFA - 8).
+/// Valid from `pc` up to the next row's `pc`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// Address relative to [`UnwindObject::bias`].
+    pub pc: u32,
+    /// Added to the register named by `cfa` to give the CFA.
+    pub cfa_offset: u16,
+    /// Where the caller's rbp was saved, in 8-byte words from the CFA
+    /// (always negative); 0: rbp still holds the caller's value.
+    pub rbp_offset: i8,
+    /// [`CFA_RSP`], [`CFA_RBP`] or [`CFA_UNKNOWN`].
+    pub cfa: u8,
+}
+
+/// One object of a target whose code the sampler unwinds with rows.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct UnwindObject {
+    /// Run-time address range of its executable mapping.
+    pub start: u64,
+    pub end: u64,
+    /// Run-time address a row's `pc` is relative to.
+    pub bias: u64,
+    /// Its rows: `UNWIND_ROWS[first_row .. first_row + rows]`.
+    pub first_row: u32,
+    pub rows: u32,
+}
+
+/// The objects of one target the sampler unwinds with rows.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct UnwindTable {
+    pub count: u32,
+    pub _pad: u32,
+    pub objects: [UnwindObject; MAX_UNWIND_OBJECTS],
+}
+
+/// The row that holds for `offset` among `rows` rows from `first` (the last
+/// one at or before it), read with `row`; None past [`UNWIND_SEARCH_STEPS`]
+/// steps, on a failed read, or before the first row. The sampler's search,
+/// shared so that user space tests the very code the kernel runs.
+#[inline(always)]
+pub fn find_unwind_row(
+    first: u32,
+    rows: u32,
+    offset: u32,
+    row: impl Fn(u32) -> Option<UnwindRow>,
+) -> Option<UnwindRow> {
+    if rows == 0 {
+        return None;
+    }
+    // Invariant: rows[lo].pc <= offset < rows[hi].pc (hi one past the end).
+    let mut lo = first;
+    let mut hi = first + rows;
+    for _ in 0..UNWIND_SEARCH_STEPS {
+        if hi - lo <= 1 {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        if row(mid)?.pc <= offset {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    if hi - lo > 1 {
+        return None;
+    }
+    let found = row(lo)?;
+    (found.pc <= offset).then_some(found)
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for UnwindRow {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for UnwindTable {}

@@ -8,13 +8,14 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, perf_event},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::PerfEventContext,
     EbpfContext,
 };
 use nodeprof_common::{
-    SampleRecord, UserFrame, V8ProbeConfig, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, SAMPLE_OFF_CPU,
-    SAMPLE_ON_CPU,
+    find_unwind_row, SampleRecord, UnwindRow, UnwindTable, UserFrame, V8ProbeConfig, CFA_RBP,
+    CFA_RSP, MAX_KERNEL_FRAMES, MAX_UNWIND_LEVELS, MAX_UNWIND_OBJECTS, MAX_UNWIND_ROWS,
+    MAX_USER_FRAMES, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
 };
 
 /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
@@ -31,6 +32,14 @@ static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "V8_CONFIGS")]
 static V8_CONFIGS: HashMap<u32, V8ProbeConfig> = HashMap::with_max_entries(1024, 0);
+
+/// `.eh_frame` rows of the objects built without frame pointers (libc…),
+/// computed by user space (`probe/cfi.rs`).
+#[map(name = "UNWIND_ROWS")]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_UNWIND_ROWS, 0);
+
+#[map(name = "UNWIND_TABLES")]
+static UNWIND_TABLES: HashMap<u32, UnwindTable> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -149,17 +158,34 @@ pub(crate) unsafe fn fill_record(
             None => NO_V8,
         };
         (*record).user_tos = 0;
+        // Ring-buffer memory is not zeroed: a record without registers must
+        // not show an earlier record's leaf frames.
+        (*record).leaf_frames = 0;
         (*record).user_frames = match regs {
             Some((pc, fp, sp)) => {
+                // Frames of code without frame pointers (libc) first, by
+                // their `.eh_frame` rows; then the frame-pointer chain.
+                let (unwound, pc, fp) = match UNWIND_TABLES.get(&tgid) {
+                    Some(table) => unwind_with_rows(table, pc, fp, sp, &mut (*record).leaf_pcs),
+                    None => (0, pc, fp),
+                };
+                (*record).leaf_frames = unwound as u32;
                 // A thread leaving the CPU mostly sits in a libc syscall
                 // wrapper without a frame pointer; a sampled one rarely.
-                let fp = if kind == SAMPLE_OFF_CPU {
+                // Without a row for it, a frame record is searched for.
+                let fp = if kind == SAMPLE_OFF_CPU && unwound == 0 {
                     walk_start(fp, sp)
                 } else {
                     fp
                 };
                 let n = walk_user_stack(pc, fp, &config, &mut (*record).user_stack);
-                if kind == SAMPLE_ON_CPU && n > 0 && (*record).user_stack[0].sfi != 0 {
+                // Read back, not `unwound`: a count kept live across the walk
+                // would make the verifier check the walk once per value.
+                if kind == SAMPLE_ON_CPU
+                    && core::ptr::read_volatile(&(*record).leaf_frames) == 0
+                    && n > 0
+                    && (*record).user_stack[0].sfi != 0
+                {
                     (*record).user_tos = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
                 }
                 n
@@ -247,6 +273,80 @@ fn walk_start(fp: u64, sp: u64) -> u64 {
         }
     }
     fp
+}
+
+/// Unwinds the frames whose pc lies in an object of `table` with that
+/// object's `.eh_frame` rows, writing their pcs to `leaf_pcs`; stops at the
+/// first pc outside them, an unknown rule, a failed read or a CFA that does
+/// not move up the stack. Returns how many frames it wrote and the pc and
+/// frame pointer the frame-pointer walk goes on from (unchanged if none).
+#[inline(always)]
+unsafe fn unwind_with_rows(
+    table: &UnwindTable,
+    mut pc: u64,
+    mut fp: u64,
+    mut sp: u64,
+    leaf_pcs: &mut [u64; MAX_UNWIND_LEVELS],
+) -> (usize, u64, u64) {
+    for level in 0..MAX_UNWIND_LEVELS {
+        // A return address is the instruction after the call, which may be
+        // the next function's first: its call lies one byte before.
+        let lookup = if level == 0 { pc } else { pc - 1 };
+        let Some(row) = find_row(table, lookup) else {
+            return (level, pc, fp);
+        };
+        let base = match row.cfa {
+            CFA_RSP => sp,
+            CFA_RBP => fp,
+            _ => return (level, pc, fp),
+        };
+        let cfa = base + row.cfa_offset as u64;
+        if cfa <= sp || cfa - sp > MAX_FRAME_SIZE {
+            return (level, pc, fp);
+        }
+        // SAFETY: checked reads of user memory.
+        let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+            return (level, pc, fp);
+        };
+        let caller_fp = if row.rbp_offset == 0 {
+            fp
+        } else {
+            let at = cfa.wrapping_add((row.rbp_offset as i64 * 8) as u64);
+            match unsafe { bpf_probe_read_user(at as *const u64) } {
+                Ok(saved) => saved,
+                Err(_) => return (level, pc, fp),
+            }
+        };
+        if return_address == 0 {
+            return (level, pc, fp);
+        }
+        leaf_pcs[level] = pc;
+        pc = return_address;
+        fp = caller_fp;
+        sp = cfa;
+    }
+    (MAX_UNWIND_LEVELS, pc, fp)
+}
+
+/// The row of `table` that holds for `pc`, if an object of it covers `pc`.
+#[inline(always)]
+fn find_row(table: &UnwindTable, pc: u64) -> Option<UnwindRow> {
+    let mut found = None;
+    for i in 0..MAX_UNWIND_OBJECTS {
+        if i as u32 >= table.count {
+            break;
+        }
+        let object = &table.objects[i];
+        if pc >= object.start && pc < object.end && pc >= object.bias {
+            found = Some((pc - object.bias, object.first_row, object.rows));
+            break;
+        }
+    }
+    let (offset, first, rows) = found?;
+    if offset > u32::MAX as u64 {
+        return None;
+    }
+    find_unwind_row(first, rows, offset as u32, |i| UNWIND_ROWS.get(i).copied())
 }
 
 /// Walks the frame-pointer chain. For each frame records the pc, the word

@@ -3,19 +3,26 @@
 //! wrapper) must still reach the thread's start, with every JS frame above.
 //!
 //! - `libc_leaves_keep_their_callers`: libc_paths.js (fs.statSync,
-//!   JSON.stringify, Buffer copies) launched on node 22 at 999 Hz: the share
-//!   of main-thread samples whose stack stops before `node::Start`/`main`.
-//!   Ignored until the fix: it fails today (0.73 %, 20 of 2,722 samples:
-//!   `malloc`, `open64`, `mmap`, unnamed libc code, and a few before `main`
-//!   or in `_Exit`), and is the measurement the fix must bring under 0.2 %
-//!   (`cargo test -p nodeprof-tests --test stacks -- --ignored --nocapture`).
+//!   JSON.stringify, Buffer copies) launched on node 22 at 999 Hz for 6 s:
+//!   the share of main-thread samples taken while the script runs whose
+//!   stack stops before `node::Start`/`main`. The process's own start
+//!   (ld.so, static initializers) and exit (`exit`'s handlers, `_Exit`) are
+//!   left out: there the stack is short because the process is, not cut.
+//!   The sampler unwinds libc frames with their `.eh_frame` rows before the
+//!   frame-pointer walk: 0–1 of about 6,000 samples (0.00–0.02 %) in three
+//!   runs; with the frame-pointer walk alone 11 of 5,998 (0.18 %: unnamed
+//!   libc code, `malloc`, `_IO_default_xsputn`). The issue's goal is under
+//!   0.2 %; the test asks under 0.1 % so that it fails without the rows.
+//!   Counted over the whole process, start and exit included, the rows give
+//!   0.12–0.21 % and the walk alone 0.45 %.
 
 use std::time::Duration;
 
 use nodeprof_tests::*;
 
-/// The issue's goal: fewer than this share of main-thread samples truncated.
-const MAX_TRUNCATED_PERCENT: f64 = 0.2;
+/// Under the issue's goal (0.2 %), and under what the frame-pointer walk
+/// alone gives (0.18 %).
+const MAX_TRUNCATED_PERCENT: f64 = 0.1;
 
 /// Records libc_paths.js for `seconds` and returns the outputs.
 fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Outputs {
@@ -48,15 +55,14 @@ fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Output
 }
 
 #[test]
-#[ignore = "issue 14 item 3: fails (0.73 % truncated) until libc leaves are unwound with .eh_frame"]
 fn libc_leaves_keep_their_callers() {
     let _lock = serial();
     let dir = scratch_dir();
-    let out = record_libc_paths(dir.path(), 22, "4");
-    let (truncated, counted, leaves) = out.truncated_stacks("main");
+    let out = record_libc_paths(dir.path(), 22, "6");
+    let (truncated, counted, leaves) = out.truncated_main_stacks_while("libc_paths.js");
     assert!(
         counted > 1000,
-        "too few main-thread samples to measure 0.2 %: {counted}\n{}",
+        "too few main-thread samples to measure 0.1 %: {counted}\n{}",
         out.folded_excerpt()
     );
     let percent = 100.0 * truncated as f64 / counted as f64;

@@ -4,7 +4,7 @@
 //! [`Capture::profile`] turns what was taken into a [`Profile`].
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
@@ -339,6 +339,13 @@ async fn run(
     }
     probe.start_sampling(options.frequency_hz)?;
     tracing::debug!("sampler attached");
+    if attached {
+        // After the attach, off start-up's critical path: until the rows
+        // are in (tens of ms), stacks are walked as without them. A
+        // launched command gets its rows once it has exec'd: until then
+        // its mappings are a copy of nodeprof's.
+        load_unwind_tables(&mut probe, pid);
+    }
     if options.clock.off_cpu() {
         probe.start_off_cpu()?;
     }
@@ -368,7 +375,10 @@ async fn run(
         action: "watch the sample buffer",
         source: e.into(),
     })?;
+    // A launched child whose exec nodeprof has not seen yet: its table waits.
+    let mut unwind_pending = false;
     if let Some(child) = launched {
+        probe.prepare_unwind_rows(pid);
         if let Some(found) = runtime.preload(&child.program) {
             exe = Some((found.exe.clone(), found.v8.is_ok()));
             layout = found.v8.as_ref().ok().map(|v8| v8.layout.clone());
@@ -378,6 +388,16 @@ async fn run(
             }
         }
         child.release()?;
+        // ld.so maps libc before main: the table is built as soon as it
+        // is there, so that start-up's samples keep their callers too.
+        wait_for_libc(pid, Duration::from_millis(100));
+        // Never before the exec: a table of nodeprof's own mappings would
+        // give node's code at those addresses wrong rules.
+        if has_exec(pid) {
+            load_unwind_tables(&mut probe, pid);
+        } else {
+            unwind_pending = true;
+        }
     }
     // After the release: a launched child is the command now, not a copy of us.
     let blocked = if options.clock.off_cpu() {
@@ -403,6 +423,8 @@ async fn run(
         threads: thread_collector,
         thread_events: Vec::new(),
         blocked,
+        unwind_loaded: Instant::now(),
+        unwind_pending,
     };
     if let Some(blocked) = &mut intake.blocked {
         blocked.set_layout(layout);
@@ -545,6 +567,47 @@ struct Intake<'a> {
     thread_events: Vec<ThreadEvent>,
     /// Exact stacks of threads off CPU (`--off-cpu`, `--wall`).
     blocked: Option<BlockedStacks>,
+    /// When the target's unwind table was last built.
+    unwind_loaded: Instant,
+    /// A launched child not seen exec'd yet: its table is built once it has.
+    unwind_pending: bool,
+}
+
+/// Waits until a just released child has exec'd and ld.so has mapped libc
+/// (or `timeout` passes: a static program, or a slow start that
+/// [`Intake::follow_new_code`] catches up with).
+fn wait_for_libc(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        // The executable first: before the exec, the child maps nodeprof's libc.
+        let mapped = has_exec(pid)
+            && crate::image::executable_mappings(pid)
+                .is_ok_and(|maps| maps.iter().any(|m| m.path.contains("/libc.so")));
+        if mapped {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Whether a launched child runs its command now, not a copy of nodeprof.
+fn has_exec(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .zip(std::env::current_exe().ok())
+        .is_some_and(|(exe, me)| exe != me)
+}
+
+/// Shortest time between two builds of a target's unwind table on new code.
+const UNWIND_RELOAD: Duration = Duration::from_millis(250);
+
+/// Gives the sampler the target's unwind rows; without them stacks may be
+/// cut at libc, which is worth a warning, not an end to the capture.
+fn load_unwind_tables(probe: &mut Probe, pid: u32) {
+    match probe.load_unwind_tables(pid) {
+        Ok(covered) => tracing::debug!("unwind rows of {pid}: {}", covered.join(", ")),
+        Err(e) => tracing::warn!("stacks may stop at libc functions: {e}"),
+    }
 }
 
 impl Intake<'_> {
@@ -557,6 +620,8 @@ impl Intake<'_> {
                 tracing::warn!("JS frames of the new program are not named: {e}");
                 false
             });
+            load_unwind_tables(probe, self.pid);
+            self.unwind_loaded = Instant::now();
             if let Some(blocked) = &mut self.blocked {
                 blocked.set_layout(found.v8.as_ref().ok().map(|v8| v8.layout.clone()));
                 blocked.reload_modules();
@@ -567,7 +632,9 @@ impl Intake<'_> {
         self.collection
             .set_v8_code(self.symbolizer.v8_code_ranges());
         let first = self.collection.samples.is_empty();
+        let samples_before = self.collection.samples.len();
         collector.drain(self.collection);
+        self.follow_new_code(probe, samples_before);
         if let Some(sample) = self.collection.samples.first().filter(|_| first) {
             // Start-up ends at the first sample, not when it was read.
             let ago = monotonic_ns().saturating_sub(sample.time_ns);
@@ -595,6 +662,35 @@ impl Intake<'_> {
         self.symbolizer
             .observe(&self.collection.user_frames[before..]);
         Ok(())
+    }
+
+    /// A stack that ends in code mapped after the unwind table was built
+    /// (a `dlopen`, or ld.so mapping libc after the exec of a launched
+    /// command) may have been cut there: the table is built again, at most
+    /// every [`UNWIND_RELOAD`].
+    fn follow_new_code(&mut self, probe: &mut Probe, samples_before: usize) {
+        if self.unwind_pending {
+            if has_exec(self.pid) {
+                load_unwind_tables(probe, self.pid);
+                self.unwind_loaded = Instant::now();
+                self.unwind_pending = false;
+            }
+            return;
+        }
+        if self.unwind_loaded.elapsed() < UNWIND_RELOAD {
+            return;
+        }
+        let collection = &*self.collection;
+        let new_code = collection.samples[samples_before..].iter().any(|sample| {
+            let stack = &collection.stacks[sample.stack as usize];
+            stack.user.last().is_some_and(|&frame| {
+                probe.unwind_misses(self.pid, collection.user_frames[frame as usize].pc)
+            })
+        });
+        if new_code {
+            load_unwind_tables(probe, self.pid);
+            self.unwind_loaded = Instant::now();
+        }
     }
 
     /// Threads off CPU when the capture starts get an off-CPU sample from then.

@@ -93,9 +93,18 @@ impl Collection {
                 frame_marker: TOS_FRAME_MARKER,
                 ..*f
             });
-        let user = walked
+        // Frames the sampler unwound with `.eh_frame` rows (libc) come first.
+        let leaves: Vec<UserFrame> = record
+            .leaf_pcs()
             .iter()
-            .take(1)
+            .map(|&pc| UserFrame {
+                pc,
+                ..UserFrame::default()
+            })
+            .collect();
+        let user = leaves
+            .iter()
+            .chain(walked.iter().take(1))
             .chain(tos.as_ref())
             .chain(walked.iter().skip(1))
             .map(|frame| {
@@ -271,6 +280,9 @@ mod tests {
             comm: [0; 16],
             kernel_stack: [0; MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); MAX_USER_FRAMES],
+            leaf_frames: 0,
+            _pad: 0,
+            leaf_pcs: [0; nodeprof_common::MAX_UNWIND_LEVELS],
         };
         r.comm[..comm.len()].copy_from_slice(comm);
         r.user_stack[..user.len()].copy_from_slice(&pcs(user));

@@ -5,6 +5,7 @@
 //! Every attachment is a file descriptor of this process: however nodeprof
 //! ends, even by SIGKILL, the kernel closes them and detaches the programs.
 
+pub mod cfi;
 pub mod features;
 
 use std::os::fd::AsFd;
@@ -25,8 +26,9 @@ use nodeprof_common::{
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
     LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
     TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_LOST_MAP, THREAD_EVENTS_MAP,
-    V8_CONFIGS_MAP,
+    UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, V8_CONFIGS_MAP,
 };
+use nodeprof_common::{UnwindRow, UnwindTable};
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -136,6 +138,9 @@ pub struct Probe {
     sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
     /// The kernel's BTF, kept for the task iterator of a snapshot.
     btf: Option<aya::Btf>,
+    unwind_rows: Array<MapData, UnwindRow>,
+    unwind_tables: HashMap<MapData, u32, UnwindTable>,
+    unwind: cfi::UnwindTables,
 }
 
 /// A function of the target to trace, by file offset in its ELF binary, at
@@ -155,7 +160,7 @@ pub struct CallSite {
 pub enum RingSizes {
     /// As the eBPF object declares them: for recording.
     Recording,
-    /// One page each but the samples' 256 KiB: for a snapshot of a few
+    /// One page each but the samples' 256 KiB, one unwind row: for a snapshot of a few
     /// milliseconds (`dump`), where allocating and mapping 10 MB of rings
     /// would be most of the cost.
     Snapshot,
@@ -191,7 +196,9 @@ impl Probe {
             loader
                 .map_max_entries(SAMPLES_MAP, 256 << 10)
                 .map_max_entries(CALLS_MAP, page)
-                .map_max_entries(THREAD_EVENTS_MAP, page);
+                .map_max_entries(THREAD_EVENTS_MAP, page)
+                // A snapshot builds no unwind rows (see `stacks::sample`).
+                .map_max_entries(UNWIND_ROWS_MAP, 1);
         }
         let mut ebpf = loader
             .load(PROBE_OBJECT)
@@ -204,7 +211,12 @@ impl Probe {
         let calls = take_map(&mut ebpf, CALLS_MAP)?;
         let call_reads = take_map(&mut ebpf, CALL_READS_MAP)?;
         let thread_events = take_map(&mut ebpf, THREAD_EVENTS_MAP)?;
+        let unwind_rows = take_map(&mut ebpf, UNWIND_ROWS_MAP)?;
+        let unwind_tables = take_map(&mut ebpf, UNWIND_TABLES_MAP)?;
         Ok(Probe {
+            unwind_rows,
+            unwind_tables,
+            unwind: cfi::UnwindTables::default(),
             thread_events: Some(thread_events),
             ebpf,
             targets,
@@ -225,6 +237,65 @@ impl Probe {
         self.targets
             .insert(tgid, 0, 0)
             .map_err(|e| ProbeError::classify("register the target", &e))
+    }
+
+    /// Gives the sampler the `.eh_frame` rows of this process's shared
+    /// libraries (see [`cfi`]), read from its mappings now: call it once the
+    /// process runs the program to profile (after its exec), and again when
+    /// it execs or maps new code. Returns the paths of the covered objects.
+    pub fn load_unwind_tables(&mut self, tgid: u32) -> Result<Vec<String>, ProbeError> {
+        let plan = self.unwind.plan(tgid).map_err(|e| ProbeError::Kernel {
+            action: "read the target's mappings",
+            detail: e.to_string(),
+        })?;
+        // Every row first, then the table in one update: the kernel reuses a
+        // replaced hash-map element for the next update, while a sampler on
+        // another CPU may still be reading it.
+        for (_, write) in &plan.objects {
+            if let Some((first, rows)) = write {
+                self.store_unwind_rows(*first, rows)?;
+            }
+        }
+        if plan.objects.is_empty() {
+            let _ = self.unwind_tables.remove(&tgid);
+        } else {
+            self.unwind_tables
+                .insert(tgid, plan.table(plan.objects.len()), 0)
+                .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
+        }
+        Ok(plan.covered)
+    }
+
+    /// Stores the rows of the libraries `pid` maps now, without giving it a
+    /// table: a launched child, before its exec, maps nodeprof's own libc,
+    /// most likely the very file node will map, so that table is ready at once.
+    pub fn prepare_unwind_rows(&mut self, pid: u32) {
+        let Ok(plan) = self.unwind.plan(pid) else {
+            return;
+        };
+        self.unwind.forget(pid);
+        for (_, write) in &plan.objects {
+            if let Some((first, rows)) = write {
+                if let Err(e) = self.store_unwind_rows(*first, rows) {
+                    tracing::debug!("unwind rows not stored: {e}");
+                }
+            }
+        }
+    }
+
+    fn store_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
+        for (i, row) in rows.iter().enumerate() {
+            self.unwind_rows
+                .set(first + i as u32, row, 0)
+                .map_err(|e| ProbeError::classify("store unwind rows", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `pc` of `tgid` lies in code mapped after its unwind table
+    /// was built (a `dlopen`, ld.so's work after an exec).
+    pub fn unwind_misses(&self, tgid: u32, pc: u64) -> bool {
+        self.unwind.is_new_code(tgid, pc)
     }
 
     /// Tells the sampler how to recognise JS frames of this process.
@@ -260,9 +331,18 @@ impl Probe {
     pub fn load_sampler(&mut self) -> Result<(), ProbeError> {
         let program: &mut PerfEvent = program_mut(&mut self.ebpf, SAMPLER_PROGRAM)?;
         if program.fd().is_err() {
-            program
-                .load()
-                .map_err(|e| ProbeError::classify("load the sampler", &e))?;
+            program.load().map_err(|e| {
+                tracing::debug!("sampler refused: {e:?}");
+                ProbeError::classify("load the sampler", &e)
+            })?;
+            // The verifier's work is most of the start-up: worth watching.
+            if let Some(count) = program
+                .info()
+                .ok()
+                .and_then(|info| info.verified_instruction_count())
+            {
+                tracing::debug!("sampler: {count} instructions processed by the verifier");
+            }
         }
         Ok(())
     }
@@ -452,6 +532,8 @@ impl Probe {
     pub fn remove_target(&mut self, tgid: u32) {
         let _ = self.targets.remove(&tgid);
         let _ = self.v8_configs.remove(&tgid);
+        let _ = self.unwind_tables.remove(&tgid);
+        self.unwind.forget(tgid);
     }
 
     /// The ring buffer the call tracer writes into (taken once).

@@ -375,6 +375,9 @@ fn sample(
     into: &mut Collection,
 ) -> Result<u64, StacksError> {
     probe.add_target(pid)?;
+    // No unwind rows here: building them (libc's and libstdc++'s
+    // `.eh_frame`) would cost a snapshot more than the few running
+    // threads caught in a libc leaf would gain.
     let attach = Instant::now();
     probe.start_sampling(window.frequency_hz)?;
     tracing::debug!("sampler attached in {:?}", attach.elapsed());
@@ -548,5 +551,8 @@ pub fn empty_record(pid: u32, thread: &ThreadInfo) -> Box<SampleRecord> {
         comm,
         kernel_stack: [0; MAX_KERNEL_FRAMES],
         user_stack: [UserFrame::default(); MAX_USER_FRAMES],
+        leaf_frames: 0,
+        _pad: 0,
+        leaf_pcs: [0; nodeprof_common::MAX_UNWIND_LEVELS],
     })
 }

@@ -513,6 +513,9 @@ mod tests {
             comm: [0; 16],
             kernel_stack: [0; nodeprof_common::MAX_KERNEL_FRAMES],
             user_stack: [UserFrame::default(); nodeprof_common::MAX_USER_FRAMES],
+            leaf_frames: 0,
+            _pad: 0,
+            leaf_pcs: [0; nodeprof_common::MAX_UNWIND_LEVELS],
         };
         record.user_stack[0].pc = addr;
         record.user_stack[1].pc = 0x10;
