@@ -85,7 +85,8 @@ pub enum StackSource {
     Registers,
     /// Walked from the registers a core file holds.
     Core,
-    /// The newest of `samples` samples taken while it ran.
+    /// The newest of `samples` samples taken while it ran (the newest whose
+    /// walk went past its first frame, when one did).
     Sampled { samples: usize, window_ms: u64 },
     /// No stack: why.
     Unavailable { reason: String },
@@ -280,10 +281,21 @@ fn assemble(snapshot: Snapshot, started: Instant) -> Stacks {
         .and_then(|v8| v8.report.v8_version)
         .map(|v| v.to_string());
     // Index of each sampled thread's newest sample, and its sample count.
+    // A stack of one user frame is a walk that stopped at once (a libc leaf
+    // without a frame pointer; dump has no unwind rows): a newer one is
+    // shown only when no older sample says more.
     let mut sampled: HashMap<u32, (usize, usize)> = HashMap::new();
+    let walked_past_leaf = |i: usize| {
+        collection.stacks[collection.samples[i].stack as usize]
+            .user
+            .len()
+            > 1
+    };
     for (i, s) in collection.samples.iter().enumerate() {
         let entry = sampled.entry(s.tid).or_insert((i, 0));
-        entry.0 = i;
+        if walked_past_leaf(i) || !walked_past_leaf(entry.0) {
+            entry.0 = i;
+        }
         entry.1 += 1;
     }
     let mem = image.memory();
