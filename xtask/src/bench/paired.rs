@@ -318,7 +318,10 @@ fn report(
          exited before the next), in rotating order. Slowdown of an attached window: the mean work rate of the \
          unattached windows beside it / its own − 1. Per variant: mean over its {} windows ± the 95 % confidence \
          interval of that mean, and the median. A goal is met (✅) when the whole interval is at or below it, \
-         missed (❌) when the whole interval is above it, undecided otherwise.",
+         missed (❌) when the whole interval is above it, undecided otherwise. With nodeprof variants, \
+         `kernel.bpf_stats_enabled` is on for the whole run (two clock reads per BPF program run, in every \
+         nodeprof window): the eBPF sampler column is its run time over its runs, read from nodeprof's fdinfo \
+         at the end of each window.",
         cx.node_flags.iter().map(|f| format!("{f} ")).collect::<String>(),
         args.window,
         args.cycles
