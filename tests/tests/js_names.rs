@@ -616,6 +616,29 @@ fn self_time_shares_node26() {
 /// Tolerance on a function's share of the JS samples, percentage points.
 const SHARE_TOLERANCE_PP: f64 = 5.0;
 
+/// One function's (or group's) share in `--cpu-prof` (`gt`) and nodeprof
+/// (`np`): a table row, and a failure when they differ by more than
+/// `tolerance` points.
+fn compare_share(
+    what: &str,
+    gt: f64,
+    np: f64,
+    tolerance: f64,
+    table: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    let ok = (gt - np).abs() <= tolerance;
+    table.push(format!(
+        "  {what}: node --cpu-prof {gt:.1}%, nodeprof {np:.1}% {}",
+        if ok { "ok" } else { "DIFFERS" }
+    ));
+    if !ok {
+        failures.push(format!(
+            "{what}: nodeprof {np:.1}% vs node --cpu-prof {gt:.1}% of JS samples (> {tolerance} pp)"
+        ));
+    }
+}
+
 /// shares.js (heavy/medium/light ≈ 50/30/20 of the work, 2 s) under
 /// `node --cpu-prof` and under nodeprof (launch mode, 999 Hz): every
 /// function above 5% of the JS samples in either profile has the same share
@@ -654,16 +677,14 @@ fn check_accuracy(major: u32) {
         if a.max(b) <= 5.0 {
             continue;
         }
-        let ok = (a - b).abs() <= SHARE_TOLERANCE_PP;
-        table.push(format!(
-            "  {f}: node --cpu-prof {a:.1}%, nodeprof {b:.1}% {}",
-            if ok { "ok" } else { "DIFFERS" }
-        ));
-        if !ok {
-            failures.push(format!(
-                "{f}: nodeprof {b:.1}% vs node --cpu-prof {a:.1}% of JS samples (> {SHARE_TOLERANCE_PP} pp)"
-            ));
-        }
+        compare_share(
+            &f.to_string(),
+            a,
+            b,
+            SHARE_TOLERANCE_PP,
+            &mut table,
+            &mut failures,
+        );
     }
     for f in &expected {
         if np.nodes_of(f).is_empty() {
@@ -1404,29 +1425,24 @@ fn same_process(major: u32, script: &str, rounds: &str, pooled: &[&str]) -> Same
         if a.max(b) < 0.5 {
             continue;
         }
-        let ok = (a - b).abs() <= SAME_PROCESS_TOLERANCE_PP;
-        table.push(format!(
-            "  {f}: node --cpu-prof {a:.1}%, nodeprof {b:.1}% {}",
-            if ok { "ok" } else { "DIFFERS" }
-        ));
-        if !ok {
-            failures.push(format!(
-                "{f}: nodeprof {b:.1}% vs node --cpu-prof {a:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
-            ));
-        }
+        compare_share(
+            &f.to_string(),
+            a,
+            b,
+            SAME_PROCESS_TOLERANCE_PP,
+            &mut table,
+            &mut failures,
+        );
     }
     if !pooled.is_empty() {
-        let ok = (pooled_gt - pooled_np).abs() <= SAME_PROCESS_TOLERANCE_PP;
-        let names = pooled.join(" + ");
-        table.push(format!(
-            "  {names}: node --cpu-prof {pooled_gt:.1}%, nodeprof {pooled_np:.1}% {}",
-            if ok { "ok" } else { "DIFFERS" }
-        ));
-        if !ok {
-            failures.push(format!(
-                "{names}: nodeprof {pooled_np:.1}% vs node --cpu-prof {pooled_gt:.1}% of JS samples (> {SAME_PROCESS_TOLERANCE_PP} pp)"
-            ));
-        }
+        compare_share(
+            &pooled.join(" + "),
+            pooled_gt,
+            pooled_np,
+            SAME_PROCESS_TOLERANCE_PP,
+            &mut table,
+            &mut failures,
+        );
     }
     SameProcess {
         gt,
@@ -1592,7 +1608,7 @@ const TINY_CALLEES: [&str; 6] = [
 ];
 
 /// Rounds of tiny_callees.js (60,000 calls each).
-const TINY_CALLEES_ROUNDS: &str = "5000";
+const TINY_CALLEES_ROUNDS: &str = "10000";
 
 /// tiny_callees.js runs under `node --cpu-prof` with nodeprof attached: six
 /// tiny functions called through one megamorphic site (TurboFan inlines
@@ -1603,7 +1619,7 @@ const TINY_CALLEES_ROUNDS: &str = "5000";
 /// had half of it: 1.4–3.8 % against 4.6–7.4 %).
 ///
 /// `callAround` and its callers (`runRounds`, `main`) are compared by their
-/// sum: `--cpu-prof` gives `runRounds`, which only calls `callAround` 5,000
+/// sum: `--cpu-prof` gives `runRounds`, which only calls `callAround` 10,000
 /// times, about 30 % self time at that call's line on node 20 (with or
 /// without OSR or Sparkplug), and `main` about 20 % on node 26. V8's
 /// sampler skips the frame the frame pointer holds and names the sampled pc
