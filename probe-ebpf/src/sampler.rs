@@ -7,15 +7,15 @@ use aya_ebpf::{
         bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, bpf_task_pt_regs,
     },
-    macros::{map, perf_event},
+    macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::PerfEventContext,
+    programs::{PerfEventContext, TracePointContext},
     EbpfContext,
 };
 use nodeprof_common::{
     find_unwind_row, SampleRecord, UnwindRow, UnwindTable, UserFrame, V8ProbeConfig, CFA_RBP,
     CFA_RSP, MAX_KERNEL_FRAMES, MAX_UNWIND_LEVELS, MAX_UNWIND_OBJECTS, MAX_UNWIND_ROWS,
-    MAX_USER_FRAMES, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
+    MAX_USER_FRAMES, MUNMAP_ADDR_OFFSET, MUNMAP_LEN_OFFSET, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
 };
 
 /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
@@ -40,6 +40,49 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_UNWIND_ROWS, 
 
 #[map(name = "UNWIND_TABLES")]
 static UNWIND_TABLES: HashMap<u32, UnwindTable> = HashMap::with_max_entries(1024, 0);
+
+/// An exec replaces every mapping a target's unwind table describes: the
+/// table goes at once, before the new program runs a single instruction,
+/// rather than when user space notices (it then builds the new one).
+#[tracepoint]
+pub fn nodeprof_unwind_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_target(tgid) {
+        let _ = UNWIND_TABLES.remove(&tgid);
+    }
+    0
+}
+
+/// An `munmap` of code a target's table covers (a `dlclose`) leaves its
+/// range to whatever is mapped there next: the table goes before the unmap
+/// (user space builds it again without that object).
+#[tracepoint]
+pub fn nodeprof_unwind_unmap(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    // SAFETY: lookup by a plain u32 key; the entry is copied out.
+    let Some(table) = (unsafe { UNWIND_TABLES.get(&tgid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: reads inside the tracepoint's record, at the offsets of its
+    // stable syscall format (`addr`, `len`).
+    let (addr, len): (u64, u64) = unsafe {
+        (
+            ctx.read_at(MUNMAP_ADDR_OFFSET).unwrap_or(0),
+            ctx.read_at(MUNMAP_LEN_OFFSET).unwrap_or(0),
+        )
+    };
+    let end = addr.saturating_add(len);
+    for object in table.objects.iter().take(MAX_UNWIND_OBJECTS) {
+        if object.start < end && addr < object.end {
+            let _ = UNWIND_TABLES.remove(&tgid);
+            break;
+        }
+    }
+    0
+}
 
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

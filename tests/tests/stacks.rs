@@ -15,6 +15,13 @@
 //!   0.2 %; the test asks under 0.1 % so that it fails without the rows.
 //!   Counted over the whole process, start and exit included, the rows give
 //!   0.12–0.21 % and the walk alone 0.45 %.
+//! - `an_exec_drops_the_unwind_table`: a node 24 process that execs the same
+//!   node binary into libc_paths.js. The old table describes mappings the
+//!   exec replaced: the kernel drops it at the exec (before the new program
+//!   runs), which nodeprof's log reports, and the new table's stacks reach
+//!   `node::Start` as above. Without the kernel's part, the old table lived
+//!   until a stack ended in a mapping it did not know (up to 250 ms, or for
+//!   ever where the new mappings fall where the old ones were).
 
 use std::time::Duration;
 
@@ -81,5 +88,64 @@ fn libc_leaves_keep_their_callers() {
         percent < MAX_TRUNCATED_PERCENT,
         "{percent:.2} % of main-thread samples stop before node::Start/main (goal < {MAX_TRUNCATED_PERCENT} %); by leaf:\n{}",
         worst.join("\n")
+    );
+}
+
+#[test]
+fn an_exec_drops_the_unwind_table() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let node = node_major(24);
+    let libc_paths = fixture("js/libc_paths.js");
+    let target = Proc::node(
+        &node,
+        &[],
+        "exec/execve.js",
+        &[node.to_str().unwrap(), "4", libc_paths.to_str().unwrap()],
+        dir.path(),
+    );
+    target.wait_for_line("ready", Duration::from_secs(20));
+    let prefix = dir.path().join("exec");
+    // `env` sets the log level: the test harness clears NODEPROF_LOG.
+    let mut cmd = std::process::Command::new("env");
+    cmd.arg("NODEPROF_LOG=nodeprof=debug").arg(nodeprof_bin());
+    let args: Vec<String> = [
+        "record",
+        "-q",
+        "-F",
+        "999",
+        "-d",
+        "4",
+        "-p",
+        &target.pid.to_string(),
+        "--format",
+        "cpuprofile,folded",
+        "-o",
+        &prefix.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = spawn_nodeprof_with(cmd, &args, dir.path()).finish(Duration::from_secs(60));
+    run.assert_success();
+    let dropped = format!("unwind table of {} dropped by the kernel", target.pid);
+    assert!(
+        run.stderr.contains(&dropped),
+        "the exec did not drop the unwind table ({dropped:?} not logged):\n{}",
+        run.stderr
+    );
+    let out = Outputs::load_formats(&prefix, &["cpuprofile", "folded"]);
+    let (truncated, counted, leaves) = out.truncated_main_stacks_while("libc_paths.js");
+    assert!(
+        counted > 1000,
+        "too few main-thread samples after the exec: {counted}\n{}",
+        out.folded_excerpt()
+    );
+    let percent = 100.0 * truncated as f64 / counted as f64;
+    eprintln!(
+        "after the exec: {truncated} of {counted} main-thread samples truncated ({percent:.2} %)"
+    );
+    assert!(
+        percent < MAX_TRUNCATED_PERCENT,
+        "{percent:.2} % of main-thread samples after the exec stop before node::Start/main; by leaf: {leaves:?}"
     );
 }

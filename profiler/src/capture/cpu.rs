@@ -666,7 +666,8 @@ impl Intake<'_> {
 
     /// A stack that ends in code mapped after the unwind table was built
     /// (a `dlopen`, or ld.so mapping libc after the exec of a launched
-    /// command) may have been cut there: the table is built again, at most
+    /// command) may have been cut there, and a table the kernel dropped (an
+    /// exec, a `dlclose`) is missing: the table is built again, at most
     /// every [`UNWIND_RELOAD`].
     fn follow_new_code(&mut self, probe: &mut Probe, samples_before: usize) {
         if self.unwind_pending {
@@ -678,6 +679,13 @@ impl Intake<'_> {
             return;
         }
         if self.unwind_loaded.elapsed() < UNWIND_RELOAD {
+            return;
+        }
+        // An exec or an unmap of covered code: the kernel dropped the table.
+        if probe.unwind_table_dropped(self.pid) {
+            tracing::debug!("unwind table of {} dropped by the kernel", self.pid);
+            load_unwind_tables(probe, self.pid);
+            self.unwind_loaded = Instant::now();
             return;
         }
         let collection = &*self.collection;

@@ -352,6 +352,11 @@ impl UnwindTables {
             .is_some_and(|ranges| !ranges.iter().any(|&(s, e)| pc >= s && pc < e))
     }
 
+    /// Whether a table of `pid` was built (and not forgotten).
+    pub fn has_table(&self, pid: u32) -> bool {
+        self.seen.contains_key(&pid)
+    }
+
     pub fn forget(&mut self, pid: u32) {
         self.seen.remove(&pid);
     }

@@ -26,7 +26,7 @@ use nodeprof_common::{
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
     LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
     TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_LOST_MAP, THREAD_EVENTS_MAP,
-    UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, V8_CONFIGS_MAP,
+    UNWIND_EXEC_PROGRAM, UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, UNWIND_UNMAP_PROGRAM, V8_CONFIGS_MAP,
 };
 use nodeprof_common::{UnwindRow, UnwindTable};
 
@@ -141,6 +141,8 @@ pub struct Probe {
     unwind_rows: Array<MapData, UnwindRow>,
     unwind_tables: HashMap<MapData, u32, UnwindTable>,
     unwind: cfi::UnwindTables,
+    /// Whether the programs that drop a stale table (exec, munmap) are attached.
+    unwind_guarded: bool,
 }
 
 /// A function of the target to trace, by file offset in its ELF binary, at
@@ -217,6 +219,7 @@ impl Probe {
             unwind_rows,
             unwind_tables,
             unwind: cfi::UnwindTables::default(),
+            unwind_guarded: false,
             thread_events: Some(thread_events),
             ebpf,
             targets,
@@ -259,11 +262,44 @@ impl Probe {
         if plan.objects.is_empty() {
             let _ = self.unwind_tables.remove(&tgid);
         } else {
+            if !self.unwind_guarded {
+                // Without them a stale table lives until user space sees the
+                // change: worth a note in the log, not an end to the capture.
+                if let Err(e) = self.guard_unwind_tables() {
+                    tracing::debug!("unwind tables are not dropped by the kernel: {e}");
+                }
+                self.unwind_guarded = true;
+            }
             self.unwind_tables
                 .insert(tgid, plan.table(plan.objects.len()), 0)
                 .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
         }
         Ok(plan.covered)
+    }
+
+    /// Attaches the programs that drop a target's unwind table in the kernel
+    /// the moment its mappings change (an exec, an `munmap` of covered code):
+    /// until user space builds the next one, stacks are walked as without.
+    fn guard_unwind_tables(&mut self) -> Result<(), ProbeError> {
+        for (name, category, event) in [
+            (UNWIND_EXEC_PROGRAM, "sched", "sched_process_exec"),
+            (UNWIND_UNMAP_PROGRAM, "syscalls", "sys_enter_munmap"),
+        ] {
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            program
+                .load()
+                .map_err(|e| ProbeError::classify("load the unwind-table guard", &e))?;
+            program
+                .attach(category, event)
+                .map_err(|e| ProbeError::classify("attach the unwind-table guard", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel dropped `tgid`'s unwind table (see
+    /// [`Probe::guard_unwind_tables`]) since user space built it.
+    pub fn unwind_table_dropped(&self, tgid: u32) -> bool {
+        self.unwind.has_table(tgid) && self.unwind_tables.get(&tgid, 0).is_err()
     }
 
     /// Stores the rows of the libraries `pid` maps now, without giving it a
