@@ -75,6 +75,11 @@ pub struct BenchFidelityArgs {
     /// The nodeprof binary (default: target/release/nodeprof, built first).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// V8 flags for the workload's node, in every run (e.g.
+    /// `--no-sparkplug`: no baseline code, which `--cpu-prof` charges in
+    /// part to the caller, see docs/benchmarks.md).
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    node_flags: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -126,6 +131,7 @@ struct Setup {
     out: PathBuf,
     hz: u64,
     requests: Option<u64>,
+    node_flags: Vec<String>,
 }
 
 /// One profile cut to the run's window.
@@ -251,6 +257,7 @@ pub fn bench_fidelity(args: &BenchFidelityArgs) -> Result<()> {
         out: util::target_dir().join("bench/fidelity"),
         hz: args.hz,
         requests: args.requests,
+        node_flags: args.node_flags.clone(),
     };
     let version = util::output_ok(Command::new(&cx.node).arg("--version"))
         .map(|v| v.trim().to_string())
@@ -344,7 +351,8 @@ fn run_once(cx: &Setup, workload: Workload, tag: &str, mode: Option<Mode>) -> Re
         _ => "xtask/bench/fidelity-server.js",
     });
     let mut cmd = Command::new(&cx.node);
-    cmd.arg("--cpu-prof")
+    cmd.args(&cx.node_flags)
+        .arg("--cpu-prof")
         .arg("--cpu-prof-dir")
         .arg(dir.join("cpu-prof"))
         .arg(&script)
@@ -555,7 +563,7 @@ fn report(
     let _ = writeln!(
         md,
         "# JS self time: nodeprof against node's --cpu-prof on third-party code\n\n\
-         `cargo xtask bench-fidelity --rounds {} --hz {}{} --modes {}` (workloads {}), \
+         `cargo xtask bench-fidelity --rounds {} --hz {}{}{} --modes {}` (workloads {}), \
          node {node_version}. Each round: per mode one run under `--cpu-prof` (1 ms interval) with \
          `nodeprof record -p PID -F {}` attached to the same process, then two runs under `--cpu-prof` \
          alone (the floor). Overlap = Σ over functions of min(share a, share b) of the JS self time in the \
@@ -564,6 +572,11 @@ fn report(
         args.rounds,
         args.hz,
         args.requests.map(|r| format!(" --requests {r}")).unwrap_or_default(),
+        if args.node_flags.is_empty() {
+            String::new()
+        } else {
+            format!(" --node-flags='{}'", args.node_flags.join(" "))
+        },
         args.modes.join(","),
         args.workloads.join(","),
         args.hz
