@@ -1699,7 +1699,10 @@ fn check_baseline_callee(major: u32, optimization_off: &[&str]) {
                 .sum()
         };
         let (callee, caller) = (count("callee"), count("caller"));
-        (100.0 * callee as f64 / (callee + caller).max(1) as f64, callee + caller)
+        (
+            100.0 * callee as f64 / (callee + caller).max(1) as f64,
+            callee + caller,
+        )
     };
     let (np_share, np_samples) = callee_share(&np);
     let gt = fs::read_dir(&prof_dir)
@@ -1733,4 +1736,40 @@ fn baseline_callee_node20() {
 #[test]
 fn baseline_callee_node26() {
     check_baseline_callee(26, &["--no-maglev", "--no-turbofan"]);
+}
+
+/// libc_paths.js (fs.statSync, JSON.stringify, Buffer copies: time in libc
+/// functions built without frame pointers and in the kernel) runs under
+/// `node --cpu-prof` with nodeprof attached: each function's share, native
+/// leaves counted for the JS function that called them, agrees within 2
+/// points. A stack cut at a libc leaf would lose its JS frame, and its
+/// sample would count for no function.
+fn check_libc_paths(major: u32) {
+    let _lock = serial();
+    same_process(major, "js/libc_paths.js", "4", &[]).finish(major, "libc_paths.js");
+}
+
+#[test]
+fn libc_paths_same_process_node18() {
+    check_libc_paths(18);
+}
+
+#[test]
+fn libc_paths_same_process_node20() {
+    check_libc_paths(20);
+}
+
+#[test]
+fn libc_paths_same_process_node22() {
+    check_libc_paths(22);
+}
+
+#[test]
+fn libc_paths_same_process_node24() {
+    check_libc_paths(24);
+}
+
+#[test]
+fn libc_paths_same_process_node26() {
+    check_libc_paths(26);
 }
