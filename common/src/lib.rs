@@ -26,15 +26,9 @@ pub const UNWIND_ROWS_MAP: &str = "UNWIND_ROWS";
 pub const UNWIND_TABLES_MAP: &str = "UNWIND_TABLES";
 /// Name of the perf_event sampler program.
 pub const SAMPLER_PROGRAM: &str = "nodeprof_sample";
-/// Names of the tracepoint programs that drop a target's unwind table when
-/// its mappings change: `sched_process_exec`, `sys_enter_munmap`.
+/// Name of the `sched_process_exec` tracepoint program that drops a
+/// target's unwind table at its exec.
 pub const UNWIND_EXEC_PROGRAM: &str = "nodeprof_unwind_exec";
-pub const UNWIND_UNMAP_PROGRAM: &str = "nodeprof_unwind_unmap";
-/// Offsets of `addr` and `len` in a `syscalls:sys_enter_munmap` record
-/// (after the common header and `__syscall_nr`, as every syscall tracepoint
-/// lays out its arguments).
-pub const MUNMAP_ADDR_OFFSET: usize = 16;
-pub const MUNMAP_LEN_OFFSET: usize = 24;
 
 /// Name of the `sched_switch` tracepoint program (off-CPU time).
 pub const SWITCH_PROGRAM: &str = "nodeprof_switch";

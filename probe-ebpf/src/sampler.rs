@@ -15,7 +15,7 @@ use aya_ebpf::{
 use nodeprof_common::{
     find_unwind_row, SampleRecord, UnwindRow, UnwindTable, UserFrame, V8ProbeConfig, CFA_RBP,
     CFA_RSP, MAX_KERNEL_FRAMES, MAX_UNWIND_LEVELS, MAX_UNWIND_OBJECTS, MAX_UNWIND_ROWS,
-    MAX_USER_FRAMES, MUNMAP_ADDR_OFFSET, MUNMAP_LEN_OFFSET, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
+    MAX_USER_FRAMES, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
 };
 
 /// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
@@ -49,37 +49,6 @@ pub fn nodeprof_unwind_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if is_target(tgid) {
         let _ = UNWIND_TABLES.remove(&tgid);
-    }
-    0
-}
-
-/// An `munmap` of code a target's table covers (a `dlclose`) leaves its
-/// range to whatever is mapped there next: the table goes before the unmap
-/// (user space builds it again without that object).
-#[tracepoint]
-pub fn nodeprof_unwind_unmap(ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_target(tgid) {
-        return 0;
-    }
-    // SAFETY: lookup by a plain u32 key; the entry is copied out.
-    let Some(table) = (unsafe { UNWIND_TABLES.get(&tgid) }).copied() else {
-        return 0;
-    };
-    // SAFETY: reads inside the tracepoint's record, at the offsets of its
-    // stable syscall format (`addr`, `len`).
-    let (addr, len): (u64, u64) = unsafe {
-        (
-            ctx.read_at(MUNMAP_ADDR_OFFSET).unwrap_or(0),
-            ctx.read_at(MUNMAP_LEN_OFFSET).unwrap_or(0),
-        )
-    };
-    let end = addr.saturating_add(len);
-    for object in table.objects.iter().take(MAX_UNWIND_OBJECTS) {
-        if object.start < end && addr < object.end {
-            let _ = UNWIND_TABLES.remove(&tgid);
-            break;
-        }
     }
     0
 }

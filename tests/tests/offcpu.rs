@@ -337,7 +337,9 @@ fn a_steady_event_loop_reports_no_long_turn() {
 
 /// `--no-loop`: no event-loop section, and no syscall tracepoint attached
 /// (they slow every system call of the machine): with `--no-gc` too, the
-/// only attachments are the sampler's, one per CPU.
+/// only attachments are the sampler's, one per CPU, and the
+/// `sched_process_exec` tracepoint that drops the unwind table at an exec
+/// (it runs only when a process execs).
 #[test]
 fn no_loop_attaches_no_tracepoint() {
     let _serial = serial();
@@ -378,7 +380,11 @@ fn no_loop_attaches_no_tracepoint() {
     );
     let (without, run) = attachments(&["--no-loop"]);
     assert!(!run.stdout.contains("event loop"), "{}", run.stdout);
-    assert_eq!(without, online_cpus(), "attachments with --no-loop --no-gc");
+    assert_eq!(
+        without,
+        online_cpus() + 1,
+        "attachments with --no-loop --no-gc: the sampler's and the exec guard"
+    );
     assert!(
         with_loop > without,
         "{with_loop} attachments with the loop traced, {without} without"

@@ -22,6 +22,12 @@
 //!   `node::Start` as above. Without the kernel's part, the old table lived
 //!   until a stack ended in a mapping it did not know (up to 250 ms, or for
 //!   ever where the new mappings fall where the old ones were).
+//! - `an_unmap_replaces_the_unwind_table`: a perl process (no node: the
+//!   tables serve any target) maps libuuid, is recorded, and unloads it
+//!   (`dlclose`): nodeprof sees the covered library gone (it checks every
+//!   250 ms; the only tracepoint of an unmap is the system call's, which
+//!   would slow every system call of the machine) and builds a table that
+//!   no longer covers it.
 
 use std::time::Duration;
 
@@ -91,6 +97,37 @@ fn libc_leaves_keep_their_callers() {
     );
 }
 
+/// `nodeprof record -p PID -F 999 -d SECONDS` with its debug log on stderr.
+fn record_with_debug_log(
+    pid: u32,
+    seconds: &str,
+    prefix: &std::path::Path,
+    dir: &std::path::Path,
+) -> Run {
+    // `env` sets the log level: the test harness clears NODEPROF_LOG.
+    let mut cmd = std::process::Command::new("env");
+    cmd.arg("NODEPROF_LOG=nodeprof=debug").arg(nodeprof_bin());
+    let args: Vec<String> = [
+        "record",
+        "-q",
+        "-F",
+        "999",
+        "-d",
+        seconds,
+        "-p",
+        &pid.to_string(),
+        "--format",
+        "cpuprofile,folded",
+        "-o",
+        &prefix.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let run = spawn_nodeprof_with(cmd, &args, dir).finish(Duration::from_secs(60));
+    run.assert_success();
+    run
+}
+
 #[test]
 fn an_exec_drops_the_unwind_table() {
     let _lock = serial();
@@ -106,27 +143,7 @@ fn an_exec_drops_the_unwind_table() {
     );
     target.wait_for_line("ready", Duration::from_secs(20));
     let prefix = dir.path().join("exec");
-    // `env` sets the log level: the test harness clears NODEPROF_LOG.
-    let mut cmd = std::process::Command::new("env");
-    cmd.arg("NODEPROF_LOG=nodeprof=debug").arg(nodeprof_bin());
-    let args: Vec<String> = [
-        "record",
-        "-q",
-        "-F",
-        "999",
-        "-d",
-        "4",
-        "-p",
-        &target.pid.to_string(),
-        "--format",
-        "cpuprofile,folded",
-        "-o",
-        &prefix.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let run = spawn_nodeprof_with(cmd, &args, dir.path()).finish(Duration::from_secs(60));
-    run.assert_success();
+    let run = record_with_debug_log(target.pid, "4", &prefix, dir.path());
     let dropped = format!("unwind table of {} dropped by the kernel", target.pid);
     assert!(
         run.stderr.contains(&dropped),
@@ -147,5 +164,41 @@ fn an_exec_drops_the_unwind_table() {
     assert!(
         percent < MAX_TRUNCATED_PERCENT,
         "{percent:.2} % of main-thread samples after the exec stop before node::Start/main; by leaf: {leaves:?}"
+    );
+}
+
+#[test]
+fn an_unmap_replaces_the_unwind_table() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let mut cmd = std::process::Command::new("perl");
+    cmd.arg(fixture("native/unload.pl")).args(["1.5", "3"]);
+    let target = Proc::spawn(cmd);
+    target.wait_for_line("ready", Duration::from_secs(20));
+    let run = record_with_debug_log(target.pid, "3.5", &dir.path().join("unload"), dir.path());
+    target.wait_for_line("done", Duration::from_secs(20));
+    let tables: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(&format!("unwind rows of {}:", target.pid)))
+        .collect();
+    assert!(
+        tables.first().is_some_and(|t| t.contains("libuuid")),
+        "the first unwind table does not cover libuuid:\n{}",
+        run.stderr
+    );
+    let stale = format!(
+        "unwind table of {} stale: a library it covers was unmapped",
+        target.pid
+    );
+    assert!(
+        run.stderr.contains(&stale),
+        "the unmap was not seen ({stale:?} not logged):\n{}",
+        run.stderr
+    );
+    assert!(
+        tables.last().is_some_and(|t| !t.contains("libuuid")),
+        "the table built after the unload still covers libuuid:\n{}",
+        run.stderr
     );
 }

@@ -666,9 +666,10 @@ impl Intake<'_> {
 
     /// A stack that ends in code mapped after the unwind table was built
     /// (a `dlopen`, or ld.so mapping libc after the exec of a launched
-    /// command) may have been cut there, and a table the kernel dropped (an
-    /// exec, a `dlclose`) is missing: the table is built again, at most
-    /// every [`UNWIND_RELOAD`].
+    /// command) may have been cut there, a table the kernel dropped (an
+    /// exec) is missing, and one that covers an unmapped library (a
+    /// `dlclose`) is stale: the table is built again, checked at most every
+    /// [`UNWIND_RELOAD`].
     fn follow_new_code(&mut self, probe: &mut Probe, samples_before: usize) {
         if self.unwind_pending {
             if has_exec(self.pid) {
@@ -681,9 +682,17 @@ impl Intake<'_> {
         if self.unwind_loaded.elapsed() < UNWIND_RELOAD {
             return;
         }
-        // An exec or an unmap of covered code: the kernel dropped the table.
-        if probe.unwind_table_dropped(self.pid) {
-            tracing::debug!("unwind table of {} dropped by the kernel", self.pid);
+        // An exec: the kernel dropped the table. An unmap of a covered
+        // library (a dlclose): the table must go before other code lands there.
+        let stale = if probe.unwind_table_dropped(self.pid) {
+            Some("dropped by the kernel")
+        } else if probe.unwind_objects_unmapped(self.pid) {
+            Some("stale: a library it covers was unmapped")
+        } else {
+            None
+        };
+        if let Some(why) = stale {
+            tracing::debug!("unwind table of {} {why}", self.pid);
             load_unwind_tables(probe, self.pid);
             self.unwind_loaded = Instant::now();
             return;

@@ -238,6 +238,8 @@ pub struct UnwindTables {
     next_row: u32,
     /// Per target, the executable mappings when its table was last built.
     seen: HashMap<u32, Vec<(u64, u64)>>,
+    /// Per target, the mappings its table covers: range and path.
+    covered: HashMap<u32, Vec<(u64, u64, String)>>,
 }
 
 /// Rows of a new file and where they go: `UNWIND_ROWS[first_row..]`.
@@ -322,6 +324,14 @@ impl UnwindTables {
             plan.objects.push((object, write));
             plan.covered.push(mapping.path.clone());
         }
+        self.covered.insert(
+            pid,
+            plan.objects
+                .iter()
+                .zip(&plan.covered)
+                .map(|((object, _), path)| (object.start, object.end, path.clone()))
+                .collect(),
+        );
         Ok(plan)
     }
 
@@ -357,8 +367,25 @@ impl UnwindTables {
         self.seen.contains_key(&pid)
     }
 
+    /// Whether a mapping `pid`'s table covers is gone (a `dlclose`), or now
+    /// holds another file: its rows would unwind whatever code comes there.
+    /// False when the mappings cannot be read (the process is gone).
+    pub fn covered_unmapped(&self, pid: u32) -> bool {
+        let Some(covered) = self.covered.get(&pid).filter(|c| !c.is_empty()) else {
+            return false;
+        };
+        let Ok(now) = executable_mappings(pid) else {
+            return false;
+        };
+        !covered.iter().all(|(start, end, path)| {
+            now.iter()
+                .any(|m| m.start == *start && m.end == *end && m.path == *path)
+        })
+    }
+
     pub fn forget(&mut self, pid: u32) {
         self.seen.remove(&pid);
+        self.covered.remove(&pid);
     }
 }
 

@@ -26,7 +26,7 @@ use nodeprof_common::{
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
     LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
     TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_LOST_MAP, THREAD_EVENTS_MAP,
-    UNWIND_EXEC_PROGRAM, UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, UNWIND_UNMAP_PROGRAM, V8_CONFIGS_MAP,
+    UNWIND_EXEC_PROGRAM, UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, V8_CONFIGS_MAP,
 };
 use nodeprof_common::{UnwindRow, UnwindTable};
 
@@ -277,22 +277,20 @@ impl Probe {
         Ok(plan.covered)
     }
 
-    /// Attaches the programs that drop a target's unwind table in the kernel
-    /// the moment its mappings change (an exec, an `munmap` of covered code):
-    /// until user space builds the next one, stacks are walked as without.
+    /// Attaches the program that drops a target's unwind table in the
+    /// kernel at its exec, before the new program runs: until user space
+    /// builds the next one, stacks are walked as without. (An unmap has no
+    /// tracepoint but the system call's, which would slow every system call
+    /// of the machine: user space checks for it, see
+    /// [`Probe::unwind_objects_unmapped`].)
     fn guard_unwind_tables(&mut self) -> Result<(), ProbeError> {
-        for (name, category, event) in [
-            (UNWIND_EXEC_PROGRAM, "sched", "sched_process_exec"),
-            (UNWIND_UNMAP_PROGRAM, "syscalls", "sys_enter_munmap"),
-        ] {
-            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
-            program
-                .load()
-                .map_err(|e| ProbeError::classify("load the unwind-table guard", &e))?;
-            program
-                .attach(category, event)
-                .map_err(|e| ProbeError::classify("attach the unwind-table guard", &e))?;
-        }
+        let program: &mut TracePoint = program_mut(&mut self.ebpf, UNWIND_EXEC_PROGRAM)?;
+        program
+            .load()
+            .map_err(|e| ProbeError::classify("load the unwind-table guard", &e))?;
+        program
+            .attach("sched", "sched_process_exec")
+            .map_err(|e| ProbeError::classify("attach the unwind-table guard", &e))?;
         Ok(())
     }
 
@@ -300,6 +298,13 @@ impl Probe {
     /// [`Probe::guard_unwind_tables`]) since user space built it.
     pub fn unwind_table_dropped(&self, tgid: u32) -> bool {
         self.unwind.has_table(tgid) && self.unwind_tables.get(&tgid, 0).is_err()
+    }
+
+    /// Whether an object `tgid`'s unwind table covers is no longer mapped
+    /// where the table says (a `dlclose`): its range may hold other code
+    /// next. Reads the target's mappings.
+    pub fn unwind_objects_unmapped(&self, tgid: u32) -> bool {
+        self.unwind.covered_unmapped(tgid)
     }
 
     /// Stores the rows of the libraries `pid` maps now, without giving it a
