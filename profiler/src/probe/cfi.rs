@@ -24,9 +24,9 @@ use nodeprof_common::{
     UnwindObject, UnwindRow, UnwindTable, CFA_RBP, CFA_RSP, CFA_UNKNOWN, MAX_UNWIND_OBJECTS,
     MAX_UNWIND_ROWS,
 };
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection};
 
-use crate::image::{executable_mappings, open_mapped_file, Mapping};
+use crate::image::{executable_mappings, load_bias, open_mapped_file, Mapping};
 
 /// The rows of one ELF file, relative to `base` (its lowest covered address).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,54 +174,6 @@ fn rule<T: gimli::ReaderOffset>(row: &gimli::UnwindTableRow<T>) -> UnwindRow {
     }
 }
 
-/// The run-time address of ELF virtual address 0 for an executable
-/// mapping of `file` at `mapping`: where the executable segment it holds
-/// landed. The mapping starts at a page boundary, its segment maybe later in
-/// the page (lld puts .text at offset 0x1682a0, vaddr 0x1692a0), so the
-/// segment is found by its page-aligned offset, among executable ones.
-fn load_bias(data: &[u8], mapping: &Mapping) -> Option<u64> {
-    let file = object::File::parse(data).ok()?;
-    let segments: Vec<LoadSegment> = file
-        .segments()
-        .filter(|segment| {
-            matches!(segment.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0)
-        })
-        .map(|segment| {
-            let (offset, size) = segment.file_range();
-            LoadSegment {
-                offset,
-                size,
-                vaddr: segment.address(),
-            }
-        })
-        .collect();
-    bias_of(&segments, mapping)
-}
-
-/// An executable PT_LOAD segment: file offset, file size, virtual address.
-#[derive(Debug, Clone, Copy)]
-struct LoadSegment {
-    offset: u64,
-    size: u64,
-    vaddr: u64,
-}
-
-fn bias_of(segments: &[LoadSegment], mapping: &Mapping) -> Option<u64> {
-    segments.iter().find_map(|s| {
-        (s.offset & !(PAGE - 1) <= mapping.offset && mapping.offset < s.offset + s.size).then(
-            || {
-                mapping
-                    .start
-                    .wrapping_add(s.offset)
-                    .wrapping_sub(mapping.offset)
-                    .wrapping_sub(s.vaddr)
-            },
-        )
-    })
-}
-
-const PAGE: u64 = 4096;
-
 /// Where one file's rows are in `UNWIND_ROWS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stored {
@@ -295,7 +247,7 @@ impl UnwindTables {
             if std::io::Read::read_to_end(&mut file, &mut data).is_err() {
                 continue;
             }
-            let Some(bias) = load_bias(&data, mapping) else {
+            let Some(bias) = load_bias(&*data, mapping) else {
                 continue;
             };
             let (stored, write) = match self.files.get(&key) {
@@ -504,40 +456,6 @@ mod tests {
             found.rows.len()
         );
         assert!(checked >= 10, "only {checked} rows compared");
-    }
-
-    #[test]
-    fn the_load_bias_comes_from_the_executable_segment_by_page() {
-        let mapping = |start, offset| Mapping {
-            start,
-            end: start + 0x10000,
-            offset,
-            executable: true,
-            path: "/lib/x.so".into(),
-        };
-        // GNU ld: r-- at 0, r-x at 0x28000 = vaddr 0x28000.
-        let gnu = [LoadSegment {
-            offset: 0x28000,
-            size: 0x17_0000,
-            vaddr: 0x28000,
-        }];
-        assert_eq!(
-            bias_of(&gnu, &mapping(0x7f00_0002_8000, 0x28000)),
-            Some(0x7f00_0000_0000)
-        );
-        // lld: .text at offset 0x1682a0, vaddr 0x1692a0; the mapping starts at
-        // the page (offset 0x168000), which the r-- segment before also covers.
-        let lld = [LoadSegment {
-            offset: 0x1682a0,
-            size: 0x10_0000,
-            vaddr: 0x1692a0,
-        }];
-        assert_eq!(
-            bias_of(&lld, &mapping(0x7f00_0016_9000, 0x168000)),
-            Some(0x7f00_0000_0000)
-        );
-        // A mapping of no executable segment: none.
-        assert_eq!(bias_of(&gnu, &mapping(0x7f00_0000_0000, 0)), None);
     }
 
     #[test]
