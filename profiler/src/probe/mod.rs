@@ -156,23 +156,30 @@ pub struct CallSite {
     pub reads: Option<CallReads>,
 }
 
-/// How big the ring buffers are made.
+/// What a probe is loaded for, which sizes its maps: the ring buffers, and
+/// the unwind rows (2 MiB), which only a recording of CPU samples fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RingSizes {
-    /// As the eBPF object declares them: for recording.
+pub enum Purpose {
+    /// Sampling stacks with unwind rows (`record`, and `watch`'s CPU
+    /// profiles, which load a probe of their own): every map as the eBPF
+    /// object declares it.
     Recording,
+    /// Tracing without stack samples (`gc`, `watch`'s monitor of event
+    /// loops and GC): rings as declared, one unwind row.
+    Tracing,
     /// One page each but the samples' 256 KiB, one unwind row: for a snapshot of a few
-    /// milliseconds (`dump`), where allocating and mapping 10 MB of rings
-    /// would be most of the cost.
+    /// milliseconds (`dump`, which samples without rows; `doctor`), where
+    /// allocating and mapping 10 MB of rings would be most of the cost.
     Snapshot,
 }
 
 impl Probe {
+    /// A probe for sampling stacks with unwind rows.
     pub fn load() -> Result<Probe, ProbeError> {
-        Probe::load_with(RingSizes::Recording)
+        Probe::load_with(Purpose::Recording)
     }
 
-    pub fn load_with(rings: RingSizes) -> Result<Probe, ProbeError> {
+    pub fn load_with(purpose: Purpose) -> Result<Probe, ProbeError> {
         check_capabilities(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
@@ -186,20 +193,23 @@ impl Probe {
         // iterator: parsed here for a snapshot, which uses the iterator at
         // once, and on demand otherwise ([`Probe::load_task_iterator`]).
         // (Left to aya, the loader would parse it every time.)
-        let btf = match rings {
-            RingSizes::Snapshot => aya::Btf::from_sys_fs().ok(),
-            RingSizes::Recording => None,
+        let btf = match purpose {
+            Purpose::Snapshot => aya::Btf::from_sys_fs().ok(),
+            Purpose::Recording | Purpose::Tracing => None,
         };
         let mut loader = aya::EbpfLoader::new();
         loader.btf(btf.as_ref());
-        if rings == RingSizes::Snapshot {
+        if purpose == Purpose::Snapshot {
             let page = 4096;
             loader
                 .map_max_entries(SAMPLES_MAP, 256 << 10)
                 .map_max_entries(CALLS_MAP, page)
-                .map_max_entries(THREAD_EVENTS_MAP, page)
-                // A snapshot builds no unwind rows (see `stacks::sample`).
-                .map_max_entries(UNWIND_ROWS_MAP, 1);
+                .map_max_entries(THREAD_EVENTS_MAP, page);
+        }
+        if purpose != Purpose::Recording {
+            // No unwind tables are built (see `stacks::sample` for dump's
+            // samples): one row, as a map cannot have none.
+            loader.map_max_entries(UNWIND_ROWS_MAP, 1);
         }
         let mut ebpf = loader
             .load(PROBE_OBJECT)
@@ -838,6 +848,19 @@ mod tests {
             .write(MAX_UNWIND_ROWS - 1, &rows[..1])
             .unwrap();
         assert_eq!(probe.unwind_rows.lookup(MAX_UNWIND_ROWS - 1), Some(rows[0]));
+    }
+
+    /// Only a probe that samples with unwind rows gets the 2 MiB row map.
+    #[test]
+    fn only_recording_probes_get_the_full_row_map() {
+        for (purpose, rows) in [
+            (Purpose::Recording, MAX_UNWIND_ROWS),
+            (Purpose::Tracing, 1),
+            (Purpose::Snapshot, 1),
+        ] {
+            let probe = Probe::load_with(purpose).expect("the probe loads (as root)");
+            assert_eq!(probe.unwind_rows.len(), rows, "{purpose:?}");
+        }
     }
 
     #[test]
