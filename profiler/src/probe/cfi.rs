@@ -496,12 +496,11 @@ mod tests {
         };
         let (mut compared, mut unknown, mut skipped) = (0, 0, 0);
         let mut wrong = Vec::new();
-        for i in 0..fdes.len() {
+        for (i, (range, rows)) in fdes.iter().enumerate() {
             if overlaps(i) {
                 skipped += 1;
                 continue;
             }
-            let (range, rows) = &fdes[i];
             // readelf also prints a row an FDE's last advance takes to its
             // very end: the code after it is another function's, or padding.
             for r in rows.iter().filter(|r| range.contains(&r.loc)) {

@@ -10,6 +10,9 @@ use nodeprof_common::UnwindRow;
 
 use super::ProbeError;
 
+// The kernel's array and the sampler see 8-byte rows: no padding in ours.
+const _: () = assert!(size_of::<UnwindRow>() == 8);
+
 pub(super) struct RowsMap {
     memory: memmap2::MmapMut,
     /// The map itself, kept for reading it back in tests.
