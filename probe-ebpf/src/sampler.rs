@@ -1,7 +1,7 @@
 //! The stack sampler: runs on every tick of a per-CPU `cpu-clock` perf event.
 
 use aya_ebpf::{
-    bindings::{pt_regs, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{pt_regs, BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
         bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -34,9 +34,10 @@ static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 static V8_CONFIGS: HashMap<u32, V8ProbeConfig> = HashMap::with_max_entries(1024, 0);
 
 /// `.eh_frame` rows of the objects built without frame pointers (libc…),
-/// computed by user space (`probe/cfi.rs`).
+/// computed by user space (`probe/cfi.rs`), which writes them through a
+/// mapping of the array (`probe/rows.rs`), not one `bpf(2)` call per row.
 #[map(name = "UNWIND_ROWS")]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_UNWIND_ROWS, 0);
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_UNWIND_ROWS, BPF_F_MMAPABLE);
 
 #[map(name = "UNWIND_TABLES")]
 static UNWIND_TABLES: HashMap<u32, UnwindTable> = HashMap::with_max_entries(1024, 0);

@@ -156,6 +156,56 @@ pub fn executable_mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
     Ok(maps)
 }
 
+/// The run-time address of ELF virtual address 0 for an executable mapping
+/// of the ELF file `data` at `mapping`: where the executable segment the
+/// mapping holds landed. The sampler's unwind rows (`probe::cfi`) and dump's
+/// unwinder (`stacks::unwind`) both place a file's code with it.
+pub fn load_bias<'data, R: object::ReadRef<'data>>(data: R, mapping: &Mapping) -> Option<u64> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let segments: Vec<LoadSegment> = header
+        .program_headers(endian, data)
+        .ok()?
+        .iter()
+        .filter(|ph| {
+            ph.p_type(endian) == object::elf::PT_LOAD && ph.p_flags(endian) & object::elf::PF_X != 0
+        })
+        .map(|ph| LoadSegment {
+            offset: ph.p_offset(endian),
+            size: ph.p_filesz(endian),
+            vaddr: ph.p_vaddr(endian),
+        })
+        .collect();
+    bias_of(&segments, mapping)
+}
+
+/// An executable PT_LOAD segment: file offset, file size, virtual address.
+#[derive(Debug, Clone, Copy)]
+struct LoadSegment {
+    offset: u64,
+    size: u64,
+    vaddr: u64,
+}
+
+/// The mapping starts at a page boundary, its segment maybe later in the
+/// page (lld puts .text at offset 0x1682a0, vaddr 0x1692a0), so the segment
+/// is found by its page-aligned offset.
+fn bias_of(segments: &[LoadSegment], mapping: &Mapping) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    segments.iter().find_map(|s| {
+        (s.offset & !(PAGE - 1) <= mapping.offset && mapping.offset < s.offset + s.size).then(
+            || {
+                mapping
+                    .start
+                    .wrapping_add(s.offset)
+                    .wrapping_sub(mapping.offset)
+                    .wrapping_sub(s.vaddr)
+            },
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +236,62 @@ mod tests {
         let maps = executable_mappings(std::process::id()).unwrap();
         assert!(maps.iter().all(|m| m.executable));
         assert!(maps.iter().any(|m| m.is_file()));
+    }
+
+    #[test]
+    fn the_load_bias_comes_from_the_executable_segment_by_page() {
+        let mapping = |start, offset| Mapping {
+            start,
+            end: start + 0x10000,
+            offset,
+            executable: true,
+            path: "/lib/x.so".into(),
+        };
+        // GNU ld: r-- at 0, r-x at 0x28000 = vaddr 0x28000.
+        let gnu = [LoadSegment {
+            offset: 0x28000,
+            size: 0x17_0000,
+            vaddr: 0x28000,
+        }];
+        assert_eq!(
+            bias_of(&gnu, &mapping(0x7f00_0002_8000, 0x28000)),
+            Some(0x7f00_0000_0000)
+        );
+        // lld: .text at offset 0x1682a0, vaddr 0x1692a0; the mapping starts at
+        // the page (offset 0x168000), which the r-- segment before also covers.
+        let lld = [LoadSegment {
+            offset: 0x1682a0,
+            size: 0x10_0000,
+            vaddr: 0x1692a0,
+        }];
+        assert_eq!(
+            bias_of(&lld, &mapping(0x7f00_0016_9000, 0x168000)),
+            Some(0x7f00_0000_0000)
+        );
+        // A mapping of no executable segment: none.
+        assert_eq!(bias_of(&gnu, &mapping(0x7f00_0000_0000, 0)), None);
+    }
+
+    /// The bias of this process's own libc places its `getpid` where the
+    /// dynamic linker found it.
+    #[test]
+    fn the_load_bias_places_libc_symbols() {
+        use object::{Object, ObjectSymbol};
+        let maps = executable_mappings(std::process::id()).unwrap();
+        let libc = maps
+            .iter()
+            .find(|m| m.path.contains("/libc.so"))
+            .expect("libc mapped");
+        let data = std::fs::read(&libc.path).unwrap();
+        let bias = load_bias(&*data, libc).expect("a bias");
+        let file = object::File::parse(&*data).unwrap();
+        let value = file
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("getpid"))
+            .unwrap()
+            .address();
+        // SAFETY: a lookup by a NUL-terminated name.
+        let runtime = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"getpid".as_ptr()) } as u64;
+        assert_eq!(bias.wrapping_add(value), runtime, "bias {bias:x}");
     }
 }

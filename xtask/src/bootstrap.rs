@@ -466,6 +466,12 @@ const TOOLS: &[Tool] = &[
         check: &["--version"],
         package: "man-db",
     },
+    // The unwind-row unit tests compare every row with readelf's reading of `.eh_frame`.
+    Tool {
+        command: "readelf",
+        check: &["--version"],
+        package: "binutils",
+    },
     // The ship tests check the binary is static and stripped.
     Tool {
         command: "file",

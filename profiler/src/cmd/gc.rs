@@ -14,7 +14,7 @@ use crate::gc::{
     LeakSuspicion,
 };
 use crate::output::Report;
-use crate::probe::{self, Probe};
+use crate::probe::{self, Probe, Purpose};
 use crate::target::Target;
 
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ async fn trace_async(
         action: "install the signal handlers",
         source,
     })?;
-    let mut probe = Probe::load()?;
+    let mut probe = Probe::load_with(Purpose::Tracing)?;
     let mut probes = GcProbes::attach(&mut probe, target).map_err(|e| {
         // Attaching to a process that is gone fails in perf_event_open: say what happened.
         if target.is_alive() {

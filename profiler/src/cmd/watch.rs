@@ -27,7 +27,7 @@ use crate::collect::ThreadEventCollector;
 use crate::eventloop::{self, LoopReport};
 use crate::gc::{leak, GcFleet, LeakDetector};
 use crate::output::{CaptureFile, FileError, Format, OutputFiles, Report, Summary};
-use crate::probe::{self, Probe, ProbeError};
+use crate::probe::{self, Probe, ProbeError, Purpose};
 use crate::profile::FrameKind;
 use crate::stacks::report::DumpReport;
 use crate::target::{Runtime, Target};
@@ -127,7 +127,7 @@ struct Line {
 }
 
 async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, WatchError> {
-    let mut probe = Probe::load()?;
+    let mut probe = Probe::load_with(Purpose::Tracing)?;
     let loop_events = if options.no_loop {
         None
     } else {

@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use serde::Serialize;
 
-use super::{CallSite, Probe, ProbeError, RingSizes};
+use super::{CallSite, Probe, ProbeError, Purpose};
 
 /// A kernel feature, with the Linux version that brought it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -158,7 +158,7 @@ pub fn try_all() -> Vec<Trial> {
         (Feature::PerfEvents, cpu_clock_event()),
     ];
     let rest = &Feature::ALL[trials.len()..];
-    match Probe::load_with(RingSizes::Snapshot) {
+    match Probe::load_with(Purpose::Snapshot) {
         Ok(mut probe) => {
             for &feature in rest {
                 let outcome = try_with(&mut probe, feature, &trials);

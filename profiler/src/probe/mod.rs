@@ -7,6 +7,7 @@
 
 pub mod cfi;
 pub mod features;
+mod rows;
 
 use std::os::fd::AsFd;
 
@@ -21,6 +22,7 @@ use aya::programs::perf_event::{
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::{Iter, TracePoint, UProbe};
 use aya::Ebpf;
+use nodeprof_common::UnwindTable;
 use nodeprof_common::{
     CallReads, OffCpu, SwitchConfig, TaskRecord, V8ProbeConfig, CALLS_LOST_MAP, CALLS_MAP,
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
@@ -28,7 +30,6 @@ use nodeprof_common::{
     TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_LOST_MAP, THREAD_EVENTS_MAP,
     UNWIND_EXEC_PROGRAM, UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, V8_CONFIGS_MAP,
 };
-use nodeprof_common::{UnwindRow, UnwindTable};
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -138,7 +139,7 @@ pub struct Probe {
     sampler_links: Vec<aya::programs::perf_event::PerfEventLinkId>,
     /// The kernel's BTF, kept for the task iterator of a snapshot.
     btf: Option<aya::Btf>,
-    unwind_rows: Array<MapData, UnwindRow>,
+    unwind_rows: rows::RowsMap,
     unwind_tables: HashMap<MapData, u32, UnwindTable>,
     unwind: cfi::UnwindTables,
     /// Whether the programs that drop a stale table (exec, munmap) are attached.
@@ -157,23 +158,30 @@ pub struct CallSite {
     pub reads: Option<CallReads>,
 }
 
-/// How big the ring buffers are made.
+/// What a probe is loaded for, which sizes its maps: the ring buffers, and
+/// the unwind rows (2 MiB), which only a recording of CPU samples fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RingSizes {
-    /// As the eBPF object declares them: for recording.
+pub enum Purpose {
+    /// Sampling stacks with unwind rows (`record`, and `watch`'s CPU
+    /// profiles, which load a probe of their own): every map as the eBPF
+    /// object declares it.
     Recording,
+    /// Tracing without stack samples (`gc`, `watch`'s monitor of event
+    /// loops and GC): rings as declared, one unwind row.
+    Tracing,
     /// One page each but the samples' 256 KiB, one unwind row: for a snapshot of a few
-    /// milliseconds (`dump`), where allocating and mapping 10 MB of rings
-    /// would be most of the cost.
+    /// milliseconds (`dump`, which samples without rows; `doctor`), where
+    /// allocating and mapping 10 MB of rings would be most of the cost.
     Snapshot,
 }
 
 impl Probe {
+    /// A probe for sampling stacks with unwind rows.
     pub fn load() -> Result<Probe, ProbeError> {
-        Probe::load_with(RingSizes::Recording)
+        Probe::load_with(Purpose::Recording)
     }
 
-    pub fn load_with(rings: RingSizes) -> Result<Probe, ProbeError> {
+    pub fn load_with(purpose: Purpose) -> Result<Probe, ProbeError> {
         check_capabilities(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
@@ -187,20 +195,23 @@ impl Probe {
         // iterator: parsed here for a snapshot, which uses the iterator at
         // once, and on demand otherwise ([`Probe::load_task_iterator`]).
         // (Left to aya, the loader would parse it every time.)
-        let btf = match rings {
-            RingSizes::Snapshot => aya::Btf::from_sys_fs().ok(),
-            RingSizes::Recording => None,
+        let btf = match purpose {
+            Purpose::Snapshot => aya::Btf::from_sys_fs().ok(),
+            Purpose::Recording | Purpose::Tracing => None,
         };
         let mut loader = aya::EbpfLoader::new();
         loader.btf(btf.as_ref());
-        if rings == RingSizes::Snapshot {
+        if purpose == Purpose::Snapshot {
             let page = 4096;
             loader
                 .map_max_entries(SAMPLES_MAP, 256 << 10)
                 .map_max_entries(CALLS_MAP, page)
-                .map_max_entries(THREAD_EVENTS_MAP, page)
-                // A snapshot builds no unwind rows (see `stacks::sample`).
-                .map_max_entries(UNWIND_ROWS_MAP, 1);
+                .map_max_entries(THREAD_EVENTS_MAP, page);
+        }
+        if purpose != Purpose::Recording {
+            // No unwind tables are built (see `stacks::sample` for dump's
+            // samples): one row, as a map cannot have none.
+            loader.map_max_entries(UNWIND_ROWS_MAP, 1);
         }
         let mut ebpf = loader
             .load(PROBE_OBJECT)
@@ -213,7 +224,15 @@ impl Probe {
         let calls = take_map(&mut ebpf, CALLS_MAP)?;
         let call_reads = take_map(&mut ebpf, CALL_READS_MAP)?;
         let thread_events = take_map(&mut ebpf, THREAD_EVENTS_MAP)?;
-        let unwind_rows = take_map(&mut ebpf, UNWIND_ROWS_MAP)?;
+        let unwind_rows = match ebpf.take_map(UNWIND_ROWS_MAP) {
+            Some(map) => rows::RowsMap::new(map)?,
+            None => {
+                return Err(ProbeError::Kernel {
+                    action: "open the eBPF maps",
+                    detail: format!("map {UNWIND_ROWS_MAP} missing"),
+                })
+            }
+        };
         let unwind_tables = take_map(&mut ebpf, UNWIND_TABLES_MAP)?;
         Ok(Probe {
             unwind_rows,
@@ -254,11 +273,7 @@ impl Probe {
         // Every row first, then the table in one update: the kernel reuses a
         // replaced hash-map element for the next update, while a sampler on
         // another CPU may still be reading it.
-        for (_, write) in &plan.objects {
-            if let Some((first, rows)) = write {
-                self.store_unwind_rows(*first, rows)?;
-            }
-        }
+        self.store_unwind_rows(&plan)?;
         if plan.objects.is_empty() {
             let _ = self.unwind_tables.remove(&tgid);
         } else {
@@ -315,20 +330,22 @@ impl Probe {
             return;
         };
         self.unwind.forget(pid);
-        for (_, write) in &plan.objects {
-            if let Some((first, rows)) = write {
-                if let Err(e) = self.store_unwind_rows(*first, rows) {
-                    tracing::debug!("unwind rows not stored: {e}");
-                }
-            }
+        if let Err(e) = self.store_unwind_rows(&plan) {
+            tracing::debug!("unwind rows not stored: {e}");
         }
     }
 
-    fn store_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
-        for (i, row) in rows.iter().enumerate() {
-            self.unwind_rows
-                .set(first + i as u32, row, 0)
-                .map_err(|e| ProbeError::classify("store unwind rows", &e))?;
+    /// Writes the rows of the plan's new files into `UNWIND_ROWS`.
+    fn store_unwind_rows(&mut self, plan: &cfi::Plan) -> Result<(), ProbeError> {
+        let started = std::time::Instant::now();
+        let mut count = 0;
+        for (_, write) in &plan.objects {
+            let Some((first, rows)) = write else { continue };
+            self.unwind_rows.write(*first, rows)?;
+            count += rows.len();
+        }
+        if count > 0 {
+            tracing::debug!("unwind rows: {count} stored in {:?}", started.elapsed());
         }
         Ok(())
     }
@@ -836,6 +853,56 @@ fn program_loaded(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodeprof_common::{UnwindRow, MAX_UNWIND_ROWS};
+
+    /// Rows written through the mapping are what the kernel's map holds at
+    /// those indices (read back with `bpf(2)` lookups); a write past the
+    /// end is refused. Needs root, as the integration tests.
+    #[test]
+    fn unwind_rows_written_through_the_mapping_are_in_the_map() {
+        let mut probe = Probe::load().expect("the probe loads (as root)");
+        assert_eq!(probe.unwind_rows.len(), MAX_UNWIND_ROWS);
+        let rows: Vec<UnwindRow> = (0..1000u32)
+            .map(|i| UnwindRow {
+                pc: i * 3 + 1,
+                cfa_offset: (i % 500) as u16 + 8,
+                rbp_offset: -((i % 4) as i8),
+                cfa: (i % 3) as u8,
+            })
+            .collect();
+        probe.unwind_rows.write(5000, &rows).unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(
+                probe.unwind_rows.lookup(5000 + i as u32),
+                Some(*row),
+                "row {i}"
+            );
+        }
+        assert_eq!(probe.unwind_rows.lookup(4999), Some(UnwindRow::default()));
+        assert_eq!(probe.unwind_rows.lookup(6000), Some(UnwindRow::default()));
+        assert!(probe
+            .unwind_rows
+            .write(MAX_UNWIND_ROWS - 1, &rows[..2])
+            .is_err());
+        probe
+            .unwind_rows
+            .write(MAX_UNWIND_ROWS - 1, &rows[..1])
+            .unwrap();
+        assert_eq!(probe.unwind_rows.lookup(MAX_UNWIND_ROWS - 1), Some(rows[0]));
+    }
+
+    /// Only a probe that samples with unwind rows gets the 2 MiB row map.
+    #[test]
+    fn only_recording_probes_get_the_full_row_map() {
+        for (purpose, rows) in [
+            (Purpose::Recording, MAX_UNWIND_ROWS),
+            (Purpose::Tracing, 1),
+            (Purpose::Snapshot, 1),
+        ] {
+            let probe = Probe::load_with(purpose).expect("the probe loads (as root)");
+            assert_eq!(probe.unwind_rows.len(), rows, "{purpose:?}");
+        }
+    }
 
     #[test]
     fn reads_the_sched_switch_format() {

@@ -32,7 +32,7 @@ use crate::collect::{Collection, Collector};
 use crate::corefile::{CoreFile, CoreFileError};
 use crate::eventloop::uv::{self, LoopClock};
 use crate::image::{Image, ProcessImage, ThreadRegs};
-use crate::probe::{self, Probe, ProbeError, RingSizes};
+use crate::probe::{self, Probe, ProbeError, Purpose};
 use crate::profile::Frame;
 use crate::symbolize::Symbolizer;
 use crate::target::{discover, Discovery, Runtime, Target, TargetError, V8Runtime};
@@ -167,7 +167,7 @@ pub fn capture(pid: u32, window: SampleWindow) -> Result<Stacks, StacksError> {
             tracing::debug!("unwind data read after {:?}", started.elapsed());
             unwinder
         });
-        let mut probe = Probe::load_with(RingSizes::Snapshot)?;
+        let mut probe = Probe::load_with(Purpose::Snapshot)?;
         tracing::debug!("probe loaded after {:?}", started.elapsed());
         probe.load_task_iterator()?;
         let listed = threads::list(pid).map_err(|source| StacksError::Io {

@@ -16,10 +16,10 @@ use std::os::unix::fs::FileExt;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
-use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
+use object::read::elf::{FileHeader, SectionHeader};
 use object::{elf::FileHeader64, Endianness};
 
-use crate::image::{open_mapped_file, Mapping};
+use crate::image::{load_bias, open_mapped_file, Mapping};
 use crate::v8::memory::{Memory, MemoryExt};
 
 /// Deepest stack walked (as the sampler's).
@@ -125,26 +125,7 @@ fn module_of(file: File, mapping: &Mapping) -> Option<Module<Vec<u8>>> {
     let cache = object::ReadCache::new(file);
     let header = FileHeader64::<Endianness>::parse(&cache).ok()?;
     let endian = header.endian().ok()?;
-    // The load bias: where the executable segment this mapping holds landed.
-    // The mapping starts at a page boundary, its segment maybe later in the
-    // page (lld puts .text at offset 0x1682a0, vaddr 0x1692a0).
-    let bias = header
-        .program_headers(endian, &cache)
-        .ok()?
-        .iter()
-        .filter(|ph| {
-            ph.p_type(endian) == object::elf::PT_LOAD && ph.p_flags(endian) & object::elf::PF_X != 0
-        })
-        .find_map(|ph| {
-            let (offset, size) = (ph.p_offset(endian), ph.p_filesz(endian));
-            (offset & !(PAGE - 1) <= mapping.offset && mapping.offset < offset + size).then(|| {
-                mapping
-                    .start
-                    .wrapping_add(offset)
-                    .wrapping_sub(mapping.offset)
-                    .wrapping_sub(ph.p_vaddr(endian))
-            })
-        })?;
+    let bias = load_bias(&cache, mapping)?;
     let sections = header.sections(endian, &cache).ok()?;
     let range = |name: &[u8]| -> Option<Range<u64>> {
         let (_, sh) = sections.section_by_name(endian, name)?;
