@@ -710,6 +710,11 @@ impl NodeprofProc {
         fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// What nodeprof has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     /// Waits for nodeprof to exit and collects its output.
     pub fn finish(mut self, timeout: Duration) -> Run {
         let status = self.proc.wait(timeout);

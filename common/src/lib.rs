@@ -29,6 +29,9 @@ pub const SAMPLER_PROGRAM: &str = "nodeprof_sample";
 /// Name of the `sched_process_exec` tracepoint program that drops a
 /// target's unwind table at its exec.
 pub const UNWIND_EXEC_PROGRAM: &str = "nodeprof_unwind_exec";
+/// Name of the hash map of each target's exec count, as that program saw them
+/// (key: tgid, value: u64).
+pub const UNWIND_EXECS_MAP: &str = "UNWIND_EXECS";
 
 /// Name of the `sched_switch` tracepoint program (off-CPU time).
 pub const SWITCH_PROGRAM: &str = "nodeprof_switch";
@@ -314,7 +317,9 @@ pub const MAX_UNWIND_ROWS: u32 = 1 << 18;
 pub const MAX_UNWIND_OBJECTS: usize = 8;
 /// Frames the sampler unwinds with `.eh_frame` rows before it goes on with
 /// frame pointers: a libc leaf and the libc functions that called it.
-pub const MAX_UNWIND_LEVELS: usize = 4;
+/// malloc growing the heap is 5 deep (malloc, _int_malloc, sysmalloc,
+/// __default_morecore, sbrk), and 4 cut those stacks.
+pub const MAX_UNWIND_LEVELS: usize = 8;
 /// Steps of the binary search for a row: objects of up to 2^20 rows.
 pub const UNWIND_SEARCH_STEPS: usize = 20;
 

@@ -49,10 +49,24 @@ static UNWIND_TABLES: HashMap<u32, UnwindTable> = HashMap::with_max_entries(1024
 pub fn nodeprof_unwind_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if is_target(tgid) {
+        // Counted first: user space compares the count around a rebuild
+        // that may have read the old program's mappings.
+        match UNWIND_EXECS.get_ptr_mut(&tgid) {
+            // SAFETY: a valid map value; an exec of one process cannot run
+            // twice at once.
+            Some(count) => unsafe { *count += 1 },
+            None => {
+                let _ = UNWIND_EXECS.insert(&tgid, &1, 0);
+            }
+        }
         let _ = UNWIND_TABLES.remove(&tgid);
     }
     0
 }
+
+/// Execs of each target, counted by [`nodeprof_unwind_exec`].
+#[map(name = "UNWIND_EXECS")]
+static UNWIND_EXECS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -29,6 +29,8 @@
 //!   would slow every system call of the machine) and builds a table that
 //!   no longer covers it.
 
+use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use nodeprof_tests::*;
@@ -97,33 +99,29 @@ fn libc_leaves_keep_their_callers() {
     );
 }
 
-/// `nodeprof record -p PID -F 999 -d SECONDS` with its debug log on stderr.
-fn record_with_debug_log(
-    pid: u32,
-    seconds: &str,
-    prefix: &std::path::Path,
-    dir: &std::path::Path,
-) -> Run {
+/// `nodeprof record -p PID -F 999 -d SECONDS` with its debug log on stderr;
+/// once nodeprof has given the target its unwind table, creates `go` (the
+/// target then changes its mappings).
+fn record_then_go(pid: u32, seconds: &str, prefix: &Path, dir: &Path, go: &Path) -> Run {
     // `env` sets the log level: the test harness clears NODEPROF_LOG.
     let mut cmd = std::process::Command::new("env");
     cmd.arg("NODEPROF_LOG=nodeprof=debug").arg(nodeprof_bin());
-    let args: Vec<String> = [
-        "record",
-        "-q",
-        "-F",
-        "999",
-        "-d",
-        seconds,
-        "-p",
-        &pid.to_string(),
-        "--format",
-        "cpuprofile,folded",
-        "-o",
-        &prefix.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let run = spawn_nodeprof_with(cmd, &args, dir).finish(Duration::from_secs(60));
+    let args = record_args(
+        pid,
+        prefix,
+        &["-F", "999", "-d", seconds, "--format", "cpuprofile,folded"],
+    );
+    let recording = spawn_nodeprof_with(cmd, &args, dir);
+    let table = format!("unwind rows of {pid}:");
+    assert!(
+        wait_until(Duration::from_secs(30), || recording
+            .stderr_so_far()
+            .contains(&table)),
+        "no unwind table built for {pid}:\n{}",
+        recording.stderr_so_far()
+    );
+    fs::write(go, b"go").expect("create the go file");
+    let run = recording.finish(Duration::from_secs(60));
     run.assert_success();
     run
 }
@@ -134,16 +132,22 @@ fn an_exec_drops_the_unwind_table() {
     let dir = scratch_dir();
     let node = node_major(24);
     let libc_paths = fixture("js/libc_paths.js");
+    let go = dir.path().join("exec.go");
     let target = Proc::node(
         &node,
         &[],
         "exec/execve.js",
-        &[node.to_str().unwrap(), "4", libc_paths.to_str().unwrap()],
+        &[
+            node.to_str().unwrap(),
+            "3",
+            &format!("script={}", libc_paths.display()),
+            &format!("go={}", go.display()),
+        ],
         dir.path(),
     );
     target.wait_for_line("ready", Duration::from_secs(20));
     let prefix = dir.path().join("exec");
-    let run = record_with_debug_log(target.pid, "4", &prefix, dir.path());
+    let run = record_then_go(target.pid, "3", &prefix, dir.path(), &go);
     let dropped = format!("unwind table of {} dropped by the kernel", target.pid);
     assert!(
         run.stderr.contains(&dropped),
@@ -171,11 +175,12 @@ fn an_exec_drops_the_unwind_table() {
 fn an_unmap_replaces_the_unwind_table() {
     let _lock = serial();
     let dir = scratch_dir();
+    let go = dir.path().join("unload.go");
     let mut cmd = std::process::Command::new("perl");
-    cmd.arg(fixture("native/unload.pl")).args(["1.5", "3"]);
+    cmd.arg(fixture("native/unload.pl")).arg(&go).arg("2");
     let target = Proc::spawn(cmd);
     target.wait_for_line("ready", Duration::from_secs(20));
-    let run = record_with_debug_log(target.pid, "3.5", &dir.path().join("unload"), dir.path());
+    let run = record_then_go(target.pid, "2", &dir.path().join("unload"), dir.path(), &go);
     target.wait_for_line("done", Duration::from_secs(20));
     let tables: Vec<&str> = run
         .stderr

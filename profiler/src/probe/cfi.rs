@@ -188,6 +188,8 @@ pub struct UnwindTables {
     /// By (device, inode): where its rows are, or None when it has none.
     files: HashMap<(u64, u64), Option<Stored>>,
     next_row: u32,
+    /// Rows the sampler's array holds (a probe that builds no tables has one).
+    capacity: u32,
     /// Per target, the executable mappings when its table was last built.
     seen: HashMap<u32, Vec<(u64, u64)>>,
     /// Per target, the mappings its table covers: range and path.
@@ -219,6 +221,14 @@ impl Plan {
 }
 
 impl UnwindTables {
+    /// For an array of `capacity` rows.
+    pub fn new(capacity: u32) -> UnwindTables {
+        UnwindTables {
+            capacity: capacity.min(MAX_UNWIND_ROWS),
+            ..UnwindTables::default()
+        }
+    }
+
     /// Reads `pid`'s mappings and plans its table: every executable file
     /// mapping but the main executable (node keeps frame pointers, and its
     /// rows would be most of the budget) that has an `.eh_frame`, libc first.
@@ -293,8 +303,8 @@ impl UnwindTables {
         let found = rows_of_elf(data).ok()?;
         let count = u32::try_from(found.rows.len()).ok()?;
         let first_row = self.next_row;
-        if first_row.checked_add(count)? > MAX_UNWIND_ROWS {
-            tracing::debug!("unwind rows: budget of {MAX_UNWIND_ROWS} rows reached");
+        if first_row.checked_add(count)? > self.capacity {
+            tracing::debug!("unwind rows: budget of {} rows reached", self.capacity);
             return None;
         }
         self.next_row += count;
@@ -312,11 +322,6 @@ impl UnwindTables {
         self.seen
             .get(&pid)
             .is_some_and(|ranges| !ranges.iter().any(|&(s, e)| pc >= s && pc < e))
-    }
-
-    /// Whether a table of `pid` was built (and not forgotten).
-    pub fn has_table(&self, pid: u32) -> bool {
-        self.seen.contains_key(&pid)
     }
 
     /// Whether a mapping `pid`'s table covers is gone (a `dlclose`), or now

@@ -9,6 +9,7 @@ pub mod cfi;
 pub mod features;
 mod rows;
 
+use std::collections::HashSet;
 use std::os::fd::AsFd;
 
 use aya::maps::Array;
@@ -28,7 +29,7 @@ use nodeprof_common::{
     CALL_ENTRY_PROGRAM, CALL_READS_MAP, CALL_RETURN_PROGRAM, LOOP_ENTER_PROGRAM, LOOP_EXIT_PROGRAM,
     LOST_MAP, OFF_CPU_MAP, SAMPLER_PROGRAM, SAMPLES_MAP, SWITCH_CONFIG_MAP, SWITCH_PROGRAM,
     TARGETS_MAP, TASKS_ITER_TARGET, TASKS_PROGRAM, THREAD_EVENTS_LOST_MAP, THREAD_EVENTS_MAP,
-    UNWIND_EXEC_PROGRAM, UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, V8_CONFIGS_MAP,
+    UNWIND_EXECS_MAP, UNWIND_EXEC_PROGRAM, UNWIND_ROWS_MAP, UNWIND_TABLES_MAP, V8_CONFIGS_MAP,
 };
 
 /// The eBPF object built from `probe-ebpf` by build.rs.
@@ -142,7 +143,11 @@ pub struct Probe {
     unwind_rows: rows::RowsMap,
     unwind_tables: HashMap<MapData, u32, UnwindTable>,
     unwind: cfi::UnwindTables,
-    /// Whether the programs that drop a stale table (exec, munmap) are attached.
+    /// Execs of each target seen by the guard (`sched_process_exec`).
+    unwind_execs: HashMap<MapData, u32, u64>,
+    /// Targets given a table, which only the guard removes behind our back.
+    unwind_published: HashSet<u32>,
+    /// Whether the guard that drops a table at an exec is attached.
     unwind_guarded: bool,
 }
 
@@ -234,10 +239,13 @@ impl Probe {
             }
         };
         let unwind_tables = take_map(&mut ebpf, UNWIND_TABLES_MAP)?;
+        let unwind_execs = take_map(&mut ebpf, UNWIND_EXECS_MAP)?;
         Ok(Probe {
+            unwind: cfi::UnwindTables::new(unwind_rows.len()),
             unwind_rows,
             unwind_tables,
-            unwind: cfi::UnwindTables::default(),
+            unwind_execs,
+            unwind_published: HashSet::new(),
             unwind_guarded: false,
             thread_events: Some(thread_events),
             ebpf,
@@ -266,6 +274,16 @@ impl Probe {
     /// process runs the program to profile (after its exec), and again when
     /// it execs or maps new code. Returns the paths of the covered objects.
     pub fn load_unwind_tables(&mut self, tgid: u32) -> Result<Vec<String>, ProbeError> {
+        if !self.unwind_guarded {
+            // Without it a stale table lives until user space sees the
+            // change: worth a note in the log, not an end to the capture.
+            if let Err(e) = self.guard_unwind_tables() {
+                tracing::debug!("unwind tables are not dropped by the kernel: {e}");
+            }
+            self.unwind_guarded = true;
+        }
+        self.unwind_published.remove(&tgid);
+        let execs = self.unwind_execs.get(&tgid, 0).unwrap_or(0);
         let plan = self.unwind.plan(tgid).map_err(|e| ProbeError::Kernel {
             action: "read the target's mappings",
             detail: e.to_string(),
@@ -276,18 +294,17 @@ impl Probe {
         self.store_unwind_rows(&plan)?;
         if plan.objects.is_empty() {
             let _ = self.unwind_tables.remove(&tgid);
-        } else {
-            if !self.unwind_guarded {
-                // Without them a stale table lives until user space sees the
-                // change: worth a note in the log, not an end to the capture.
-                if let Err(e) = self.guard_unwind_tables() {
-                    tracing::debug!("unwind tables are not dropped by the kernel: {e}");
-                }
-                self.unwind_guarded = true;
-            }
-            self.unwind_tables
-                .insert(tgid, plan.table(plan.objects.len()), 0)
-                .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
+            return Ok(plan.covered);
+        }
+        self.unwind_tables
+            .insert(tgid, plan.table(plan.objects.len()), 0)
+            .map_err(|e| ProbeError::classify("register the unwind table", &e))?;
+        self.unwind_published.insert(tgid);
+        // An exec between reading the mappings and the insert: the table is
+        // the old program's, and the guard has already run. It goes now,
+        // and `unwind_table_dropped` has the next one built.
+        if self.unwind_execs.get(&tgid, 0).unwrap_or(0) != execs {
+            let _ = self.unwind_tables.remove(&tgid);
         }
         Ok(plan.covered)
     }
@@ -312,7 +329,7 @@ impl Probe {
     /// Whether the kernel dropped `tgid`'s unwind table (see
     /// [`Probe::guard_unwind_tables`]) since user space built it.
     pub fn unwind_table_dropped(&self, tgid: u32) -> bool {
-        self.unwind.has_table(tgid) && self.unwind_tables.get(&tgid, 0).is_err()
+        self.unwind_published.contains(&tgid) && self.unwind_tables.get(&tgid, 0).is_err()
     }
 
     /// Whether an object `tgid`'s unwind table covers is no longer mapped
@@ -591,6 +608,8 @@ impl Probe {
         let _ = self.targets.remove(&tgid);
         let _ = self.v8_configs.remove(&tgid);
         let _ = self.unwind_tables.remove(&tgid);
+        let _ = self.unwind_execs.remove(&tgid);
+        self.unwind_published.remove(&tgid);
         self.unwind.forget(tgid);
     }
 

@@ -15,7 +15,10 @@ const _: () = assert!(size_of::<UnwindRow>() == 8);
 
 pub(super) struct RowsMap {
     memory: memmap2::MmapMut,
-    /// The map itself, kept for reading it back in tests.
+    /// The map itself: its file descriptor is the one aya wrote into the
+    /// programs' instructions at load, and programs loaded later (the
+    /// sampler, the tracers) are relocated with it, so it stays open. Tests
+    /// read rows back through it.
     #[cfg_attr(not(test), allow(dead_code))]
     map: aya::maps::Map,
     len: u32,
@@ -83,7 +86,6 @@ impl RowsMap {
     }
 
     /// How many rows the map holds.
-    #[cfg(test)]
     pub(super) fn len(&self) -> u32 {
         self.len
     }
