@@ -495,6 +495,7 @@ fn run_once(cx: &Setup, workload: Workload, tag: &str, mode: Option<Mode>) -> Re
 /// Main-thread samples of nodeprof's profile in the window, and how many
 /// of them have a stack cut short: the outermost frame is not `node::Start`
 /// (node's samples of other threads sit under a `[NAME TID]` node).
+/// Samples in `--cpu-prof`'s own signal handler are left out.
 fn cut_stacks(p: &Profile, start_us: i64, end_us: i64) -> (u64, u64) {
     let (mut main, mut cut) = (0, 0);
     let mut memo = std::collections::HashMap::new();
@@ -502,8 +503,17 @@ fn cut_stacks(p: &Profile, start_us: i64, end_us: i64) -> (u64, u64) {
         if !(start_us..=end_us).contains(&t) {
             continue;
         }
-        let outermost = memo.entry(id).or_insert_with(|| p.root_child_name(id));
-        if selftime::is_thread_node(outermost) || outermost.starts_with('(') {
+        let (outermost, in_handler) = memo.entry(id).or_insert_with(|| {
+            let stack = p.stack(id);
+            let in_handler = stack
+                .iter()
+                .any(|(name, _)| name.starts_with(selftime::V8_PROFILER_SIGNAL_HANDLER));
+            (p.root_child_name(id), in_handler)
+        });
+        // Samples in `--cpu-prof`'s own signal handler are the bench's, not
+        // the program's (the shares leave them out too): its signal frame
+        // has no row to unwind through.
+        if selftime::is_thread_node(outermost) || outermost.starts_with('(') || *in_handler {
             continue;
         }
         main += 1;

@@ -424,6 +424,7 @@ async fn run(
         thread_events: Vec::new(),
         blocked,
         unwind_loaded: Instant::now(),
+        unwind_checked: Instant::now(),
         unwind_pending,
     };
     if let Some(blocked) = &mut intake.blocked {
@@ -569,6 +570,8 @@ struct Intake<'a> {
     blocked: Option<BlockedStacks>,
     /// When the target's unwind table was last built.
     unwind_loaded: Instant,
+    /// When the table was last checked against the target's mappings.
+    unwind_checked: Instant,
     /// A launched child not seen exec'd yet: its table is built once it has.
     unwind_pending: bool,
 }
@@ -605,6 +608,7 @@ const UNWIND_RELOAD: Duration = Duration::from_millis(250);
 /// cut at libc, which is worth a warning, not an end to the capture.
 fn load_unwind_tables(probe: &mut Probe, pid: u32) {
     match probe.load_unwind_tables(pid) {
+        Ok(covered) if covered.is_empty() => tracing::debug!("no unwind rows for {pid}"),
         Ok(covered) => tracing::debug!("unwind rows of {pid}: {}", covered.join(", ")),
         Err(e) => tracing::warn!("stacks may stop at libc functions: {e}"),
     }
@@ -683,8 +687,15 @@ impl Intake<'_> {
             return;
         }
         // An exec: the kernel dropped the table. An unmap of a covered
-        // library (a dlclose): the table must go before other code lands there.
-        let stale = if probe.unwind_table_dropped(self.pid) {
+        // library (a dlclose): the table must go before other code lands
+        // there. Checked every UNWIND_RELOAD (a read of /proc/PID/maps).
+        let check = self.unwind_checked.elapsed() >= UNWIND_RELOAD;
+        if check {
+            self.unwind_checked = Instant::now();
+        }
+        let stale = if !check {
+            None
+        } else if probe.unwind_table_dropped(self.pid) {
             Some("dropped by the kernel")
         } else if probe.unwind_objects_unmapped(self.pid) {
             Some("stale: a library it covers was unmapped")

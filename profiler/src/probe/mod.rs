@@ -216,7 +216,9 @@ impl Probe {
         if purpose != Purpose::Recording {
             // No unwind tables are built (see `stacks::sample` for dump's
             // samples): one row, as a map cannot have none.
-            loader.map_max_entries(UNWIND_ROWS_MAP, 1);
+            loader
+                .map_max_entries(UNWIND_ROWS_MAP, 1)
+                .map_max_entries(UNWIND_EXECS_MAP, 1);
         }
         let mut ebpf = loader
             .load(PROBE_OBJECT)
@@ -283,7 +285,7 @@ impl Probe {
             self.unwind_guarded = true;
         }
         self.unwind_published.remove(&tgid);
-        let execs = self.unwind_execs.get(&tgid, 0).unwrap_or(0);
+        let execs = self.exec_count(tgid);
         let plan = self.unwind.plan(tgid).map_err(|e| ProbeError::Kernel {
             action: "read the target's mappings",
             detail: e.to_string(),
@@ -303,10 +305,25 @@ impl Probe {
         // An exec between reading the mappings and the insert: the table is
         // the old program's, and the guard has already run. It goes now,
         // and `unwind_table_dropped` has the next one built.
-        if self.unwind_execs.get(&tgid, 0).unwrap_or(0) != execs {
+        let now = self.exec_count(tgid);
+        if now.is_none() || now != execs {
+            tracing::debug!("unwind table of {tgid} built across an exec: removed");
             let _ = self.unwind_tables.remove(&tgid);
         }
         Ok(plan.covered)
+    }
+
+    /// How many execs of `tgid` the guard counted; None when the count
+    /// cannot be read (then a table is not trusted).
+    fn exec_count(&self, tgid: u32) -> Option<u64> {
+        match self.unwind_execs.get(&tgid, 0) {
+            Ok(count) => Some(count),
+            Err(aya::maps::MapError::KeyNotFound) => Some(0),
+            Err(e) => {
+                tracing::debug!("exec count of {tgid} unreadable: {e}");
+                None
+            }
+        }
     }
 
     /// Attaches the program that drops a target's unwind table in the
