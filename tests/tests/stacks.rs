@@ -153,7 +153,7 @@ fn an_exec_drops_the_unwind_table() {
     target.wait_for_line("ready", Duration::from_secs(20));
     let prefix = dir.path().join("exec");
     let run = record_then_go(target.pid, "3", &prefix, dir.path(), &go);
-    let dropped = format!("unwind table of {} dropped by the kernel", target.pid);
+    let dropped = format!("unwind table of {} dropped at an exec", target.pid);
     assert!(
         run.stderr.contains(&dropped),
         "the exec did not drop the unwind table ({dropped:?} not logged):\n{}",

@@ -693,17 +693,18 @@ impl Intake<'_> {
         if check {
             self.unwind_checked = Instant::now();
         }
-        let stale = if !check {
-            None
-        } else if probe.unwind_table_dropped(self.pid) {
-            Some("dropped by the kernel")
-        } else if probe.unwind_objects_unmapped(self.pid) {
-            Some("stale: a library it covers was unmapped")
-        } else {
-            None
-        };
-        if let Some(why) = stale {
-            tracing::debug!("unwind table of {} {why}", self.pid);
+        let stale = check
+            && (probe.unwind_table_dropped(self.pid) || {
+                let unmapped = probe.unwind_objects_unmapped(self.pid);
+                if unmapped {
+                    tracing::debug!(
+                        "unwind table of {} stale: a library it covers was unmapped",
+                        self.pid
+                    );
+                }
+                unmapped
+            });
+        if stale {
             load_unwind_tables(probe, self.pid);
             self.unwind_loaded = Instant::now();
             return;

@@ -284,6 +284,10 @@ impl Probe {
             }
             self.unwind_guarded = true;
         }
+        // Logged here, whatever asked for this build (tests look for it).
+        if self.unwind_table_dropped(tgid) {
+            tracing::debug!("unwind table of {tgid} dropped at an exec");
+        }
         self.unwind_published.remove(&tgid);
         let execs = self.exec_count(tgid);
         let plan = self.unwind.plan(tgid).map_err(|e| ProbeError::Kernel {
