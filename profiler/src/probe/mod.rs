@@ -289,6 +289,18 @@ impl Probe {
             tracing::debug!("unwind table of {tgid} dropped at an exec");
         }
         self.unwind_published.remove(&tgid);
+        let built = self.build_unwind_table(tgid);
+        if built.is_err() {
+            // The old table describes mappings the check above may no longer
+            // see: no table is better than a stale one.
+            let _ = self.unwind_tables.remove(&tgid);
+        }
+        built
+    }
+
+    /// [`Probe::load_unwind_tables`]'s build: the paths its table covers,
+    /// none when it has no table.
+    fn build_unwind_table(&mut self, tgid: u32) -> Result<Vec<String>, ProbeError> {
         let execs = self.exec_count(tgid);
         let plan = self.unwind.plan(tgid).map_err(|e| ProbeError::Kernel {
             action: "read the target's mappings",
@@ -300,7 +312,7 @@ impl Probe {
         self.store_unwind_rows(&plan)?;
         if plan.objects.is_empty() {
             let _ = self.unwind_tables.remove(&tgid);
-            return Ok(plan.covered);
+            return Ok(Vec::new());
         }
         self.unwind_tables
             .insert(tgid, plan.table(plan.objects.len()), 0)
@@ -313,6 +325,7 @@ impl Probe {
         if now.is_none() || now != execs {
             tracing::debug!("unwind table of {tgid} built across an exec: removed");
             let _ = self.unwind_tables.remove(&tgid);
+            return Ok(Vec::new());
         }
         Ok(plan.covered)
     }
