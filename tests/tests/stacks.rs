@@ -69,15 +69,13 @@ fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Output
     Outputs::load_formats(&prefix, &["cpuprofile", "folded"])
 }
 
-#[test]
-fn libc_leaves_keep_their_callers() {
-    let _lock = serial();
-    let dir = scratch_dir();
-    let out = record_libc_paths(dir.path(), 22, "6");
+/// Of the main-thread samples taken while libc_paths.js runs (more than
+/// 1,000), under [`MAX_TRUNCATED_PERCENT`] stop before `node::Start`/`main`.
+fn assert_few_truncated(out: &Outputs, what: &str) {
     let (truncated, counted, leaves) = out.truncated_main_stacks_while("libc_paths.js");
     assert!(
         counted > 1000,
-        "too few main-thread samples to measure 0.1 %: {counted}\n{}",
+        "{what}: too few main-thread samples to measure 0.1 %: {counted}\n{}",
         out.folded_excerpt()
     );
     let percent = 100.0 * truncated as f64 / counted as f64;
@@ -89,14 +87,22 @@ fn libc_leaves_keep_their_callers() {
         .map(|(n, l)| format!("  {n:>6}  {l}"))
         .collect();
     eprintln!(
-        "libc_paths.js: {truncated} of {counted} main-thread samples truncated ({percent:.2} %); by leaf:\n{}",
+        "{what}: {truncated} of {counted} main-thread samples truncated ({percent:.2} %); by leaf:\n{}",
         worst.join("\n")
     );
     assert!(
         percent < MAX_TRUNCATED_PERCENT,
-        "{percent:.2} % of main-thread samples stop before node::Start/main (goal < {MAX_TRUNCATED_PERCENT} %); by leaf:\n{}",
+        "{what}: {percent:.2} % of main-thread samples stop before node::Start/main (goal < {MAX_TRUNCATED_PERCENT} %); by leaf:\n{}",
         worst.join("\n")
     );
+}
+
+#[test]
+fn libc_leaves_keep_their_callers() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let out = record_libc_paths(dir.path(), 22, "6");
+    assert_few_truncated(&out, "libc_paths.js");
 }
 
 /// `nodeprof record -p PID -F 999 -d SECONDS` with its debug log on stderr;
@@ -160,20 +166,7 @@ fn an_exec_drops_the_unwind_table() {
         run.stderr
     );
     let out = Outputs::load_formats(&prefix, &["cpuprofile", "folded"]);
-    let (truncated, counted, leaves) = out.truncated_main_stacks_while("libc_paths.js");
-    assert!(
-        counted > 1000,
-        "too few main-thread samples after the exec: {counted}\n{}",
-        out.folded_excerpt()
-    );
-    let percent = 100.0 * truncated as f64 / counted as f64;
-    eprintln!(
-        "after the exec: {truncated} of {counted} main-thread samples truncated ({percent:.2} %)"
-    );
-    assert!(
-        percent < MAX_TRUNCATED_PERCENT,
-        "{percent:.2} % of main-thread samples after the exec stop before node::Start/main; by leaf: {leaves:?}"
-    );
+    assert_few_truncated(&out, "libc_paths.js after the exec");
 }
 
 #[test]

@@ -508,7 +508,11 @@ fn cut_stacks(p: &Profile, start_us: i64, end_us: i64) -> (u64, u64) {
             let in_handler = stack
                 .iter()
                 .any(|(name, _)| name.starts_with(selftime::V8_PROFILER_SIGNAL_HANDLER));
-            (p.root_child_name(id), in_handler)
+            let outermost = stack
+                .last()
+                .map(|(name, _)| name.clone())
+                .unwrap_or_default();
+            (outermost, in_handler)
         });
         // Samples in `--cpu-prof`'s own signal handler are the bench's, not
         // the program's (the shares leave them out too): its signal frame

@@ -689,25 +689,13 @@ impl Intake<'_> {
         // An exec: the kernel dropped the table. An unmap of a covered
         // library (a dlclose): the table must go before other code lands
         // there. Checked every UNWIND_RELOAD (a read of /proc/PID/maps).
-        let check = self.unwind_checked.elapsed() >= UNWIND_RELOAD;
-        if check {
+        if self.unwind_checked.elapsed() >= UNWIND_RELOAD {
             self.unwind_checked = Instant::now();
-        }
-        let stale = check
-            && (probe.unwind_table_dropped(self.pid) || {
-                let unmapped = probe.unwind_objects_unmapped(self.pid);
-                if unmapped {
-                    tracing::debug!(
-                        "unwind table of {} stale: a library it covers was unmapped",
-                        self.pid
-                    );
-                }
-                unmapped
-            });
-        if stale {
-            load_unwind_tables(probe, self.pid);
-            self.unwind_loaded = Instant::now();
-            return;
+            if probe.unwind_table_dropped(self.pid) || probe.unwind_objects_unmapped(self.pid) {
+                load_unwind_tables(probe, self.pid);
+                self.unwind_loaded = Instant::now();
+                return;
+            }
         }
         let collection = &*self.collection;
         let new_code = collection.samples[samples_before..].iter().any(|sample| {

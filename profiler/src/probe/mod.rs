@@ -231,15 +231,7 @@ impl Probe {
         let calls = take_map(&mut ebpf, CALLS_MAP)?;
         let call_reads = take_map(&mut ebpf, CALL_READS_MAP)?;
         let thread_events = take_map(&mut ebpf, THREAD_EVENTS_MAP)?;
-        let unwind_rows = match ebpf.take_map(UNWIND_ROWS_MAP) {
-            Some(map) => rows::RowsMap::new(map)?,
-            None => {
-                return Err(ProbeError::Kernel {
-                    action: "open the eBPF maps",
-                    detail: format!("map {UNWIND_ROWS_MAP} missing"),
-                })
-            }
-        };
+        let unwind_rows = rows::RowsMap::new(take_any_map(&mut ebpf, UNWIND_ROWS_MAP)?)?;
         let unwind_tables = take_map(&mut ebpf, UNWIND_TABLES_MAP)?;
         let unwind_execs = take_map(&mut ebpf, UNWIND_EXECS_MAP)?;
         Ok(Probe {
@@ -370,7 +362,11 @@ impl Probe {
     /// where the table says (a `dlclose`): its range may hold other code
     /// next. Reads the target's mappings.
     pub fn unwind_objects_unmapped(&self, tgid: u32) -> bool {
-        self.unwind.covered_unmapped(tgid)
+        let unmapped = self.unwind.covered_unmapped(tgid);
+        if unmapped {
+            tracing::debug!("unwind table of {tgid} stale: a library it covers was unmapped");
+        }
+        unmapped
     }
 
     /// Stores the rows of the libraries `pid` maps now, without giving it a
@@ -877,11 +873,16 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Kernel {
+    T::try_from(take_any_map(ebpf, name)?)
+        .map_err(|e| ProbeError::classify("open the eBPF maps", &e))
+}
+
+/// The map `name`, whatever its type.
+fn take_any_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or_else(|| ProbeError::Kernel {
         action: "open the eBPF maps",
         detail: format!("map {name} missing"),
-    })?;
-    T::try_from(map).map_err(|e| ProbeError::classify("open the eBPF maps", &e))
+    })
 }
 
 /// Whether any nodeprof sampler is loaded in the kernel right now (tests use
