@@ -154,23 +154,16 @@ impl JsNaming {
     /// torn down (see [`code::frame_not_set_up`]), from the code's bytes now.
     fn frame_not_set_up(&self, code: &CodeInfo, pc: u64) -> bool {
         let memory = self.resolver.memory();
-        let bytes = |addr: u64, len: usize| {
-            let mut buf = vec![0u8; len];
-            memory
-                .read(addr, &mut buf)
-                .map(|()| buf)
-                .unwrap_or_default()
-        };
-        let offset = pc - code.instruction_start;
-        let prologue_len = (code.instruction_size as usize).min(code::PROLOGUE_BYTES);
-        let before_len = (offset as usize).min(code::EPILOGUE_BYTES);
-        let end = code.instruction_start + code.instruction_size;
-        let after_len = (end.saturating_sub(pc) as usize).min(code::EPILOGUE_BYTES);
-        code::frame_not_set_up(
-            &bytes(code.instruction_start, prologue_len),
-            offset,
-            &bytes(pc - before_len as u64, before_len),
-            &bytes(pc, after_len),
+        code::frame_not_set_up_at(
+            code.instruction_size as usize,
+            (pc - code.instruction_start) as usize,
+            |from, len| {
+                let mut buf = vec![0u8; len];
+                memory
+                    .read(code.instruction_start + from as u64, &mut buf)
+                    .map(|()| buf)
+                    .unwrap_or_default()
+            },
         )
     }
 

@@ -112,16 +112,20 @@ impl CodeInfo {
     }
 }
 
-/// x86-64 bytes of V8's frame set-up and tear-down in optimized code.
-const PUSH_RBP_MOV_RBP_RSP: [u8; 4] = [0x55, 0x48, 0x89, 0xe5];
-const MOV_RSP_RBP_POP_RBP: [u8; 4] = [0x48, 0x89, 0xec, 0x5d];
+/// x86-64 bytes of V8's frame set-up and tear-down in optimized code. A
+/// register move has two encodings: V8 writes `mov rbp,rsp` as `48 89 e5`
+/// and `mov rsp,rbp` as `48 8b e5` (TurboFan and Maglev, node 18 to 26);
+/// either is accepted for both.
+const PUSH_RBP_MOV_RBP_RSP: [[u8; 4]; 2] = [[0x55, 0x48, 0x89, 0xe5], [0x55, 0x48, 0x8b, 0xec]];
+const MOV_RSP_RBP_POP_RBP: [[u8; 4]; 2] = [[0x48, 0x89, 0xec, 0x5d], [0x48, 0x8b, 0xe5, 0x5d]];
 /// After `push rbp; mov rbp,rsp`: `push rsi` (context), then `push rdi`
 /// (the function), which the frame's function slot holds once it has run.
-const FUNCTION_SLOT_WRITTEN: usize = PUSH_RBP_MOV_RBP_RSP.len() + 2;
+const FUNCTION_SLOT_WRITTEN: usize = PUSH_RBP_MOV_RBP_RSP[0].len() + 2;
 /// Bytes read at the start of a code object for its prologue, and on each
-/// side of a pc for an epilogue.
-pub const PROLOGUE_BYTES: usize = 48;
-pub const EPILOGUE_BYTES: usize = 16;
+/// side of a pc for an epilogue (Maglev's tear-down starts 25 bytes before
+/// its last `ret`: `pop rbp; cmp; jg; ret 0x18; pop r9; lea; push r9; ret`).
+const PROLOGUE_BYTES: usize = 48;
+const EPILOGUE_BYTES: usize = 32;
 
 /// Whether a pc in optimized code runs where the frame pointer does not name
 /// its function: in the prologue before the function slot is written (the
@@ -131,19 +135,35 @@ pub const EPILOGUE_BYTES: usize = 16;
 /// pointer's function is the code's. `prologue`: the code's first bytes;
 /// `before`/`after`: the bytes just before the pc and from it.
 pub fn frame_not_set_up(prologue: &[u8], pc_offset: u64, before: &[u8], after: &[u8]) -> bool {
-    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
-    if let Some(at) = find(prologue, &PUSH_RBP_MOV_RBP_RSP) {
-        if pc_offset < (at + FUNCTION_SLOT_WRITTEN) as u64 {
-            return true;
-        }
+    let set_up_at = prologue
+        .windows(4)
+        .position(|w| PUSH_RBP_MOV_RBP_RSP.iter().any(|p| w == p));
+    if set_up_at.is_some_and(|at| pc_offset < (at + FUNCTION_SLOT_WRITTEN) as u64) {
+        return true;
     }
     // The last tear-down before the pc, with no `ret` after it yet.
     let torn_down = before
-        .windows(MOV_RSP_RBP_POP_RBP.len())
-        .rposition(|w| w == MOV_RSP_RBP_POP_RBP)
-        .is_some_and(|at| !before[at + MOV_RSP_RBP_POP_RBP.len()..].contains(&0xc3));
+        .windows(4)
+        .rposition(|w| MOV_RSP_RBP_POP_RBP.iter().any(|p| w == p))
+        .is_some_and(|at| !before[at + 4..].contains(&0xc3));
     let returns = after.iter().any(|&b| b == 0xc3 || b == 0xc2);
     torn_down && returns
+}
+
+/// [`frame_not_set_up`] for a pc `offset` bytes into optimized code of
+/// `size` bytes, read with `read(from, len)` (offsets into the code).
+pub fn frame_not_set_up_at(
+    size: usize,
+    offset: usize,
+    read: impl Fn(usize, usize) -> Vec<u8>,
+) -> bool {
+    let before_len = offset.min(EPILOGUE_BYTES);
+    frame_not_set_up(
+        &read(0, size.min(PROLOGUE_BYTES)),
+        offset as u64,
+        &read(offset - before_len, before_len),
+        &read(offset, size.saturating_sub(offset).min(EPILOGUE_BYTES)),
+    )
 }
 
 /// Counters of a [`CodeFinder`].
@@ -600,7 +620,7 @@ mod frame_region_tests {
     fn an_epilogue_runs_from_pop_rbp_to_ret() {
         let body = [0x90; 16];
         let mut before = [0x90u8; 16];
-        before[10..14].copy_from_slice(&MOV_RSP_RBP_POP_RBP);
+        before[10..14].copy_from_slice(&MOV_RSP_RBP_POP_RBP[0]);
         // `pop rcx; lea rsp,[rsp+rax*8]; push rcx; ret`, and `ret 0x18`.
         assert!(frame_not_set_up(
             &body,
@@ -618,6 +638,41 @@ mod frame_region_tests {
         assert!(!frame_not_set_up(&body, 300, &returned, &[0xc3]));
         // A prologue the code does not have: nothing is assumed.
         assert!(!frame_not_set_up(&[0x90; 48], 3, &[0x90; 16], &[0x90; 16]));
+    }
+
+    /// Node 20's TurboFan code of `(a, b) => (a + b + 2) | 0`, read from a
+    /// live process: `mov rsp,rbp` is `48 8b e5` there, and its epilogue
+    /// drops a dynamic argument count after `pop rbp`.
+    const NODE20_CALLEE: &str =
+        "488b59f8f64335010f8532f0e31f554889e55657504883ec08488975e0493b65a0\
+        0f8656000000488b5518f6c2010f8578000000488b4d2048c1f920488bfa48c1ff204c8b452041f6c0010f855f\
+        00000003cf0f805b0000008d510248c1e220488bc2488b4de8488be55d4883f9037f03c21800415a488d24cc41\
+        52c348ba00000000100000005248bbf03e520100000000b80100000048bef911842635130000e81ac2ec1fe97c\
+        ffffff9041ff55c841ff55c841ff55c841ff55d0";
+
+    fn not_set_up_in(code: &[u8], offset: usize) -> bool {
+        frame_not_set_up_at(code.len(), offset, |from, len| {
+            code[from..from + len].to_vec()
+        })
+    }
+
+    #[test]
+    fn node20_epilogue_runs_from_pop_rbp_to_either_ret() {
+        let code: Vec<u8> = (0..NODE20_CALLEE.len() / 2)
+            .map(|i| u8::from_str_radix(&NODE20_CALLEE[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        // Prologue: up to `push rdi` at 0x13.
+        for offset in [0x0, 0x8, 0xe, 0xf, 0x12, 0x13] {
+            assert!(not_set_up_in(&code, offset), "prologue {offset:#x}");
+        }
+        // Body, and `mov rsp,rbp` / `pop rbp` while rbp still holds the frame.
+        for offset in [0x14, 0x27, 0x51, 0x63, 0x67, 0x6a, 0x7d, 0xa6] {
+            assert!(!not_set_up_in(&code, offset), "body {offset:#x}");
+        }
+        // After `pop rbp`: `cmp`, `jg`, `ret 0x18`, and the dynamic path to its `ret`.
+        for offset in [0x6b, 0x6f, 0x71, 0x74, 0x76, 0x7a, 0x7c] {
+            assert!(not_set_up_in(&code, offset), "epilogue {offset:#x}");
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::code;
 use super::function::{FrameFunction, JsFunctionInfo, JsResolver};
 use super::layout::V8Layout;
 use super::memory::ProcessMemory;
@@ -283,4 +284,166 @@ fn live_stack_node24() {
 #[test]
 fn live_stack_node26() {
     check_live_stack(26);
+}
+
+/// Small functions that TurboFan (and Maglev, node 24+) compile, called
+/// through a megamorphic site and from a loop, as tiny_callees.js does.
+const FRAME_REGIONS_SOURCE: &str = r#"'use strict';
+function frmAddTwo(a, b) { return (a + b + 2) | 0; }
+function frmXorThree(a, b) { return (a ^ b ^ 3) | 0; }
+function frmPick(o, i) { return i & 1 ? o.x : o.y; }
+const callees = [frmAddTwo, frmXorThree];
+function frmAround(n) {
+  let s = 0;
+  for (let i = 0; i < n; i++) s = callees[i % 2](s, i) + frmPick({ x: i, y: 1 }, i);
+  return s;
+}
+let sink = 0;
+for (let r = 0; r < 300; r++) sink = (sink + frmAround(20000)) | 0;
+console.log(sink);
+"#;
+
+/// One optimized code object as V8's disassembler lists it: its kind, and
+/// (offset, bytes, mnemonic and operands) per instruction.
+struct Listing {
+    kind: String,
+    instructions: Vec<(usize, Vec<u8>, String)>,
+}
+
+/// The listings `--print-opt-code` (and `--print-maglev-code`) print.
+fn disassembled(output: &str) -> Vec<Listing> {
+    let mut listings = Vec::new();
+    let mut kind = None;
+    let mut current: Option<Listing> = None;
+    for line in output.lines() {
+        if let Some(k) = line.strip_prefix("kind = ") {
+            kind = Some(k.trim().to_string());
+        } else if line.starts_with("Instructions (size = ") {
+            current = kind.take().map(|kind| Listing {
+                kind,
+                instructions: Vec::new(),
+            });
+        } else if line.trim().is_empty() {
+            listings.extend(current.take());
+        } else if let Some(listing) = current.as_mut() {
+            // `0x<address>  <offset>  <bytes>  <mnemonic operands>`
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(offset), Some(bytes)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            let (Ok(offset), Some(bytes)) = (
+                usize::from_str_radix(offset, 16),
+                (0..bytes.len() / 2)
+                    .map(|i| u8::from_str_radix(&bytes[2 * i..2 * i + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>(),
+            ) else {
+                continue;
+            };
+            listing
+                .instructions
+                .push((offset, bytes, fields[3..].join(" ")));
+        }
+    }
+    listings
+}
+
+/// Checks `code::frame_not_set_up_at` on every instruction of the optimized
+/// code of a major, with V8's own disassembly as the reference: the frame
+/// is not set up from the code's start through `push rdi` (the function
+/// slot), nor from after each `pop rbp` through the `ret` that ends that
+/// epilogue (`retl`, after a `ret N` for the fixed argument count); it is
+/// everywhere else.
+fn check_frame_regions(major: u32) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("frame_regions.js");
+    std::fs::write(&script, FRAME_REGIONS_SOURCE).expect("write fixture");
+    let mut command = Command::new(node_binary(major));
+    command.args(["--print-opt-code", "--print-opt-code-filter=frm*"]);
+    if major >= 24 {
+        command.arg("--print-maglev-code");
+    }
+    let output = command.arg(&script).output().expect("run node");
+    assert!(output.status.success(), "node {major} failed: {output:?}");
+    let listings = disassembled(&String::from_utf8_lossy(&output.stdout));
+    let kinds: std::collections::BTreeSet<&str> =
+        listings.iter().map(|l| l.kind.as_str()).collect();
+    assert!(
+        listings.len() >= 3 && kinds.iter().any(|k| k.starts_with("TURBOFAN")),
+        "node {major}: too little optimized code listed: {kinds:?}, {} listings",
+        listings.len()
+    );
+    // Node 22's V8 has Maglev off by default.
+    if major >= 24 {
+        assert!(
+            kinds.contains("MAGLEV"),
+            "node {major}: no Maglev code: {kinds:?}"
+        );
+    }
+    let mut epilogues = 0;
+    for listing in &listings {
+        let ins = &listing.instructions;
+        let mut code = Vec::new();
+        for (offset, bytes, _) in ins {
+            assert_eq!(*offset, code.len(), "node {major}: listing not contiguous");
+            code.extend_from_slice(bytes);
+        }
+        // OSR code is entered with the frame set up: it has no prologue.
+        let set_up = ["push rbp", "REX.W movq rbp,rsp", "push rsi", "push rdi"];
+        let function_slot = ins
+            .windows(set_up.len())
+            .position(|w| {
+                w.iter()
+                    .zip(set_up)
+                    .all(|((_, _, text), want)| text == want)
+            })
+            .filter(|&at| at <= 4)
+            .map(|at| at + set_up.len() - 1);
+        let mut in_epilogue = false;
+        for (i, (offset, _, text)) in ins.iter().enumerate() {
+            let want = function_slot.is_some_and(|slot| i <= slot) || in_epilogue;
+            let got = code::frame_not_set_up_at(code.len(), *offset, |from, len| {
+                code[from..from + len].to_vec()
+            });
+            assert_eq!(
+                got, want,
+                "node {major}, {} code, +{offset:#x} `{text}`: frame not set up",
+                listing.kind
+            );
+            if text == "pop rbp" {
+                in_epilogue = true;
+                epilogues += 1;
+            } else if text == "retl" {
+                in_epilogue = false;
+            }
+        }
+    }
+    assert!(
+        epilogues >= listings.len(),
+        "node {major}: every listing returns"
+    );
+}
+
+#[test]
+fn frame_regions_node18() {
+    check_frame_regions(18);
+}
+
+#[test]
+fn frame_regions_node20() {
+    check_frame_regions(20);
+}
+
+#[test]
+fn frame_regions_node22() {
+    check_frame_regions(22);
+}
+
+#[test]
+fn frame_regions_node24() {
+    check_frame_regions(24);
+}
+
+#[test]
+fn frame_regions_node26() {
+    check_frame_regions(26);
 }
