@@ -45,8 +45,8 @@ use selftime::{is_js, js_fn, Attribution, JsFn, Profile};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// A same-process fixture's work under two profilers (tiny_callees.js runs
-/// about 20 s on a quiet machine).
+/// A GO-file fixture's work while nodeprof records it (tiny_callees.js
+/// runs about 20 s under two profilers on a quiet machine).
 const WORK_TIMEOUT: Duration = Duration::from_secs(90);
 /// Work units per phase of names.js (a unit is ≈ 1.6 ms of one CPU here:
 /// a phase ≈ 100 ms).
@@ -1632,7 +1632,9 @@ const TINY_CALLEES_ROUNDS: &str = "30000";
 /// `mov rbp,rsp` (V8's `IsNoFrameRegion`): 0.7 % of the samples on node 20,
 /// 1.3 % on node 26 and 2.6 % on node 18 (counted at the pcs nodeprof
 /// sampled). nodeprof keeps them for the callee, where the time is spent, so
-/// the callees' sum is about that much over `--cpu-prof`'s on node 18 and 26.
+/// the callees' sum is about that much over `--cpu-prof`'s: about 1 point
+/// on node 26, 1.5–2.3 points on node 18 (ad-hoc runs), too close to 2 for
+/// a test there.
 ///
 /// `callAround` and its callers (`runRounds`, `main`) are compared by their
 /// sum: `--cpu-prof` gives `runRounds`, which only calls `callAround` once a

@@ -151,12 +151,19 @@ impl JsNaming {
     }
 
     /// Whether `pc` in `code` runs before its frame is set up or after it is
-    /// torn down (see [`code::frame_not_set_up`]), from the code's bytes now.
+    /// torn down (see [`code::frame_not_set_up_at`]), from the code's bytes now.
     fn frame_not_set_up(&self, code: &CodeInfo, pc: u64) -> bool {
+        // The code found for a pc holds it; a garbage frame's must not panic.
+        let Some(offset) = pc
+            .checked_sub(code.instruction_start)
+            .filter(|&offset| offset < code.instruction_size)
+        else {
+            return false;
+        };
         let memory = self.resolver.memory();
         code::frame_not_set_up_at(
             code.instruction_size as usize,
-            (pc - code.instruction_start) as usize,
+            offset as usize,
             |from, len| {
                 let mut buf = vec![0u8; len];
                 memory

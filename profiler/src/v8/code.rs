@@ -122,8 +122,9 @@ const MOV_RSP_RBP_POP_RBP: [[u8; 4]; 2] = [[0x48, 0x89, 0xec, 0x5d], [0x48, 0x8b
 /// (the function), which the frame's function slot holds once it has run.
 const FUNCTION_SLOT_WRITTEN: usize = PUSH_RBP_MOV_RBP_RSP[0].len() + 2;
 /// Bytes read at the start of a code object for its prologue, and on each
-/// side of a pc for an epilogue (Maglev's tear-down starts 25 bytes before
-/// its last `ret`: `pop rbp; cmp; jg; ret 0x18; pop r9; lea; push r9; ret`).
+/// side of a pc for an epilogue: from `mov rsp,rbp` to the last `ret` of
+/// `mov; pop rbp; cmp; jg; ret N; pop; lea; push; ret` is 21 bytes in
+/// TurboFan code, 25 in Maglev's.
 const PROLOGUE_BYTES: usize = 48;
 const EPILOGUE_BYTES: usize = 32;
 
@@ -134,7 +135,7 @@ const EPILOGUE_BYTES: usize = 32;
 /// profiler names the pc by the code it is in; everywhere else the frame
 /// pointer's function is the code's. `prologue`: the code's first bytes;
 /// `before`/`after`: the bytes just before the pc and from it.
-pub fn frame_not_set_up(prologue: &[u8], pc_offset: u64, before: &[u8], after: &[u8]) -> bool {
+fn frame_not_set_up(prologue: &[u8], pc_offset: u64, before: &[u8], after: &[u8]) -> bool {
     let set_up_at = prologue
         .windows(4)
         .position(|w| PUSH_RBP_MOV_RBP_RSP.iter().any(|p| w == p));
@@ -151,12 +152,14 @@ pub fn frame_not_set_up(prologue: &[u8], pc_offset: u64, before: &[u8], after: &
 }
 
 /// [`frame_not_set_up`] for a pc `offset` bytes into optimized code of
-/// `size` bytes, read with `read(from, len)` (offsets into the code).
+/// `size` bytes (`offset < size`), read with `read(from, len)` (offsets
+/// into the code).
 pub fn frame_not_set_up_at(
     size: usize,
     offset: usize,
     read: impl Fn(usize, usize) -> Vec<u8>,
 ) -> bool {
+    debug_assert!(offset < size, "pc {offset} past code of {size} bytes");
     let before_len = offset.min(EPILOGUE_BYTES);
     frame_not_set_up(
         &read(0, size.min(PROLOGUE_BYTES)),
@@ -619,23 +622,25 @@ mod frame_region_tests {
     #[test]
     fn an_epilogue_runs_from_pop_rbp_to_ret() {
         let body = [0x90; 16];
-        let mut before = [0x90u8; 16];
-        before[10..14].copy_from_slice(&MOV_RSP_RBP_POP_RBP[0]);
-        // `pop rcx; lea rsp,[rsp+rax*8]; push rcx; ret`, and `ret 0x18`.
-        assert!(frame_not_set_up(
-            &body,
-            300,
-            &before,
-            &[0x59, 0x48, 0x8d, 0x24, 0xc4, 0x51, 0xc3]
-        ));
-        assert!(frame_not_set_up(&body, 300, &before, &[0xc2, 0x18, 0x00]));
-        // No return ahead, or no tear-down behind: the body.
-        assert!(!frame_not_set_up(&body, 300, &before, &[0x90; 16]));
-        assert!(!frame_not_set_up(&body, 300, &[0x90; 16], &[0xc3]));
-        // Past that return already: the next block.
-        let mut returned = before;
-        returned[15] = 0xc3;
-        assert!(!frame_not_set_up(&body, 300, &returned, &[0xc3]));
+        for tear_down in MOV_RSP_RBP_POP_RBP {
+            let mut before = [0x90u8; 16];
+            before[10..14].copy_from_slice(&tear_down);
+            // `pop rcx; lea rsp,[rsp+rax*8]; push rcx; ret`, and `ret 0x18`.
+            assert!(frame_not_set_up(
+                &body,
+                300,
+                &before,
+                &[0x59, 0x48, 0x8d, 0x24, 0xc4, 0x51, 0xc3]
+            ));
+            assert!(frame_not_set_up(&body, 300, &before, &[0xc2, 0x18, 0x00]));
+            // No return ahead, or no tear-down behind: the body.
+            assert!(!frame_not_set_up(&body, 300, &before, &[0x90; 16]));
+            assert!(!frame_not_set_up(&body, 300, &[0x90; 16], &[0xc3]));
+            // Past that return already: the next block.
+            let mut returned = before;
+            returned[15] = 0xc3;
+            assert!(!frame_not_set_up(&body, 300, &returned, &[0xc3]));
+        }
         // A prologue the code does not have: nothing is assumed.
         assert!(!frame_not_set_up(&[0x90; 48], 3, &[0x90; 16], &[0x90; 16]));
     }

@@ -307,6 +307,8 @@ console.log(sink);
 /// (offset, bytes, mnemonic and operands) per instruction.
 struct Listing {
     kind: String,
+    /// The size V8 prints above the instructions.
+    size: usize,
     instructions: Vec<(usize, Vec<u8>, String)>,
 }
 
@@ -318,9 +320,15 @@ fn disassembled(output: &str) -> Vec<Listing> {
     for line in output.lines() {
         if let Some(k) = line.strip_prefix("kind = ") {
             kind = Some(k.trim().to_string());
-        } else if line.starts_with("Instructions (size = ") {
+        } else if let Some(size) = line.strip_prefix("Instructions (size = ") {
+            assert!(current.is_none(), "a listing without its end: {output}");
+            let size = size
+                .trim_end_matches(')')
+                .parse()
+                .expect("instruction size");
             current = kind.take().map(|kind| Listing {
                 kind,
+                size,
                 instructions: Vec::new(),
             });
         } else if line.trim().is_empty() {
@@ -359,6 +367,8 @@ fn check_frame_regions(major: u32) {
     std::fs::write(&script, FRAME_REGIONS_SOURCE).expect("write fixture");
     let mut command = Command::new(node_binary(major));
     command.args(["--print-opt-code", "--print-opt-code-filter=frm*"]);
+    // Every function Maglev compiles (the filter does not apply to it), not
+    // concurrently (tracing turns that off): the same code.
     if major >= 24 {
         command.arg("--print-maglev-code");
     }
