@@ -18,7 +18,7 @@ use nodeprof_common::{
     MAX_USER_FRAMES, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
 };
 
-/// 8 MiB: about 1,800 samples (4.6 KiB each), a second of 2 busy CPUs at
+/// 8 MiB: about 950 samples (8.6 KiB each), half a second of 2 busy CPUs at
 /// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
 const SAMPLES_BYTES: u32 = 8 << 20;
 #[map(name = "SAMPLES")]

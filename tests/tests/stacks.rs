@@ -28,6 +28,10 @@
 //!   250 ms; the only tracepoint of an unmap is the system call's, which
 //!   would slow every system call of the machine) and builds a table that
 //!   no longer covers it.
+//! - `a_deep_recursion_keeps_its_outermost_frames`: deep_recursion.js spins
+//!   under 200 levels of JS recursion (over 200 user-space frames with
+//!   node's own): every main-thread sample of the spin keeps all its levels
+//!   and reaches `node::Start`. With 128 frames, all 2,996 were cut.
 
 use std::fs;
 use std::path::Path;
@@ -41,7 +45,12 @@ const MAX_TRUNCATED_PERCENT: f64 = 0.1;
 
 /// Records libc_paths.js for `seconds` and returns the outputs.
 fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Outputs {
-    let prefix = dir.join("libc");
+    record_script(dir, major, "js/libc_paths.js", &[seconds])
+}
+
+/// Launches a fixture under `nodeprof record -F 999` and returns the outputs.
+fn record_script(dir: &std::path::Path, major: u32, script: &str, script_args: &[&str]) -> Outputs {
+    let prefix = dir.join("out");
     let node = node_major(major);
     let args: Vec<String> = [
         "record",
@@ -54,16 +63,17 @@ fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Output
         &prefix.display().to_string(),
         "--",
         &node.display().to_string(),
-        &fixture("js/libc_paths.js").display().to_string(),
-        seconds,
+        &fixture(script).display().to_string(),
     ]
-    .map(String::from)
-    .to_vec();
+    .iter()
+    .chain(script_args)
+    .map(|a| a.to_string())
+    .collect();
     let run = run_nodeprof(&args, dir, Duration::from_secs(60));
     run.assert_success();
     assert!(
         run.stdout.lines().any(|l| l.starts_with("done ")),
-        "libc_paths.js did not finish:\n{}",
+        "{script} did not finish:\n{}",
         run.stdout
     );
     Outputs::load_formats(&prefix, &["cpuprofile", "folded"])
@@ -72,7 +82,12 @@ fn record_libc_paths(dir: &std::path::Path, major: u32, seconds: &str) -> Output
 /// Of the main-thread samples taken while libc_paths.js runs (more than
 /// 1,000), under [`MAX_TRUNCATED_PERCENT`] stop before `node::Start`/`main`.
 fn assert_few_truncated(out: &Outputs, what: &str) {
-    let (truncated, counted, leaves) = out.truncated_main_stacks_while("libc_paths.js");
+    assert_few_truncated_while(out, what, "libc_paths.js");
+}
+
+/// [`assert_few_truncated`] while `script` runs.
+fn assert_few_truncated_while(out: &Outputs, what: &str, script: &str) {
+    let (truncated, counted, leaves) = out.truncated_main_stacks_while(script);
     assert!(
         counted > 1000,
         "{what}: too few main-thread samples to measure 0.1 %: {counted}\n{}",
@@ -103,6 +118,43 @@ fn libc_leaves_keep_their_callers() {
     let dir = scratch_dir();
     let out = record_libc_paths(dir.path(), 22, "6");
     assert_few_truncated(&out, "libc_paths.js");
+}
+
+/// Levels of deep_recursion.js: its JS stack alone is deeper than 128 frames.
+const DEEP_LEVELS: usize = 200;
+
+#[test]
+fn a_deep_recursion_keeps_its_outermost_frames() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let levels = DEEP_LEVELS.to_string();
+    let out = record_script(dir.path(), 22, "js/deep_recursion.js", &[&levels, "3"]);
+    assert_few_truncated_while(&out, "deep_recursion.js", "deep_recursion.js");
+    let spinning: Vec<&FoldedStack> = out
+        .folded
+        .iter()
+        .filter(|s| s.frames.iter().any(|f| f.starts_with("spin ")))
+        .collect();
+    let samples: u64 = spinning.iter().map(|s| s.count).sum();
+    assert!(
+        samples > 1000,
+        "too few samples in spin: {samples}\n{}",
+        out.folded_excerpt()
+    );
+    for stack in spinning {
+        let levels = stack
+            .frames
+            .iter()
+            .filter(|f| f.starts_with("descend "))
+            .count();
+        assert_eq!(
+            levels,
+            DEEP_LEVELS + 1,
+            "{} samples in spin under {levels} calls of descend (of {} frames)",
+            stack.count,
+            stack.frames.len()
+        );
+    }
 }
 
 /// `nodeprof record -p PID -F 999 -d SECONDS` with its debug log on stderr;
