@@ -19,12 +19,15 @@ use nodeprof_common::{
 };
 
 /// 8 MiB: about 950 samples (8.6 KiB each), half a second of 2 busy CPUs at
-/// 999 Hz; user space drains every 50 ms, or sooner when woken at 1/4 full.
+/// 999 Hz. A recording sizes it for a quarter second of its CPUs and rate
+/// (up to 64 MiB, `probe::samples_ring_bytes`); user space drains every
+/// 50 ms, or sooner when woken past 2 MiB.
 const SAMPLES_BYTES: u32 = 8 << 20;
 #[map(name = "SAMPLES")]
 static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
 /// User space drains the ring buffer on a timer; a wakeup per sample would
-/// cost a context switch each. It is woken early only past this fill level.
+/// cost a context switch each. It is woken early only past this fill level
+/// (a quarter of the declared size; a larger ring keeps it).
 const WAKEUP_BYTES: u64 = (SAMPLES_BYTES / 4) as u64;
 
 #[map(name = "TARGETS")]
@@ -179,7 +182,7 @@ pub(crate) unsafe fn fill_record(
             0
         };
         // Copied to the stack, a layout or none (one that matches no
-        // frame): the verifier then walks the 128 frames once, not once per case.
+        // frame): the verifier then walks the frames once, not once per case.
         let config = match V8_CONFIGS.get(&tgid) {
             Some(config) => *config,
             None => NO_V8,

@@ -288,7 +288,7 @@ async fn run(
         let reading = attached.then(|| {
             scope.spawn(|| read_target(pid, &mut runtime, &mut symbolizer, options.trace_gc))
         });
-        let probe = Probe::load().and_then(|mut probe| {
+        let probe = Probe::load(options.frequency_hz).and_then(|mut probe| {
             tracing::debug!("probe loaded");
             probe.add_target(pid)?;
             probe.load_sampler()?;

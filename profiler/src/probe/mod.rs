@@ -174,19 +174,38 @@ pub enum Purpose {
     /// Tracing without stack samples (`gc`, `watch`'s monitor of event
     /// loops and GC): rings as declared, one unwind row.
     Tracing,
-    /// One page each but the samples' 256 KiB, one unwind row: for a snapshot of a few
+    /// One page each but the samples' 512 KiB (about 59 records), one unwind row: for a snapshot of a few
     /// milliseconds (`dump`, which samples without rows; `doctor`), where
     /// allocating and mapping 10 MB of rings would be most of the cost.
     Snapshot,
 }
 
+/// Bytes of the samples' ring for sampling every CPU at `frequency_hz`: a
+/// quarter of a second of full records (user space drains every 50 ms), a
+/// power of two from the 8 MiB the eBPF object declares up to 64 MiB.
+fn samples_ring_bytes(cpus: usize, frequency_hz: u64) -> u32 {
+    // Each record is 8.6 KiB, behind the ring's 8-byte header.
+    let record = std::mem::size_of::<nodeprof_common::SampleRecord>() as u64 + 8;
+    let quarter_second = cpus as u64 * frequency_hz * record / 4;
+    quarter_second.next_power_of_two().clamp(8 << 20, 64 << 20) as u32
+}
+
 impl Probe {
-    /// A probe for sampling stacks with unwind rows.
-    pub fn load() -> Result<Probe, ProbeError> {
-        Probe::load_with(Purpose::Recording)
+    /// A probe for sampling stacks with unwind rows at `frequency_hz` on
+    /// every CPU (which sizes the samples' ring).
+    pub fn load(frequency_hz: u64) -> Result<Probe, ProbeError> {
+        let cpus = aya::util::online_cpus().map_or(1, |cpus| cpus.len());
+        Probe::load_sized(
+            Purpose::Recording,
+            Some(samples_ring_bytes(cpus, frequency_hz)),
+        )
     }
 
     pub fn load_with(purpose: Purpose) -> Result<Probe, ProbeError> {
+        Probe::load_sized(purpose, None)
+    }
+
+    fn load_sized(purpose: Purpose, samples_bytes: Option<u32>) -> Result<Probe, ProbeError> {
         check_capabilities(&[caps::CAP_BPF, caps::CAP_PERFMON])?;
         if !std::path::Path::new("/sys/fs/bpf").exists()
             && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
@@ -206,10 +225,13 @@ impl Probe {
         };
         let mut loader = aya::EbpfLoader::new();
         loader.btf(btf.as_ref());
+        if let Some(bytes) = samples_bytes {
+            loader.map_max_entries(SAMPLES_MAP, bytes);
+        }
         if purpose == Purpose::Snapshot {
             let page = 4096;
             loader
-                .map_max_entries(SAMPLES_MAP, 256 << 10)
+                .map_max_entries(SAMPLES_MAP, 512 << 10)
                 .map_max_entries(CALLS_MAP, page)
                 .map_max_entries(THREAD_EVENTS_MAP, page);
         }
@@ -909,12 +931,23 @@ mod tests {
     use super::*;
     use nodeprof_common::{UnwindRow, MAX_UNWIND_ROWS};
 
+    #[test]
+    fn the_samples_ring_holds_a_quarter_second_of_every_cpu() {
+        // 2 CPUs at 99 or 999 Hz: the declared 8 MiB (about 950 records).
+        assert_eq!(samples_ring_bytes(2, 99), 8 << 20);
+        assert_eq!(samples_ring_bytes(2, 999), 8 << 20);
+        // 2 CPUs at 3999 Hz: 17.7 MB for a quarter second.
+        assert_eq!(samples_ring_bytes(2, 3999), 32 << 20);
+        // 64 CPUs at 999 Hz: capped.
+        assert_eq!(samples_ring_bytes(64, 999), 64 << 20);
+    }
+
     /// Rows written through the mapping are what the kernel's map holds at
     /// those indices (read back with `bpf(2)` lookups); a write past the
     /// end is refused. Needs root, as the integration tests.
     #[test]
     fn unwind_rows_written_through_the_mapping_are_in_the_map() {
-        let mut probe = Probe::load().expect("the probe loads (as root)");
+        let mut probe = Probe::load(99).expect("the probe loads (as root)");
         assert_eq!(probe.unwind_rows.len(), MAX_UNWIND_ROWS);
         let rows: Vec<UnwindRow> = (0..1000u32)
             .map(|i| UnwindRow {
