@@ -10,6 +10,9 @@
 pub const MAX_USER_FRAMES: usize = 256;
 /// Deepest kernel stack the sampler records.
 pub const MAX_KERNEL_FRAMES: usize = 64;
+/// The samples' ring as the eBPF object declares it: 8 MiB, about 950
+/// records. A recording may size it larger (`probe::samples_ring_bytes`).
+pub const SAMPLES_RING_BYTES: u32 = 8 << 20;
 /// Length of a task's `comm` (thread name), NUL padded.
 pub const COMM_LEN: usize = 16;
 

@@ -18,16 +18,17 @@ use nodeprof_common::{
     MAX_USER_FRAMES, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
 };
 
-/// 8 MiB: about 950 samples (8.6 KiB each), half a second of 2 busy CPUs at
-/// 999 Hz. A recording sizes it for a quarter second of its CPUs and rate
-/// (up to 64 MiB, `probe::samples_ring_bytes`); user space drains every
-/// 50 ms, or sooner when woken past 2 MiB.
-const SAMPLES_BYTES: u32 = 8 << 20;
+/// About 950 samples (8.6 KiB each), half a second of 2 busy CPUs at
+/// 999 Hz. A recording sizes it for a quarter second of its CPUs at its
+/// rate (up to 64 MiB); user space drains every 50 ms, or sooner when woken
+/// past 2 MiB.
+const SAMPLES_BYTES: u32 = nodeprof_common::SAMPLES_RING_BYTES;
 #[map(name = "SAMPLES")]
 static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
 /// User space drains the ring buffer on a timer; a wakeup per sample would
 /// cost a context switch each. It is woken early only past this fill level
-/// (a quarter of the declared size; a larger ring keeps it).
+/// (a quarter of the declared size; a larger ring keeps it; dump's 512 KiB
+/// ring never reaches it, and dump reads every 5 ms).
 const WAKEUP_BYTES: u64 = (SAMPLES_BYTES / 4) as u64;
 
 #[map(name = "TARGETS")]

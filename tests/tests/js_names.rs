@@ -45,7 +45,7 @@ use selftime::{is_js, js_fn, Attribution, JsFn, Profile};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// A GO-file fixture's work while nodeprof records it (tiny_callees.js
+/// How long a GO-file fixture may work after its `go` file appears (tiny_callees.js
 /// runs about 20 s under two profilers on a quiet machine).
 const WORK_TIMEOUT: Duration = Duration::from_secs(90);
 /// Work units per phase of names.js (a unit is ≈ 1.6 ms of one CPU here:

@@ -174,20 +174,24 @@ pub enum Purpose {
     /// Tracing without stack samples (`gc`, `watch`'s monitor of event
     /// loops and GC): rings as declared, one unwind row.
     Tracing,
-    /// One page each but the samples' 512 KiB (about 59 records), one unwind row: for a snapshot of a few
-    /// milliseconds (`dump`, which samples without rows; `doctor`), where
-    /// allocating and mapping 10 MB of rings would be most of the cost.
+    /// One page each but the samples' 512 KiB (about 59 records), one unwind
+    /// row: for a snapshot of a few milliseconds (`dump`, which samples
+    /// without rows; `doctor`), where allocating and mapping 10 MB of
+    /// rings would be most of the cost.
     Snapshot,
 }
 
 /// Bytes of the samples' ring for sampling every CPU at `frequency_hz`: a
 /// quarter of a second of full records (user space drains every 50 ms), a
-/// power of two from the 8 MiB the eBPF object declares up to 64 MiB.
+/// power of two from the size the eBPF object declares up to 64 MiB.
+/// (`--off-cpu` adds a record per context switch, which this does not count.)
 fn samples_ring_bytes(cpus: usize, frequency_hz: u64) -> u32 {
     // Each record is 8.6 KiB, behind the ring's 8-byte header.
     let record = std::mem::size_of::<nodeprof_common::SampleRecord>() as u64 + 8;
     let quarter_second = cpus as u64 * frequency_hz * record / 4;
-    quarter_second.next_power_of_two().clamp(8 << 20, 64 << 20) as u32
+    quarter_second
+        .next_power_of_two()
+        .clamp(u64::from(nodeprof_common::SAMPLES_RING_BYTES), 64 << 20) as u32
 }
 
 impl Probe {
@@ -195,10 +199,11 @@ impl Probe {
     /// every CPU (which sizes the samples' ring).
     pub fn load(frequency_hz: u64) -> Result<Probe, ProbeError> {
         let cpus = aya::util::online_cpus().map_or(1, |cpus| cpus.len());
-        Probe::load_sized(
-            Purpose::Recording,
-            Some(samples_ring_bytes(cpus, frequency_hz)),
-        )
+        let bytes = samples_ring_bytes(cpus, frequency_hz);
+        tracing::debug!("samples ring: {} MiB", bytes >> 20);
+        // A larger ring a memory limit refuses: the declared one will do.
+        Probe::load_sized(Purpose::Recording, Some(bytes))
+            .or_else(|_| Probe::load_sized(Purpose::Recording, None))
     }
 
     pub fn load_with(purpose: Purpose) -> Result<Probe, ProbeError> {
