@@ -156,7 +156,9 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     let mut next_check = Instant::now();
-    let started = Instant::now();
+    // The limit counts captures by the loop's `now`: their `at_s` too, so
+    // two captures the limit allows are as far apart in the output.
+    let started_ns = monotonic_ns();
     let json_out = options.json;
     let emit = |out: &mut dyn Write, line: Line| {
         let _ = if json_out {
@@ -309,7 +311,7 @@ async fn watch(options: &WatchOptions, out: &mut dyn Write) -> Result<WatchEnd, 
                         actions: options.actions.get(&trigger).cloned().unwrap_or_default(),
                         options: options.clone(),
                         stopping: stopping.clone(),
-                        at_s: started.elapsed().as_secs_f64(),
+                        at_s: now.saturating_sub(started_ns) as f64 / 1e9,
                     };
                     let handle = std::thread::Builder::new()
                         .name(format!("capture-{pid}"))
