@@ -232,6 +232,7 @@ impl Capture {
                 turns: vec![eventloop::Turn {
                     start_ns: self.start_ns,
                     end_ns: self.end_ns,
+                    began_before: true,
                     ongoing: true,
                 }],
                 utilization: 1.0,

@@ -22,6 +22,9 @@ use crate::profile::{FrameKind, Profile};
 pub struct Turn {
     pub start_ns: u64,
     pub end_ns: u64,
+    /// Already running when the window began: its start, and so its
+    /// length, is known only as a bound.
+    pub began_before: bool,
     /// Still running when the window ended (the loop may be stuck in it).
     pub ongoing: bool,
 }
@@ -65,27 +68,28 @@ pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLo
             let mut turns = Vec::new();
             // Before the first event the thread was in a turn if that event
             // is an entry into epoll_wait.
-            let mut turn_start = (events[0].kind == EVENT_LOOP_ENTER).then_some(start_ns);
+            let mut began_before = events[0].kind == EVENT_LOOP_ENTER;
+            let mut turn_start = began_before.then_some(start_ns);
+            let mut push = |start_ns: u64, end_ns: u64, ongoing: bool| {
+                turns.push(Turn {
+                    start_ns,
+                    end_ns,
+                    began_before: std::mem::take(&mut began_before),
+                    ongoing,
+                })
+            };
             for e in events {
                 match e.kind {
                     EVENT_LOOP_EXIT => turn_start = Some(e.time_ns),
                     _ => {
                         if let Some(start) = turn_start.take() {
-                            turns.push(Turn {
-                                start_ns: start,
-                                end_ns: e.time_ns,
-                                ongoing: false,
-                            });
+                            push(start, e.time_ns, false);
                         }
                     }
                 }
             }
             if let Some(start) = turn_start {
-                turns.push(Turn {
-                    start_ns: start,
-                    end_ns,
-                    ongoing: true,
-                });
+                push(start, end_ns, true);
             }
             let busy: u64 = turns.iter().map(Turn::duration_ns).sum();
             ThreadLoop {
@@ -166,6 +170,8 @@ pub struct LongTurn {
     /// Seconds from the start of the recording.
     pub at_s: f64,
     pub duration_ms: f64,
+    /// Cut by the recording's start: at least this long.
+    pub began_before: bool,
     pub ongoing: bool,
     /// The JS functions most of the turn's samples were in, outermost first
     /// (`handleRequest → JSON.parse`); empty when no sample fell in it.
@@ -254,6 +260,7 @@ fn long_turn(turn: &Turn, samples: &[&crate::profile::Sample], profile: &Profile
     LongTurn {
         at_s: turn.start_ns.saturating_sub(profile.start_ns) as f64 / 1e9,
         duration_ms: turn.duration_ns() as f64 / 1e6,
+        began_before: turn.began_before,
         ongoing: turn.ongoing,
         running,
         off_cpu_samples: inside.iter().filter(|s| s.off_cpu).count(),
@@ -345,6 +352,9 @@ fn blame(t: &LongTurn) -> String {
     } else if t.samples == 0 {
         text.push_str(" (no sample: off CPU? `record --wall` shows where)");
     }
+    if t.began_before {
+        text.push_str(" (already running at the start)");
+    }
     if t.ongoing {
         text.push_str(" (still running at the end)");
     }
@@ -379,15 +389,20 @@ mod tests {
         ];
         let loops = turns(&events, 0, 1000);
         assert_eq!(loops.len(), 2);
-        let spans: Vec<(u64, u64, bool)> = loops[0]
+        let spans: Vec<(u64, u64, bool, bool)> = loops[0]
             .turns
             .iter()
-            .map(|t| (t.start_ns, t.end_ns, t.ongoing))
+            .map(|t| (t.start_ns, t.end_ns, t.began_before, t.ongoing))
             .collect();
         assert_eq!(
             spans,
-            [(0, 100, false), (300, 500, false), (900, 1000, true)]
+            [
+                (0, 100, true, false),
+                (300, 500, false, false),
+                (900, 1000, false, true)
+            ]
         );
+        assert!(!loops[1].turns[0].began_before, "it began in the window");
         assert!((loops[0].utilization - 0.4).abs() < 1e-9);
         assert_eq!(loops[1].turns.len(), 1);
         assert!((loops[1].utilization - 0.05).abs() < 1e-9);

@@ -201,9 +201,7 @@ impl Probe {
         let cpus = aya::util::online_cpus().map_or(1, |cpus| cpus.len());
         let bytes = samples_ring_bytes(cpus, frequency_hz);
         tracing::debug!("samples ring: {} MiB", bytes >> 20);
-        // A larger ring a memory limit refuses: the declared one will do.
         Probe::load_sized(Purpose::Recording, Some(bytes))
-            .or_else(|_| Probe::load_sized(Purpose::Recording, None))
     }
 
     pub fn load_with(purpose: Purpose) -> Result<Probe, ProbeError> {
@@ -247,9 +245,22 @@ impl Probe {
                 .map_max_entries(UNWIND_ROWS_MAP, 1)
                 .map_max_entries(UNWIND_EXECS_MAP, 1);
         }
-        let mut ebpf = loader
-            .load(PROBE_OBJECT)
-            .map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
+        let mut ebpf = match loader.load(PROBE_OBJECT) {
+            // A larger ring a memory limit refuses: the declared one will
+            // do. Any other failure is reported as it is.
+            Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }))
+                if samples_bytes.is_some()
+                    && name == SAMPLES_MAP
+                    && matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::EPERM)) =>
+            {
+                tracing::debug!("samples ring refused ({io_error}): the declared size");
+                loader
+                    .map_max_entries(SAMPLES_MAP, nodeprof_common::SAMPLES_RING_BYTES)
+                    .load(PROBE_OBJECT)
+            }
+            loaded => loaded,
+        }
+        .map_err(|e| ProbeError::classify("load the eBPF programs", &e))?;
         let targets = take_map(&mut ebpf, TARGETS_MAP)?;
         let v8_configs = take_map(&mut ebpf, V8_CONFIGS_MAP)?;
         let lost = take_map(&mut ebpf, LOST_MAP)?;
