@@ -259,48 +259,87 @@ fn an_exec_sync_wait_is_a_long_turn() {
 
 fn check_long_turns(mode: &str, extra: &[&str], function: &str) {
     let run = record_loop(mode, extra);
-    let line = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("event loop (main thread)"))
-        .unwrap_or_else(|| panic!("no event-loop line:\n{}", run.stdout));
-    // (milliseconds, cut by the window's start or end)
-    let turns: Vec<(f64, bool)> = run
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("event loop (main thread)")),
+        "no event-loop line:\n{}",
+        run.stdout
+    );
+    let turns: Vec<ListedTurn> = run
         .stdout
         .lines()
         .skip_while(|l| !l.starts_with("event loop (main thread)"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
         .map(|l| {
-            let ms = l.split_whitespace().nth(1).unwrap();
             assert!(l.contains(function), "turn not named: {l}");
-            let cut = l.contains("(already running at the start)")
-                || l.contains("(still running at the end)");
-            (ms.parse::<f64>().unwrap(), cut)
+            ListedTurn::parse(l)
         })
         .collect();
-    // 3.5 s holds three or four of the once-a-second turns; one cut by the
-    // window's edges may be shorter than the threshold, and is marked.
+    // 3.5 s holds three or four of the once-a-second turns: three or four
+    // whole ones, and at most one the window's start or end cut, which is
+    // marked as such (or under the threshold, and not listed).
     assert!(
         (3..=4).contains(&turns.len()),
         "{} long turns:\n{}",
         turns.len(),
         run.stdout
     );
-    let whole: Vec<f64> = turns
-        .iter()
-        .filter(|&&(_, cut)| !cut)
-        .map(|&(ms, _)| ms)
-        .collect();
-    assert!(whole.len() >= 3, "{turns:?}\n{}", run.stdout);
-    for ms in whole {
-        // execSync adds the child's start and exit to its 300 ms.
-        let slack = if mode == "exec" { 60.0 } else { 30.0 };
+    let (cut, whole): (Vec<&ListedTurn>, Vec<&ListedTurn>) =
+        turns.iter().partition(|t| t.began_before || t.ongoing);
+    assert!((3..=4).contains(&whole.len()), "{}", run.stdout);
+    // execSync adds the child's start and exit to its 300 ms.
+    let slack = if mode == "exec" { 60.0 } else { 30.0 };
+    for t in &whole {
         assert!(
-            ms >= 270.0 && ms <= 300.0 + slack,
-            "a 300 ms turn measured {ms} ms: {line}\n{}",
+            t.ms >= 270.0 && t.ms <= 300.0 + slack,
+            "a 300 ms turn measured {} ms:\n{}",
+            t.ms,
             run.stdout
         );
+    }
+    for t in &cut {
+        // Cut by the start: it is the first and began when the recording
+        // did; by the end: it ran to the end of the 3.5 s.
+        let at_an_edge = if t.began_before {
+            t.at_s < 0.001 && !t.ongoing
+        } else {
+            (t.at_s + t.ms / 1e3 - 3.5).abs() < 0.2
+        };
+        assert!(
+            at_an_edge && t.ms <= 300.0 + slack,
+            "a cut turn not at the window's edge: {t:?}\n{}",
+            run.stdout
+        );
+    }
+}
+
+/// A line of the event loop's long turns: `   1.234s     300 ms in f`.
+#[derive(Debug)]
+struct ListedTurn {
+    at_s: f64,
+    ms: f64,
+    began_before: bool,
+    ongoing: bool,
+}
+
+impl ListedTurn {
+    fn parse(line: &str) -> ListedTurn {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at_s = words[0].trim_end_matches('s').parse::<f64>().unwrap();
+        let value = words[1].parse::<f64>().unwrap();
+        let ms = match words[2] {
+            "ms" => value,
+            "s" => value * 1e3,
+            unit => panic!("unit {unit} in {line}"),
+        };
+        ListedTurn {
+            at_s,
+            ms,
+            began_before: line.contains("(already running at the start)"),
+            ongoing: line.contains("(still running at the end)"),
+        }
     }
 }
 

@@ -300,6 +300,12 @@ fn a_loop_blocked_for_good_before_watching_is_caught() {
     assert_eq!(c["trigger"], "loop-blocked");
     assert!(c["reading"]["longest_turn_ms"].as_f64().unwrap() >= 500.0);
     assert_eq!(c["reading"]["loop_utilization"], 1.0);
+    // The profile's window lies inside the one turn: cut at both ends.
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("(already running at the start) (still running at the end)"),
+        "{detail}"
+    );
     let outputs = Outputs::load(&profile_prefix(c));
     assert!(
         outputs.samples_with_frame(|f| f.contains("blockForever")) * 2

@@ -910,13 +910,14 @@ impl Job {
             let main = report.loops.iter().find(|l| l.tid == self.target.pid);
             if let Some(turn) = main.and_then(|l| l.long_turns.first()) {
                 detail = format!(
-                    "longest turn {:.0} ms in {}; {detail}",
+                    "longest turn {:.0} ms in {}{}; {detail}",
                     turn.duration_ms,
                     if turn.running.is_empty() {
                         "?"
                     } else {
                         &turn.running
-                    }
+                    },
+                    turn.cut_marks()
                 );
             }
         }

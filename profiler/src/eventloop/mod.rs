@@ -49,26 +49,30 @@ pub struct ThreadLoop {
 /// instance it waits on most; another one (the loop `execSync` runs while
 /// the thread's loop is blocked) is part of the turn. A thread with no event
 /// in the window is not listed: it either waited or ran the whole time,
-/// which the events cannot tell apart (see [`stuck_in_turn`]).
+/// which the events cannot tell apart (see [`stuck_in_turn`]). Events
+/// before the window only tell which loop an exit in it belongs to (an exit
+/// does not name its epoll instance).
 pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLoop> {
     let mut by_tid: BTreeMap<u32, Vec<&ThreadEvent>> = BTreeMap::new();
     for e in events {
-        if (e.kind == EVENT_LOOP_ENTER || e.kind == EVENT_LOOP_EXIT)
-            && (start_ns..=end_ns).contains(&e.time_ns)
-        {
+        if (e.kind == EVENT_LOOP_ENTER || e.kind == EVENT_LOOP_EXIT) && e.time_ns <= end_ns {
             by_tid.entry(e.tid).or_default().push(e);
         }
     }
     let window = end_ns.saturating_sub(start_ns).max(1);
     by_tid
         .into_iter()
-        .map(|(tid, mut events)| {
+        .filter_map(|(tid, mut events)| {
             events.sort_by_key(|e| e.time_ns);
-            let events = own_loop(&events);
+            let events: Vec<&ThreadEvent> = own_loop(&events)
+                .into_iter()
+                .filter(|e| e.time_ns >= start_ns)
+                .collect();
+            let first = events.first()?;
             let mut turns = Vec::new();
             // Before the first event the thread was in a turn if that event
             // is an entry into epoll_wait.
-            let mut began_before = events[0].kind == EVENT_LOOP_ENTER;
+            let mut began_before = first.kind == EVENT_LOOP_ENTER;
             let mut turn_start = began_before.then_some(start_ns);
             let mut push = |start_ns: u64, end_ns: u64, ongoing: bool| {
                 turns.push(Turn {
@@ -92,11 +96,11 @@ pub fn turns(events: &[ThreadEvent], start_ns: u64, end_ns: u64) -> Vec<ThreadLo
                 push(start, end_ns, true);
             }
             let busy: u64 = turns.iter().map(Turn::duration_ns).sum();
-            ThreadLoop {
+            Some(ThreadLoop {
                 tid,
                 turns,
                 utilization: busy as f64 / window as f64,
-            }
+            })
         })
         .collect()
 }
@@ -179,6 +183,21 @@ pub struct LongTurn {
     /// Of the turn's samples, how many were off CPU (blocked).
     pub off_cpu_samples: usize,
     pub samples: usize,
+}
+
+impl LongTurn {
+    /// Where the recording's edges cut the turn: its length is then a
+    /// lower bound.
+    pub fn cut_marks(&self) -> String {
+        let mut text = String::new();
+        if self.began_before {
+            text.push_str(" (already running at the start)");
+        }
+        if self.ongoing {
+            text.push_str(" (still running at the end)");
+        }
+        text
+    }
 }
 
 /// One event loop's figures for the report.
@@ -352,12 +371,7 @@ fn blame(t: &LongTurn) -> String {
     } else if t.samples == 0 {
         text.push_str(" (no sample: off CPU? `record --wall` shows where)");
     }
-    if t.began_before {
-        text.push_str(" (already running at the start)");
-    }
-    if t.ongoing {
-        text.push_str(" (still running at the end)");
-    }
+    text.push_str(&t.cut_marks());
     text
 }
 
@@ -435,6 +449,37 @@ mod tests {
         assert_eq!(spans, [(100, 200), (300, 900), (950, 960)]);
     }
 
+    /// The window opens while the thread waits in `execSync`'s loop inside
+    /// a turn of its own: the inner loop's exit is part of that turn, which
+    /// began before the window.
+    #[test]
+    fn a_turn_cut_by_the_start_is_marked_even_inside_another_loop() {
+        let other = |time_ns, kind| ThreadEvent {
+            epfd: if kind == EVENT_LOOP_ENTER { 9 } else { -1 },
+            ..event(1, time_ns, kind)
+        };
+        let events = [
+            event(1, 10, EVENT_LOOP_ENTER),
+            event(1, 20, EVENT_LOOP_EXIT),
+            event(1, 30, EVENT_LOOP_ENTER),
+            event(1, 40, EVENT_LOOP_EXIT), // the turn begins before the window
+            other(50, EVENT_LOOP_ENTER),
+            other(150, EVENT_LOOP_EXIT), // the first event in the window
+            event(1, 400, EVENT_LOOP_ENTER),
+            event(1, 500, EVENT_LOOP_EXIT),
+            event(1, 600, EVENT_LOOP_ENTER),
+        ];
+        let loops = turns(&events, 100, 1000);
+        let spans: Vec<(u64, u64, bool, bool)> = loops[0]
+            .turns
+            .iter()
+            .map(|t| (t.start_ns, t.end_ns, t.began_before, t.ongoing))
+            .collect();
+        assert_eq!(spans, [(100, 400, true, false), (500, 600, false, false)]);
+        // Events only before the window: the thread is not listed.
+        assert!(turns(&events[..4], 100, 1000).is_empty());
+    }
+
     #[test]
     fn long_turns_name_what_ran() {
         use crate::profile::{Frame, ProfileBuilder};
@@ -474,6 +519,39 @@ mod tests {
         let text = report.to_text();
         assert!(
             text.contains("1 over 100 ms, longest 310 ms in handleRequest → parse"),
+            "{text}"
+        );
+        assert!(!text.contains("running at"), "{text}");
+
+        // A window that opens inside that turn and closes inside the next.
+        let loops = turns(
+            &[
+                event(1, 1_000_000_000, EVENT_LOOP_EXIT),
+                event(1, 1_310_000_000, EVENT_LOOP_ENTER),
+                event(1, 1_350_000_000, EVENT_LOOP_EXIT),
+            ],
+            1_100_000_000,
+            1_500_000_000,
+        );
+        let spans: Vec<(u64, u64, bool, bool)> = loops[0]
+            .turns
+            .iter()
+            .map(|t| (t.start_ns, t.end_ns, t.began_before, t.ongoing))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (1_100_000_000, 1_310_000_000, true, false),
+                (1_350_000_000, 1_500_000_000, false, true)
+            ]
+        );
+        let text = LoopReport::of(&loops, &profile, Duration::from_millis(100)).to_text();
+        assert!(
+            text.contains("210 ms in handleRequest → parse (already running at the start)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("150 ms (no sample: off CPU? `record --wall` shows where) (still running at the end)\n"),
             "{text}"
         );
     }

@@ -246,14 +246,15 @@ impl Probe {
                 .map_max_entries(UNWIND_EXECS_MAP, 1);
         }
         let mut ebpf = match loader.load(PROBE_OBJECT) {
-            // A larger ring a memory limit refuses: the declared one will
-            // do. Any other failure is reported as it is.
+            // A memory limit (the memory cgroup's ENOMEM, kernels 5.11+)
+            // that refuses any map once a larger samples ring is in (maps
+            // are created in no fixed order): the declared ring will do.
+            // Any other failure is reported as it is.
             Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }))
-                if samples_bytes.is_some()
-                    && name == SAMPLES_MAP
-                    && matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::EPERM)) =>
+                if samples_bytes > Some(nodeprof_common::SAMPLES_RING_BYTES)
+                    && io_error.raw_os_error() == Some(libc::ENOMEM) =>
             {
-                tracing::debug!("samples ring refused ({io_error}): the declared size");
+                tracing::debug!("map {name} refused ({io_error}): the declared samples ring");
                 loader
                     .map_max_entries(SAMPLES_MAP, nodeprof_common::SAMPLES_RING_BYTES)
                     .load(PROBE_OBJECT)
