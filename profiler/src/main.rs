@@ -530,7 +530,15 @@ fn main() -> ExitCode {
     } else {
         logs.without_time().init();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, as every other error; exit 2 marks a usage error.
+            eprintln!("nodeprof: error: {}", usage_error_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -539,6 +547,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message on one line: its lines up to the usage block, without
+/// the `error: ` prefix.
+fn usage_error_line(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let words: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .flat_map(str::split_whitespace)
+        .collect();
+    let line = words.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    format!("{line} (--help for usage)")
 }
 
 /// The error and its causes on one line. A cause the message already
@@ -571,8 +593,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match cli.command {
         Command::Record(args) => {
-            let recording = cmd::record::record(&args.into_options())?;
+            let mut recording = cmd::record::record(&args.into_options())?;
             print(&recording, &mut stdout)?;
+            if let Some(e) = recording.write_error.take() {
+                return Err(cmd::record::RecordError::from(e).into());
+            }
         }
         Command::Gc(args) => {
             cmd::gc::run(&args.into_options(), &mut stdout)?;

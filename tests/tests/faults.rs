@@ -162,6 +162,12 @@ fn a_full_disk_leaves_only_complete_files() {
         RUN_TIMEOUT,
     );
     run.assert_error("No space left on device");
+    // What was sampled is summarised all the same.
+    assert!(
+        run.stdout.contains("nodeprof: recorded pid") && run.stdout.contains("Samples"),
+        "no summary:\n{}",
+        run.stdout
+    );
     let line = run
         .stderr
         .lines()
@@ -185,6 +191,40 @@ fn a_full_disk_leaves_only_complete_files() {
         }
     }
     assert!(target.is_running());
+}
+
+/// An output name taken while recording (another process wrote it): that
+/// file is refused, nothing overwrites it, the other formats are still
+/// written, and the summary is shown before the one error line.
+#[test]
+fn an_output_taken_while_recording_loses_only_itself() {
+    let _serial = serial();
+    let dir = scratch_dir();
+    let target = Proc::node(&node_major(22), &[], "busy.js", &["30"], dir.path());
+    target.wait_for_line("ready", READY);
+    let prefix = dir.path().join("t");
+    let np = spawn_nodeprof(&record_args(target.pid, &prefix, &["-d", "3"]), dir.path());
+    std::thread::sleep(Duration::from_secs(1));
+    let taken = dir.path().join("t.folded");
+    fs::write(&taken, "someone else's\n").unwrap();
+    let run = np.finish(RUN_TIMEOUT);
+    run.assert_error("File exists");
+    assert_eq!(fs::read_to_string(&taken).unwrap(), "someone else's\n");
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("nodeprof: error:"))
+        .unwrap();
+    assert!(line.contains("t.folded"), "{line}");
+    for kept in ["t.cpuprofile", "t.svg"] {
+        assert!(dir.path().join(kept).is_file(), "{kept} not written");
+        assert!(line.contains(kept), "{kept} not named: {line}");
+    }
+    assert!(
+        run.stdout.contains("nodeprof: recorded pid") && run.stdout.contains("Samples"),
+        "no summary:\n{}",
+        run.stdout
+    );
 }
 
 /// SIGKILL mid-recording: no file is left at all (the outputs are written
@@ -440,6 +480,35 @@ fn following_the_capability_hint_makes_every_command_work() {
             }
         }
     }
+}
+
+/// A command line nodeprof cannot parse: one line, as every error, naming
+/// the value and what would do, exit 2 (a usage error); help still prints.
+#[test]
+fn a_usage_error_is_one_line() {
+    let dir = scratch_dir();
+    for (args, needle) in [
+        (&["record", "-p", "1", "-d", "5x"][..], "'5x'"),
+        (
+            &["record", "-p", "1", "--format", "pdf"][..],
+            "possible values: cpuprofile",
+        ),
+        (&["snapshot", "-p", "1", "--interval", "1s"][..], "--count"),
+        (&["bogus"][..], "'bogus'"),
+    ] {
+        let run = run_nodeprof(args, dir.path(), RUN_TIMEOUT);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {}", run.stderr);
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            lines[0].starts_with("nodeprof: error: ") && lines[0].contains(needle),
+            "{args:?}: {}",
+            lines[0]
+        );
+    }
+    let help = run_nodeprof(&["record", "--help"], dir.path(), RUN_TIMEOUT);
+    help.assert_success();
+    assert!(help.stdout.contains("Usage:"), "{}", help.stdout);
 }
 
 /// Bad input says what is wrong: a duration shorter than a sampling period,

@@ -73,6 +73,9 @@ pub struct Recording {
     /// The target's event loops (None when they could not be traced).
     pub loops: Option<LoopReport>,
     pub written: Vec<PathBuf>,
+    /// An output that could not be written: reported after the summary,
+    /// which is shown all the same.
+    pub write_error: Option<WriteError>,
 }
 
 /// How long a launched command gets to exit on SIGTERM before SIGKILL.
@@ -156,7 +159,10 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         Some(child) => child.try_wait(),
         None => None,
     };
-    let written = written?;
+    let (written, write_error) = match written {
+        Ok(written) => (written, None),
+        Err(e) => (e.written.clone(), Some(e)),
+    };
     Ok(Recording {
         loops: capture
             .loops()
@@ -174,6 +180,7 @@ pub fn record(options: &RecordOptions) -> Result<Recording, RecordError> {
         target,
         child_status,
         written,
+        write_error,
     })
 }
 

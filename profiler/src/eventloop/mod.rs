@@ -232,7 +232,7 @@ impl LoopReport {
         }
         let loops = loops
             .iter()
-            .map(|l| {
+            .filter_map(|l| {
                 let samples = samples_by_tid.get(&l.tid).map_or(&[][..], Vec::as_slice);
                 let mut long_turns: Vec<LongTurn> = l
                     .turns
@@ -241,14 +241,19 @@ impl LoopReport {
                     .map(|t| long_turn(t, samples, profile))
                     .collect();
                 long_turns.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
-                LoopSummary {
+                // A helper's loop never sampled and never long (node's
+                // delayed-task scheduler): nothing to say about it.
+                if l.tid != profile.pid && samples.is_empty() && long_turns.is_empty() {
+                    return None;
+                }
+                Some(LoopSummary {
                     tid: l.tid,
                     thread: thread_label(profile, l.tid),
                     turns: l.turns.len(),
                     utilization: l.utilization,
                     threshold_ms: threshold.as_secs_f64() * 1e3,
                     long_turns,
-                }
+                })
             })
             .collect();
         LoopReport { loops }
@@ -256,10 +261,13 @@ impl LoopReport {
 }
 
 fn thread_label(profile: &Profile, tid: u32) -> String {
+    let name = profile.thread_name(tid);
     if tid == profile.pid {
         "main thread".into()
+    } else if name.is_empty() {
+        format!("thread {tid}")
     } else {
-        format!("thread {tid} ({})", profile.thread_name(tid))
+        format!("thread {tid} ({name})")
     }
 }
 
@@ -478,6 +486,29 @@ mod tests {
         assert_eq!(spans, [(100, 400, true, false), (500, 600, false, false)]);
         // Events only before the window: the thread is not listed.
         assert!(turns(&events[..4], 100, 1000).is_empty());
+    }
+
+    /// A helper thread's loop (node's delayed-task scheduler) that was
+    /// never sampled and had no long turn is left out; the main thread's
+    /// loop is listed even so.
+    #[test]
+    fn an_unsampled_quiet_helper_loop_is_not_listed() {
+        use crate::profile::ProfileBuilder;
+        let profile = ProfileBuilder::new(1, 100, 0, &[]).finish(1_000_000_000, 0);
+        let loops = turns(
+            &[
+                event(1, 100, EVENT_LOOP_EXIT),
+                event(1, 200, EVENT_LOOP_ENTER),
+                event(7, 100, EVENT_LOOP_EXIT),
+                event(7, 200, EVENT_LOOP_ENTER),
+            ],
+            0,
+            1_000_000_000,
+        );
+        assert_eq!(loops.len(), 2);
+        let report = LoopReport::of(&loops, &profile, Duration::from_millis(100));
+        let tids: Vec<u32> = report.loops.iter().map(|l| l.tid).collect();
+        assert_eq!(tids, [1]);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub enum FileError {
 pub struct WriteError {
     pub path: PathBuf,
     pub source: OutputError,
-    /// Files written completely before the failure (they are kept).
+    /// Files written completely (they are kept).
     pub written: Vec<PathBuf>,
 }
 
@@ -93,8 +93,11 @@ impl OutputFiles {
 
     /// Writes the profile in every format; returns the paths written. On a
     /// failure the files already complete stay, the rest are removed.
+    /// Every format is tried, also after one failed (a full disk may still
+    /// take a small file); the error names the first failure.
     pub fn write(mut self, profile: &Profile, title: &str) -> Result<Vec<PathBuf>, WriteError> {
         let mut written = Vec::new();
+        let mut failed = None;
         for pending in &mut self.pending {
             let mut temporary = pending.temporary.take().expect("each file is written once");
             let result = write_complete(temporary.file(), |w| {
@@ -104,15 +107,18 @@ impl OutputFiles {
             match result {
                 Ok(()) => written.push(pending.path.clone()),
                 Err(source) => {
-                    return Err(WriteError {
-                        path: pending.path.clone(),
-                        source,
-                        written,
-                    });
+                    failed.get_or_insert((pending.path.clone(), source));
                 }
             }
         }
-        Ok(written)
+        match failed {
+            None => Ok(written),
+            Some((path, source)) => Err(WriteError {
+                path,
+                source,
+                written,
+            }),
+        }
     }
 
     /// Removes the temporary files after a failure.

@@ -304,7 +304,7 @@ impl Report for Summary {
         if native > 0 {
             writeln!(
                 out,
-                "\n{native} samples ({:.1} %) ran native code with no JS frame on the stack (libuv threads, V8's helpers).",
+                "\n{native} samples ({:.1} %) had no JS frame on the stack (libuv threads, V8's helpers).",
                 100.0 * native as f64 / self.samples.max(1) as f64
             )?;
         }
@@ -471,7 +471,7 @@ mod tests {
         assert!(text.contains("\nTop JS functions by self time (native code counted for its JS caller):\n    self   samples  function\n   33.3%         3  fib file:///app/fib.js:3\n"), "{text}");
         assert!(text.contains("\nTop JS functions by total time:\n   total   samples  function\n   44.4%         4  main file:///app/main.js:1\n"), "{text}");
         assert!(
-            text.contains("\n2 samples (22.2 %) ran native code with no JS frame"),
+            text.contains("\n2 samples (22.2 %) had no JS frame on the stack"),
             "{text}"
         );
         assert!(
