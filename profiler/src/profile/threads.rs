@@ -2,7 +2,9 @@
 //! (`node`), so the folded file and flame graph would merge the main thread,
 //! workers and pools into one tower. Where the OS name says nothing, a
 //! thread is named by what its stacks show it doing: `main`, `worker N` (a
-//! thread running its own isolate), `libuv threadpool`, `V8 platform`. The
+//! thread running its own isolate), `libuv threadpool`, `V8 platform`,
+//! `inspector`. Node 24+ names every worker `WorkerThread`: they are
+//! numbered too, so that two workers do not fold into one tower. The
 //! tid stays in [`super::ThreadInfo`] (and in the `.cpuprofile` node names).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -14,6 +16,7 @@ enum Role {
     Worker,
     LibuvPool,
     Platform,
+    Inspector,
 }
 
 /// The role a native frame shows, if any: node's worker entry point,
@@ -29,6 +32,8 @@ fn role_of(kind: FrameKind, name: &str) -> Option<Role> {
         Some(Role::LibuvPool)
     } else if name.contains("PlatformWorkerThread") || name.contains("DelayedTaskScheduler") {
         Some(Role::Platform)
+    } else if name.starts_with("node::inspector::") {
+        Some(Role::Inspector)
     } else {
         None
     }
@@ -38,8 +43,11 @@ fn role_of(kind: FrameKind, name: &str) -> Option<Role> {
 /// their role; threads that named themselves keep their name.
 pub fn name_by_role(profile: &mut Profile) {
     let pid = profile.pid;
-    // Node before 24 leaves every thread with the executable's name.
-    let says_nothing = |name: &str| name.is_empty() || name == "node" || name == "nodejs";
+    // Node before 24 leaves every thread with the executable's name; node
+    // 24+ gives all workers one name.
+    let says_nothing = |name: &str| {
+        name.is_empty() || name == "node" || name == "nodejs" || name == "WorkerThread"
+    };
     let unnamed: HashSet<u32> = profile
         .threads
         .values()
@@ -82,6 +90,7 @@ pub fn name_by_role(profile: &mut Profile) {
                 }
                 Some(Role::LibuvPool) => "libuv threadpool".to_string(),
                 Some(Role::Platform) => "V8 platform".to_string(),
+                Some(Role::Inspector) => "inspector".to_string(),
                 None => continue,
             }
         };
@@ -119,10 +128,21 @@ mod tests {
             ],
         );
         let other = stack(&mut p, &["start_thread", "something_else"]);
+        let inspector = stack(
+            &mut p,
+            &[
+                "start_thread",
+                "node::inspector::(anonymous namespace)::StartIoThreadMain(void*)",
+                "sem_wait",
+            ],
+        );
         for (tid, name, s) in [
             (10, "node", main),
             (14, "node", worker),
             (12, "node", worker),
+            (16, "WorkerThread", worker),
+            (18, "WorkerThread", other),
+            (19, "node", inspector),
             (20, "node", pool),
             (21, "node", pool),
             (30, "node", platform),
@@ -143,6 +163,9 @@ mod tests {
                 (10, "main"),
                 (12, "worker 1"),
                 (14, "worker 2"),
+                (16, "worker 3"),
+                (18, "WorkerThread"),
+                (19, "inspector"),
                 (20, "libuv threadpool"),
                 (21, "libuv threadpool"),
                 (30, "V8 platform"),
