@@ -457,6 +457,40 @@ fn worker_thread_appears_with_its_name_on_node_24() {
     );
 }
 
+/// Node 24+ names every Worker's thread `WorkerThread`: two workers are
+/// still two threads of their own in the folded file, `worker 1` and
+/// `worker 2`, each with about its share of the samples.
+#[test]
+fn two_workers_are_two_threads_on_node_26() {
+    let _lock = serial();
+    let dir = scratch_dir();
+    let target = Proc::node(
+        &node_major(26),
+        &[],
+        "busy.js",
+        &["4", "3", "-"],
+        dir.path(),
+    );
+    target.wait_for_line("ready", READY_TIMEOUT);
+    let prefix = dir.path().join("workers26");
+    let run = run_nodeprof(
+        &record_args(target.pid, &prefix, &["-d", "2", "--wall"]),
+        dir.path(),
+        RUN_TIMEOUT,
+    );
+    run.assert_success();
+    let out = Outputs::load(&prefix);
+    let per = out.samples_per_thread();
+    assert!(!per.contains_key("WorkerThread"), "{per:?}");
+    // --wall: every thread has a sample each period, spinning or not.
+    let (one, two) = (per.get("worker 1").copied(), per.get("worker 2").copied());
+    assert!(
+        one.zip(two)
+            .is_some_and(|(a, b)| a.min(b) * 10 >= a.max(b) * 8 && a.min(b) >= 100),
+        "{per:?}"
+    );
+}
+
 /// Test 3b: node 20 calls every thread `node`; the Worker still appears as a
 /// thread of its own, named by its role (`[worker 1 TID]` under the root,
 /// TID ≠ pid).
